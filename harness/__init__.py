@@ -1,0 +1,1 @@
+"""The harness: op specs, routing fuzzers, comparators, memory probes, timing and the CLI."""

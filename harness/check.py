@@ -1,0 +1,163 @@
+"""``moe-harness check``: prove implementations equal to the references on fuzzed routings."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+from .backend import describe, device_of
+from .cases import MODEL_SHAPES, CaseParams
+
+
+@dataclass
+class Row:
+    """One line of the summary table (JSON-safe)."""
+
+    op: str
+    impl: str
+    dtype: str
+    run: int = 0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    status: str = "passed"      # passed | FAILED | skipped | not provided | CRASHED
+    reason: str = ""
+    worst: Dict[str, dict] = field(default_factory=dict)
+    failure: Optional[dict] = None
+    replay: str = ""
+    saved_inputs: str = ""
+
+
+def replay_command(impl: str, backend: str, params_json: str) -> str:
+    return f"moe-harness check --backend {backend} --impl {shlex.quote(impl)} --case {shlex.quote(params_json)}"
+
+
+def add_parser(sub):
+    p = sub.add_parser("check", help="fuzz every op of the chosen implementations against the references",
+                       description="Fuzz routings and compare implementations with the references, probing "
+                                   "unwritten outputs, writes out of bounds, modified inputs and nondeterminism.")
+    p.add_argument("--op", nargs="+", help="ops to check (default: all)")
+    p.add_argument("--impl", nargs="+", default=["ours"],
+                   help="implementations: ours (default), reference. Loading a file runs its code.")
+    p.add_argument("--dtype", nargs="+", help="dtypes to check (default: every dtype of each op)")
+    p.add_argument("--cases", type=int, default=50, help="fuzzed cases per op, implementation and dtype")
+    p.add_argument("--seed", type=int, default=0, help="seed of the case generator")
+    p.add_argument("--preset", choices=sorted(MODEL_SHAPES), help="fix the model shape (SPEC.md)")
+    p.add_argument("--case", help="run exactly this case (the JSON of a replay command)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(run=main)
+    return p
+
+
+def _progress(enabled: bool):
+    state = {"n": 0, "t0": time.time()}
+
+    def tick(label: str):
+        state["n"] += 1
+        if enabled:
+            sys.stderr.write(f"\r[{time.time() - state['t0']:6.1f}s] {state['n']:6d} cases  {label:<60.60}")
+            sys.stderr.flush()
+
+    def done():
+        if enabled:
+            sys.stderr.write("\n")
+    return tick, done
+
+
+def run_check(args, backend: str) -> List[Row]:
+    from .fuzz import sweep
+    from .impls import load_implementation
+    from .runner import run_case, save_failure
+    from .specs import SPECS
+
+    device = device_of(backend)
+    ops = args.op or list(SPECS)
+    for op in ops:
+        if op not in SPECS:
+            raise SystemExit(f"--op: expected one of {sorted(SPECS)}, got {op!r}")
+    rows: List[Row] = []
+    tick, done = _progress(not args.quiet and sys.stderr.isatty())
+    single = CaseParams.from_json(args.case) if args.case else None
+    if single:
+        ops = [single.op]
+    for impl_src in args.impl:
+        impl = load_implementation(impl_src)
+        for op in ops:
+            spec = SPECS[op]
+            dtypes = [single.dtype] if single else [d for d in (args.dtype or spec.dtypes) if d in spec.dtypes]
+            for dtype in dtypes:
+                row = Row(op, impl.name, dtype)
+                rows.append(row)
+                if op not in impl.ops:
+                    row.status, row.reason = "not provided", impl.notes.get(op, "")
+                    continue
+                reason = spec.skip_reason(backend, dtype)
+                if reason:
+                    row.status, row.reason, row.skipped = "skipped", reason, 1
+                    continue
+                cand = impl.candidate(op)
+                if single:
+                    res = run_case(spec, cand, single, device, impl.name)
+                    row.run, failure = 1, (None if res.ok else res)
+                    row.passed = int(res.ok)
+                    row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()}
+                else:
+                    out = sweep(spec, cand, impl.name, dtype, backend, device, args.cases, args.seed,
+                                preset=args.preset, shrink=not args.no_shrink,
+                                on_case=lambda r: tick(f"{r.op} {r.impl} {r.dtype}"))
+                    failure = out.failure
+                    row.passed, row.worst = out.passed, out.worst
+                    row.run = out.passed + (1 if failure else 0)
+                if failure:
+                    row.failed, row.status = 1, "FAILED"
+                    row.failure = failure.to_dict()
+                    row.replay = replay_command(impl_src, backend, failure.params)
+                    try:
+                        row.saved_inputs = save_failure(failure, spec, device)
+                    except Exception as exc:  # saving is a convenience; never hide the failure
+                        row.saved_inputs = f"(not saved: {exc})"
+    done()
+    return rows
+
+
+def format_table(rows: List[Row]) -> str:
+    head = f"{'op':<18} {'impl':<10} {'dtype':<10} {'run':>5} {'pass':>5} {'fail':>4} {'skip':>4}  {'worst |err|':>11}  status"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        worst = max((v["max_abs_err"] for v in r.worst.values()), default=None)
+        w = f"{worst:11.3g}" if worst is not None else f"{'exact' if r.passed else '-':>11}"
+        status = r.status + (f" ({r.reason})" if r.reason else "")
+        lines.append(f"{r.op:<18} {r.impl:<10} {r.dtype:<10} {r.run:>5} {r.passed:>5} {r.failed:>4} {r.skipped:>4}  "
+                     f"{w}  {status}")
+    return "\n".join(lines)
+
+
+def format_failures(rows: List[Row]) -> str:
+    out = []
+    for r in rows:
+        if not r.failure:
+            continue
+        f = r.failure
+        out.append(f"\nFAILED {r.op} [{r.impl}, {r.dtype}] probe={f['probe']}\n  case: {f['params']}\n"
+                   f"  {f['message']}")
+        for ex in f["details"].get("first", [])[:5]:
+            out.append(f"    at {ex['where']}: candidate {ex['candidate']}, reference {ex['reference']}")
+        out.append(f"  replay: {r.replay}\n  inputs: {r.saved_inputs}")
+    return "\n".join(out)
+
+
+def main(args, backend: str) -> int:
+    info = describe(backend)
+    print(" | ".join(f"{k} {v}" for k, v in info.items()))
+    rows = run_check(args, backend)
+    print(format_table(rows))
+    print(format_failures(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"environment": info, "rows": [asdict(r) for r in rows]}, fh, indent=1)
+    return 1 if any(r.status in ("FAILED", "CRASHED") for r in rows) else 0

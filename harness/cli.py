@@ -1,0 +1,38 @@
+"""The ``moe-harness`` command. Subcommands live in their own modules and register here."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .backend import BACKENDS, select_backend
+
+SUBCOMMANDS = ("check",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moe-harness", description=(
+        "Check and time expert-parallel MoE kernels (SGLang conventions) against pure-PyTorch references."))
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="cuda (default when a GPU is visible) or interpreter (TRITON_INTERPRET=1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    import importlib
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"harness.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # --backend may come after the subcommand too; accept it anywhere.
+    if "--backend" in argv[1:]:
+        i = argv.index("--backend")
+        argv = argv[i:i + 2] + argv[:i] + argv[i + 2:]
+    args = parser.parse_args(argv)
+    backend = select_backend(args.backend)
+    return int(args.run(args, backend) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Hypothesis strategies that draw CaseParams, and the sweep that runs them.
+
+Hypothesis draws the parameters (and shrinks a failing case towards few tokens, small
+sizes, the first routing); the tensors come from the case's own seed. Its example database
+(default .hypothesis/ in the working directory) keeps failing cases so they replay first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+from hypothesis import HealthCheck, Phase, given, seed as hyp_seed, settings, strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
+from .runner import CaseResult, run_case
+from .specs import OpSpec
+
+# Size limits per backend: the interpreter runs each Triton program in Python.
+SIZE_LIMITS = {
+    "interpreter": dict(tokens=40, hidden=300, inter=160, experts=512, topk=10),
+    "cuda": dict(tokens=2048, hidden=4096, inter=1024, experts=512, topk=12),
+}
+PRIMES = (2, 3, 5, 7, 13, 31, 37, 127, 257, 509, 1021, 2039)
+ODD_HIDDEN = (1, 3, 7, 100, 129, 255, 257, 384, 513, 1000, 1025, 2049, 4095, 7168)
+PRESET_TOKENS = (1, 2, 7, 64, 127, 256, 1024)
+
+
+@st.composite
+def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[str] = None) -> CaseParams:
+    lim = SIZE_LIMITS[backend]
+    max_t = min(lim["tokens"], spec.max_tokens)
+    max_h = min(lim["hidden"], spec.max_hidden)
+    if preset in MODEL_SHAPES:
+        shape = MODEL_SHAPES[preset]
+        E, K, H, I = shape["experts"], shape["topk"], shape["hidden"], shape["inter"]
+        T = draw(st.sampled_from([t for t in PRESET_TOKENS if t <= max(max_t, 1)]))
+        ep = draw(st.sampled_from([1, 2, 8, 32]))
+        per = max(1, E // ep)
+        start = draw(st.integers(0, E // per - 1)) * per if ep > 1 else 0
+        end = min(E - 1, start + per - 1)
+    else:
+        E = draw(st.one_of(st.integers(1, 16), st.sampled_from([32, 64, 128, 256, 512])).filter(
+            lambda e: e <= lim["experts"]))
+        K = draw(st.one_of(st.integers(1, 8), st.integers(1, lim["topk"])))
+        T = draw(st.one_of(st.integers(1, 8), st.sampled_from([0] + [p for p in PRIMES if p <= max_t]),
+                           st.integers(1, max(1, max_t))))
+        H = draw(st.one_of(st.integers(1, 64), st.sampled_from([h for h in ODD_HIDDEN if h <= max_h]),
+                           st.integers(1, max_h)))
+        I = draw(st.one_of(st.integers(1, 48), st.integers(1, min(lim["inter"], max_h))))
+        mode = draw(st.sampled_from(["all", "range", "first", "last", "single"]))
+        if mode == "all":
+            start, end = 0, E - 1
+        elif mode == "first":
+            start, end = 0, draw(st.integers(0, E - 1))
+        elif mode == "last":
+            start, end = draw(st.integers(0, E - 1)), E - 1
+        elif mode == "single":
+            start = end = draw(st.integers(0, E - 1))
+        else:
+            start = draw(st.integers(0, E - 1))
+            end = draw(st.integers(start, E - 1))
+    if spec.name == "ep_moe_forward":
+        I = min(I, 192)
+    routing = draw(st.sampled_from(sorted(ROUTINGS)))
+    invalid = 0.0
+    if spec.name in ("deepep_preprocess", "pre_reorder", "post_reorder", "silu_and_mul", "gelu_and_mul",
+                     "grouped_gemm"):
+        invalid = draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
+    return CaseParams(op=spec.name, dtype=dtype, tokens=T, topk=K, experts=E, start_expert=start,
+                      end_expert=end, hidden=H, inter=I, routing=routing, invalid_frac=invalid,
+                      seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+class _CaseFailed(Exception):
+    def __init__(self, result: CaseResult):
+        super().__init__(result.message)
+        self.result = result
+
+
+@dataclass
+class SweepOutcome:
+    """What one (op, implementation, dtype) sweep found."""
+
+    passed: int
+    failure: Optional[CaseResult]          # the shrunk failing case, if any
+    first_failure: Optional[CaseResult]    # as first found, before shrinking
+    worst: dict                            # largest max_abs_err seen, per output
+
+
+def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
+          seed: int, preset: Optional[str] = None, database_dir: Optional[str] = ".hypothesis/examples",
+          shrink: bool = True, on_case: Optional[Callable[[CaseResult], None]] = None) -> SweepOutcome:
+    """Run up to n_cases Hypothesis-drawn cases; stop at the first failure and shrink it."""
+    state = {"passed": 0, "failing": False, "first": None, "worst": {}}
+
+    def run_one(params: CaseParams):
+        res = run_case(spec, candidate, params, device, impl_name)
+        if res.ok and not state["failing"]:
+            state["passed"] += 1
+            for name, rep in res.details.items():
+                prev = state["worst"].get(name)
+                if prev is None or rep["max_abs_err"] > prev["max_abs_err"]:
+                    state["worst"][name] = {"max_abs_err": rep["max_abs_err"], "params": res.params}
+            if on_case:
+                on_case(res)
+        if not res.ok:
+            if not state["failing"]:
+                state["failing"], state["first"] = True, res
+                if on_case:
+                    on_case(res)
+            raise _CaseFailed(res)
+
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
+    db = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
+    test = settings(max_examples=max(1, n_cases), deadline=None, database=db, phases=phases,
+                    suppress_health_check=list(HealthCheck), print_blob=False, derandomize=False,
+                    report_multiple_bugs=False)(given(case_params(spec, dtype, backend, preset))(run_one))
+    test = hyp_seed(seed)(test)
+    run_one._hypothesis_internal_add_digest = f"{spec.name}|{impl_name}|{dtype}|{backend}|{preset}".encode()
+    try:
+        test()
+    except _CaseFailed as exc:
+        return SweepOutcome(state["passed"], exc.result, state["first"], state["worst"])
+    return SweepOutcome(state["passed"], None, None, state["worst"])

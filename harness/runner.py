@@ -1,0 +1,363 @@
+"""Run one case of one op against one implementation, with every memory probe.
+
+Per case: build the inputs from the parameters; evaluate the reference twice (in the
+case's dtypes, and in float64 for float outputs); then call the candidate twice, each time
+with freshly poisoned output buffers framed by poisoned guard rows and with fresh
+allocations inside the candidate poisoned too. A case fails on the first probe that fires:
+
+  exception         the candidate raised
+  input_modified    an input tensor changed (compared bit for bit with a snapshot)
+  guard             a guard row before or after an output buffer changed (out-of-bounds write)
+  untouched         an element the contract leaves alone was written
+  unwritten         an element the contract defines still holds its poison
+  exact             an integer output or a pure copy differs from the reference
+  order_free        src2dst breaks the invariants (for implementations whose order is free)
+  tolerance         a float output is further from the float64 reference than the rule allows
+  nondeterministic  the two runs gave different bits
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from .cases import CaseParams
+from .specs import SPECS, OpSpec, OutputSpec, Sample, is_fp8_dot, resolve_compare
+from .tolerance import compare_float
+
+GUARD_ROWS = 3
+INT_POISON = {torch.int32: -0x5A5A5A5A, torch.int64: -0x5A5A5A5A5A5A5A5A}
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """Outcome of one case (JSON-safe)."""
+
+    op: str
+    impl: str
+    dtype: str
+    params: str              # CaseParams.to_json()
+    status: str              # passed | failed | skipped | crashed
+    probe: Optional[str] = None
+    message: str = ""
+    details: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("passed", "skipped")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ProbeFailure(Exception):
+    def __init__(self, probe: str, message: str, details: Optional[dict] = None):
+        super().__init__(message)
+        self.probe, self.message, self.details = probe, message, details or {}
+
+
+# ----------------------------------------------------------------------------- poison
+
+def fill_poison(t: torch.Tensor) -> torch.Tensor:
+    """NaN for floats (0x7F for fp8 e4m3), a fixed sentinel for integers."""
+    if t.dtype == torch.float8_e4m3fn:
+        t.view(torch.uint8).fill_(0x7F)
+    elif t.is_floating_point():
+        t.fill_(float("nan"))
+    else:
+        t.fill_(INT_POISON.get(t.dtype, -1))
+    return t
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    """Same bytes, seen as integers of the same width (bit-exact, NaN-aware comparison)."""
+    if not t.is_floating_point():
+        return t
+    return t.contiguous().view(_INT_VIEW[t.element_size()])
+
+
+def poison_bits(dtype: torch.dtype, device) -> torch.Tensor:
+    return as_bits(fill_poison(torch.empty(1, dtype=dtype, device=device)))[0]
+
+
+def guarded_buffer(like: torch.Tensor):
+    """A poisoned copy-shaped buffer with GUARD_ROWS poisoned rows before and after it.
+
+    Returns (storage [R + 2G, ...], view [R, ...]); the view is contiguous.
+    """
+    storage = torch.empty((like.shape[0] + 2 * GUARD_ROWS,) + tuple(like.shape[1:]), dtype=like.dtype,
+                          device=like.device)
+    fill_poison(storage)
+    return storage, storage[GUARD_ROWS:GUARD_ROWS + like.shape[0]]
+
+
+@contextlib.contextmanager
+def poisoned_fresh_allocations():
+    """torch.empty & co. return NaN / max-int filled memory while active (PyTorch's
+    deterministic mode with fill_uninitialized_memory), so reads of unwritten scratch are
+    deterministic failures instead of lucky zeros."""
+    import torch.utils.deterministic as det
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            det.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        det.fill_uninitialized_memory = prev[2]
+
+
+# ----------------------------------------------------------------------------- calling
+
+def _output_names(spec: OpSpec) -> List[str]:
+    return [o.where.split(":", 1)[1] for o in spec.outputs if o.where.startswith("arg:")]
+
+
+def _call(fn: Callable, sample: Sample, spec: OpSpec, args: Dict[str, Any], poison_fresh: bool):
+    """Call fn on args with every output buffer replaced by a fresh guarded, poisoned one.
+
+    Returns (outputs by name, guard storages by name)."""
+    call_args = dict(args)
+    storages = {}
+    for name in _output_names(spec):
+        storages[name], call_args[name] = guarded_buffer(args[name])
+    ctx = poisoned_fresh_allocations() if poison_fresh else contextlib.nullcontext()
+    with ctx:
+        ret = fn(*call_args.values())
+        if torch.cuda.is_available() and any(isinstance(v, torch.Tensor) and v.is_cuda for v in args.values()):
+            torch.cuda.synchronize()
+    if not isinstance(ret, (tuple, list)):
+        ret = (ret,)
+    outputs = {}
+    for o in spec.outputs:
+        kind, key = o.where.split(":", 1)
+        outputs[o.name] = call_args[key] if kind == "arg" else ret[int(key)]
+    return outputs, storages
+
+
+def _float64_args(sample: Sample, abs_values: bool = False) -> Dict[str, Any]:
+    """The case's args with float64_args upcast (and, for magnitudes, every float made |x|)."""
+    out = {}
+    for k, v in sample.args.items():
+        if isinstance(v, torch.Tensor) and k in sample.float64_args:
+            v = v.double()
+        if abs_values and isinstance(v, torch.Tensor) and v.is_floating_point():
+            v = (v.view(torch.uint8) & 0x7F).view(v.dtype) if v.dtype == torch.float8_e4m3fn else v.abs()
+        out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- locating
+
+def locate(sample: Sample, out: OutputSpec, shape, flat_index: int) -> Dict[str, int]:
+    """Map a flat element index of an output to row/col and token, slot, expert."""
+    cols = 1
+    for s in shape[1:]:
+        cols *= s
+    row, col = divmod(flat_index, cols) if len(shape) > 1 else (flat_index, 0)
+    where: Dict[str, int] = {"row": row, "col": col}
+    K = sample.params.topk
+    slot = None
+    if out.rows == "position" and sample.position_to_slot is not None and row < sample.position_to_slot.numel():
+        slot = int(sample.position_to_slot[row])
+    elif out.rows == "slot":
+        slot = row
+    elif out.rows == "token":
+        where["token"] = row
+    elif out.rows == "expert":
+        where["expert"] = row
+    if slot is not None and slot >= 0:
+        where.update(slot=slot, token=slot // K, k=slot % K)
+        if sample.topk_ids is not None:
+            where["expert"] = int(sample.topk_ids.reshape(-1)[slot])
+    return where
+
+
+def _mismatch_examples(sample, out, cand, ref, idx: torch.Tensor, limit=5):
+    examples = []
+    for i in idx[:limit].tolist():
+        examples.append({"where": locate(sample, out, tuple(cand.shape), i),
+                         "candidate": _scalar(cand.reshape(-1)[i]), "reference": _scalar(ref.reshape(-1)[i])})
+    return examples
+
+
+def _scalar(x: torch.Tensor):
+    return float(x.float()) if x.is_floating_point() else int(x)
+
+
+# ----------------------------------------------------------------------------- probes
+
+def _check_guards(storages: Dict[str, torch.Tensor]):
+    for name, st in storages.items():
+        pb = poison_bits(st.dtype, st.device)
+        for label, part in (("before", st[:GUARD_ROWS]), ("after", st[-GUARD_ROWS:])):
+            bad = as_bits(part) != pb
+            if bool(bad.any()):
+                raise ProbeFailure("guard", f"{name}: {int(bad.sum())} element(s) written in the guard rows "
+                                            f"{label} the buffer (out-of-bounds write)",
+                                   {"output": name, "side": label})
+
+
+def _check_poison_pattern(sample, out: OutputSpec, cand: torch.Tensor, ref: torch.Tensor):
+    """Elements the reference left poisoned must stay poisoned; the others must be written."""
+    pb = poison_bits(cand.dtype, cand.device)
+    ref_untouched = (as_bits(ref) == pb).reshape(-1)
+    cand_untouched = (as_bits(cand) == pb).reshape(-1)
+    written_wrongly = torch.nonzero(ref_untouched & ~cand_untouched).flatten()
+    if written_wrongly.numel():
+        raise ProbeFailure("untouched", f"{out.name}: {written_wrongly.numel()} element(s) that the contract leaves "
+                                        f"alone were written",
+                           {"output": out.name, "first": _mismatch_examples(sample, out, cand, ref, written_wrongly)})
+    unwritten = torch.nonzero(~ref_untouched & cand_untouched).flatten()
+    if unwritten.numel():
+        raise ProbeFailure("unwritten", f"{out.name}: {unwritten.numel()} element(s) the contract defines were "
+                                        f"not written",
+                           {"output": out.name, "first": _mismatch_examples(sample, out, cand, ref, unwritten)})
+    return ~ref_untouched
+
+
+def _check_exact(sample, out, cand, ref):
+    if cand.shape != ref.shape or cand.dtype != ref.dtype:
+        raise ProbeFailure("exact", f"{out.name}: expected shape {tuple(ref.shape)} dtype {ref.dtype}, got "
+                                    f"shape {tuple(cand.shape)} dtype {cand.dtype}", {"output": out.name})
+    diff = torch.nonzero((as_bits(cand) != as_bits(ref)).reshape(-1)).flatten()
+    if diff.numel():
+        raise ProbeFailure("exact", f"{out.name}: {diff.numel()} of {ref.numel()} element(s) differ from the "
+                                    f"reference", {"output": out.name,
+                                                   "first": _mismatch_examples(sample, out, cand, ref, diff)})
+
+
+def _check_src2dst_order_free(sample, out, cand, ref_outputs):
+    """Canonical form: every valid slot lands in its expert's segment, positions form a
+    permutation, and -1 slots take [-n_inv, -1] (deepep)."""
+    flat = sample.topk_ids.reshape(-1).to(torch.int64)
+    reorder = ref_outputs["reorder_topk_ids"].to(torch.int64)
+    valid = flat >= 0
+    n_inv = int((~valid).sum())
+    c = cand.to(torch.int64)
+    if cand.shape != flat.shape:
+        raise ProbeFailure("order_free", f"src2dst: expected shape {tuple(flat.shape)}, got {tuple(cand.shape)}")
+    pos = c[valid]
+    n = int(valid.sum())
+    if n and (int(pos.min()) < 0 or int(pos.max()) >= n or torch.unique(pos).numel() != n):
+        raise ProbeFailure("order_free", "src2dst: valid slots do not map one-to-one onto positions [0, "
+                                         f"{n})", {"output": "src2dst"})
+    wrong = torch.nonzero(reorder[pos.clamp(0, max(n - 1, 0))] != flat[valid]).flatten() if n else pos
+    if wrong.numel():
+        raise ProbeFailure("order_free", f"src2dst: {wrong.numel()} slot(s) land outside their expert's segment",
+                           {"output": "src2dst"})
+    inv = torch.sort(c[~valid]).values
+    if n_inv and not torch.equal(inv, torch.arange(-n_inv, 0, device=inv.device)):
+        raise ProbeFailure("order_free", f"src2dst: the {n_inv} slot(s) of id -1 should take [-{n_inv}, -1]")
+
+
+# ----------------------------------------------------------------------------- the case
+
+@dataclass(frozen=True)
+class Candidate:
+    """One implementation of one op as the runner sees it."""
+
+    fn: Callable
+    order_free: bool = False      # order within an expert's segment is free (src2dst canonical form)
+    deterministic: bool = True
+
+
+def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, impl_name: str = "?",
+             poison_fresh: bool = True) -> CaseResult:
+    """Run every probe on one case; never raises for a candidate's fault."""
+    base = dict(op=spec.name, impl=impl_name, dtype=params.dtype, params=params.to_json())
+    sample = spec.build(params, torch.device(device))
+    ref_out, _ = _call(spec.reference, sample, spec, sample.args, poison_fresh=False)
+    needs_float = [o for o in spec.outputs if resolve_compare(o, params) in ("float", "normwise")]
+    ref64 = mag = {}
+    if needs_float:
+        s64 = dataclasses.replace(sample, args=_float64_args(sample))
+        ref64, _ = _call(spec.reference, s64, spec, s64.args, poison_fresh=False)
+        if any(o.reduction_len(params) for o in needs_float):
+            sabs = dataclasses.replace(sample, args=_float64_args(sample, abs_values=True))
+            mag, _ = _call(spec.reference, sabs, spec, sabs.args, poison_fresh=False)
+    snapshot = {k: v.clone() for k, v in sample.args.items()
+                if isinstance(v, torch.Tensor) and k not in _output_names(spec)}
+    try:
+        runs = []
+        for attempt in range(2):
+            try:
+                outputs, storages = _call(candidate.fn, sample, spec, sample.args, poison_fresh)
+            except Exception as exc:  # a candidate's exception is a failure of this case
+                raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}",
+                                   {"traceback": traceback.format_exc(limit=6)[-2000:]}) from None
+            for name, snap in snapshot.items():
+                if not torch.equal(as_bits(sample.args[name]), as_bits(snap)):
+                    raise ProbeFailure("input_modified", f"{name}: the candidate modified this input")
+            _check_guards(storages)
+            runs.append(outputs)
+        details = _compare_outputs(spec, candidate, sample, runs[0], ref_out, ref64, mag)
+        if candidate.deterministic:
+            for name in runs[0]:
+                a, b = runs[0][name], runs[1][name]
+                if a.shape != b.shape or not torch.equal(as_bits(a), as_bits(b)):
+                    raise ProbeFailure("nondeterministic", f"{name}: two runs on the same inputs gave different bits")
+        return CaseResult(**base, status="passed", details=details)
+    except ProbeFailure as f:
+        return CaseResult(**base, status="failed", probe=f.probe, message=f.message, details=f.details)
+
+
+def _compare_outputs(spec, candidate, sample, cand_out, ref_out, ref64, mag) -> Dict[str, Any]:
+    p = sample.params
+    details: Dict[str, Any] = {}
+    for out in spec.outputs:
+        cand, ref = cand_out[out.name], ref_out[out.name]
+        if not isinstance(cand, torch.Tensor):
+            raise ProbeFailure("exact", f"{out.name}: expected a tensor, got {type(cand).__name__}")
+        if cand.shape != ref.shape:
+            raise ProbeFailure("exact", f"{out.name}: expected shape {tuple(ref.shape)}, got {tuple(cand.shape)}")
+        how = resolve_compare(out, p)
+        written = None
+        if out.where.startswith("arg:"):
+            written = _check_poison_pattern(sample, out, cand, ref).view(ref.shape)
+        if how == "src2dst" and candidate.order_free:
+            _check_src2dst_order_free(sample, out, cand, ref_out)
+            continue
+        if how in ("exact", "src2dst"):
+            _check_exact(sample, out, cand, ref)
+            continue
+        if cand.dtype != ref.dtype:
+            raise ProbeFailure("exact", f"{out.name}: expected dtype {ref.dtype}, got {cand.dtype}")
+        if written is None:
+            written = torch.ones(ref.shape, dtype=torch.bool, device=ref.device)
+        rep = compare_float(cand, ref64[out.name], ref, mag.get(out.name) if mag else None,
+                            out.reduction_len(p), is_fp8_dot(out, p), how == "normwise", written)
+        details[out.name] = dataclasses.asdict(rep)
+        if not rep.passed:
+            where = locate(sample, out, tuple(cand.shape), rep.worst_flat_index) if rep.worst_flat_index >= 0 else {}
+            raise ProbeFailure("tolerance",
+                               f"{out.name}: {rep.n_over} of {rep.n_checked} element(s) over tolerance; max |err| "
+                               f"{rep.max_abs_err:.3g}, mean {rep.mean_abs_err:.3g}; worst at {where}: candidate "
+                               f"{rep.worst_candidate:.6g}, reference {rep.worst_reference:.6g}, bound "
+                               f"{rep.worst_bound:.3g}", {"output": out.name, **details[out.name], "where": where})
+    return details
+
+
+# ----------------------------------------------------------------------------- artefacts
+
+def save_failure(result: CaseResult, spec: OpSpec, device, folder: str = "moe-failures") -> str:
+    """torch.save the failing case's inputs (load with weights_only=True); returns the path."""
+    params = CaseParams.from_json(result.params)
+    sample = spec.build(params, torch.device(device))
+    os.makedirs(folder, exist_ok=True)
+    tag = hashlib.sha1(f"{result.impl}|{result.params}".encode()).hexdigest()[:10]
+    path = os.path.join(folder, f"{result.op}-{result.impl.replace(':', '_').replace('/', '_')}-{tag}.pt")
+    torch.save({"params": result.params, "impl": result.impl, "probe": result.probe, "message": result.message,
+                "args": {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in sample.args.items()}}, path)
+    return path

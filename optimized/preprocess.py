@@ -1,0 +1,185 @@
+"""Routing preprocess: stable counting sort of the flat slots by expert (SPEC.md sections 1, 2).
+
+Three launches, no atomics, deterministic:
+1. ``_hist_kernel``   one program per BLOCK slots: per-block bucket histogram (tl.histogram).
+2. ``_scan_kernel``   one program: bucket totals -> seg_indptr (all of it) and, per (block,
+                      bucket), ``delta`` = first global position of that bucket's slots in
+                      this block minus the bucket's first position inside the sorted block.
+3. ``_scatter_kernel`` one program per block: sorts the block's keys (bucket * BLOCK + lane,
+                      unique, so the in-block order is stable), and slot at sorted position p
+                      gets global position p + delta[block, bucket].
+Buckets: ep: bucket = id for ids in [0, E); deepep: bucket = id + 1 for ids in [-1, E).
+Any other id (or a padding lane) goes to one extra "dump" bucket after the last expert, so
+any id value is memory-safe (out-of-contract ids just sort last).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from reference._checks import validate_preprocess
+
+from . import _config
+
+
+@triton.jit
+def _bucket_of(ids, E, SHIFT: tl.constexpr):
+    """id -> bucket in [0, E + SHIFT]; E + SHIFT is the dump bucket."""
+    b = ids + SHIFT
+    ok = (b >= 0) & (b < E + SHIFT)
+    return tl.where(ok, b, E + SHIFT).to(tl.int32)
+
+
+@triton.jit
+def _hist_kernel(
+    # pointers
+    ids_ptr, hist_ptr,
+    # sizes
+    N, E,
+    # meta
+    SHIFT: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr,
+):
+    """hist[pid, :] = histogram of the buckets of slots [pid*BLOCK, (pid+1)*BLOCK); writes all NBP bins."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ids = tl.load(ids_ptr + offs, mask=offs < N, other=-2)  # -2: a padding lane -> dump bucket
+    h = tl.histogram(_bucket_of(ids, E, SHIFT), NBP)         # every bucket value is in [0, NBP)
+    tl.store(hist_ptr + pid.to(tl.int64) * NBP + tl.arange(0, NBP), h)
+
+
+@triton.jit
+def _scan_kernel(
+    # pointers
+    hist_ptr, delta_ptr, seg_ptr, ninv_ptr,
+    # sizes
+    NBLK, E,
+    # meta
+    DEEPEP: tl.constexpr, NBP: tl.constexpr, R: tl.constexpr,
+):
+    """Single program. Pass 1: bucket totals -> exclusive bucket starts, seg_indptr, n_inv.
+    Pass 2: delta[b, j] = start[j] - n_inv + (count of bucket j in blocks < b)
+                          - (count of buckets < j inside block b)."""
+    cols = tl.arange(0, NBP)
+    rows0 = tl.arange(0, R)
+    totals = tl.zeros([NBP], dtype=tl.int32)
+    for r0 in range(0, NBLK, R):
+        rows = r0 + rows0
+        h = tl.load(hist_ptr + rows[:, None].to(tl.int64) * NBP + cols[None, :], mask=rows[:, None] < NBLK, other=0)
+        totals += tl.sum(h, axis=0)
+    start = tl.cumsum(totals, axis=0) - totals                    # first sorted position of each bucket
+    if DEEPEP:
+        # bucket 0 holds the -1 ids; seg_indptr[e] = start[e + 1] - n_inv for e in 0..E.
+        n_inv = tl.sum(tl.where(cols == 0, totals, 0), axis=0)
+        tl.store(seg_ptr + cols - 1, (start - n_inv).to(tl.int64), mask=(cols >= 1) & (cols <= E + 1))
+        tl.store(ninv_ptr, n_inv.to(tl.int64))
+    else:
+        n_inv = 0
+        tl.store(seg_ptr + cols, start.to(tl.int64), mask=cols <= E)
+    carry = tl.zeros([NBP], dtype=tl.int32)
+    for r0 in range(0, NBLK, R):
+        rows = r0 + rows0
+        rmask = rows[:, None] < NBLK
+        off = rows[:, None].to(tl.int64) * NBP + cols[None, :]
+        h = tl.load(hist_ptr + off, mask=rmask, other=0)
+        before_blocks = tl.cumsum(h, axis=0) - h + carry[None, :]   # same bucket, earlier blocks
+        before_in_block = tl.cumsum(h, axis=1) - h                 # smaller buckets, same block
+        delta = start[None, :] - n_inv + before_blocks - before_in_block
+        tl.store(delta_ptr + off, delta, mask=rmask)
+        carry += tl.sum(h, axis=0)
+
+
+@triton.jit
+def _scatter_kernel(
+    # pointers
+    ids_ptr, delta_ptr, src2dst_ptr, sorted_ptr,
+    # sizes
+    N, E, OUT_LEN,
+    # meta
+    SHIFT: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr,
+):
+    """src2dst[s] = global sorted position (minus n_inv for deepep); sorted[pos] = id for pos in [0, OUT_LEN)."""
+    pid = tl.program_id(0)
+    base = pid.to(tl.int64) * BLOCK
+    lane = tl.arange(0, BLOCK)
+    ids = tl.load(ids_ptr + base + lane, mask=base + lane < N, other=-2)
+    key = tl.sort(_bucket_of(ids, E, SHIFT) * BLOCK + lane)      # unique keys: stable within the block
+    bucket = key // BLOCK
+    src = base + (key % BLOCK)                                   # slot now at sorted position `lane`
+    ok = src < N
+    pos = lane + tl.load(delta_ptr + pid.to(tl.int64) * NBP + bucket)
+    tl.store(src2dst_ptr + src, pos.to(src2dst_ptr.dtype.element_ty), mask=ok)
+    idv = tl.load(ids_ptr + src, mask=ok, other=0)               # original id (exact even for dump ids)
+    tl.store(sorted_ptr + pos, idv, mask=ok & (pos >= 0) & (pos < OUT_LEN))
+
+
+def _plan(n: int, num_experts: int, deepep: bool):
+    nb = num_experts + (2 if deepep else 1)                      # (-1 bucket) + experts + dump
+    nbp = max(32, _config.next_pow2(nb))                         # tl.histogram: power of 2, >= warp size
+    # ~128 blocks for mid sizes; at least 256 slots, at most 4096 (bitonic sort in registers).
+    block = min(4096, max(256, _config.next_pow2(triton.cdiv(n, 128))))
+    if _config.is_interpreter():
+        block = min(block, 1024)
+    nblk = triton.cdiv(n, block)
+    return nbp, block, nblk
+
+
+def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
+    flat = topk_ids.reshape(-1)
+    n = flat.numel()
+    dev = flat.device
+    shift = 1 if deepep else 0
+    nbp, block, nblk = _plan(n, num_experts, deepep)
+    hist = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)     # fully written by _hist_kernel
+    delta = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)    # fully written by _scan_kernel
+    seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by _scan_kernel
+    ninv = torch.empty(1, dtype=torch.int64, device=dev)
+    warps = 8 if block >= 2048 else 4
+    _hist_kernel[(nblk,)](flat, hist, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps)
+    r = max(1, min(_config.next_pow2(nblk), 16384 // nbp))
+    _scan_kernel[(1,)](hist, delta, seg, ninv, nblk, num_experts, DEEPEP=deepep, NBP=nbp, R=r, num_warps=8)
+    if deepep:
+        # The output length N - n_inv is data dependent: one device-to-host read, here only.
+        n_out = n - int(ninv.item())
+        src2dst = torch.empty(n, dtype=torch.int64, device=dev)
+    else:
+        n_out = n
+        src2dst = torch.empty(n, dtype=torch.int32, device=dev)
+    sorted_ids = torch.empty(n_out, dtype=flat.dtype, device=dev)
+    _scatter_kernel[(nblk,)](flat, delta, src2dst, sorted_ids, n, num_experts, n_out,
+                             SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps)
+    return sorted_ids, src2dst, seg
+
+
+def _empty_result(topk_ids, num_experts, src_dtype):
+    dev = topk_ids.device
+    return (torch.empty(0, dtype=topk_ids.dtype, device=dev), torch.empty(0, dtype=src_dtype, device=dev),
+            torch.zeros(num_experts + 1, dtype=torch.int64, device=dev))
+
+
+def ep_preprocess(topk_ids: torch.Tensor, num_experts: int):
+    """SGLang's ``run_moe_ep_preproess``: stable sort of the flat slots by expert.
+
+    topk_ids [T, K] int32/int64, values in [0, E). Returns reorder_topk_ids [T*K] (input
+    dtype, sorted ascending), src2dst [T*K] int32 (stable sorted position of slot t*K+k),
+    seg_indptr [E+1] int64 (seg_indptr[e] = number of slots with id < e; all written).
+    Out-of-range ids are memory-safe: they sort after every valid id.
+    """
+    validate_preprocess(topk_ids, num_experts, allow_invalid=False, check_values=_config.check_values())
+    if topk_ids.numel() == 0:
+        return _empty_result(topk_ids, num_experts, torch.int32)
+    return _sort_slots(topk_ids, num_experts, deepep=False)
+
+
+def deepep_preprocess(topk_ids: torch.Tensor, num_experts: int):
+    """SGLang's ``deepep_run_moe_deep_preprocess``: as ep_preprocess, but ids may be -1.
+
+    Returns reorder_topk_ids (sorted ids without the n_inv leading -1s, a fresh tensor),
+    src2dst [T*K] int64 (sorted position - n_inv), seg_indptr [E+1] int64 counting only
+    valid slots. n_inv lives in its own buffer: nothing is updated in place while viewed.
+    One host read (of n_inv, to size reorder_topk_ids).
+    """
+    validate_preprocess(topk_ids, num_experts, allow_invalid=True, check_values=_config.check_values())
+    if topk_ids.numel() == 0:
+        return _empty_result(topk_ids, num_experts, torch.int64)
+    return _sort_slots(topk_ids, num_experts, deepep=True)
