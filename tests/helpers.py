@@ -1,0 +1,46 @@
+"""Shared builders and slow, obviously-right formulations used by the tests."""
+from __future__ import annotations
+
+import torch
+
+
+def random_ids(gen, T, K, E, *, distinct=True, invalid_frac=0.0, dtype=torch.int32):
+    """topk_ids [T, K] drawn from gen: distinct experts per token when possible."""
+    dev = gen.device
+    if distinct and K <= E:
+        ids = torch.rand(T, E, generator=gen, device=dev).argsort(dim=1)[:, :K]
+    else:
+        ids = torch.randint(0, E, (T, K), generator=gen, device=dev)
+    if invalid_frac:
+        ids = torch.where(torch.rand(T, K, generator=gen, device=dev) < invalid_frac, -1, ids)
+    return ids.to(dtype).contiguous()
+
+
+def nan_like(shape, dtype, device):
+    """A buffer whose every element is poison (NaN; 0x7F bytes for fp8)."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if dtype == torch.float8_e4m3fn:
+        t.view(torch.uint8).fill_(0x7F)
+    else:
+        t.fill_(float("nan"))
+    return t
+
+
+def loop_preprocess(flat_ids, num_experts):
+    """Slot-by-slot counting sort: (sorted ids, position of each slot, count of ids < e)."""
+    flat = [int(x) for x in flat_ids.tolist()]
+    order = sorted(range(len(flat)), key=lambda s: (flat[s], s))
+    pos = [0] * len(flat)
+    for p, s in enumerate(order):
+        pos[s] = p
+    lower = [sum(1 for x in flat if x < e) for e in range(num_experts + 1)]
+    return [flat[s] for s in order], pos, lower
+
+
+def silu_f64(x):
+    return x / (1 + torch.exp(-x))
+
+
+def gelu_tanh_f64(x):
+    import math
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
