@@ -1,0 +1,223 @@
+"""Each probe and comparator of the harness fires on a deliberately broken implementation,
+and stays quiet on the reference itself."""
+import json
+import shlex
+
+import pytest
+import torch
+
+import reference
+from harness.cases import CaseParams
+from harness.check import replay_command
+from harness.fuzz import sweep
+from harness.runner import Candidate, run_case
+from harness.specs import SPECS
+from harness.tolerance import FACTOR, compare_float, elementwise_bound
+
+
+def params(op, dtype, seed, **kw):
+    base = dict(tokens=9, topk=3, experts=8, start_expert=2, end_expert=5, hidden=40, inter=24, seed=seed)
+    base.update(kw)
+    return CaseParams(op=op, dtype=dtype, **base)
+
+
+def check(op, fn, p, device, **cand):
+    return run_case(SPECS[op], Candidate(fn, **cand), p, device, "planted")
+
+
+def test_reference_passes_every_op(seed, device):
+    for op, spec in SPECS.items():
+        for dtype in spec.dtypes:
+            res = check(op, spec.reference, params(op, dtype, seed, invalid_frac=0.0), device)
+            assert res.status == "passed", (op, dtype, res.message)
+
+
+# ----------------------------------------------------------------------------- planted faults
+
+def post_reorder_skips_unrouted_tokens(down_output, output, src2dst, topk_ids, topk_weights, start, end, topk,
+                                       hidden_size, BLOCK_SIZE=512):
+    full = torch.empty_like(output)
+    reference.post_reorder(down_output, full, src2dst, topk_ids, topk_weights, start, end, topk, hidden_size)
+    ids = topk_ids.long()
+    has_local = ((ids >= start) & (ids <= end)).any(dim=1)
+    output[has_local] = full[has_local]
+
+
+def pre_reorder_writes_every_slot(input, gateup_input, src2dst, topk_ids, a1_scales, start, end, topk,
+                                  hidden_size, BLOCK_SIZE=512):
+    valid = src2dst >= 0
+    gateup_input[src2dst[valid].long()] = input[torch.nonzero(valid).flatten() // topk]
+
+
+def grouped_gemm_writes_past_end(a, b, c, *args):
+    reference.grouped_gemm(a, b, c, *args)
+    past = torch.empty(0, dtype=c.dtype, device=c.device).set_(c.untyped_storage(), c.storage_offset(),
+                                                              (c.shape[0] + 1, c.shape[1]))
+    past[-1] = 0.0
+
+
+def ep_preprocess_seg_from_empty(topk_ids, num_experts):
+    """seg_indptr allocated uninitialised and [0] never written (a `zeros` made `empty`)."""
+    reorder, src2dst, seg = reference.ep_preprocess(topk_ids, num_experts)
+    out = torch.empty_like(seg)
+    out[1:] = seg[1:]
+    return reorder, src2dst, out
+
+
+def post_reorder_scales_input_in_place(down_output, *args):
+    down_output.mul_(1.0)
+    down_output[0, 0] += 1.0
+    reference.post_reorder(down_output, *args)
+
+
+_calls = {"n": 0}
+
+
+def silu_nondeterministic(gateup_output, down_input, *args):
+    reference.silu_and_mul(gateup_output, down_input, *args)
+    _calls["n"] += 1
+    if _calls["n"] % 2:
+        rows = ~torch.isnan(down_input[:, 0])
+        down_input[rows, 0] = down_input[rows, 0] * (1 + 2 ** -7)
+
+
+def ep_preprocess_off_by_one(topk_ids, num_experts):
+    reorder, src2dst, seg = reference.ep_preprocess(topk_ids, num_experts)
+    seg = seg.clone()
+    seg[1:-1] += 1
+    return reorder, src2dst, seg
+
+
+def raises(*args):
+    raise RuntimeError("unsupported overlap in an in-place operation")
+
+
+PLANTED = [
+    ("post_reorder", "bfloat16", post_reorder_skips_unrouted_tokens, "unwritten", dict(routing="sparse")),
+    ("pre_reorder", "float16", pre_reorder_writes_every_slot, "untouched", {}),
+    ("grouped_gemm", "float32", grouped_gemm_writes_past_end, "guard", {}),
+    ("ep_preprocess", "int32", ep_preprocess_seg_from_empty, "exact", {}),
+    ("post_reorder", "float32", post_reorder_scales_input_in_place, "input_modified", {}),
+    ("silu_and_mul", "bfloat16", silu_nondeterministic, "nondeterministic", {}),
+    ("ep_preprocess", "int64", ep_preprocess_off_by_one, "exact", {}),
+    ("gelu_and_mul", "float32", raises, "exception", {}),
+]
+
+
+@pytest.mark.parametrize("op,dtype,fn,probe,kw", PLANTED, ids=[f"{r[3]}-{r[2].__name__}" for r in PLANTED])
+def test_probe_fires_on_planted_fault(seed, device, op, dtype, fn, probe, kw):
+    p = params(op, dtype, seed, start_expert=0, end_expert=2, experts=16, **kw) if probe == "unwritten" \
+        else params(op, dtype, seed, **kw)
+    res = check(op, fn, p, device)
+    assert res.status == "failed" and res.probe == probe, (res.probe, res.message)
+
+
+def test_unwritten_scratch_is_caught_only_with_poisoned_allocations(seed, device):
+    """The fresh-allocation poison is what exposes the `empty` seg_indptr: CPU memory from a
+    fresh torch.empty often happens to be zero, which would hide the bug."""
+    p = params("ep_preprocess", "int32", seed)
+    res = run_case(SPECS["ep_preprocess"], Candidate(ep_preprocess_seg_from_empty), p, device, "x",
+                   poison_fresh=True)
+    assert res.probe == "exact"
+    assert any(ex["where"].get("expert") == 0 for ex in res.details["first"])
+
+
+def test_order_free_candidate_passes_canonical_form_but_not_exact(seed, device):
+    def unstable(topk_ids, num_experts):
+        reorder, src2dst, seg = reference.ep_preprocess(topk_ids, num_experts)
+        # reverse the order inside each expert's segment: same slot sets, other positions
+        flat = topk_ids.flatten().long()
+        seg_l = seg.tolist()
+        new = src2dst.clone().long()
+        for e in range(num_experts):
+            members = torch.nonzero(flat == e).flatten()
+            new[members] = torch.arange(seg_l[e + 1] - 1, seg_l[e] - 1, -1, device=new.device)
+        return reorder, new.int(), seg
+    p = params("ep_preprocess", "int32", seed, routing="repeated", experts=3)
+    assert check("ep_preprocess", unstable, p, device).probe == "exact"
+    assert check("ep_preprocess", unstable, p, device, order_free=True).status == "passed"
+
+    def lands_in_wrong_segment(topk_ids, num_experts):
+        reorder, src2dst, seg = unstable(topk_ids, num_experts)
+        return reorder, src2dst.roll(1), seg
+    assert check("ep_preprocess", lands_in_wrong_segment, p, device, order_free=True).probe == "order_free"
+
+
+# ----------------------------------------------------------------------------- tolerance edge
+
+@pytest.mark.parametrize("factor,passes", [(0.98, True), (1.02, False)])
+def test_error_just_below_tolerance_passes_and_just_above_fails(seed, device, factor, passes):
+    """A grouped_gemm that is off by `factor` times the allowed bound at one element."""
+    p = params("grouped_gemm", "float32", seed)
+    spec = SPECS["grouped_gemm"]
+    sample = spec.build(p, torch.device(device))
+    args = sample.args
+
+    def exact_f64(a, b, c, *rest):
+        c64 = torch.empty(c.shape, dtype=torch.float64, device=c.device).fill_(float("nan"))
+        reference.grouped_gemm(a.double(), b.double(), c64, *rest)
+        return c64
+
+    def off_by_factor(a, b, c, *rest):
+        c64 = exact_f64(a, b, c, *rest)
+        lp = c.clone()
+        reference.grouped_gemm(a, b, lp, *rest)
+        mag = exact_f64(a.abs(), b.abs(), c, *rest)
+        written = ~torch.isnan(c64)
+        bound = elementwise_bound(c64[written], lp[written], c.dtype, mag[written], a.shape[1], False)
+        out = c64[written].clone()
+        out[0] = out[0] + factor * bound[0]
+        c[written] = out.to(c.dtype)
+        # float32 rounding of the perturbed value must not undo the planted distance
+        got = (c[written][0].double() - c64[written][0]).abs() / bound[0]
+        assert abs(float(got) - factor) < 0.01, float(got)
+
+    res = run_case(spec, Candidate(off_by_factor), p, device, "edge")
+    assert (res.status == "passed") == passes, res.message
+    if not passes:
+        assert res.probe == "tolerance"
+    assert args is not None
+
+
+def test_compare_float_reports_worst_element_and_means():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    lp = r.clone()
+    c = torch.tensor([1.0, 2.0, 3.5, 4.0], dtype=torch.float32)
+    rep = compare_float(c, r, lp.float(), None, 0, False, False, torch.ones(4, dtype=torch.bool))
+    assert not rep.passed and rep.worst_flat_index == 2 and rep.max_abs_err == 0.5
+    assert rep.mean_abs_err == pytest.approx(0.125) and rep.worst_candidate == 3.5 and rep.worst_reference == 3.0
+    assert FACTOR == 2.0
+
+
+def test_nan_in_candidate_never_passes():
+    r = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    c = torch.tensor([1.0, float("nan")])
+    rep = compare_float(c, r, r.float(), None, 0, False, False, torch.ones(2, dtype=torch.bool))
+    assert not rep.passed
+
+
+# ----------------------------------------------------------------------------- shrinking and replay
+
+def test_planted_failure_shrinks_and_replays(tmp_path, device, monkeypatch):
+    """A post_reorder that mishandles tokens routed to more than one local expert."""
+    def first_local_only(down_output, output, src2dst, topk_ids, topk_weights, start, end, topk, hidden_size,
+                         BLOCK_SIZE=512):
+        ids = topk_ids.long()
+        local = (ids >= start) & (ids <= end)
+        first = local & (local.cumsum(dim=1) == 1)
+        reference.post_reorder(down_output, output, src2dst, torch.where(first, topk_ids, -1), topk_weights,
+                               start, end, topk, hidden_size)
+
+    monkeypatch.chdir(tmp_path)
+    spec = SPECS["post_reorder"]
+    out = sweep(spec, Candidate(first_local_only), "planted", "float32", "interpreter", device, n_cases=60,
+                seed=1, database_dir=str(tmp_path / "db"))
+    assert out.failure is not None and out.failure.probe in ("tolerance", "exact")
+    small = CaseParams.from_json(out.failure.params)
+    assert small.tokens <= 4, small
+    # The printed replay command carries the exact case; running that case fails the same way.
+    cmd = replay_command("planted", "interpreter", out.failure.params)
+    case_json = shlex.split(cmd)[shlex.split(cmd).index("--case") + 1]
+    again = run_case(spec, Candidate(first_local_only), CaseParams.from_json(case_json), device, "planted")
+    assert again.status == "failed" and again.probe == out.failure.probe
+    assert json.loads(case_json)["op"] == "post_reorder"
