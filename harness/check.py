@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from .backend import describe, device_of
-from .cases import MODEL_SHAPES, CaseParams
+from .cases import CaseParams
+from .fuzz import LARGE_SHAPES, PRESETS, sweep
 
 
 @dataclass
@@ -45,7 +46,8 @@ def add_parser(sub):
     p.add_argument("--dtype", nargs="+", help="dtypes to check (default: every dtype of each op)")
     p.add_argument("--cases", type=int, default=50, help="fuzzed cases per op, implementation and dtype")
     p.add_argument("--seed", type=int, default=0, help="seed of the case generator")
-    p.add_argument("--preset", choices=sorted(MODEL_SHAPES), help="fix the model shape (SPEC.md)")
+    p.add_argument("--preset", choices=PRESETS,
+                   help="fix the model shape (SPEC.md); 'large' (GPU): buffers past 2**31 elements")
     p.add_argument("--case", help="run exactly this case (the JSON of a replay command)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
@@ -70,13 +72,12 @@ def _progress(enabled: bool):
 
 
 def run_check(args, backend: str) -> List[Row]:
-    from .fuzz import sweep
     from .impls import load_implementation
     from .runner import run_case, save_failure
     from .specs import SPECS
 
     device = device_of(backend)
-    ops = args.op or list(SPECS)
+    ops = args.op or (list(LARGE_SHAPES) if args.preset == "large" else list(SPECS))
     for op in ops:
         if op not in SPECS:
             raise SystemExit(f"--op: expected one of {sorted(SPECS)}, got {op!r}")

@@ -24,6 +24,14 @@ SIZE_LIMITS = {
 PRIMES = (2, 3, 5, 7, 13, 31, 37, 127, 257, 509, 1021, 2039)
 ODD_HIDDEN = (1, 3, 7, 100, 129, 255, 257, 384, 513, 1000, 1025, 2049, 4095, 7168)
 PRESET_TOKENS = (1, 2, 7, 64, 127, 256, 1024)
+# The `large` preset (GPU only): buffers whose element offsets pass 2**31, where 32-bit index
+# arithmetic overflows (SGLang's pre_reorder faulted at T=40000, K=8, H=7168; ANCHORS.md).
+LARGE_SHAPES = {
+    "pre_reorder": dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64),     # gateup 2.29e9 elements
+    "post_reorder": dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64),    # down_output 2.29e9
+    "silu_and_mul": dict(tokens=36000, topk=8, experts=256, hidden=64, inter=4096),    # gateup 2.36e9
+}
+PRESETS = tuple(sorted(MODEL_SHAPES)) + ("large",)
 
 
 @st.composite
@@ -31,7 +39,13 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
     lim = SIZE_LIMITS[backend]
     max_t = min(lim["tokens"], spec.max_tokens)
     max_h = min(lim["hidden"], spec.max_hidden)
-    if preset in MODEL_SHAPES:
+    if preset == "large":
+        if spec.name not in LARGE_SHAPES or backend != "cuda":
+            raise ValueError(f"--preset large: only for {sorted(LARGE_SHAPES)} on the cuda backend")
+        shape = LARGE_SHAPES[spec.name]
+        E, K, H, I, T = shape["experts"], shape["topk"], shape["hidden"], shape["inter"], shape["tokens"]
+        start, end = draw(st.sampled_from([(0, E - 1), (0, E // 8 - 1), (E - E // 8, E - 1)]))
+    elif preset in MODEL_SHAPES:
         shape = MODEL_SHAPES[preset]
         E, K, H, I = shape["experts"], shape["topk"], shape["hidden"], shape["inter"]
         T = draw(st.sampled_from([t for t in PRESET_TOKENS if t <= max(max_t, 1)]))
@@ -62,11 +76,11 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
             end = draw(st.integers(start, E - 1))
     if spec.name == "ep_moe_forward":
         I = min(I, 192)
-    routing = draw(st.sampled_from(sorted(ROUTINGS)))
+    routing = draw(st.sampled_from(["uniform", "skewed"] if preset == "large" else sorted(ROUTINGS)))
     invalid = 0.0
     if spec.name in ("deepep_preprocess", "pre_reorder", "post_reorder", "silu_and_mul", "gelu_and_mul",
                      "grouped_gemm"):
-        invalid = draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
+        invalid = 0.0 if preset == "large" else draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
     return CaseParams(op=spec.name, dtype=dtype, tokens=T, topk=K, experts=E, start_expert=start,
                       end_expert=end, hidden=H, inter=I, routing=routing, invalid_frac=invalid,
                       seed=draw(st.integers(0, 2 ** 31 - 1)))
