@@ -1,6 +1,7 @@
 """``moe-harness check``: prove implementations equal to the references on fuzzed routings."""
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -41,8 +42,10 @@ def add_parser(sub):
                        description="Fuzz routings and compare implementations with the references, probing "
                                    "unwritten outputs, writes out of bounds, modified inputs and nondeterminism.")
     p.add_argument("--op", nargs="+", help="ops to check (default: all)")
-    p.add_argument("--impl", nargs="+", default=["ours"],
-                   help="implementations: ours (default), reference. Loading a file runs its code.")
+    from .impls import SOURCE_HELP
+    p.add_argument("--impl", nargs="+", default=["ours"], help=SOURCE_HELP)
+    p.add_argument("--block-size", type=int, help="BLOCK_SIZE that sglang: raw kernels are launched with "
+                                                  "(default: 512, as SGLang's EP layer)")
     p.add_argument("--dtype", nargs="+", help="dtypes to check (default: every dtype of each op)")
     p.add_argument("--cases", type=int, default=50, help="fuzzed cases per op, implementation and dtype")
     p.add_argument("--seed", type=int, default=0, help="seed of the case generator")
@@ -52,6 +55,13 @@ def add_parser(sub):
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                   help="run each (implementation, op) in a child process, so that a GPU fault, a segmentation "
+                        "fault or a hang is reported as CRASHED and the run goes on (default: on)")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds one (implementation, op) group may run in its child process (default 1800)")
+    p.add_argument("--case-timeout", type=float, default=600.0,
+                   help="seconds one case may run before the child is taken for hung (default 600; 0: no limit)")
     p.set_defaults(run=main)
     return p
 
@@ -71,12 +81,60 @@ def _progress(enabled: bool):
     return tick, done
 
 
-def run_check(args, backend: str) -> List[Row]:
-    from .impls import load_implementation
+def op_dtypes(args, op: str, single: Optional[CaseParams]) -> List[str]:
+    """The dtypes of one op that a run checks (--dtype filters, --case fixes one)."""
+    from .specs import SPECS
+    spec = SPECS[op]
+    return [single.dtype] if single else [d for d in (getattr(args, "dtype", None) or spec.dtypes)
+                                          if d in spec.dtypes]
+
+
+def check_one(args, backend: str, impl, impl_src: str, op: str, dtype: str, single: Optional[CaseParams] = None,
+              tick=None, spec=None) -> Row:
+    """Check one (implementation, op, dtype) in this process: a sweep of args.cases cases, or the
+    single case. ``spec`` replaces SPECS[op] (the isolation child records each case it builds)."""
+    from .fuzz import sweep
     from .runner import run_case, save_failure
     from .specs import SPECS
 
     device = device_of(backend)
+    spec = spec or SPECS[op]
+    row = Row(op, impl.name, dtype)
+    if op not in impl.ops:
+        row.status, row.reason = "not provided", impl.notes.get(op, "")
+        return row
+    reason = spec.skip_reason(backend, dtype)
+    if reason:
+        row.status, row.reason, row.skipped = "skipped", reason, 1
+        return row
+    cand = impl.candidate(op)
+    if single:
+        res = run_case(spec, cand, single, device, impl.name)
+        row.run, failure = 1, (None if res.ok else res)
+        row.passed = int(res.ok)
+        row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()}
+    else:
+        out = sweep(spec, cand, impl.name, dtype, backend, device, args.cases, args.seed,
+                    preset=getattr(args, "preset", None), shrink=not getattr(args, "no_shrink", False),
+                    on_case=(lambda r: tick(f"{r.op} {r.impl} {r.dtype}")) if tick else None)
+        failure = out.failure
+        row.passed, row.worst = out.passed, out.worst
+        row.run = out.passed + (1 if failure else 0)
+    if failure:
+        row.failed, row.status = 1, "FAILED"
+        row.failure = failure.to_dict()
+        row.replay = replay_command(impl_src, backend, failure.params)
+        try:
+            row.saved_inputs = save_failure(failure, spec, device)
+        except Exception as exc:  # saving is a convenience; never hide the failure
+            row.saved_inputs = f"(not saved: {exc})"
+    return row
+
+
+def run_check(args, backend: str) -> List[Row]:
+    from .impls import load_implementation, parse_source
+    from .specs import SPECS
+
     ops = args.op or (list(LARGE_SHAPES) if args.preset == "large" else list(SPECS))
     for op in ops:
         if op not in SPECS:
@@ -86,42 +144,22 @@ def run_check(args, backend: str) -> List[Row]:
     single = CaseParams.from_json(args.case) if args.case else None
     if single:
         ops = [single.op]
+    isolate = getattr(args, "isolate", False)
     for impl_src in args.impl:
-        impl = load_implementation(impl_src)
+        try:
+            parse_source(impl_src)
+        except ValueError as exc:
+            raise SystemExit(f"--impl: {exc}")
+        if isolate:
+            # Each (implementation, op) in a child process: faults and hangs become CRASHED rows.
+            from .isolate import run_group
+            for op in ops:
+                rows.extend(run_group(args, backend, impl_src, op, op_dtypes(args, op, single), tick=tick))
+            continue
+        impl = load_implementation(impl_src, block_size=getattr(args, "block_size", None))
         for op in ops:
-            spec = SPECS[op]
-            dtypes = [single.dtype] if single else [d for d in (args.dtype or spec.dtypes) if d in spec.dtypes]
-            for dtype in dtypes:
-                row = Row(op, impl.name, dtype)
-                rows.append(row)
-                if op not in impl.ops:
-                    row.status, row.reason = "not provided", impl.notes.get(op, "")
-                    continue
-                reason = spec.skip_reason(backend, dtype)
-                if reason:
-                    row.status, row.reason, row.skipped = "skipped", reason, 1
-                    continue
-                cand = impl.candidate(op)
-                if single:
-                    res = run_case(spec, cand, single, device, impl.name)
-                    row.run, failure = 1, (None if res.ok else res)
-                    row.passed = int(res.ok)
-                    row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()}
-                else:
-                    out = sweep(spec, cand, impl.name, dtype, backend, device, args.cases, args.seed,
-                                preset=args.preset, shrink=not args.no_shrink,
-                                on_case=lambda r: tick(f"{r.op} {r.impl} {r.dtype}"))
-                    failure = out.failure
-                    row.passed, row.worst = out.passed, out.worst
-                    row.run = out.passed + (1 if failure else 0)
-                if failure:
-                    row.failed, row.status = 1, "FAILED"
-                    row.failure = failure.to_dict()
-                    row.replay = replay_command(impl_src, backend, failure.params)
-                    try:
-                        row.saved_inputs = save_failure(failure, spec, device)
-                    except Exception as exc:  # saving is a convenience; never hide the failure
-                        row.saved_inputs = f"(not saved: {exc})"
+            for dtype in op_dtypes(args, op, single):
+                rows.append(check_one(args, backend, impl, impl_src, op, dtype, single, tick))
     done()
     return rows
 
@@ -144,7 +182,7 @@ def format_failures(rows: List[Row]) -> str:
         if not r.failure:
             continue
         f = r.failure
-        out.append(f"\nFAILED {r.op} [{r.impl}, {r.dtype}] probe={f['probe']}\n  case: {f['params']}\n"
+        out.append(f"\n{r.status} {r.op} [{r.impl}, {r.dtype}] probe={f['probe']}\n  case: {f['params']}\n"
                    f"  {f['message']}")
         for ex in f["details"].get("first", [])[:5]:
             out.append(f"    at {ex['where']}: candidate {ex['candidate']}, reference {ex['reference']}")

@@ -1,0 +1,184 @@
+"""pytest plugin of moe-kernel-harness (entry point ``moe_harness`` in group pytest11).
+
+Options:
+  --moe-impl SOURCE   implementation to check; repeatable (default: ours). Same syntax as
+                      ``moe-harness check --impl``: ours, reference, sglang:PATH.py,
+                      sglang:dotted.module, OP=PATH.py:function, comma-joined combinations.
+                      Loading a file runs its code.
+  --cases N           fuzzed cases per (implementation, op, dtype) (default 5)
+  --seed N            seed of the case generator (default 0)
+  --backend B         cuda | interpreter (default: cuda when a GPU is visible)
+  --moe-block-size N  BLOCK_SIZE of sglang: raw-kernel launches (default 512)
+  --moe-isolate       run each conformance test in a child process (crash isolation)
+  --moe-timeout S     with --moe-isolate: seconds per test before it is CRASHED (default 900)
+
+Check your own kernels, from any directory:
+  pytest --pyargs tests.test_conformance --moe-impl sglang:path/to/kernels.py
+
+The backend is selected in pytest_load_initial_conftests / pytest_configure, before any
+test module (or conftest) imports triton. ``config.moe_backend`` holds the choice.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import pytest
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("moe-harness", "MoE kernel harness")
+    group.addoption("--moe-impl", action="append", dest="moe_impl", default=None, metavar="SOURCE",
+                    help="implementation to check (repeatable; default ours): ours, reference, sglang:PATH.py, "
+                         "sglang:dotted.module, OP=PATH.py:function or OP=module:function, joined by ',' to "
+                         "combine. Loading a file or module runs its code; nothing is loaded from the network.")
+    group.addoption("--cases", type=int, default=5, help="fuzzed cases per (implementation, op, dtype) (default 5)")
+    group.addoption("--seed", type=int, default=0, help="seed of the case generator (default 0)")
+    group.addoption("--backend", choices=("cuda", "interpreter"), default=None,
+                    help="cuda (default when a GPU is visible) or interpreter (TRITON_INTERPRET=1)")
+    group.addoption("--moe-block-size", type=int, default=None,
+                    help="BLOCK_SIZE that sglang: raw kernels are launched with (default 512)")
+    group.addoption("--moe-isolate", action="store_true", default=False,
+                    help="run each conformance test in a child process: a GPU fault, segfault or hang fails "
+                         "that test as CRASHED instead of ending the session")
+    group.addoption("--moe-timeout", type=float, default=900.0,
+                    help="with --moe-isolate: seconds one conformance test may run (default 900)")
+
+
+def _select(config) -> str:
+    backend = getattr(config, "moe_backend", None)
+    if backend is None:
+        from harness.backend import select_backend
+        backend = select_backend(config.getoption("backend", default=None))
+        config.moe_backend = backend
+    return backend
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    # Earliest point with options parsed, before conftests (which may import triton) load.
+    from harness.backend import select_backend
+    try:
+        early_config.moe_backend = select_backend(getattr(early_config.known_args_namespace, "backend", None))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # When loaded from a conftest's pytest_plugins, the hook above did not run for us.
+    if getattr(config, "moe_backend", None) is None:
+        try:
+            _select(config)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    for line in ("gpu: needs a CUDA device", "slow: long-running sweep",
+                 "conformance: an implementation against the references (harness.specs.SPECS)"):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_report_header(config):
+    from harness.backend import describe
+    info = describe(_select(config))
+    impls = config.getoption("moe_impl") or ["ours"]
+    return [" | ".join(f"{k} {v}" for k, v in info.items()),
+            f"moe-harness: impl {', '.join(impls)} | cases {config.getoption('cases')} | seed "
+            f"{config.getoption('seed')}" + (" | isolated" if config.getoption("moe_isolate") else "")]
+
+
+# ----------------------------------------------------------------------------- conformance
+
+@dataclass(frozen=True)
+class MoeTarget:
+    """One conformance test: an implementation source, an op and a dtype."""
+
+    impl: str
+    op: str
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        from harness.impls import short_name
+        return f"{short_name(self.impl)}-{self.op}-{self.dtype}"
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize ``moe_target`` over (implementation, op, dtype) from harness.specs.SPECS."""
+    if "moe_target" not in metafunc.fixturenames:
+        return
+    from harness.specs import SPECS
+    impls = metafunc.config.getoption("moe_impl") or ["ours"]
+    targets = [MoeTarget(i, op, d) for i in impls for op, spec in SPECS.items() for d in spec.dtypes]
+    metafunc.parametrize("moe_target", targets, ids=[t.id for t in targets])
+
+
+@lru_cache(maxsize=None)
+def _load(source: str, block_size: Optional[int]):
+    from harness.impls import load_implementation
+    return load_implementation(source, block_size=block_size)
+
+
+@dataclass
+class MoeRunner:
+    """What a conformance test needs: the session's options and a way to check one target."""
+
+    config: object
+
+    @property
+    def backend(self) -> str:
+        return _select(self.config)
+
+    def options(self):
+        import argparse
+        c = self.config
+        return argparse.Namespace(cases=c.getoption("cases"), seed=c.getoption("seed"), preset=None, case=None,
+                                  no_shrink=False, block_size=c.getoption("moe_block_size"), dtype=None,
+                                  timeout=c.getoption("moe_timeout"), case_timeout=c.getoption("moe_timeout"))
+
+    def implementation(self, source: str):
+        """The loaded implementation (cached per session); its load error fails the test."""
+        return _load(source, self.config.getoption("moe_block_size"))
+
+    def check(self, target: MoeTarget):
+        """Check one target; returns harness.check.Row (status passed/FAILED/CRASHED/...)."""
+        from harness.check import check_one
+        args = self.options()
+        if self.config.getoption("moe_isolate"):
+            from harness.isolate import run_group
+            return run_group(args, self.backend, target.impl, target.op, [target.dtype])[0]
+        return check_one(args, self.backend, self.implementation(target.impl), target.impl, target.op, target.dtype)
+
+
+@pytest.fixture(scope="session")
+def moe_runner(request) -> MoeRunner:
+    return MoeRunner(request.config)
+
+
+@pytest.fixture(scope="session")
+def moe_backend(request) -> str:
+    return _select(request.config)
+
+
+# Fallbacks for the repository's own tests when they run from an installed package
+# (pytest --pyargs tests): the root conftest.py defines the same fixtures and wins there.
+
+@pytest.fixture
+def device(request) -> str:
+    return "cuda" if _select(request.config) == "cuda" else "cpu"
+
+
+@pytest.fixture
+def seed(request) -> int:
+    base = request.config.getoption("seed", default=0) or 0
+    return (zlib.crc32(request.node.nodeid.encode()) ^ base) & 0x7FFFFFFF
+
+
+@pytest.fixture
+def gen(seed, device):
+    import torch
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
