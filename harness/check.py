@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .backend import describe, device_of
 from .cases import CaseParams
@@ -62,6 +62,9 @@ def add_parser(sub):
                    help="seconds one (implementation, op) group may run in its child process (default 1800)")
     p.add_argument("--case-timeout", type=float, default=600.0,
                    help="seconds one case may run before the child is taken for hung (default 600; 0: no limit)")
+    p.add_argument("--gpus", default="1", metavar="N|all",
+                   help="spread the (implementation, op) groups over N GPUs (or all), one child process per "
+                        "GPU at a time; same cases, report and exit status as on one GPU (needs --isolate)")
     p.set_defaults(run=main)
     return p
 
@@ -145,6 +148,7 @@ def run_check(args, backend: str) -> List[Row]:
     if single:
         ops = [single.op]
     isolate = getattr(args, "isolate", False)
+    groups: List[Tuple[str, str]] = []  # (implementation, op) groups for child processes
     for impl_src in args.impl:
         try:
             parse_source(impl_src)
@@ -152,16 +156,52 @@ def run_check(args, backend: str) -> List[Row]:
             raise SystemExit(f"--impl: {exc}")
         if isolate:
             # Each (implementation, op) in a child process: faults and hangs become CRASHED rows.
-            from .isolate import run_group
-            for op in ops:
-                rows.extend(run_group(args, backend, impl_src, op, op_dtypes(args, op, single), tick=tick))
+            groups.extend((impl_src, op) for op in ops)
             continue
         impl = load_implementation(impl_src, block_size=getattr(args, "block_size", None))
         for op in ops:
             for dtype in op_dtypes(args, op, single):
                 rows.append(check_one(args, backend, impl, impl_src, op, dtype, single, tick))
+    if groups:
+        rows.extend(_run_groups(args, backend, groups, single, tick))
     done()
     return rows
+
+
+def gpu_count(requested: Optional[str], backend: str) -> int:
+    """--gpus N|all -> how many GPUs the sweep spreads over (1 on the interpreter)."""
+    if backend != "cuda" or requested in (None, "1"):
+        return 1
+    import torch
+    visible = torch.cuda.device_count()
+    n = visible if requested == "all" else int(requested)
+    if not 1 <= n <= visible:
+        raise SystemExit(f"--gpus: expected 'all' or a count in [1, {visible}], got {requested!r}")
+    return n
+
+
+def _run_groups(args, backend: str, groups, single, tick) -> List[Row]:
+    """Run the groups in child processes, one at a time per GPU; rows come back in group order,
+    so the report and exit status do not depend on how many GPUs ran them."""
+    from concurrent.futures import ThreadPoolExecutor
+    from queue import Queue
+
+    from .isolate import run_group
+    n = gpu_count(getattr(args, "gpus", None), backend)
+    free: "Queue[Optional[int]]" = Queue()
+    for i in range(n):
+        free.put(i if n > 1 else None)
+
+    def run(group):
+        impl_src, op = group
+        gpu = free.get()
+        try:
+            return run_group(args, backend, impl_src, op, op_dtypes(args, op, single), tick=tick, gpu=gpu)
+        finally:
+            free.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return [row for rows in pool.map(run, groups) for row in rows]
 
 
 def format_table(rows: List[Row]) -> str:

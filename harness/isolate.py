@@ -117,6 +117,9 @@ def child_main(job: dict):
 
     from .backend import select_backend
     backend = select_backend(job["backend"])  # before anything imports triton
+    if job.get("gpu") is not None:
+        import torch
+        torch.cuda.set_device(job["gpu"])  # "cuda" means this card for everything the child makes
     import argparse
 
     from . import check
@@ -213,9 +216,11 @@ def _options(args) -> dict:
 
 
 def run_group(args, backend: str, impl_src: str, op: str, dtypes: List[str], tick: Optional[Callable] = None,
-              timeout: Optional[float] = None, case_timeout: Optional[float] = None) -> List[Row]:
+              timeout: Optional[float] = None, case_timeout: Optional[float] = None,
+              gpu: Optional[int] = None) -> List[Row]:
     """Check ``dtypes`` of one (implementation, op) in child processes; never raises for the
-    implementation's faults. ``timeout`` / ``case_timeout`` default to args.timeout / args.case_timeout."""
+    implementation's faults. ``timeout`` / ``case_timeout`` default to args.timeout / args.case_timeout.
+    ``gpu`` pins the children to that CUDA device."""
     from .impls import short_name
     timeout = float(timeout if timeout is not None else getattr(args, "timeout", 1800.0) or 0) or None
     case_timeout = float(case_timeout if case_timeout is not None else getattr(args, "case_timeout", 600.0) or 0) \
@@ -228,7 +233,8 @@ def run_group(args, backend: str, impl_src: str, op: str, dtypes: List[str], tic
     while remaining:
         folder = tempfile.mkdtemp(prefix="moe-isolate-")
         try:
-            job = dict(impl=impl_src, op=op, dtypes=remaining, backend=backend, options=_options(args), folder=folder)
+            job = dict(impl=impl_src, op=op, dtypes=remaining, backend=backend, options=_options(args), folder=folder,
+                       gpu=gpu)
             proc = ctx.Process(target=child_main, args=(job,), name=f"moe-check-{op}")
             proc.start()
             outcome, reason, used = _wait(proc, folder, budget, case_timeout, tick, timeout)

@@ -75,6 +75,9 @@ def pytest_configure(config):
             _select(config)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
+    if config.moe_backend == "cuda" and os.environ.get("PYTEST_XDIST_WORKER"):
+        from harness.gpus import pin_this_process
+        pin_this_process()  # `pytest -n N`: worker gwI runs on GPU I modulo the visible count
     for line in ("gpu: needs a CUDA device", "slow: long-running sweep",
                  "conformance: an implementation against the references (harness.specs.SPECS)"):
         config.addinivalue_line("markers", line)
