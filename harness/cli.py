@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from .backend import BACKENDS, select_backend
 
-SUBCOMMANDS = ("check",)
+SUBCOMMANDS = ("check", "ep_world", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

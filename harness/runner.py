@@ -265,6 +265,32 @@ def _check_src2dst_order_free(sample, out, cand, ref_outputs):
 # ----------------------------------------------------------------------------- the case
 
 @dataclass(frozen=True)
+class Expected:
+    """The reference's outputs for one sample: in the case's dtypes (``lp``), in float64
+    (``f64``, float outputs only) and on |inputs| in float64 (``mag``, outputs with a reduction)."""
+
+    lp: Dict[str, torch.Tensor]
+    f64: Dict[str, torch.Tensor]
+    mag: Dict[str, torch.Tensor]
+
+
+def reference_outputs(spec: OpSpec, sample: Sample) -> Expected:
+    """Evaluate the reference on poisoned, guarded buffers, as a candidate is called."""
+    params = sample.params
+    lp, _ = _call(spec.reference, sample, spec, sample.args, poison_fresh=False)
+    needs_float = [o for o in spec.outputs if resolve_compare(o, params) in ("float", "normwise")]
+    f64: Dict[str, torch.Tensor] = {}
+    mag: Dict[str, torch.Tensor] = {}
+    if needs_float:
+        s64 = dataclasses.replace(sample, args=_float64_args(sample))
+        f64, _ = _call(spec.reference, s64, spec, s64.args, poison_fresh=False)
+        if any(o.reduction_len(params) for o in needs_float):
+            sabs = dataclasses.replace(sample, args=_float64_args(sample, abs_values=True))
+            mag, _ = _call(spec.reference, sabs, spec, sabs.args, poison_fresh=False)
+    return Expected(lp, f64, mag)
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One implementation of one op as the runner sees it."""
 
@@ -278,15 +304,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
     """Run every probe on one case; never raises for a candidate's fault."""
     base = dict(op=spec.name, impl=impl_name, dtype=params.dtype, params=params.to_json())
     sample = spec.build(params, torch.device(device))
-    ref_out, _ = _call(spec.reference, sample, spec, sample.args, poison_fresh=False)
-    needs_float = [o for o in spec.outputs if resolve_compare(o, params) in ("float", "normwise")]
-    ref64 = mag = {}
-    if needs_float:
-        s64 = dataclasses.replace(sample, args=_float64_args(sample))
-        ref64, _ = _call(spec.reference, s64, spec, s64.args, poison_fresh=False)
-        if any(o.reduction_len(params) for o in needs_float):
-            sabs = dataclasses.replace(sample, args=_float64_args(sample, abs_values=True))
-            mag, _ = _call(spec.reference, sabs, spec, sabs.args, poison_fresh=False)
+    expected = reference_outputs(spec, sample)
     snapshot = {k: v.clone() for k, v in sample.args.items()
                 if isinstance(v, torch.Tensor) and k not in _output_names(spec)}
     try:
@@ -302,7 +320,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                     raise ProbeFailure("input_modified", f"{name}: the candidate modified this input")
             _check_guards(storages)
             runs.append(outputs)
-        details = _compare_outputs(spec, candidate, sample, runs[0], ref_out, ref64, mag)
+        details = compare_outputs(spec, candidate, sample, runs[0], expected)
         if candidate.deterministic:
             for name in runs[0]:
                 a, b = runs[0][name], runs[1][name]
@@ -313,8 +331,12 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
         return CaseResult(**base, status="failed", probe=f.probe, message=f.message, details=f.details)
 
 
-def _compare_outputs(spec, candidate, sample, cand_out, ref_out, ref64, mag) -> Dict[str, Any]:
+def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out: Dict[str, torch.Tensor],
+                    expected: Expected) -> Dict[str, Any]:
+    """Compare a candidate's outputs with the reference's; raises ProbeFailure on the first
+    violation, returns the float error reports (JSON-safe) otherwise."""
     p = sample.params
+    ref_out, ref64, mag = expected.lp, expected.f64, expected.mag
     details: Dict[str, Any] = {}
     for out in spec.outputs:
         cand, ref = cand_out[out.name], ref_out[out.name]

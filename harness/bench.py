@@ -1,0 +1,867 @@
+"""``moe-harness bench``: time implementations on model-shaped cases, A/B against a baseline,
+and check that what was timed was the real work.
+
+Per case, every implementation that provides the op is timed in interleaved rounds
+(harness.timing), in eager mode and in CUDA-graph replay. Implementations share the case's
+input sets in rotation (implementation i uses set (i + r) mod n in round r), so no
+implementation is tied to one memory placement. The last round runs on fresh inputs
+written in place just before it, with the outputs poisoned; its outputs are copied on the
+timing stream right after each end event and read again after the whole device has been
+synchronised. Both copies are checked against the reference with the harness's comparators
+(harness.runner): a candidate that returns a cached result or skips work gives a wrong
+answer ("WRONG"); one whose outputs were still changing after its end event left work on
+another stream ("DEFERRED").
+
+``--selftest`` runs the method's own checks (copy ceiling against a plain torch copy, an
+implementation against itself, against a slowed copy of itself, and cheating candidates).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from .backend import describe, device_of
+from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
+from .costs import Cost, Perf, cost_of, perf_of
+from .timing import (Ceilings, Comparison, GraphUnavailable, Stats, TimingConfig, Workload, capture_graph, compare,
+                     measure_ceilings, plain_copy_gbps, run_interleaved, synchronize)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODES = ("eager", "graph")
+DECODE_TOKENS = (1, 64)
+PREFILL_TOKENS = (1024, 4096)
+PRESET_ROUTINGS = ("uniform", "skewed")
+PRESET_EP = {"deepseek-v3": 8}                  # EP ranks per preset (SPEC.md: DeepSeek at EP 8..64)
+DEFAULT_DTYPE = {"ep_preprocess": "int32", "deepep_preprocess": "int32"}   # SGLang's topk_ids dtype
+INTERPRETER_LIMITS = dict(tokens=16, hidden=128, inter=128)
+NOT_REPRESENTATIVE = ("NOTE: interpreter backend: Triton kernels run in Python on the CPU and sizes are shrunk "
+                      "(T <= {tokens}, H <= {hidden}, I <= {inter}); these timings are not representative of any GPU."
+                      ).format(**INTERPRETER_LIMITS)
+
+
+# ----------------------------------------------------------------------------- cases
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One timed case: its parameters and where it comes from."""
+
+    params: CaseParams
+    suite: str          # "anchors" or a MODEL_SHAPES name
+    variant: str = ""   # e.g. "gate_up" / "down" for grouped_gemm
+
+    def label(self, with_tokens: bool = True) -> str:
+        p = self.params
+        parts = [f"T={p.tokens}"] if with_tokens else []
+        parts += [f"K={p.topk}", f"E={p.experts}"]
+        if p.e_local != p.experts:
+            parts.append(f"EP{p.experts // max(p.e_local, 1)}" if p.experts % max(p.e_local, 1) == 0
+                         else f"experts {p.start_expert}..{p.end_expert}")
+        if p.op in ("pre_reorder", "post_reorder"):
+            parts.append(f"H={p.hidden}")
+        elif p.op in ("silu_and_mul", "gelu_and_mul"):
+            parts.append(f"I={p.inter}")
+        elif p.op == "grouped_gemm":
+            parts.append(f"N={p.inter} Kd={p.hidden}")
+        elif p.op == "ep_moe_forward":
+            parts.append(f"H={p.hidden} I={p.inter}")
+        if p.invalid_frac:
+            parts.append(f"inv={p.invalid_frac:g}")
+        if p.routing != "uniform":
+            parts.append(p.routing)
+        if self.variant:
+            parts.append(self.variant)
+        return " ".join(parts)
+
+
+def _dtypes_for(op: str, requested: Optional[Sequence[str]]) -> List[str]:
+    from .specs import SPECS
+    if requested:
+        return [d for d in requested if d in SPECS[op].dtypes]
+    return [DEFAULT_DTYPE.get(op, "bfloat16")]
+
+
+def _op_shapes(op: str, shape: Mapping[str, int]) -> List[Tuple[str, Dict[str, int]]]:
+    """(variant, hidden/inter) of an op inside a model: the GEMM appears twice (gate_up, down)."""
+    H, I = shape["hidden"], shape["inter"]
+    if op == "grouped_gemm":
+        return [("gate_up", dict(hidden=H, inter=2 * I)), ("down", dict(hidden=I, inter=H))]
+    return [("", dict(hidden=H, inter=I))]
+
+
+def preset_cases(preset: str, ops: Sequence[str], tokens: Sequence[int], routings: Sequence[str],
+                 dtypes: Optional[Sequence[str]], seed: int = 0) -> List[BenchCase]:
+    """A model's shapes (SPEC.md) at the given token counts and routings, on one EP rank."""
+    shape = MODEL_SHAPES[preset]
+    E, K = shape["experts"], shape["topk"]
+    ep = PRESET_EP.get(preset, 1)
+    end = E // ep - 1
+    cases = []
+    for op in ops:
+        deepep = op == "deepep_preprocess"
+        for dtype in _dtypes_for(op, dtypes):
+            for variant, hi in _op_shapes(op, shape):
+                for T in tokens:
+                    for routing in routings:
+                        p = CaseParams(op=op, dtype=dtype, tokens=T, topk=K, experts=E,
+                                       start_expert=0, end_expert=E - 1 if op == "ep_preprocess" or deepep else end,
+                                       routing=routing, invalid_frac=(1.0 - 1.0 / ep) if deepep else 0.0,
+                                       seed=seed, **hi)
+                        cases.append(BenchCase(p, preset, variant))
+    return cases
+
+
+# ANCHORS.md's shapes (op, T, K, E, last local expert or None for all, hidden, inter, variant).
+_DS = MODEL_SHAPES["deepseek-v3"]
+_ANCHORS = (
+    ("ep_preprocess", 128, 8, 256, None, 64, 32, ""),
+    ("ep_preprocess", 4096, 8, 256, None, 64, 32, ""),
+    ("ep_preprocess", 16384, 8, 256, None, 64, 32, ""),
+    ("ep_preprocess", 4096, 2, 8, None, 64, 32, ""),
+    ("pre_reorder", 4096, 8, 256, None, 7168, 32, ""),
+    ("pre_reorder", 4096, 8, 256, 31, 7168, 32, ""),
+    ("pre_reorder", 256, 8, 256, 31, 7168, 32, ""),
+    ("post_reorder", 4096, 8, 256, None, 7168, 32, ""),
+    ("post_reorder", 4096, 8, 256, 31, 7168, 32, ""),
+    ("post_reorder", 256, 8, 256, 31, 7168, 32, ""),
+    # grouped GEMM (groups, M_total, N, Kd): 32 local experts of 256 with T*K/8 = M_total local rows.
+    ("grouped_gemm", 4096, 8, 256, 31, 7168, 4096, "DeepSeek-V3 EP8 gate_up"),
+    ("grouped_gemm", 4096, 8, 256, 31, 2048, 7168, "DeepSeek-V3 EP8 down"),
+    ("grouped_gemm", 4096, 2, 8, None, 4096, 28672, "Mixtral gate_up"),
+    ("grouped_gemm", 256, 8, 256, 31, 7168, 4096, "decode-sized"),
+    # Not in ANCHORS.md: one DeepSeek-V3 EP8 prefill case each, so every op is timed.
+    ("deepep_preprocess", 4096, 8, 256, None, 64, 32, "DeepSeek-V3 EP8"),
+    ("silu_and_mul", 4096, 8, 256, 31, _DS["hidden"], _DS["inter"], "DeepSeek-V3 EP8"),
+    ("gelu_and_mul", 4096, 8, 256, 31, _DS["hidden"], _DS["inter"], "DeepSeek-V3 EP8"),
+    ("ep_moe_forward", 4096, 8, 256, 31, _DS["hidden"], _DS["inter"], "DeepSeek-V3 EP8"),
+)
+
+
+def anchor_cases(ops: Sequence[str], tokens: Optional[Sequence[int]], routings: Sequence[str],
+                 dtypes: Optional[Sequence[str]], seed: int = 0) -> List[BenchCase]:
+    """The default suite: ANCHORS.md's shapes (token counts replaced by ``tokens`` if given)."""
+    cases = []
+    for op, T, K, E, last, H, I, variant in _ANCHORS:
+        if op not in ops:
+            continue
+        deepep = op == "deepep_preprocess"
+        for dtype in _dtypes_for(op, dtypes):
+            for t in (tokens or (T,)):
+                for routing in routings:
+                    p = CaseParams(op=op, dtype=dtype, tokens=t, topk=K, experts=E, start_expert=0,
+                                   end_expert=E - 1 if last is None else last, hidden=H, inter=I, routing=routing,
+                                   invalid_frac=0.875 if deepep else 0.0, seed=seed)
+                    cases.append(BenchCase(p, "anchors", variant))
+    return cases
+
+
+def shrink_for_interpreter(case: BenchCase) -> BenchCase:
+    p = case.params
+    lim = INTERPRETER_LIMITS
+    return dataclasses.replace(case, params=dataclasses.replace(
+        p, tokens=min(p.tokens, lim["tokens"]), hidden=min(p.hidden, lim["hidden"]), inter=min(p.inter, lim["inter"])))
+
+
+def select_cases(args, backend: str) -> List[BenchCase]:
+    from .specs import SPECS
+    ops = list(args.op or SPECS)
+    for op in ops:
+        if op not in SPECS:
+            raise ValueError(f"--op: expected one of {sorted(SPECS)}, got {op!r}")
+    preset = args.preset or "anchors"
+    if preset == "anchors":
+        routings = args.routing or ("uniform",)    # ANCHORS.md measured uniform routing
+        cases = anchor_cases(ops, args.tokens, routings, args.dtype, args.seed)
+    else:
+        routings = args.routing or PRESET_ROUTINGS
+        cases = preset_cases(preset, ops, args.tokens or DECODE_TOKENS + PREFILL_TOKENS, routings, args.dtype,
+                             args.seed)
+    if backend != "cuda":
+        cases = [shrink_for_interpreter(c) for c in cases]
+    seen, unique = set(), []
+    for c in cases:
+        if c.params not in seen:
+            seen.add(c.params)
+            unique.append(c)
+    return unique
+
+
+# ----------------------------------------------------------------------------- implementations
+
+class BaselineError(ValueError):
+    """--baseline names neither an implementation nor a usable git revision."""
+
+
+def _git(repo: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True)
+
+
+def import_package_as(alias: str, package_dir: Path):
+    """Import the package at ``package_dir`` under the module name ``alias`` (its relative
+    imports resolve inside it), so that two versions of one package live in one process."""
+    if alias in sys.modules:
+        return sys.modules[alias]
+    spec = importlib.util.spec_from_file_location(alias, package_dir / "__init__.py",
+                                                  submodule_search_locations=[str(package_dir)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = mod                        # Triton looks kernels' modules up by name
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        for name in [n for n in sys.modules if n == alias or n.startswith(alias + ".")]:
+            del sys.modules[name]
+        raise
+    return mod
+
+
+def load_revision(rev: str, repo: Path = REPO_ROOT):
+    """optimized/ as it is at git revision ``rev``: checked out into a temporary worktree and
+    imported as its own package. Returns (Implementation named ``ours@REV``, cleanup)."""
+    from .impls import Implementation
+    from .specs import SPECS
+    found = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if found.returncode != 0:
+        raise BaselineError(f"--baseline {rev!r}: not a git revision of {repo}")
+    sha = found.stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="moe-bench-baseline-"))
+    tree = tmp / "tree"
+    added = _git(repo, "worktree", "add", "--detach", "--quiet", str(tree), sha)
+    if added.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BaselineError(f"--baseline {rev!r}: git worktree add failed: {added.stderr.strip()}")
+
+    def cleanup() -> None:
+        _git(repo, "worktree", "remove", "--force", str(tree))
+        shutil.rmtree(tmp, ignore_errors=True)
+        _git(repo, "worktree", "prune")
+
+    try:
+        pkg = tree / "optimized"
+        if not (pkg / "__init__.py").is_file():
+            raise BaselineError(f"--baseline {rev!r}: revision {sha[:10]} has no optimized/ package")
+        mod = import_package_as(f"_moe_baseline_{sha[:12]}", pkg)
+        ops = {op: getattr(mod, op) for op in SPECS if callable(getattr(mod, op, None))}
+        notes = {op: f"optimized/ at {rev} has no {op}" for op in SPECS if op not in ops}
+        return Implementation(f"ours@{rev}", ops, notes=notes), cleanup
+    except BaseException:
+        cleanup()
+        raise
+
+
+def resolve_baseline(ref: str, repo: Path = REPO_ROOT):
+    """``git:REV`` or a git revision -> its optimized/; otherwise an implementation source.
+    Implementation sources are tried first (``reference``, ``ours``, ``sglang:...``)."""
+    from .impls import load_implementation
+    if ref.startswith("git:"):
+        return load_revision(ref[4:], repo)
+    try:
+        return load_implementation(ref), (lambda: None)
+    except ValueError as exc:
+        if _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode == 0:
+            return load_revision(ref, repo)
+        raise BaselineError(f"--baseline {ref!r}: neither an implementation source ({exc}) nor a git revision "
+                            f"of {repo}") from None
+
+
+@contextlib.contextmanager
+def value_checks_off() -> Iterator[Callable[[], None]]:
+    """Our launchers' value checks read the device (a host sync in the timed region): turn them
+    off for timing. Yields ``apply``, to call again after more packages were imported."""
+    prev_env = os.environ.get("MOE_CHECK_VALUES")
+    os.environ["MOE_CHECK_VALUES"] = "0"
+    changed = []
+
+    def apply() -> None:
+        for name, mod in list(sys.modules.items()):
+            top = name.split(".")[0]
+            if name.endswith("._config") and (top == "optimized" or top.startswith("_moe_baseline_")) \
+                    and getattr(mod, "CHECK_VALUES", False):
+                mod.CHECK_VALUES = False
+                changed.append(mod)
+    apply()
+    try:
+        yield apply
+    finally:
+        for mod in changed:
+            mod.CHECK_VALUES = True
+        if prev_env is None:
+            os.environ.pop("MOE_CHECK_VALUES", None)
+        else:
+            os.environ["MOE_CHECK_VALUES"] = prev_env
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class ModeResult:
+    """One implementation on one case in one mode."""
+
+    mode: str                               # eager | graph
+    stats: Optional[Stats] = None           # None when the mode could not run
+    perf: Optional[Perf] = None
+    vs_baseline: Optional[Comparison] = None
+    check: str = "ok"                       # ok | wrong | deferred | unavailable | error
+    message: str = ""
+    n_warmup: int = 0
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One implementation on one case (JSON-safe)."""
+
+    op: str
+    case: str
+    suite: str
+    params: str                              # CaseParams.to_json()
+    impl: str
+    status: str                              # ok | WRONG | DEFERRED | error | not provided
+    message: str = ""
+    cost: Optional[Cost] = None
+    eager: Optional[ModeResult] = None
+    graph: Optional[ModeResult] = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("WRONG", "DEFERRED", "error")
+
+    def mode(self, name: str) -> Optional[ModeResult]:
+        return self.eager if name == "eager" else self.graph
+
+
+# ----------------------------------------------------------------------------- one case
+
+def _outputs_of(spec, sample, returned) -> Dict[str, Any]:
+    ret = returned if isinstance(returned, (tuple, list)) else (returned,)
+    out = {}
+    for o in spec.outputs:
+        kind, key = o.where.split(":", 1)
+        out[o.name] = sample.args[key] if kind == "arg" else (ret[int(key)] if int(key) < len(ret) else None)
+    return out
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class _Verifier:
+    """The reference's answer on the case's fresh inputs, computed once, and the checks of
+    a timed run's final outputs against it (harness.runner's comparators)."""
+
+    def __init__(self, spec, fresh_sample):
+        from .runner import reference_outputs
+        self.spec, self.sample = spec, fresh_sample
+        self.expected = reference_outputs(spec, fresh_sample)
+
+    def check(self, candidate, final: Mapping[str, Any], snapshot: Mapping[str, Any]) -> Tuple[str, str]:
+        """("ok" | "wrong" | "deferred", message)."""
+        from .runner import ProbeFailure, as_bits, compare_outputs
+        try:
+            compare_outputs(self.spec, candidate, self.sample, dict(final), self.expected)
+        except ProbeFailure as f:
+            return "wrong", (f"the last timed call, on fresh inputs, gave a wrong answer (cached result or "
+                             f"skipped work?): {f.probe}: {f.message}")
+        for name, after in final.items():
+            before = snapshot.get(name)
+            if isinstance(after, torch.Tensor) and (before is None or before.shape != after.shape or
+                                                    not torch.equal(as_bits(before), as_bits(after))):
+                return "deferred", (f"{name} changed after the timed region ended: work ran outside the timed "
+                                    f"stream (deferred to another stream?)")
+        return "ok", ""
+
+
+def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ceilings: Ceilings, *,
+              baseline: Optional[str] = None, modes: Sequence[str] = MODES, fresh_seed_offset: int = 3
+              ) -> List[BenchRow]:
+    """Time every implementation that provides ``case.params.op``, interleaved, in each mode;
+    compare each with ``baseline`` (an implementation name among ``impls``); verify the final
+    round's outputs. Returns one row per implementation. A candidate's exception becomes an
+    'error' row; it never escapes."""
+    from .runner import fill_poison
+    from .specs import SPECS
+    p = case.params
+    spec = SPECS[p.op]
+    dev = torch.device(device)
+    base = dict(op=p.op, case=case.label(), suite=case.suite, params=p.to_json())
+    rows: Dict[str, BenchRow] = {}
+    present = []
+    for impl in impls:
+        if p.op not in impl.ops:
+            rows[impl.name] = BenchRow(**base, impl=impl.name, status="not provided",
+                                       message=impl.notes.get(p.op, "") if hasattr(impl, "notes") else "")
+        else:
+            present.append(impl)
+    if not present:
+        return [rows[i.name] for i in impls]
+
+    first = spec.build(p, dev)
+    working = []
+    for impl in present:                            # a first call each: compilation, and a crash is an error row
+        try:
+            impl.ops[p.op](*first.args.values())
+            synchronize(dev)
+            working.append(impl)
+        except Exception as exc:  # a candidate's fault: reported, never raised
+            rows[impl.name] = BenchRow(**base, impl=impl.name, status="error", message=_error_text(exc))
+    n = len(working)
+    if n == 0:
+        return [rows[i.name] for i in impls]
+    cost = cost_of(p, first.args)
+    sets = [first] + [spec.build(p, dev) for _ in range(n - 1)]
+    arg_tuples = [tuple(s.args.values()) for s in sets]
+    out_args = [o.where.split(":", 1)[1] for o in spec.outputs if o.where.startswith("arg:")]
+
+    fresh = spec.build(dataclasses.replace(p, seed=p.seed + fresh_seed_offset), dev)
+    for name, v in fresh.args.items():
+        old = first.args[name]
+        if isinstance(v, torch.Tensor) and (old.shape != v.shape or old.dtype != v.dtype):
+            raise RuntimeError(f"{p.op}: fresh inputs differ in shape from the timed ones ({name}); "
+                               f"the case builder's shapes depend on the seed")
+    verifier = _Verifier(spec, fresh)
+
+    def set_of(i: int, r: int) -> int:
+        return (i + r) % n
+
+    def refresh(extra_outputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            for s in sets:
+                for name, v in s.args.items():
+                    if isinstance(v, torch.Tensor):
+                        if name in out_args:
+                            fill_poison(v)
+                        else:
+                            v.copy_(fresh.args[name])
+            for t in extra_outputs:
+                fill_poison(t)
+        return run
+
+    results: Dict[str, Dict[str, ModeResult]] = {impl.name: {} for impl in working}
+    for mode in modes:
+        workloads, timed = [], []
+        extra = []
+        for i, impl in enumerate(working):
+            fn = impl.ops[p.op]
+            if mode == "eager":
+                calls = tuple(functools.partial(fn, *arg_tuples[set_of(i, r)]) for r in range(n))
+                outs = functools.partial(lambda i_, v, ret: _outputs_of(spec, sets[set_of(i_, v)], ret), i)
+            else:
+                try:
+                    graphs = [capture_graph(functools.partial(fn, *arg_tuples[set_of(i, r)]), dev) for r in range(n)]
+                except GraphUnavailable as why:
+                    results[impl.name][mode] = ModeResult(mode, check="unavailable", message=str(why))
+                    continue
+                except Exception as exc:  # a candidate's fault while warming up for capture
+                    results[impl.name][mode] = ModeResult(mode, check="unavailable", message=_error_text(exc))
+                    continue
+                calls = tuple(g.replay for g, _ in graphs)
+                outs = functools.partial(lambda i_, gs, v, _ret: _outputs_of(spec, sets[set_of(i_, v)], gs[v][1]),
+                                         i, graphs)
+                for _, ret in graphs:                 # static returned outputs: poisoned before the last round
+                    extra += [t for t in (ret if isinstance(ret, (tuple, list)) else (ret,))
+                              if isinstance(t, torch.Tensor)]
+            workloads.append(Workload(impl.name, calls, outs))
+            timed.append(impl)
+        if not workloads:
+            continue
+        try:
+            run = run_interleaved(workloads, dev, config, before_final_round=refresh(extra))
+        except Exception as exc:  # some candidate failed mid-run: which one is unknown, so all are marked
+            for impl in timed:
+                results[impl.name][mode] = ModeResult(mode, check="error", message=_error_text(exc))
+            continue
+        times = dict(zip([w.name for w in workloads], run.times_ms))
+        for k, impl in enumerate(timed):
+            stats = Stats.of(run.times_ms[k])
+            check, message = verifier.check(impl.candidate(p.op), run.final_outputs[k], run.final_snapshots[k])
+            vs = None
+            if baseline is not None and baseline in times and impl.name != baseline:
+                vs = compare(baseline, times[baseline], impl.name, run.times_ms[k], mode, n_boot=config.n_boot,
+                             confidence=config.confidence, seed=config.seed)
+            # A call that enqueues nothing (a cheat) can time at 0: no rate for it.
+            perf = perf_of(cost, stats.median_ms, ceilings.copy_gbps, ceilings.matmul_tflops) \
+                if stats.median_ms > 0 else None
+            results[impl.name][mode] = ModeResult(mode, stats, perf, vs, check, message, run.n_warmup)
+        del run
+    for impl in working:
+        res = results[impl.name]
+        checks = [res[m] for m in modes if m in res]
+        status, message = "ok", ""
+        for bad, label in (("wrong", "WRONG"), ("deferred", "DEFERRED"), ("error", "error")):
+            hit = next((r for r in checks if r.check == bad), None)
+            if hit is not None:
+                status, message = label, f"{hit.mode}: {hit.message}"
+                break
+        rows[impl.name] = BenchRow(**base, impl=impl.name, status=status, message=message, cost=cost,
+                                   eager=res.get("eager"), graph=res.get("graph"))
+    return [rows[i.name] for i in impls]
+
+
+# ----------------------------------------------------------------------------- output
+
+def _us(ms: Optional[float]) -> str:
+    return "-" if ms is None else _num(ms * 1e3)
+
+
+def _num(x: float) -> str:
+    """Three significant figures at least, thousands separated."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 1 else f"{x:.3g}"
+
+
+def format_header(baseline: Optional[str]) -> str:
+    vs = f"vs {baseline}" if baseline else "vs baseline"
+    head = (f"{'op':<17} {'case':<50} {'impl':<16} {'eager us [q1, q3]':>26} {'graph us':>10} {'GB/s':>8} "
+            f"{'TFLOP/s':>8} {'% roof':>7}  {vs + ' (eager)':<38} {vs + ' (graph)':<38} check")
+    return head + "\n" + "-" * len(head)
+
+
+def format_row(r: BenchRow) -> str:
+    e, g = r.eager, r.graph
+    eager = "-"
+    if e is not None and e.stats is not None:
+        eager = f"{_us(e.stats.median_ms)} [{_us(e.stats.q1_ms)}, {_us(e.stats.q3_ms)}]"
+    elif e is not None:
+        eager = e.check
+    graph = _us(g.stats.median_ms) if g is not None and g.stats is not None else ("n/a" if g is not None else "-")
+    # GB/s, TFLOP/s and % of roof from device time (graph) when there is one, else from eager time.
+    perf_src = g if g is not None and g.perf is not None else e
+    perf = perf_src.perf if perf_src is not None else None
+    gbps = _num(perf.gbps) if perf else "-"
+    tflops = _num(perf.tflops) if perf and perf.tflops else "-"
+    roof = f"{perf.pct_of_roof:.0f}%" if perf else "-"
+    vs_e = e.vs_baseline.describe() if e is not None and e.vs_baseline else ""
+    vs_g = g.vs_baseline.describe() if g is not None and g.vs_baseline else ""
+    status = r.status + (f": {r.message}" if r.message and r.status != "ok" else "")
+    return (f"{r.op:<17} {r.case[:50]:<50} {r.impl[:16]:<16} {eager:>26} {graph:>10} {gbps:>8} {tflops:>8} "
+            f"{roof:>7}  {vs_e:<38} {vs_g:<38} {status}")
+
+
+def format_notes(rows: Sequence[BenchRow]) -> str:
+    """Why graph mode was unavailable, once per implementation and reason."""
+    seen, out = set(), []
+    for r in rows:
+        if r.graph is not None and r.graph.check == "unavailable" and (r.impl, r.graph.message) not in seen:
+            seen.add((r.impl, r.graph.message))
+            out.append(f"  graph mode unavailable for {r.impl} ({r.op}): {r.graph.message}")
+    return "\n".join(out)
+
+
+def write_plot(rows: Sequence[BenchRow], path: str) -> str:
+    """PNG of median eager time (solid) and graph time (dashed) against tokens, one panel per
+    op, one line per implementation and case family. Returns what was done, in words."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return (f"--plot: matplotlib is not installed (pip install 'moe-kernel-harness[plot]'); "
+                f"no plot written to {path}")
+    series: Dict[str, Dict[Tuple[str, str], List[Tuple[int, float, Optional[float]]]]] = {}
+    for r in rows:
+        if r.eager is None or r.eager.stats is None:
+            continue
+        p = CaseParams.from_json(r.params)
+        family = r.case.split(" ", 1)[1] + ("" if r.suite == "anchors" else f" ({r.suite})")   # label minus T=...
+        g = r.graph.stats.median_ms if r.graph is not None and r.graph.stats is not None else None
+        series.setdefault(r.op, {}).setdefault((r.impl, family), []).append((p.tokens, r.eager.stats.median_ms, g))
+    if not series:
+        return "--plot: nothing was timed; no plot written"
+    fig, axes = plt.subplots(len(series), 1, figsize=(9, 3.4 * len(series)), squeeze=False)
+    for ax, (op, lines) in zip(axes[:, 0], sorted(series.items())):
+        for (impl, family), pts in sorted(lines.items()):
+            pts.sort()
+            xs = [t for t, _, _ in pts]
+            line, = ax.plot(xs, [e * 1e3 for _, e, _ in pts], marker="o", label=f"{impl}: {family} (eager)")
+            if all(g is not None for _, _, g in pts):
+                ax.plot(xs, [g * 1e3 for _, _, g in pts], marker="x", linestyle="--", color=line.get_color(),
+                        label=f"{impl}: {family} (graph)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(op)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("median time (us)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+# ----------------------------------------------------------------------------- self-test
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """One of the method's own checks."""
+
+    name: str
+    measured: str
+    criterion: str
+    status: str          # PASS | FAIL | SKIP
+
+
+def _slowed(fn: Callable) -> Callable:
+    """Does the work twice (an extra full pass): must be reported about 2x slower."""
+    def slowed(*args):
+        fn(*args)
+        return fn(*args)
+    return slowed
+
+
+def _caching(fn: Callable) -> Callable:
+    """Computes once per set of argument addresses, then returns the cached result and skips
+    the work: must be flagged."""
+    memo: Dict[tuple, Any] = {}
+
+    def cached(*args):
+        key = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else repr(a) for a in args)
+        if key not in memo:
+            memo[key] = fn(*args)
+        return memo[key]
+    return cached
+
+
+def _deferred(fn: Callable) -> Callable:
+    """Runs the work on a side stream after a delay and returns at once, without making the
+    caller's stream wait: looks fast, must be flagged."""
+    side: Dict[str, Any] = {}
+
+    def deferred(*args):
+        stream = side.setdefault("s", torch.cuda.Stream())
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(2_000_000)             # about a millisecond of device time
+            return fn(*args)
+    return deferred
+
+
+def selftest_case(op: str, backend: str) -> BenchCase:
+    """DeepSeek-V3 EP8 prefill (T=4096) for the op; shrunk on the interpreter."""
+    case = preset_cases("deepseek-v3", [op], [4096], ["uniform"], None)[0]
+    return case if backend == "cuda" else shrink_for_interpreter(case)
+
+
+def run_selftest(args, backend: str, device, config: TimingConfig, ceilings: Ceilings
+                 ) -> Tuple[List[SelfCheck], List[BenchRow]]:
+    """The 'Done when' checks of the bench method, in one go."""
+    from .impls import load_implementation
+    checks: List[SelfCheck] = []
+    plain = plain_copy_gbps(device, ceilings.copy_bytes)
+    rel = ceilings.copy_gbps / plain - 1.0
+    checks.append(SelfCheck("copy ceiling vs plain torch copy",
+                            f"{ceilings.copy_gbps:,.0f} GB/s (events) vs {plain:,.0f} GB/s (host clock): "
+                            f"{rel * 100:+.1f}%", "within 10%",
+                            # a CPU's copy bandwidth is not the question here: reported, not judged
+                            ("PASS" if abs(rel) <= 0.10 else "FAIL") if backend == "cuda" else "SKIP"))
+
+    op = (args.op or ["post_reorder"])[0]
+    case = selftest_case(op, backend)
+    impl = load_implementation((args.impl or ["ours"])[0])
+    if op not in impl.ops:
+        impl = load_implementation("reference")
+    fn = impl.ops[op]
+    a = dataclasses.replace(impl, name=f"{impl.name}:A")
+    modes = [m for m in (args.modes or MODES)]
+    rows: List[BenchRow] = []
+
+    def run(candidates, baseline, run_modes=modes):
+        got = time_case(case, candidates, device, config, ceilings, baseline=baseline, modes=run_modes)
+        rows.extend(got)
+        return {r.impl: r for r in got}
+
+    same = run([a, dataclasses.replace(impl, name=f"{impl.name}:A'")], a.name)[f"{impl.name}:A'"]
+    for mode in modes:
+        m = same.mode(mode)
+        if m is None or m.vs_baseline is None:
+            checks.append(SelfCheck(f"A/B against itself ({mode})", m.message if m else "not run",
+                                    "CI contains 1.0", "SKIP"))
+            continue
+        c = m.vs_baseline
+        checks.append(SelfCheck(f"A/B against itself ({mode})", c.describe(), "CI contains 1.0",
+                                "PASS" if c.ci_low <= 1.0 <= c.ci_high and same.status == "ok" else "FAIL"))
+
+    slow_impl = dataclasses.replace(impl, name=f"{impl.name}:slowed", ops={op: _slowed(fn)})
+    slow = run([a, slow_impl], a.name)[slow_impl.name]
+    for mode in modes:
+        m = slow.mode(mode)
+        if m is None or m.vs_baseline is None:
+            checks.append(SelfCheck(f"A/B against a slowed copy (work done twice) ({mode})",
+                                    m.message if m else "not run", "verdict 'slower'", "SKIP"))
+            continue
+        c = m.vs_baseline
+        checks.append(SelfCheck(f"A/B against a slowed copy (work done twice) ({mode})", c.describe(),
+                                "verdict 'slower'", "PASS" if c.verdict == "slower" else "FAIL"))
+
+    # (what it does, wrapper, statuses that count as flagged, modes): the deferring cheat cannot
+    # be graph-captured (its side stream never joins back), so it is timed eagerly only.
+    cheats = [("returns a cached result", _caching, ("WRONG",), modes)]
+    if backend == "cuda":
+        cheats.append(("defers its work to another stream", _deferred, ("DEFERRED", "WRONG"), ["eager"]))
+    else:
+        checks.append(SelfCheck("candidate that defers its work to another stream is flagged",
+                                "needs CUDA streams", "status DEFERRED", "SKIP"))
+    for what, wrap, flagged, cheat_modes in cheats:
+        cheat = dataclasses.replace(impl, name=f"{impl.name}:cheat", ops={op: wrap(fn)})
+        r = run([cheat], None, cheat_modes)[cheat.name]
+        t = r.eager.stats.median_ms if r.eager is not None and r.eager.stats is not None else None
+        checks.append(SelfCheck(f"candidate that {what} is flagged",
+                                f"{r.status} (eager {_us(t)} us){': ' + r.message[:120] if r.message else ''}",
+                                f"status {' or '.join(flagged)}", "PASS" if r.status in flagged else "FAIL"))
+    return checks, rows
+
+
+def format_selfchecks(checks: Sequence[SelfCheck]) -> str:
+    head = f"{'self-check':<62} {'status':<6} {'criterion':<22} measured"
+    lines = [head, "-" * len(head)]
+    for c in checks:
+        lines.append(f"{c.name:<62} {c.status:<6} {c.criterion:<22} {c.measured}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command
+
+def add_parser(sub):
+    from .specs import SPECS
+    p = sub.add_parser("bench", help="time implementations (eager and CUDA graph), A/B against a baseline",
+                       description="Time implementations on model-shaped cases with L2 flushed between interleaved "
+                                   "repetitions, in eager mode and CUDA-graph replay; report medians and quartiles, "
+                                   "GB/s, TFLOP/s and share of the card's measured ceilings, the speedup against "
+                                   "--baseline with a bootstrap 95%% CI, and whether the timed outputs were right.")
+    p.add_argument("--op", nargs="+", help=f"ops to time (default: all): {', '.join(SPECS)}")
+    p.add_argument("--impl", nargs="+", default=["ours"],
+                   help="implementation sources to time (default: ours); see moe-harness check --help")
+    p.add_argument("--preset", choices=("anchors",) + tuple(sorted(MODEL_SHAPES)),
+                   help="anchors (default): the shapes of ANCHORS.md; a model name: its shapes at decode (1, 64) and "
+                        "prefill (1024, 4096) tokens, uniform and skewed routing (DeepSeek-V3 on one rank of EP8)")
+    p.add_argument("--tokens", nargs="+", type=int, help="token counts (replace the preset's)")
+    p.add_argument("--dtype", nargs="+", help="dtypes (default: int32 ids for preprocess, bfloat16 otherwise)")
+    p.add_argument("--routing", nargs="+", choices=sorted(ROUTINGS), help="routings (replace the preset's)")
+    p.add_argument("--baseline", help="git revision (its optimized/, from a temporary worktree; 'git:REV' forces it) "
+                                      "or implementation source to compare against, A/B in this process")
+    p.add_argument("--modes", nargs="+", choices=MODES, help="timing modes (default: eager graph)")
+    p.add_argument("--warmup-ms", type=float, default=25.0, help="warm-up time per case and mode (default 25)")
+    p.add_argument("--rep-ms", type=float, default=100.0, help="measured time per case and mode (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cases and of the bootstrap")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--plot", help="write a PNG of time against tokens (needs matplotlib)")
+    p.add_argument("--selftest", action="store_true",
+                   help="check the method itself: copy ceiling vs a plain torch copy, A/B against itself and "
+                        "against a slowed copy, cheating candidates flagged (uses the first --op and --impl)")
+    p.set_defaults(run=main)
+    return p
+
+
+def timing_config(args, backend: str) -> TimingConfig:
+    if backend != "cuda":      # each interpreted call is slow; a few rounds show that it runs
+        rounds = 20 if args.selftest else 3    # the self-test's verdicts need MIN_PAIRS_FOR_VERDICT pairs
+        return TimingConfig(warmup_ms=0.0, rep_ms=0.0, min_rounds=rounds, max_rounds=rounds, estimate_rounds=1,
+                            n_boot=500, seed=args.seed)
+    rep = max(args.rep_ms, 300.0) if args.selftest else args.rep_ms
+    return TimingConfig(warmup_ms=args.warmup_ms, rep_ms=rep, seed=args.seed)
+
+
+def _progress(text: str) -> None:
+    """A transient status line on a terminal (cleared with an empty text); nothing otherwise."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{text:<100.100}" if text else "\r" + " " * 100 + "\r")
+        sys.stderr.flush()
+
+
+def _load_impls(args) -> Tuple[list, Optional[str], Callable[[], None]]:
+    """(implementations, baseline name or None, cleanup); the baseline comes first.
+    Raises ValueError (BaselineError included) with a message for the user."""
+    from .impls import load_implementation
+    impls: list = []
+    for src in args.impl:
+        try:
+            impl = load_implementation(src)
+        except ValueError as exc:
+            raise ValueError(f"--impl {src!r}: {exc}") from None
+        if impl.name not in {i.name for i in impls}:
+            impls.append(impl)
+    if not args.baseline:
+        return impls, None, lambda: None
+    try:
+        base_impl, cleanup = resolve_baseline(args.baseline)
+    except BaselineError:
+        raise
+    except Exception as exc:  # the revision's code failed to import: the user's to see, not a traceback
+        raise BaselineError(f"--baseline {args.baseline!r}: loading it failed: {_error_text(exc)}") from None
+    return [base_impl] + [i for i in impls if i.name != base_impl.name], base_impl.name, cleanup
+
+
+def main(args, backend: str) -> int:
+    """Run the bench command; 0 when every timed output was right (and, with --selftest,
+    every self-check passed), 1 otherwise, 2 for a bad selection, --impl or --baseline."""
+    info = describe(backend)
+    print(" | ".join(f"{k} {v}" for k, v in info.items()))
+    representative = backend == "cuda"
+    if not representative:
+        print(NOT_REPRESENTATIVE)
+    device = device_of(backend)
+    config = timing_config(args, backend)
+    modes = tuple(args.modes or MODES)
+    if not representative and "graph" in modes:
+        print("graph mode needs a CUDA device: eager only")
+        modes = tuple(m for m in modes if m != "graph") or ("eager",)
+    args.modes = list(modes)
+    report: Dict[str, Any] = {"environment": info, "representative": representative, "config": asdict(config)}
+    with value_checks_off() as apply_value_checks_off:
+        cleanup: Callable[[], None] = lambda: None
+        try:
+            if not args.selftest:
+                cases = select_cases(args, backend)
+                impls, baseline_name, cleanup = _load_impls(args)
+                apply_value_checks_off()          # the packages just imported have their own switch
+            ceilings = measure_ceilings(device, config)
+            print(ceilings.describe())
+            report["ceilings"] = asdict(ceilings)
+            if args.selftest:
+                checks, rows = run_selftest(args, backend, device, config, ceilings)
+                print(format_header(None))
+                for r in rows:
+                    print(format_row(r))
+                print()
+                print(format_selfchecks(checks))
+                report.update(selfchecks=[asdict(c) for c in checks], rows=[asdict(r) for r in rows])
+                code = 0 if all(c.status != "FAIL" for c in checks) else 1
+            else:
+                rows = []
+                print(format_header(baseline_name))
+                for k, case in enumerate(cases):
+                    _progress(f"[{k + 1}/{len(cases)}] {case.params.op} {case.label()}")
+                    got = time_case(case, impls, device, config, ceilings, baseline=baseline_name, modes=modes)
+                    _progress("")
+                    for r in got:
+                        print(format_row(r), flush=True)
+                    rows.extend(got)
+                notes = format_notes(rows)
+                if notes:
+                    print(notes)
+                if not cases:
+                    print("no case matches the selection (--op / --dtype)")
+                report.update(baseline=baseline_name, rows=[asdict(r) for r in rows])
+                code = 1 if any(r.failed for r in rows) else 0
+                if args.plot:
+                    print(write_plot(rows, args.plot))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            cleanup()
+    if not representative:
+        print(NOT_REPRESENTATIVE)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+    return code

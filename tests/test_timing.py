@@ -1,0 +1,354 @@
+"""The bench method on the CPU: statistics, verdicts, interleaving, the cost model, the
+cheat detectors, baseline loading from a git revision, and the command on the interpreter."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness import bench
+from harness.bench import BenchCase, BaselineError, load_revision, resolve_baseline, time_case
+from harness.cases import CaseParams
+from harness.costs import Cost, cost_of, perf_of
+from harness.impls import load_implementation
+from harness.timing import (FASTER, SLOWER, TOO_FEW, WITHIN_NOISE, Ceilings, Stats, TimingConfig, Workload,
+                            bootstrap_ratio_ci, compare, quantile, round_order, run_interleaved, verdict)
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_CEILINGS = Ceilings(device="test", copy_gbps=100.0, matmul_tflops=1.0, copy_bytes=1 << 20, matmul_n=64,
+                         copy=Stats.of([1.0]), matmul=Stats.of([1.0]), representative=False)
+CPU_CONFIG = TimingConfig(warmup_ms=1.0, rep_ms=20.0, min_rounds=25, max_rounds=60, estimate_rounds=1)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_quantile_matches_numpy_linear_interpolation():
+    xs = [5.0, 1.0, 4.0, 2.0, 10.0, 3.5]
+    for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+        assert quantile(xs, q) == pytest.approx(float(np.quantile(xs, q)))
+    with pytest.raises(ValueError):
+        quantile([], 0.5)
+
+
+def test_stats_reports_median_and_quartiles():
+    s = Stats.of([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert (s.n, s.median_ms, s.q1_ms, s.q3_ms, s.min_ms, s.max_ms) == (5, 3.0, 2.0, 4.0, 1.0, 100.0)
+
+
+def _lognormal(seed, n=300, scale=1.0):
+    return (np.random.default_rng(seed).lognormal(mean=0.0, sigma=0.05, size=n) * scale).tolist()
+
+
+def test_bootstrap_ci_contains_one_for_samples_of_one_distribution():
+    ratio, lo, hi = bootstrap_ratio_ci(_lognormal(1), _lognormal(2), seed=0)
+    assert lo <= 1.0 <= hi
+    assert lo < ratio < hi
+    assert verdict(lo, hi) == WITHIN_NOISE
+
+
+def test_bootstrap_ci_excludes_one_for_a_20_percent_shift():
+    base = _lognormal(1)
+    slower = _lognormal(2, scale=1.2)
+    ratio, lo, hi = bootstrap_ratio_ci(base, slower, seed=0)
+    assert hi < 1.0 and ratio == pytest.approx(1 / 1.2, rel=0.02)
+    assert verdict(lo, hi) == SLOWER
+    ratio, lo, hi = bootstrap_ratio_ci(slower, base, seed=0)
+    assert lo > 1.0 and ratio == pytest.approx(1.2, rel=0.02)
+    assert verdict(lo, hi) == FASTER
+
+
+def test_bootstrap_is_seeded():
+    a, b = _lognormal(3, n=50), _lognormal(4, n=50)
+    assert bootstrap_ratio_ci(a, b, seed=7) == bootstrap_ratio_ci(a, b, seed=7)
+    assert bootstrap_ratio_ci(a, b, seed=7)[1:] != bootstrap_ratio_ci(a, b, seed=8)[1:]
+
+
+def test_paired_bootstrap_cancels_drift_shared_by_a_round():
+    # Each round's clock drifts by up to +-40%; the candidate is 3% slower within every round.
+    rng = np.random.default_rng(0)
+    drift = rng.uniform(0.6, 1.4, size=400)
+    base = drift * rng.normal(1.0, 0.002, size=400)
+    cand = drift * 1.03 * rng.normal(1.0, 0.002, size=400)
+    _, lo, hi = bootstrap_ratio_ci(base, cand, seed=0)               # paired: drift cancels
+    assert hi < 1.0
+    _, lo_u, hi_u = bootstrap_ratio_ci(base, cand[:-1], seed=0)      # unequal lengths: unpaired
+    assert lo_u <= 1.0 <= hi_u
+
+
+def test_verdict_thresholds():
+    assert verdict(1.01, 1.05) == FASTER
+    assert verdict(0.90, 0.99) == SLOWER
+    assert verdict(0.99, 1.01) == WITHIN_NOISE
+    assert verdict(1.01, 1.05, min_effect=0.02) == WITHIN_NOISE
+    assert verdict(0.95, 0.97, min_effect=0.02) == SLOWER
+    with pytest.raises(ValueError):
+        verdict(1.1, 1.0)
+
+
+def test_compare_names_the_direction():
+    c = compare("base", [2.0] * 20, "new", [1.0] * 20, "eager", n_boot=200)
+    assert (c.ratio, c.verdict, c.n_pairs, c.mode) == (2.0, FASTER, 20, "eager")
+    assert compare("base", [2.0] * 3, "new", [1.0] * 3, "eager", n_boot=200).verdict == TOO_FEW
+
+
+# ----------------------------------------------------------------------------- the engine (CPU clock)
+
+def test_round_order_rotates():
+    assert [round_order(2, r) for r in range(3)] == [[0, 1], [1, 0], [0, 1]]
+    assert round_order(3, 1) == [1, 2, 0]
+
+
+def test_run_interleaved_interleaves_and_prepares_the_final_round():
+    log = []
+
+    def work(tag, seconds):
+        def call():
+            log.append(tag)
+            time.sleep(seconds)
+        return call
+
+    hook_calls = []
+    fast = Workload("fast", (work("a", 0.001),))
+    slow = Workload("slow", (work("b", 0.003),))
+    cfg = TimingConfig(warmup_ms=0.0, rep_ms=0.0, min_rounds=12, max_rounds=12, estimate_rounds=1)
+    run = run_interleaved([fast, slow], "cpu", cfg, before_final_round=lambda: hook_calls.append(len(log)))
+    assert run.n_rounds == 12 and [len(t) for t in run.times_ms] == [12, 12]
+    timed = log[-24:]
+    assert timed[:4] == ["a", "b", "b", "a"]                     # A B, B A, ...
+    assert hook_calls == [len(log) - 2]                           # once, just before the last round
+    c = compare("fast", run.times_ms[0], "slow", run.times_ms[1], "eager", n_boot=500)
+    assert c.verdict == SLOWER and c.ratio < 0.6
+
+
+def test_run_interleaved_rotates_call_variants():
+    seen = []
+    w = Workload("w", tuple((lambda k=k: seen.append(k)) for k in range(3)))
+    cfg = TimingConfig(warmup_ms=0.0, rep_ms=0.0, min_rounds=6, max_rounds=6, estimate_rounds=1)
+    run = run_interleaved([w], "cpu", cfg)
+    assert seen[-6:] == [0, 1, 2, 0, 1, 2]
+    assert run.final_variant == [2]
+
+
+# ----------------------------------------------------------------------------- cost model
+
+def test_pre_and_post_reorder_bytes_by_hand():
+    # T=4, K=2, H=8, bf16, experts 0..1 local: slots with ids 0, 1, 0, 1 -> 4 local slots.
+    ids = torch.tensor([[0, 3], [1, 2], [2, 3], [0, 1]])
+    p = CaseParams(op="pre_reorder", dtype="bfloat16", tokens=4, topk=2, experts=4, start_expert=0, end_expert=1,
+                   hidden=8)
+    args = dict(input=torch.empty(4, 8, dtype=torch.bfloat16), gateup_input=torch.empty(8, 8, dtype=torch.bfloat16),
+                topk_ids=ids)
+    assert cost_of(p, args) == Cost(4 * 8 * 2 + 4 * 8 * 2, 0, cost_of(p, args).note)
+    args["gateup_input"] = torch.empty(8, 8, dtype=torch.float8_e4m3fn)           # fp8 rows: 1 byte each
+    assert cost_of(p, args).bytes == 64 + 32
+    post = dataclasses.replace(p, op="post_reorder")
+    pargs = dict(down_output=torch.empty(8, 8, dtype=torch.bfloat16), output=torch.empty(4, 8, dtype=torch.bfloat16),
+                 topk_ids=ids)
+    assert cost_of(post, pargs).bytes == 4 * 8 * 2 + 4 * 8 * 2
+
+
+def test_reorder_bytes_reproduce_the_anchor_bandwidth():
+    # ANCHORS.md: pre_reorder T=4096, K=8, H=7168, all 256 experts local: 309 us, 1,712 GB/s.
+    T, K, H = 4096, 8, 7168
+    p = CaseParams(op="pre_reorder", dtype="bfloat16", tokens=T, topk=K, experts=256, hidden=H)
+    args = dict(input=torch.empty(T, H, dtype=torch.bfloat16, device="meta"),
+                gateup_input=torch.empty(T * K, H, dtype=torch.bfloat16, device="meta"),
+                topk_ids=torch.randint(0, 256, (T, K)))
+    cost = cost_of(p, args)
+    assert cost.bytes == T * H * 2 * (1 + K)
+    perf = perf_of(cost, 0.309, copy_gbps=3017.0, matmul_tflops=694.0)
+    assert perf.gbps == pytest.approx(1712, rel=0.005)
+    assert perf.pct_of_roof == pytest.approx(57, abs=0.5) and perf.bound == "memory"
+
+
+def test_grouped_gemm_counts_only_rows_and_weights_in_use():
+    # Groups [2, 5), [5, 5) (empty), [5, 9): 7 rows; weights 3 and 0 read, weight 1 (empty group) not.
+    N, Kd, M = 16, 32, 12
+    p = CaseParams(op="grouped_gemm", dtype="bfloat16", tokens=6, topk=2, experts=3, hidden=Kd, inter=N)
+    args = dict(a=torch.empty(M, Kd, dtype=torch.bfloat16), b=torch.empty(4, N, Kd, dtype=torch.bfloat16),
+                c=torch.empty(M, N, dtype=torch.bfloat16), seg_indptr=torch.tensor([2, 5, 5, 9]),
+                weight_indices=torch.tensor([3, 1, 0]), scale_a=None, scale_b=None)
+    cost = cost_of(p, args)
+    assert cost.flops == 2 * 7 * N * Kd
+    assert cost.bytes == 7 * Kd * 2 + 2 * N * Kd * 2 + 7 * N * 2
+    perf = perf_of(cost, 1.0, copy_gbps=1e9, matmul_tflops=1e-6)          # absurd ceilings: compute-bound
+    assert perf.bound == "compute"
+
+
+def test_cost_of_every_op_on_a_built_case():
+    from harness.specs import SPECS
+    for op, spec in SPECS.items():
+        dtype = "int32" if "preprocess" in op else "bfloat16"
+        p = CaseParams(op=op, dtype=dtype, tokens=6, topk=2, experts=8, start_expert=2, end_expert=5, hidden=16,
+                       inter=8, invalid_frac=0.3 if op == "deepep_preprocess" else 0.0)
+        cost = cost_of(p, spec.build(p, torch.device("cpu")).args)
+        assert cost.bytes > 0, op
+        assert (cost.flops > 0) == (op in ("grouped_gemm", "ep_moe_forward")), op
+
+
+# ----------------------------------------------------------------------------- cheats and A/B on cases
+
+def _case(op="post_reorder", **kw):
+    base = dict(op=op, dtype="bfloat16", tokens=8, topk=2, experts=8, start_expert=2, end_expert=5, hidden=32,
+                inter=16)
+    base.update(kw)
+    return BenchCase(CaseParams(**base), "test")
+
+
+def _renamed(impl, name, op, fn):
+    return dataclasses.replace(impl, name=name, ops={op: fn})
+
+
+@pytest.mark.parametrize("op", ["post_reorder", "ep_preprocess", "grouped_gemm"])
+def test_cached_and_skipping_candidates_are_flagged_honest_one_is_not(op):
+    ref = load_implementation("reference")
+    fn = ref.ops[op]
+    calls = {"n": 0}
+
+    def skips_after_first(*args):      # does the work once, then returns the first result
+        calls["n"] += 1
+        if calls["n"] == 1:
+            calls["first"] = fn(*args)
+        return calls["first"]
+
+    case = _case(op, dtype="int32") if op == "ep_preprocess" else _case(op)
+    impls = [ref, _renamed(ref, "cached", op, bench._caching(fn)), _renamed(ref, "skips", op, skips_after_first)]
+    rows = {r.impl: r for r in time_case(case, impls, "cpu", CPU_CONFIG, FAKE_CEILINGS, modes=("eager",))}
+    assert rows["reference"].status == "ok", rows["reference"].message
+    assert rows["cached"].status == "WRONG" and "fresh inputs" in rows["cached"].message
+    assert rows["skips"].status == "WRONG"
+    assert rows["reference"].eager.stats.n == rows["cached"].eager.stats.n >= CPU_CONFIG.min_rounds
+
+
+def test_slowed_copy_is_reported_slower_and_itself_within_noise_is_not_slower():
+    ref = load_implementation("reference")
+    op = "post_reorder"
+    case = _case(op, tokens=16, hidden=64)
+    slowed = _renamed(ref, "slowed", op, bench._slowed(ref.ops[op]))
+    cfg = dataclasses.replace(CPU_CONFIG, min_rounds=60, max_rounds=60)
+    rows = {r.impl: r for r in time_case(case, [ref, slowed], "cpu", cfg, FAKE_CEILINGS, baseline="reference",
+                                         modes=("eager",))}
+    c = rows["slowed"].eager.vs_baseline
+    assert rows["slowed"].status == "ok"
+    assert c.verdict == SLOWER and 0.35 < c.ratio < 0.75, c
+    assert rows["reference"].eager.vs_baseline is None
+
+
+def test_a_crashing_candidate_is_an_error_row_not_an_exception():
+    ref = load_implementation("reference")
+
+    def crashes(*args):
+        raise RuntimeError("boom")
+
+    rows = time_case(_case(), [_renamed(ref, "crash", "post_reorder", crashes), ref], "cpu", CPU_CONFIG,
+                     FAKE_CEILINGS, modes=("eager",))
+    assert [(r.impl, r.status) for r in rows] == [("crash", "error"), ("reference", "ok")]
+    assert "boom" in rows[0].message
+
+
+def test_rows_are_json_safe():
+    ref = load_implementation("reference")
+    rows = time_case(_case(), [ref], "cpu", CPU_CONFIG, FAKE_CEILINGS, modes=("eager",))
+    back = json.loads(json.dumps([dataclasses.asdict(r) for r in rows]))
+    assert back[0]["eager"]["stats"]["n"] == rows[0].eager.stats.n
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rows[0].status = "changed"
+
+
+# ----------------------------------------------------------------------------- cases and presets
+
+def test_presets_cover_decode_and_prefill_on_one_ep8_rank():
+    cases = bench.preset_cases("deepseek-v3", ["pre_reorder", "grouped_gemm"], bench.DECODE_TOKENS +
+                               bench.PREFILL_TOKENS, bench.PRESET_ROUTINGS, None)
+    pre = [c.params for c in cases if c.params.op == "pre_reorder"]
+    assert sorted({p.tokens for p in pre}) == [1, 64, 1024, 4096]
+    assert {p.routing for p in pre} == {"uniform", "skewed"}
+    assert {(p.e_local, p.hidden, p.dtype) for p in pre} == {(32, 7168, "bfloat16")}
+    gemm = {(c.variant, c.params.inter, c.params.hidden) for c in cases if c.params.op == "grouped_gemm"}
+    assert gemm == {("gate_up", 4096, 7168), ("down", 7168, 2048)}
+
+
+def test_default_suite_is_the_anchor_shapes():
+    args = bench.add_parser(_Sub()).parse_args([])
+    cases = bench.select_cases(args, "cuda")
+    got = {(c.params.op, c.params.tokens, c.params.topk, c.params.experts, c.params.e_local) for c in cases}
+    assert ("ep_preprocess", 16384, 8, 256, 256) in got
+    assert ("post_reorder", 256, 8, 256, 32) in got
+    assert ("grouped_gemm", 4096, 2, 8, 8) in got
+    small = bench.select_cases(args, "interpreter")
+    assert max(c.params.tokens for c in small) <= bench.INTERPRETER_LIMITS["tokens"]
+
+
+class _Sub:
+    """Stand-in for argparse's subparsers action: hands out one parser."""
+
+    def add_parser(self, name, **kw):
+        import argparse
+        return argparse.ArgumentParser(prog=name)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def _git(repo, *argv):
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *argv], check=True,
+                   capture_output=True)
+
+
+def test_baseline_from_a_git_revision_loads_its_optimized_package_side_by_side(tmp_path):
+    pkg = tmp_path / "optimized"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .impl import post_reorder\n")
+    (pkg / "impl.py").write_text("import reference\nVERSION = 1\n"
+                                 "def post_reorder(*args):\n    return reference.post_reorder(*args)\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "one")
+    (pkg / "impl.py").write_text((pkg / "impl.py").read_text().replace("VERSION = 1", "VERSION = 2"))
+    _git(tmp_path, "commit", "-q", "-am", "two")
+    impl, cleanup = load_revision("HEAD~1", repo=tmp_path)
+    try:
+        fn = impl.ops["post_reorder"]
+        assert impl.name == "ours@HEAD~1" and "ep_preprocess" not in impl.ops
+        assert fn.__module__ != "optimized.impl" and fn.__module__.endswith(".impl")
+        assert sys.modules[fn.__module__].VERSION == 1
+        rows = time_case(_case(), [impl], "cpu", CPU_CONFIG, FAKE_CEILINGS, modes=("eager",))
+        assert rows[0].status == "ok"
+    finally:
+        cleanup()
+    listed = subprocess.run(["git", "-C", str(tmp_path), "worktree", "list"], capture_output=True, text=True).stdout
+    assert len(listed.strip().splitlines()) == 1                  # the temporary worktree is gone
+
+
+def test_baseline_names_an_implementation_or_fails_clearly(tmp_path):
+    impl, cleanup = resolve_baseline("reference", repo=tmp_path)
+    assert impl.name == "reference" and "post_reorder" in impl.ops
+    cleanup()
+    with pytest.raises(BaselineError, match="neither an implementation source"):
+        resolve_baseline("no-such-revision-or-impl", repo=REPO)
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_bench_command_on_the_interpreter_says_timings_are_not_representative(tmp_path):
+    out_json = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-m", "harness", "--backend", "interpreter", "bench", "--op",
+                           "post_reorder", "--impl", "reference", "--tokens", "4", "--json", str(out_json)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not representative" in proc.stdout
+    assert "ceilings on CPU" in proc.stdout
+    report = json.loads(out_json.read_text())
+    assert report["representative"] is False
+    rows = report["rows"]
+    assert rows and all(r["status"] == "ok" and r["eager"]["stats"]["n"] >= 3 for r in rows)
+    assert all(r["graph"] is None for r in rows)
