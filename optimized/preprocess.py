@@ -22,6 +22,10 @@ from reference._checks import validate_preprocess
 
 from . import _config
 
+# The GPU path ranks slots inside a block with tl.sort; the interpreter uses a pairwise
+# compare instead (tl.sort is very slow there). Tests set this to run the sort path on CPU.
+FORCE_SORT = False
+
 
 @triton.jit
 def _bucket_of(ids, E, SHIFT: tl.constexpr):
@@ -96,18 +100,26 @@ def _scatter_kernel(
     # sizes
     N, E, OUT_LEN,
     # meta
-    SHIFT: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr,
+    SHIFT: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr, USE_SORT: tl.constexpr,
 ):
     """src2dst[s] = global sorted position (minus n_inv for deepep); sorted[pos] = id for pos in [0, OUT_LEN)."""
     pid = tl.program_id(0)
     base = pid.to(tl.int64) * BLOCK
     lane = tl.arange(0, BLOCK)
     ids = tl.load(ids_ptr + base + lane, mask=base + lane < N, other=-2)
-    key = tl.sort(_bucket_of(ids, E, SHIFT) * BLOCK + lane)      # unique keys: stable within the block
-    bucket = key // BLOCK
-    src = base + (key % BLOCK)                                   # slot now at sorted position `lane`
+    key = _bucket_of(ids, E, SHIFT) * BLOCK + lane               # unique keys: stable within the block
+    if USE_SORT:
+        key = tl.sort(key)
+        bucket = key // BLOCK
+        src = base + (key % BLOCK)                               # the slot at sorted position p = lane
+        p = lane
+    else:
+        # Interpreter: tl.sort is very slow there; the same in-block rank by pairwise compare.
+        bucket = key // BLOCK
+        src = base + lane
+        p = tl.sum((key[None, :] < key[:, None]).to(tl.int32), axis=1)
     ok = src < N
-    pos = lane + tl.load(delta_ptr + pid.to(tl.int64) * NBP + bucket)
+    pos = p + tl.load(delta_ptr + pid.to(tl.int64) * NBP + bucket)
     tl.store(src2dst_ptr + src, pos.to(src2dst_ptr.dtype.element_ty), mask=ok)
     idv = tl.load(ids_ptr + src, mask=ok, other=0)               # original id (exact even for dump ids)
     tl.store(sorted_ptr + pos, idv, mask=ok & (pos >= 0) & (pos < OUT_LEN))
@@ -118,8 +130,8 @@ def _plan(n: int, num_experts: int, deepep: bool):
     nbp = max(32, _config.next_pow2(nb))                         # tl.histogram: power of 2, >= warp size
     # ~128 blocks for mid sizes; at least 256 slots, at most 4096 (bitonic sort in registers).
     block = min(4096, max(256, _config.next_pow2(triton.cdiv(n, 128))))
-    if _config.is_interpreter():
-        block = min(block, 1024)
+    if _config.is_interpreter() and not FORCE_SORT:
+        block = min(block, 512)  # the pairwise rank is BLOCK x BLOCK
     nblk = triton.cdiv(n, block)
     return nbp, block, nblk
 
@@ -147,7 +159,8 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
         src2dst = torch.empty(n, dtype=torch.int32, device=dev)
     sorted_ids = torch.empty(n_out, dtype=flat.dtype, device=dev)
     _scatter_kernel[(nblk,)](flat, delta, src2dst, sorted_ids, n, num_experts, n_out,
-                             SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps)
+                             SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps,
+                             USE_SORT=FORCE_SORT or not _config.is_interpreter())
     return sorted_ids, src2dst, seg
 
 

@@ -1,0 +1,296 @@
+"""Grouped GEMM over expert segments, bf16/fp16/fp32 and fp8 e4m3 (SPEC.md section 6),
+plus the per-token-group fp8 quantiser used by the block-wise path.
+
+Tile bookkeeping lives inside the GEMM kernel: every program loads seg_indptr (batch+1
+values), computes tiles per group and their prefix sum in registers and maps its m-slot
+to (group, tile) from that. Nothing is allocated, so nothing can be read unwritten; the
+tile size may come from autotuning; and the grid is a host-known upper bound
+(cdiv(M, BM) + batch m-slots x cdiv(N, BN)) so no host sync is needed. Slots past the
+real tile count exit at once.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from reference._checks import FP8_DTYPE, check_int, check_tensor, validate_grouped_gemm
+
+from . import _config
+from ._tl import FP8_MAX, cast_out
+
+QUANT_EPS = 1e-10  # same floor as reference.gemm.QUANT_EPS
+
+# ----------------------------------------------------------------------------- quantiser
+
+
+@triton.jit
+def _group_quant_kernel(
+    # pointers
+    x_ptr, q_ptr, s_ptr, seg_ptr,
+    # sizes
+    M, Kd, G, GS, NSEG,
+    # meta
+    HAS_SEG: tl.constexpr, SEG_P: tl.constexpr, ROWS: tl.constexpr, BLOCK_G: tl.constexpr,
+    INTERP: tl.constexpr,
+):
+    """Row r, group g: s[r, g] = max(amax|x[r, g*GS:(g+1)*GS]|, eps) / 448; q = fp8(clamp(x / s)).
+
+    With HAS_SEG only rows in [min(seg), max(seg)) are processed (the rows a grouped GEMM
+    over seg_indptr can read); the others are left unwritten and are never read.
+    """
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    g = tl.program_id(1)
+    j = tl.arange(0, BLOCK_G)
+    cols = g * GS + j
+    rmask = rows < M
+    if HAS_SEG:
+        si = tl.arange(0, SEG_P)
+        sv = tl.load(seg_ptr + si, mask=si < NSEG, other=0)
+        lo = tl.min(tl.where(si < NSEG, sv, M), axis=0)
+        hi = tl.max(tl.where(si < NSEG, sv, 0), axis=0)
+        rmask = rmask & (rows >= lo) & (rows < hi)
+    m2 = rmask[:, None] & ((j < GS) & (cols < Kd))[None, :]
+    x = tl.load(x_ptr + rows[:, None] * Kd + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=1)
+    scale = tl.maximum(amax, 1e-10) / FP8_MAX
+    q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty, INTERP)
+    tl.store(q_ptr + rows[:, None] * Kd + cols[None, :], q, mask=m2)
+    tl.store(s_ptr + rows * G + g, scale, mask=rmask)
+
+
+def _quant(x: torch.Tensor, group_size: int, seg_indptr=None):
+    M, Kd = x.shape
+    G = triton.cdiv(Kd, group_size)
+    q = torch.empty(M, Kd, dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty(M, G, dtype=torch.float32, device=x.device)
+    if M == 0 or Kd == 0:
+        return q, s
+    block_g = _config.next_pow2(group_size)
+    rows = max(1, min(4096 // block_g, _config.next_pow2(M), 64))
+    nseg = 0 if seg_indptr is None else seg_indptr.numel()
+    _group_quant_kernel[(triton.cdiv(M, rows), G)](
+        x, q, s, seg_indptr if seg_indptr is not None else s,
+        M, Kd, G, group_size, nseg,
+        HAS_SEG=seg_indptr is not None, SEG_P=max(16, _config.next_pow2(nseg)), ROWS=rows, BLOCK_G=block_g,
+        INTERP=_config.is_interpreter(), num_warps=4)
+    return q, s
+
+
+def per_token_group_quant_fp8(x: torch.Tensor, group_size: int):
+    """Quantise each row of x [M, Kd] per group of ``group_size`` columns to fp8 e4m3.
+
+    scale[m, g] = max(amax |x[m, group g]|, 1e-10) / 448 (float32); x_q = fp8(clamp(x / scale,
+    -448, 448)); a last partial group is quantised on its own columns. Returns (x_q [M, Kd]
+    float8_e4m3fn, scale [M, ceil(Kd / group_size)] float32).
+    """
+    # same checks as reference.gemm.per_token_group_quant_fp8 (it has no separate validator)
+    check_tensor("x", x, dtypes=(torch.bfloat16, torch.float16, torch.float32, torch.float64), ndim=2)
+    check_int("group_size", group_size, lo=1)
+    _config.reject_float64(x=x)
+    return _quant(x, group_size)
+
+
+# ----------------------------------------------------------------------------- grouped GEMM
+
+MODE_PLAIN, MODE_FP8_TENSOR, MODE_FP8_BLOCK, MODE_FP8_BLOCK_GENERIC = 0, 1, 2, 3
+
+
+@triton.jit
+def _grouped_gemm_kernel(
+    # pointers
+    a_ptr, b_ptr, c_ptr, seg_ptr, widx_ptr, sa_ptr, sb_ptr,
+    # sizes
+    M, N, Kd, E_w, batch, SB_N, SB_K, SA_K,
+    # autotune key only (rows per group, rounded); unused in the body
+    M_HINT,
+    # meta
+    MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, BATCH_P: tl.constexpr,
+    UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """c[r] = a[r] @ b[widx[g]].T for r in [seg[g], seg[g+1]), float32 accumulation.
+
+    MODE 0: bf16/fp16/fp32 (fp32 dots in IEEE precision, no tf32).
+    MODE 1: fp8 per tensor: acc * sa[e] * sb[e].
+    MODE 2: fp8 block-wise with BK | QBK: each BK-slice's dot scaled by sa[r, kb] * sb[e, n // QBN, kb].
+    MODE 3: fp8 block-wise, any [QBN, QBK]: operands dequantised element-wise, float32 IEEE dot.
+    seg values are clamped into [0, M] and groups with a weight index outside [0, E_w) are
+    skipped, so no value of seg_indptr / weight_indices can cause an out-of-bounds access.
+    """
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    num_m = tl.cdiv(M, BM) + batch            # same upper bound the host used for the grid
+    # grouped ("swizzled") order: GROUP_M m-slots share a band of B tiles in L2
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    gsize = tl.minimum(num_m - first_m, GROUP_M)
+    mt = first_m + (pid % width) % gsize
+    nt = (pid % width) // gsize
+
+    # --- which group / tile is m-slot mt: tiles per group and their prefix sum, in registers
+    gi = tl.arange(0, BATCH_P)
+    gmask = gi < batch
+    lo = tl.load(seg_ptr + gi, mask=gmask, other=0)
+    hi = tl.load(seg_ptr + gi + 1, mask=gmask, other=0)
+    lo = tl.minimum(tl.maximum(lo, 0), M)
+    hi = tl.minimum(tl.maximum(hi, lo), M)
+    ntiles = ((hi - lo + BM - 1) // BM).to(tl.int32)
+    cum = tl.cumsum(ntiles, axis=0)
+    if mt >= tl.sum(ntiles, axis=0):
+        return
+    g = tl.sum((cum <= mt).to(tl.int32), axis=0)
+    sel = gi == g
+    tile0 = tl.sum(tl.where(sel, cum - ntiles, 0), axis=0)
+    row_lo = tl.sum(tl.where(sel, lo, 0), axis=0)
+    row_hi = tl.sum(tl.where(sel, hi, 0), axis=0)
+    e = tl.load(widx_ptr + g).to(tl.int64)
+    if (e < 0) | (e >= E_w):
+        return
+
+    rows = row_lo + (mt - tile0).to(tl.int64) * BM + tl.arange(0, BM)
+    rmask = rows < row_hi
+    rows = tl.where(rmask, rows, 0)
+    cols = nt.to(tl.int64) * BN + tl.arange(0, BN)
+    nmask = cols < N
+    cols = tl.where(nmask, cols, 0)
+    kk = tl.arange(0, BK)
+    a_ptrs = a_ptr + rows[:, None] * Kd + kk[None, :]                      # [BM, BK]
+    b_ptrs = b_ptr + e * N * Kd + cols[None, :] * Kd + kk[:, None]         # [BK, BN] = b[e]^T tile
+    if MODE == 2:
+        sa_ptrs = sa_ptr + rows * SA_K                                      # [BM], + kb
+        sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K           # [BN], + kb
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, Kd, BK):
+        kmask = (k0 + kk) < Kd
+        a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        if MODE == 2:
+            kb = k0 // QBK
+            sa = tl.load(sa_ptrs + kb, mask=rmask, other=0.0)
+            sb = tl.load(sb_ptrs + kb, mask=nmask, other=0.0)
+            if UPCAST:
+                part = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+            else:
+                part = tl.dot(a, b)
+            acc += part * sa[:, None] * sb[None, :]
+        elif MODE == 3:
+            kabs = k0 + kk
+            sa2 = tl.load(sa_ptr + rows[:, None] * SA_K + (kabs // QBK)[None, :],
+                          mask=rmask[:, None] & kmask[None, :], other=0.0)
+            sb2 = tl.load(sb_ptr + e * SB_N * SB_K + (cols // QBN)[None, :] * SB_K + (kabs // QBK)[:, None],
+                          mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc = tl.dot(a.to(tl.float32) * sa2, b.to(tl.float32) * sb2, acc, input_precision="ieee")
+        else:
+            if UPCAST:
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            elif a_ptr.dtype.element_ty == tl.float32:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        a_ptrs += BK
+        b_ptrs += BK
+    if MODE == 1:
+        acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
+    c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
+    tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
+
+
+def _cfg(bm, bn, bk, warps, stages, group_m=8):
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
+
+
+# Hopper-sensible tiles. Large: 128x256 / 128x128 / 64x256 with BK 64 (16-bit) or 128 (fp8);
+# small-M (decode, few rows per expert): 16/32/64 x 128 with deep K.
+_CONFIGS_16BIT = [
+    _cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 128, 64, 4, 4), _cfg(64, 256, 64, 4, 4),
+    _cfg(128, 128, 128, 8, 3), _cfg(64, 128, 128, 4, 4), _cfg(64, 64, 128, 4, 4),
+    _cfg(32, 128, 128, 4, 4), _cfg(16, 128, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
+]
+_CONFIGS_FP32 = [
+    _cfg(128, 128, 32, 8, 3), _cfg(64, 128, 32, 4, 4), _cfg(64, 64, 32, 4, 4), _cfg(32, 64, 32, 4, 4),
+    _cfg(16, 64, 64, 4, 3),
+]
+_CONFIGS_FP8 = [
+    _cfg(128, 256, 128, 8, 3), _cfg(128, 128, 128, 8, 4), _cfg(128, 128, 128, 4, 4), _cfg(64, 256, 128, 4, 4),
+    _cfg(64, 128, 128, 4, 4), _cfg(128, 128, 64, 8, 4), _cfg(64, 128, 64, 4, 4),
+    _cfg(32, 128, 128, 4, 4), _cfg(16, 128, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
+]
+# extra BK = 64 tiles for block-wise bk = 64 (only tiles whose BK divides bk are kept there)
+_CONFIGS_FP8_BK64 = [_cfg(128, 256, 64, 8, 4), _cfg(32, 128, 64, 4, 5), _cfg(16, 128, 64, 4, 5)]
+_INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4}
+_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8}  # MODE 3 fallback (rare block shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def _tuner(kind: str, qbk: int):
+    """One autotuner per config family; block-wise keeps only tiles whose BK divides bk."""
+    if kind == "fp32":
+        configs = _CONFIGS_FP32
+    elif kind == "fp8":
+        configs = _CONFIGS_FP8
+    elif kind == "fp8_block":
+        configs = [c for c in _CONFIGS_FP8 + _CONFIGS_FP8_BK64 if qbk % c.kwargs["BK"] == 0]
+        if not configs:  # bk a multiple of 16 but of neither 64 nor 128: same tiles with BK = bk-ish
+            bk = max(d for d in (16, 32) if qbk % d == 0)
+            configs = [_cfg(64, 128, bk, 4, 4), _cfg(128, 128, bk, 8, 4), _cfg(32, 128, bk, 4, 4),
+                       _cfg(16, 128, bk, 4, 4)]
+    else:
+        configs = _CONFIGS_16BIT
+    return triton.autotune(configs=configs, key=["N", "Kd", "M_HINT"])(_grouped_gemm_kernel)
+
+
+def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_indices,
+                 use_fp8_w8a8=False, scale_a=None, scale_b=None, block_shape=None):
+    """SGLang's ``grouped_gemm_triton``.
+
+    For group g and rows r in [seg_indptr[g], seg_indptr[g+1]): c[r] = a[r] @
+    b[weight_indices[g]].T, float32 accumulation, cast to c's dtype. fp8 per tensor: times
+    scale_a[e] * scale_b[e]. fp8 block-wise (block_shape [bn, bk]): a (bf16/fp16/fp32) is
+    quantised per token group of bk by our Triton quantiser and each K-block's partial
+    product is scaled by scale_a[r, kb] * scale_b[e, n // bn, kb]. seg_indptr may start
+    above 0; groups may be empty; rows outside [seg[0], seg[batch]) are untouched. No host
+    sync (value checks aside). Returns c.
+    """
+    validate_grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_indices,
+                          use_fp8_w8a8, scale_a, scale_b, block_shape, check_values=_config.check_values())
+    _config.reject_float64(a=a, c=c)
+    M, Kd = a.shape
+    E_w, N, _ = b.shape
+    if batch_size == 0 or M == 0 or N == 0:
+        return c
+    interp = _config.is_interpreter()
+    sb_n = sb_k = sa_k = 1
+    qbn = qbk = 1
+    if block_shape is not None:
+        qbn, qbk = block_shape
+        a, scale_a = _quant(a, qbk, seg_indptr)      # only rows some group can read
+        sa_k, sb_n, sb_k = scale_a.shape[1], scale_b.shape[1], scale_b.shape[2]
+        mode = MODE_FP8_BLOCK if qbk % 16 == 0 else MODE_FP8_BLOCK_GENERIC
+        kind = "fp8_block"
+    elif use_fp8_w8a8:
+        mode, kind = MODE_FP8_TENSOR, "fp8"
+    else:
+        mode, kind = MODE_PLAIN, ("fp32" if a.dtype == torch.float32 else "16bit")
+    dummy = c
+    args = (a, b, c, seg_indptr, weight_indices,
+            scale_a if scale_a is not None else dummy, scale_b if scale_b is not None else dummy,
+            M, N, Kd, E_w, batch_size, sb_n, sb_k, sa_k,
+            min(4096, _config.next_pow2(triton.cdiv(M, batch_size))))
+    meta = dict(MODE=mode, QBN=qbn, QBK=qbk, BATCH_P=max(16, _config.next_pow2(batch_size)),
+                UPCAST=interp, INTERP=interp)
+
+    def grid(META):
+        return ((triton.cdiv(M, META["BM"]) + batch_size) * triton.cdiv(N, META["BN"]),)
+
+    if interp or mode == MODE_FP8_BLOCK_GENERIC:
+        # the interpreter cannot afford autotuning: one small tile, BK dividing bk when block-wise
+        cfg = dict(_INTERP_CONFIG if interp else _GENERIC_CONFIG)
+        if mode == MODE_FP8_BLOCK:
+            cfg["BK"] = 16 if qbk % 32 else 32
+        _grouped_gemm_kernel[grid](*args, **meta, **cfg, num_warps=4)
+    else:
+        _tuner(kind, qbk)[grid](*args, **meta)
+    return c

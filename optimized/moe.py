@@ -1,0 +1,33 @@
+"""One EP rank's MoE forward chained from our Triton ops (SPEC.md section 7).
+
+The chaining itself (buffer allocation, the order of the ops, the slicing of seg_indptr)
+is the reference's ``ep_moe_forward``: we hand it a namespace of our ops, so the two
+cannot drift apart.
+"""
+from __future__ import annotations
+
+import types
+
+from reference.moe import ep_moe_forward as _reference_chain
+
+from .activation import gelu_and_mul, silu_and_mul
+from .gemm import grouped_gemm
+from .preprocess import ep_preprocess
+from .reorder import post_reorder, pre_reorder
+
+OPS = types.SimpleNamespace(
+    ep_preprocess=ep_preprocess, pre_reorder=pre_reorder, grouped_gemm=grouped_gemm,
+    silu_and_mul=silu_and_mul, gelu_and_mul=gelu_and_mul, post_reorder=post_reorder,
+)
+
+
+def ep_moe_forward(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id,
+                   end_expert_id, activation="silu", w13_scale=None, w2_scale=None, block_shape=None,
+                   ops=None):
+    """reference.ep_moe_forward with our kernels (``ops`` defaults to this package's ops).
+
+    Returns this rank's partial output [T, H]: the sum over its experts of w[t, k] * MLP_e(x[t]).
+    """
+    return _reference_chain(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id,
+                            end_expert_id, activation=activation, w13_scale=w13_scale, w2_scale=w2_scale,
+                            block_shape=block_shape, ops=OPS if ops is None else ops)

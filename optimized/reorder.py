@@ -1,0 +1,136 @@
+"""Gather token rows into expert order and combine them back (SPEC.md sections 3 and 5).
+
+Both kernels work on [ROWS, BLOCK_H] tiles of token rows (grid: row blocks x column
+blocks), loop over the K slots of each token with the slot's id / destination loaded as
+a [ROWS] vector, and use int64 row offsets (T*K*H may exceed 2**31).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from reference._checks import validate_post_reorder, validate_pre_reorder
+
+from . import _config
+from ._tl import cast_out
+
+
+@triton.jit
+def _pre_reorder_kernel(
+    # pointers
+    x_ptr, out_ptr, src2dst_ptr, ids_ptr, scales_ptr,
+    # sizes
+    T, H, start_expert, end_expert,
+    # meta
+    TOPK: tl.constexpr, HAS_SCALES: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+    INTERP: tl.constexpr,
+):
+    """out[src2dst[t*K+k]] = x[t] (scaled by 1/scales[e-start], cast) for every local slot.
+
+    Each token tile is read once and written to each local slot's row; other rows of out
+    are untouched. Destinations outside [0, T*K) are skipped (memory safety).
+    """
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < T
+    cmask = cols < H
+    x = tl.load(x_ptr + rows[:, None] * H + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    if HAS_SCALES:
+        xf = x.to(tl.float32)
+    n_dst = T * TOPK
+    for k in tl.static_range(TOPK):
+        slot = rows * TOPK + k
+        e = tl.load(ids_ptr + slot, mask=rmask, other=-1).to(tl.int64)
+        dst = tl.load(src2dst_ptr + slot, mask=rmask, other=-1).to(tl.int64)
+        local = rmask & (e >= start_expert) & (e <= end_expert) & (dst >= 0) & (dst < n_dst)
+        if HAS_SCALES:
+            inv = 1.0 / tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)  # [ROWS] fp32
+            val = cast_out(xf * inv[:, None], out_ptr.dtype.element_ty, INTERP)
+        else:
+            val = x  # same dtype (the validator guarantees it): a plain copy, bit exact
+        tl.store(out_ptr + dst[:, None] * H + cols[None, :], val, mask=local[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _post_reorder_kernel(
+    # pointers
+    down_ptr, out_ptr, src2dst_ptr, ids_ptr, w_ptr,
+    # sizes
+    T, H, start_expert, end_expert,
+    # meta
+    TOPK: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, INTERP: tl.constexpr,
+):
+    """out[t] = sum_k (local) down[src2dst[t*K+k]] * w[t, k] in float32, k in order; every row written."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < T
+    cmask = cols < H
+    n_src = T * TOPK
+    acc = tl.zeros([ROWS, BLOCK_H], dtype=tl.float32)
+    for k in tl.static_range(TOPK):
+        slot = rows * TOPK + k
+        e = tl.load(ids_ptr + slot, mask=rmask, other=-1).to(tl.int64)
+        src = tl.load(src2dst_ptr + slot, mask=rmask, other=-1).to(tl.int64)
+        local = rmask & (e >= start_expert) & (e <= end_expert) & (src >= 0) & (src < n_src)
+        w = tl.load(w_ptr + slot, mask=local, other=0.0)
+        # non-local: d = 0 and w = 0, so the term is +0, exactly like the reference's where(., ., 0)
+        d = tl.load(down_ptr + src[:, None] * H + cols[None, :], mask=local[:, None] & cmask[None, :], other=0.0)
+        acc += d.to(tl.float32) * w[:, None]
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], cast_out(acc, out_ptr.dtype.element_ty, INTERP),
+             mask=rmask[:, None] & cmask[None, :])
+
+
+def _row_tiles(T: int, H: int, elem_budget: int = 2048, max_block_h: int = 1024):
+    """[ROWS, BLOCK_H] tile: whole rows for small H (several per program), 1024-column chunks for large H."""
+    block_h = min(_config.next_pow2(max(H, 1)), max_block_h)
+    rows = max(1, min(elem_budget // block_h, _config.next_pow2(max(T, 1))))
+    return rows, block_h
+
+
+def pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_id, end_expert_id,
+                topk, hidden_size, BLOCK_SIZE=512):
+    """SGLang's ``pre_reorder_triton_kernel`` without its grid (BLOCK_SIZE is validated, then
+    ignored: the launcher picks its own tiling).
+
+    input [T, H]; gateup_input [T*K, H] (written in place): for each slot s = t*K + k whose
+    expert e is in [start, end], row src2dst[s] = input[t] (times 1/a1_scales[e - start] in
+    float32 and cast, fp8 saturating to +-448, when scales are given). Other rows untouched.
+    """
+    validate_pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_id, end_expert_id,
+                         topk, hidden_size, BLOCK_SIZE, check_values=_config.check_values())
+    _config.reject_float64(input=input)
+    T, H = input.shape
+    if T == 0 or H == 0:
+        return None
+    rows, block_h = _row_tiles(T, H)
+    grid = (triton.cdiv(T, rows), triton.cdiv(H, block_h))
+    _pre_reorder_kernel[grid](
+        input, gateup_input, src2dst, topk_ids, a1_scales if a1_scales is not None else input,
+        T, H, start_expert_id, end_expert_id,
+        TOPK=topk, HAS_SCALES=a1_scales is not None, ROWS=rows, BLOCK_H=block_h,
+        INTERP=_config.is_interpreter(), num_warps=4)
+    return None
+
+
+def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_expert_id, end_expert_id,
+                 topk, hidden_size, BLOCK_SIZE=512):
+    """SGLang's ``post_reorder_triton_kernel`` without its grid (BLOCK_SIZE validated, ignored).
+
+    output[t] = sum over local slots (t, k), k ascending, of down_output[src2dst[t*K+k]] *
+    topk_weights[t, k], accumulated in float32 and cast to output's dtype. Every row of
+    output is written (zeros where no expert is local).
+    """
+    validate_post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_expert_id,
+                          end_expert_id, topk, hidden_size, BLOCK_SIZE, check_values=_config.check_values())
+    _config.reject_float64(down_output=down_output, output=output)
+    T, H = output.shape
+    if T == 0 or H == 0:
+        return None
+    rows, block_h = _row_tiles(T, H)
+    grid = (triton.cdiv(T, rows), triton.cdiv(H, block_h))
+    _post_reorder_kernel[grid](
+        down_output, output, src2dst, topk_ids, topk_weights,
+        T, H, start_expert_id, end_expert_id,
+        TOPK=topk, ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(), num_warps=4)
+    return None
