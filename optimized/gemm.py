@@ -224,9 +224,25 @@ _INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4}
 _GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8}  # MODE 3 fallback (rare block shapes)
 
 
+# Below this many multiply-adds a GEMM is launch-bound: autotuning (benchmarking every
+# config on each new shape) costs far more than it can win, so a tile is picked by rows per group.
+AUTOTUNE_MIN_MACS = 1 << 30
+
+
+def _heuristic_config(kind: str, qbk: int, m_hint: int) -> triton.Config:
+    """The family's tile whose BM best fits the rows per group (smallest BM >= m_hint, else the largest)."""
+    family = _family(kind, qbk)
+    fits = sorted((c for c in family if c.kwargs["BM"] >= m_hint), key=lambda c: (c.kwargs["BM"], -c.kwargs["BN"]))
+    return fits[0] if fits else max(family, key=lambda c: (c.kwargs["BM"], c.kwargs["BN"]))
+
+
 @functools.lru_cache(maxsize=None)
 def _tuner(kind: str, qbk: int):
     """One autotuner per config family; block-wise keeps only tiles whose BK divides bk."""
+    return triton.autotune(configs=_family(kind, qbk), key=["N", "Kd", "M_HINT"])(_grouped_gemm_kernel)
+
+
+def _family(kind: str, qbk: int):
     if kind == "fp32":
         configs = _CONFIGS_FP32
     elif kind == "fp8":
@@ -239,7 +255,7 @@ def _tuner(kind: str, qbk: int):
                        _cfg(16, 128, bk, 4, 4)]
     else:
         configs = _CONFIGS_16BIT
-    return triton.autotune(configs=configs, key=["N", "Kd", "M_HINT"])(_grouped_gemm_kernel)
+    return configs
 
 
 def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_indices,
@@ -291,6 +307,9 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
         if mode == MODE_FP8_BLOCK:
             cfg["BK"] = 16 if qbk % 32 else 32
         _grouped_gemm_kernel[grid](*args, **meta, **cfg, num_warps=4)
+    elif M * N * Kd < AUTOTUNE_MIN_MACS:
+        cfg = _heuristic_config(kind, qbk, args[-1])
+        _grouped_gemm_kernel[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         _tuner(kind, qbk)[grid](*args, **meta)
     return c

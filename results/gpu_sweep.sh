@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole GPU check-and-bench sweep in one device call; logs and JSON go under $OUT.
+# Usage: bash results/gpu_sweep.sh STAGE...   (stages: env tests check large external bench
+#        selftest mutate falsealarm epworld; "all" = every stage). Each stage has its own
+# time limit so one slow stage cannot eat the call; a summary line per stage ends the log.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT=${OUT:-/tmp/moe-out}; mkdir -p "$OUT"
+CASES=${CASES:-100}
+PY=python3
+summary=()
+stage() {  # stage NAME LIMIT_S CMD...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "=== $name: $*" | tee -a "$OUT/sweep.log"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 60 "$OUT/$name.log" >> "$OUT/sweep.log"
+  summary+=("$name rc=$rc $(( $(date +%s) - t0 ))s")
+}
+want() { [[ " $STAGES " == *" $1 "* || " $STAGES " == *" all "* ]]; }
+STAGES=" $* "
+want env && { $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), 'x', torch.cuda.device_count())" > "$OUT/env.log" 2>&1; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >> "$OUT/env.log" 2>&1; cat "$OUT/env.log"; }
+want tests && stage tests ${TESTS_LIMIT:-420} $PY -m pytest -q -x -p no:cacheprovider --cases 5 -n 2 tests
+want check && stage check ${CHECK_LIMIT:-540} $PY -m harness check --cases "$CASES" --gpus all --quiet --json "$OUT/check.json"
+want large && stage large 420 $PY -m harness check --preset large --cases 2 --quiet --no-shrink --json "$OUT/large.json"
+want external && stage external 300 bash -c "$PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py sglang:tests.fixtures.sglang_style_kernels --cases 10 --quiet --gpus all; $PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py,sglang:tests/fixtures/sglang_oob.py --cases 5 --quiet --gpus all"
+want selftest && stage selftest 300 $PY -m harness bench --selftest --json "$OUT/selftest.json"
+want bench && stage bench 420 $PY -m harness bench --json "$OUT/bench.json"
+want mutate && stage mutate 420 $PY -m harness mutate --json "$OUT/mutate.json"
+want falsealarm && stage falsealarm 540 $PY -m harness check --impl ours reference --cases 2000 --no-shrink --gpus all --quiet --json "$OUT/falsealarm.json"
+want epworld && stage epworld 300 bash -c "$PY -m harness ep-world --ranks 2 --impl ours --json $OUT/epworld.json; $PY -m harness ep-world --ranks 2 --impl ours --dtype fp8_block"
+printf '%s\n' "${summary[@]}" | tee -a "$OUT/sweep.log"
