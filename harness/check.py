@@ -31,6 +31,7 @@ class Row:
     failure: Optional[dict] = None
     replay: str = ""
     saved_inputs: str = ""
+    seconds: float = 0.0        # wall time of the sweep (cases per minute = 60 * run / seconds)
 
 
 def replay_command(impl: str, backend: str, params_json: str) -> str:
@@ -62,6 +63,9 @@ def add_parser(sub):
                    help="seconds one (implementation, op) group may run in its child process (default 1800)")
     p.add_argument("--case-timeout", type=float, default=600.0,
                    help="seconds one case may run before the child is taken for hung (default 600; 0: no limit)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="child processes at once (default: one per GPU); above that, each (implementation, op, "
+                        "dtype) gets its own child, spread round-robin over the GPUs")
     p.add_argument("--gpus", default="1", metavar="N|all",
                    help="spread the (implementation, op) groups over N GPUs (or all), one child process per "
                         "GPU at a time; same cases, report and exit status as on one GPU (needs --isolate)")
@@ -111,6 +115,7 @@ def check_one(args, backend: str, impl, impl_src: str, op: str, dtype: str, sing
         row.status, row.reason, row.skipped = "skipped", reason, 1
         return row
     cand = impl.candidate(op)
+    t0 = time.perf_counter()
     if single:
         res = run_case(spec, cand, single, device, impl.name)
         row.run, failure = 1, (None if res.ok else res)
@@ -123,6 +128,7 @@ def check_one(args, backend: str, impl, impl_src: str, op: str, dtype: str, sing
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst
         row.run = out.passed + (1 if failure else 0)
+    row.seconds = round(time.perf_counter() - t0, 2)
     if failure:
         row.failed, row.status = 1, "FAILED"
         row.failure = failure.to_dict()
@@ -188,20 +194,24 @@ def _run_groups(args, backend: str, groups, single, tick) -> List[Row]:
 
     from .isolate import run_group
     n = gpu_count(getattr(args, "gpus", None), backend)
+    jobs = max(1, getattr(args, "jobs", None) or n)
+    work = [(impl_src, op, op_dtypes(args, op, single)) for impl_src, op in groups]
+    if jobs > len(work):  # more children than groups: one child per dtype
+        work = [(impl_src, op, [d]) for impl_src, op, dtypes in work for d in dtypes]
     free: "Queue[Optional[int]]" = Queue()
-    for i in range(n):
-        free.put(i if n > 1 else None)
+    for i in range(jobs):
+        free.put(i % n if n > 1 else None)
 
-    def run(group):
-        impl_src, op = group
+    def run(item):
+        impl_src, op, dtypes = item
         gpu = free.get()
         try:
-            return run_group(args, backend, impl_src, op, op_dtypes(args, op, single), tick=tick, gpu=gpu)
+            return run_group(args, backend, impl_src, op, dtypes, tick=tick, gpu=gpu)
         finally:
             free.put(gpu)
 
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return [row for rows in pool.map(run, groups) for row in rows]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [row for rows in pool.map(run, work) for row in rows]
 
 
 def format_table(rows: List[Row]) -> str:
@@ -233,10 +243,18 @@ def format_failures(rows: List[Row]) -> str:
 def main(args, backend: str) -> int:
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
+    t0 = time.perf_counter()
     rows = run_check(args, backend)
+    wall = time.perf_counter() - t0
+    cases = sum(r.run for r in rows)
+    throughput = {"cases": cases, "wall_s": round(wall, 1), "cases_per_minute": round(60 * cases / max(wall, 1e-9), 1),
+                  "gpus": gpu_count(getattr(args, "gpus", None), backend), "jobs": getattr(args, "jobs", None)}
     print(format_table(rows))
     print(format_failures(rows))
+    print(f"{cases} cases in {wall:.1f} s: {throughput['cases_per_minute']} cases per minute "
+          f"on {throughput['gpus']} GPU(s)" if backend == "cuda" else f"{cases} cases in {wall:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"environment": info, "rows": [asdict(r) for r in rows]}, fh, indent=1)
+            json.dump({"environment": info, "throughput": throughput, "rows": [asdict(r) for r in rows]}, fh,
+                      indent=1)
     return 1 if any(r.status in ("FAILED", "CRASHED") for r in rows) else 0

@@ -22,9 +22,9 @@ stage() {  # stage NAME LIMIT_S CMD...
 want() { [[ " $STAGES " == *" $1 "* || " $STAGES " == *" all "* ]]; }
 STAGES=" $* "
 want env && { $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), 'x', torch.cuda.device_count())" > "$OUT/env.log" 2>&1; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >> "$OUT/env.log" 2>&1; cat "$OUT/env.log"; }
-want tests && stage tests ${TESTS_LIMIT:-420} $PY -m pytest -q -x -p no:cacheprovider --cases 5 -n 2 tests
-want check && stage check ${CHECK_LIMIT:-540} $PY -m harness check --cases "$CASES" --gpus all --quiet --json "$OUT/check.json"
-want large && stage large 420 $PY -m harness check --preset large --cases 2 --quiet --no-shrink --json "$OUT/large.json"
+want tests && stage tests ${TESTS_LIMIT:-420} $PY -m pytest -q -p no:cacheprovider --cases 5 -n ${TEST_WORKERS:-2} tests
+want check && stage check ${CHECK_LIMIT:-540} $PY -m harness check --cases "$CASES" --gpus all --jobs ${JOBS:-2} --quiet --json "$OUT/check.json"
+want large && stage large ${LARGE_LIMIT:-420} $PY -m harness check --preset large --cases 2 --quiet --no-shrink --json "$OUT/large.json"
 want external && stage external 300 bash -c "$PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py sglang:tests.fixtures.sglang_style_kernels --cases 10 --quiet --gpus all; $PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py,sglang:tests/fixtures/sglang_oob.py --cases 5 --quiet --gpus all"
 want selftest && stage selftest 300 $PY -m harness bench --selftest --json "$OUT/selftest.json"
 want bench && stage bench 420 $PY -m harness bench --json "$OUT/bench.json"

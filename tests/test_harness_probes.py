@@ -77,8 +77,9 @@ def silu_nondeterministic(gateup_output, down_input, *args):
     reference.silu_and_mul(gateup_output, down_input, *args)
     _calls["n"] += 1
     if _calls["n"] % 2:
+        # One ulp on one column: within tolerance, so only the repeat-run probe can see it.
         rows = ~torch.isnan(down_input[:, 0])
-        down_input[rows, 0] = down_input[rows, 0] * (1 + 2 ** -7)
+        down_input[rows, 0] = (down_input[rows, 0].view(torch.int16) ^ 1).view(down_input.dtype)
 
 
 def ep_preprocess_off_by_one(topk_ids, num_experts):
