@@ -31,4 +31,7 @@ want bench && stage bench 420 $PY -m harness bench --json "$OUT/bench.json"
 want mutate && stage mutate 420 $PY -m harness mutate --json "$OUT/mutate.json"
 want falsealarm && stage falsealarm 540 $PY -m harness check --impl ours reference --cases 2000 --no-shrink --gpus all --quiet --json "$OUT/falsealarm.json"
 want epworld && stage epworld 300 bash -c "$PY -m harness ep-world --ranks 2 --impl ours --json $OUT/epworld.json; $PY -m harness ep-world --ranks 2 --impl ours --dtype fp8_block"
+# The same sweep on 1 GPU and on 2: cases per minute for the record (issue 9).
+want scaling && stage scaling1 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases 40 --gpus 1 --jobs 1 --quiet --json "$OUT/scaling1.json"
+want scaling && stage scaling2 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases 40 --gpus 2 --jobs 2 --quiet --json "$OUT/scaling2.json"
 printf '%s\n' "${summary[@]}" | tee -a "$OUT/sweep.log"
