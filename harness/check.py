@@ -189,7 +189,7 @@ def gpu_count(requested: Optional[str], backend: str) -> int:
 def _run_groups(args, backend: str, groups, single, tick) -> List[Row]:
     """Run the groups in child processes, one at a time per GPU; rows come back in group order,
     so the report and exit status do not depend on how many GPUs ran them."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
     from queue import Queue
 
     from .isolate import run_group
@@ -210,8 +210,13 @@ def _run_groups(args, backend: str, groups, single, tick) -> List[Row]:
         finally:
             free.put(gpu)
 
+    on_rows = getattr(args, "on_rows", None)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return [row for rows in pool.map(run, work) for row in rows]
+        futures = [pool.submit(run, item) for item in work]
+        if on_rows:  # report each group as it finishes (partial JSON survives a killed run)
+            for fut in as_completed(futures):
+                on_rows(fut.result())
+        return [row for fut in futures for row in fut.result()]
 
 
 def format_table(rows: List[Row]) -> str:
@@ -244,6 +249,15 @@ def main(args, backend: str) -> int:
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
     t0 = time.perf_counter()
+    if args.json:
+        done_rows: List[Row] = []
+
+        def on_rows(rows_done):
+            done_rows.extend(rows_done)
+            with open(args.json, "w") as fh:
+                json.dump({"environment": info, "complete": False, "wall_s": round(time.perf_counter() - t0, 1),
+                           "rows": [asdict(r) for r in done_rows]}, fh, indent=1)
+        args.on_rows = on_rows
     rows = run_check(args, backend)
     wall = time.perf_counter() - t0
     cases = sum(r.run for r in rows)
@@ -255,6 +269,6 @@ def main(args, backend: str) -> int:
           f"on {throughput['gpus']} GPU(s)" if backend == "cuda" else f"{cases} cases in {wall:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"environment": info, "throughput": throughput, "rows": [asdict(r) for r in rows]}, fh,
-                      indent=1)
+            json.dump({"environment": info, "complete": True, "throughput": throughput,
+                       "rows": [asdict(r) for r in rows]}, fh, indent=1)
     return 1 if any(r.status in ("FAILED", "CRASHED") for r in rows) else 0

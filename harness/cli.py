@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from .backend import BACKENDS, select_backend
 
-SUBCOMMANDS = ("check", "ep_world", "bench")
+SUBCOMMANDS = ("check", "ep_world", "bench", "mutate")
 
 
 def build_parser() -> argparse.ArgumentParser:

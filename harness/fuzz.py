@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from hypothesis import HealthCheck, Phase, given, seed as hyp_seed, settings, strategies as st
+from hypothesis import HealthCheck, Phase, example, given, seed as hyp_seed, settings, strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
@@ -86,6 +86,14 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
                       seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
+def empty_batch_case(spec: OpSpec, dtype: str) -> CaseParams:
+    """The case every fuzzed sweep checks first: no tokens at all (T = 0), on a rank whose
+    experts start above 0. Degenerate launches are where outputs are left unwritten (a
+    `zeros` made `empty`), and random draws reach T = 0 in only ~4% of cases."""
+    return CaseParams(op=spec.name, dtype=dtype, tokens=0, topk=2, experts=4, start_expert=1, end_expert=2,
+                      hidden=7, inter=5, routing="uniform", seed=0)
+
+
 class _CaseFailed(Exception):
     def __init__(self, result: CaseResult):
         super().__init__(result.message)
@@ -127,9 +135,12 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     db = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
+    test = given(case_params(spec, dtype, backend, preset))(run_one)
+    if preset is None:
+        test = example(empty_batch_case(spec, dtype))(test)
     test = settings(max_examples=max(1, n_cases), deadline=None, database=db, phases=phases,
                     suppress_health_check=list(HealthCheck), print_blob=False, derandomize=False,
-                    report_multiple_bugs=False)(given(case_params(spec, dtype, backend, preset))(run_one))
+                    report_multiple_bugs=False)(test)
     test = hyp_seed(seed)(test)
     run_one._hypothesis_internal_add_digest = f"{spec.name}|{impl_name}|{dtype}|{backend}|{preset}".encode()
     try:

@@ -104,8 +104,9 @@ def _grouped_gemm_kernel(
     a_ptr, b_ptr, c_ptr, seg_ptr, widx_ptr, sa_ptr, sb_ptr,
     # sizes
     M, N, Kd, E_w, batch, SB_N, SB_K, SA_K,
-    # autotune key only (rows per group, rounded); unused in the body
-    M_HINT,
+    # autotune keys only (rows per group, N and Kd, each rounded up to a power of two, so that
+    # a sweep over many shapes retunes per size class, not per shape); unused in the body
+    M_HINT, N_HINT, K_HINT,
     # meta
     MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, BATCH_P: tl.constexpr,
     UPCAST: tl.constexpr, INTERP: tl.constexpr,
@@ -239,7 +240,7 @@ def _heuristic_config(kind: str, qbk: int, m_hint: int) -> triton.Config:
 @functools.lru_cache(maxsize=None)
 def _tuner(kind: str, qbk: int):
     """One autotuner per config family; block-wise keeps only tiles whose BK divides bk."""
-    return triton.autotune(configs=_family(kind, qbk), key=["N", "Kd", "M_HINT"])(_grouped_gemm_kernel)
+    return triton.autotune(configs=_family(kind, qbk), key=["N_HINT", "K_HINT", "M_HINT"])(_grouped_gemm_kernel)
 
 
 def _family(kind: str, qbk: int):
@@ -294,7 +295,7 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
     args = (a, b, c, seg_indptr, weight_indices,
             scale_a if scale_a is not None else dummy, scale_b if scale_b is not None else dummy,
             M, N, Kd, E_w, batch_size, sb_n, sb_k, sa_k,
-            min(4096, _config.next_pow2(triton.cdiv(M, batch_size))))
+            min(4096, _config.next_pow2(triton.cdiv(M, batch_size))), _config.next_pow2(N), _config.next_pow2(Kd))
     meta = dict(MODE=mode, QBN=qbn, QBK=qbk, BATCH_P=max(16, _config.next_pow2(batch_size)),
                 UPCAST=interp, INTERP=interp)
 
@@ -308,7 +309,7 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
             cfg["BK"] = 16 if qbk % 32 else 32
         _grouped_gemm_kernel[grid](*args, **meta, **cfg, num_warps=4)
     elif M * N * Kd < AUTOTUNE_MIN_MACS:
-        cfg = _heuristic_config(kind, qbk, args[-1])
+        cfg = _heuristic_config(kind, qbk, args[-3])
         _grouped_gemm_kernel[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         _tuner(kind, qbk)[grid](*args, **meta)

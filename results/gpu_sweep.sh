@@ -12,6 +12,7 @@ PY=python3
 summary=()
 stage() {  # stage NAME LIMIT_S CMD...
   local name=$1 limit=$2; shift 2
+  local override="LIMIT_${name}"; limit=${!override:-$limit}  # e.g. LIMIT_bench=150
   local t0=$(date +%s)
   echo "=== $name: $*" | tee -a "$OUT/sweep.log"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -25,10 +26,10 @@ want env && { $PY -c "import torch, triton; print('torch', torch.__version__, 't
 want tests && stage tests ${TESTS_LIMIT:-420} $PY -m pytest -q -p no:cacheprovider --cases 5 -n ${TEST_WORKERS:-2} tests
 want check && stage check ${CHECK_LIMIT:-540} $PY -m harness check --cases "$CASES" --gpus all --jobs ${JOBS:-2} --quiet --json "$OUT/check.json"
 want large && stage large ${LARGE_LIMIT:-420} $PY -m harness check --preset large --cases 2 --quiet --no-shrink --json "$OUT/large.json"
-want external && stage external 300 bash -c "$PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py sglang:tests.fixtures.sglang_style_kernels --cases 10 --quiet --gpus all; $PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py,sglang:tests/fixtures/sglang_oob.py --cases 5 --quiet --gpus all"
+want external && stage external 300 bash -c "$PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py sglang:tests.fixtures.sglang_style_kernels --cases 10 --quiet --jobs 2 --json $OUT/external.json; $PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py,sglang:tests/fixtures/sglang_oob.py --cases 5 --quiet --jobs 2 --json $OUT/oob.json"
 want selftest && stage selftest 300 $PY -m harness bench --selftest --json "$OUT/selftest.json"
 want bench && stage bench 420 $PY -m harness bench --json "$OUT/bench.json"
-want mutate && stage mutate 420 $PY -m harness mutate --json "$OUT/mutate.json"
+want mutate && stage mutate 420 $PY -m harness mutate --cases ${MUTANT_CASES:-30} --quiet --json "$OUT/mutate.json"
 want falsealarm && stage falsealarm 540 $PY -m harness check --impl ours reference --cases 2000 --no-shrink --gpus all --quiet --json "$OUT/falsealarm.json"
 want epworld && stage epworld 300 bash -c "$PY -m harness ep-world --ranks 2 --impl ours --json $OUT/epworld.json; $PY -m harness ep-world --ranks 2 --impl ours --dtype fp8_block"
 # The same sweep on 1 GPU and on 2: cases per minute for the record (issue 9).

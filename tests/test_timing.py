@@ -238,7 +238,8 @@ def test_slowed_copy_is_reported_slower_and_itself_within_noise_is_not_slower():
                                          modes=("eager",))}
     c = rows["slowed"].eager.vs_baseline
     assert rows["slowed"].status == "ok"
-    assert c.verdict == SLOWER and 0.35 < c.ratio < 0.75, c
+    # An extra pass over the output: clearly slower, by how much depends on the host.
+    assert c.verdict == SLOWER and 0.35 < c.ratio < 0.9 and c.ci_high < 1.0, c
     assert rows["reference"].eager.vs_baseline is None
 
 

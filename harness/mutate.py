@@ -1,0 +1,458 @@
+"""``moe-harness mutate``: prove the check catches real bugs, by running it on every mutant
+of harness.mutants.
+
+Each mutant is swept like ``check`` sweeps an implementation (harness.fuzz.sweep over the
+op's dtypes, ``--cases`` cases each, seed ``--seed``, no example database, so a run is
+reproducible) in a child process, so that a mutant that faults (a segmentation fault
+under the interpreter, an illegal address on the GPU) or hangs only ends that child.
+Verdicts:
+
+  KILLED        a case failed (probe, case and message recorded; the case was shrunk unless
+                --no-shrink) and the unpatched kernels pass that same case (the control); or
+                the mutant crashed its child process, or hung, inside a case (probe "crash" /
+                "timeout"; no control then)
+  SURVIVED      every case passed: a gap in the harness (or an equivalent mutant)
+  INCONCLUSIVE  the unpatched kernels fail (or crash on) the killing case too: no evidence
+  STALE         the patch no longer applies to optimized/ (its text does not occur once)
+  ERROR         the mutant could not be loaded, or its child died outside any case
+  skipped       needs another backend (int32 overflows need the GPU and --preset large)
+
+The exit status is non-zero when any mutant is not KILLED (skipped ones aside).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
+
+from .backend import describe, device_of
+
+if TYPE_CHECKING:
+    from .mutants import Mutant
+
+STARTUP_LIMIT_S = 300.0
+LARGE_CASES = 2          # cases of a mutant that needs --preset large (each is several GB)
+_VERDICTS = ("KILLED", "SURVIVED", "INCONCLUSIVE", "STALE", "ERROR", "skipped")
+
+
+@dataclass
+class MutantResult:
+    """What running the check against one mutant found (JSON-safe)."""
+
+    name: str
+    op: str
+    description: str
+    verdict: str = "SURVIVED"
+    reason: str = ""             # why skipped / STALE / ERROR / how it crashed
+    probe: Optional[str] = None  # the probe that fired (or "crash" / "timeout")
+    dtype: Optional[str] = None
+    case: str = ""               # CaseParams JSON of the (shrunk) killing case
+    first_case: str = ""         # ... as first found, before shrinking
+    message: str = ""
+    cases_run: int = 0
+    control: Optional[str] = None  # the unpatched kernels on the killing case: "passed" / "failed (<probe>)"
+    seconds: float = 0.0
+    swept: Dict[str, int] = field(default_factory=dict)  # dtype -> cases run (a prefix of that dtype's sweep)
+    passed_cases: List[str] = field(default_factory=list)  # CaseParams JSON of every case the mutant passed
+
+
+# ----------------------------------------------------------------------------- one mutant (in-process)
+
+def _large(m) -> bool:
+    return m.min_preset == "large"
+
+
+def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
+               wrap_candidate: Optional[Callable] = None, progress=None) -> MutantResult:
+    """Sweep one mutant (a catalogue name, or a harness.mutants.Mutant) in this process (a
+    fault of the mutant may end the process: the command runs this in a child).
+    ``wrap_candidate`` wraps the called functions (device fault guard); ``progress``
+    (isolate._Progress) records the case in flight."""
+    from .cases import CaseParams
+    from .fuzz import sweep
+    from .impls import load_implementation
+    from .mutants import MUTANTS, StalePatch, implementation
+    from .runner import Candidate, run_case
+    from .specs import SPECS
+
+    t0 = time.time()
+    m = MUTANTS[mutant] if isinstance(mutant, str) else mutant
+    res = MutantResult(m.name, m.op, m.description)
+    if backend not in m.backends:
+        res.verdict = "skipped"
+        res.reason = f"needs the {'/'.join(m.backends)} backend" + (f" (--preset {m.min_preset})" if m.min_preset else "")
+        return res
+    try:
+        impl = implementation(m)
+    except StalePatch as exc:
+        res.verdict, res.reason = "STALE", str(exc)
+        return res
+    except Exception as exc:  # a mutant that does not even import is a broken catalogue entry
+        res.verdict, res.reason = "ERROR", f"could not load: {type(exc).__name__}: {exc}"
+        return res
+    spec = SPECS[m.op]
+    if progress is not None:
+        from .isolate import _recording
+        progress.update(stage="running", mutant=m.name, dtype=None, params=None, n=0)
+        spec = dataclasses.replace(spec, build=_recording(spec.build, progress))
+    wrap = wrap_candidate or (lambda f: f)
+    cand = Candidate(wrap(impl.ops[m.op]))
+    device = device_of(backend)
+    dtypes = [d for d in (m.dtypes or spec.dtypes) if d in spec.dtypes and not spec.skip_reason(backend, d)]
+    n = min(cases, LARGE_CASES) if _large(m) else cases
+    for dtype in dtypes:
+        if progress is not None:
+            progress.update(dtype=dtype, params=None, n=0)
+        out = sweep(spec, cand, f"mutant:{m.name}", dtype, backend, device, n, seed, preset=m.min_preset,
+                    database_dir=None, shrink=shrink and not _large(m),
+                    on_case=lambda r: res.passed_cases.append(r.params) if r.ok else None)
+        res.swept[dtype] = out.passed + (1 if out.failure else 0)
+        res.cases_run += res.swept[dtype]
+        if out.failure:
+            f = out.failure
+            res.verdict, res.probe, res.dtype, res.case, res.message = "KILLED", f.probe, dtype, f.params, f.message
+            res.first_case = out.first_failure.params if out.first_failure else f.params
+            if progress is not None:
+                progress.update(stage="control", params=f.params)
+            ours = load_implementation("ours").ops[m.op]
+            ctl = run_case(SPECS[m.op], Candidate(wrap(ours)), CaseParams.from_json(f.params), device, "ours")
+            res.control = "passed" if ctl.ok else f"failed ({ctl.probe}): {ctl.message[:200]}"
+            if not ctl.ok:
+                res.verdict = "INCONCLUSIVE"
+            break
+    if not dtypes:
+        res.verdict, res.reason = "skipped", f"no dtype of {m.op} runs on {backend}"
+    res.seconds = round(time.time() - t0, 2)
+    return res
+
+
+# ----------------------------------------------------------------------------- child process
+
+def _child_main(conn, folder: str, backend: str, threads: int, gpu: Optional[int]):
+    """Child (spawned): run the mutants the parent sends, one at a time, until it sends None."""
+    err = open(os.path.join(folder, "stderr.txt"), "w", buffering=1)
+    os.dup2(err.fileno(), 2)  # C-level output too: faulthandler's traceback, CUDA's messages
+    os.dup2(err.fileno(), 1)  # kernels' prints must not garble the parent's table
+    sys.stdout = sys.stderr = err
+    import faulthandler
+    faulthandler.enable(file=err, all_threads=True)
+    from .backend import select_backend
+    backend = select_backend(backend)  # before anything imports triton
+    import torch
+    torch.set_num_threads(max(1, threads))
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+    from . import mutants
+    from .isolate import _guard, _Progress
+    mutants._TMP["dir"] = tempfile.mkdtemp(prefix="src-", dir=folder)  # patched modules: gone with the folder
+    progress = _Progress(folder)
+    cuda = backend == "cuda"
+    conn.send("ready")
+    while True:
+        job = conn.recv()
+        if job is None:
+            break
+        progress.update(stage="loading", mutant=job["mutant"].name, dtype=None, params=None, n=0)
+        if cuda:
+            torch.cuda.empty_cache()  # what the previous mutant cached; `large` cases need most of the card
+        try:
+            res = run_mutant(job["mutant"], backend, job["cases"], job["seed"], job["shrink"],
+                             wrap_candidate=lambda f: _guard(f, folder, cuda), progress=progress)
+        except Exception as exc:  # a device fault outside the candidate, or a harness error
+            from .isolate import CRASH_EXIT, _write_crash, is_device_fault
+            kind = "" if is_device_fault(exc) else "harness error: "
+            _write_crash(folder, f"{kind}{type(exc).__name__}: {exc}", traceback.format_exc(limit=12))
+            os._exit(CRASH_EXIT)
+        progress.update(stage="idle", mutant=None, params=None)
+        conn.send(asdict(res))
+    err.flush()
+
+
+class _Child:
+    """One spawned child and the folder it reports through."""
+
+    def __init__(self, backend: str, threads: int, gpu: Optional[int]):
+        self.folder = tempfile.mkdtemp(prefix="moe-mutate-")
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=_child_main, args=(child_conn, self.folder, backend, threads, gpu),
+                                name="moe-mutate", daemon=True)
+        self.proc.start()
+        child_conn.close()
+        self.ready = False
+
+    def _recv(self, limit: float, progress_timeout: Optional[float]):
+        """The next message, or ("dead", reason) / ("timeout", reason)."""
+        from .isolate import _read_json
+        t0 = last_change = time.monotonic()
+        last_key = None
+        path = os.path.join(self.folder, "progress.json")
+        while True:
+            try:
+                if self.conn.poll(0.1):
+                    return "msg", self.conn.recv()
+            except (EOFError, OSError):
+                pass
+            now = time.monotonic()
+            if not self.proc.is_alive():
+                try:  # the message may have arrived just before the exit
+                    if self.conn.poll(0):
+                        return "msg", self.conn.recv()
+                except (EOFError, OSError):
+                    pass
+                return "dead", None
+            prog = _read_json(path) or {}
+            key = (prog.get("mutant"), prog.get("dtype"), prog.get("n"), prog.get("stage"))
+            if key != last_key:
+                last_key, last_change = key, now
+            if limit and now - t0 > limit:
+                return "timeout", f"timeout after {limit:g} s (the child did not start)"
+            if progress_timeout and now - last_change > progress_timeout:
+                return "timeout", f"timeout after {progress_timeout:g} s (one case made no progress)"
+
+    def run(self, job: dict, case_timeout: Optional[float]) -> MutantResult:
+        """Send one mutant; return its result, or a crash / timeout result (the child is then gone)."""
+        m = job["mutant"]
+        t0 = time.time()
+        if not self.ready:
+            kind, msg = self._recv(STARTUP_LIMIT_S, None)
+            if kind != "msg":
+                return self._died(m, t0, kind, msg)
+            self.ready = True
+        self.conn.send(job)
+        kind, msg = self._recv(0, case_timeout)
+        if kind == "msg":
+            return MutantResult(**msg)
+        return self._died(m, t0, kind, msg)
+
+    def _died(self, m, t0: float, kind: str, reason: Optional[str]) -> MutantResult:
+        from .isolate import _exit_reason, _read_json, _summarise_stderr
+        if kind == "timeout":
+            self.proc.kill()
+        self.proc.join(10)
+        prog = _read_json(os.path.join(self.folder, "progress.json")) or {}
+        crash = _read_json(os.path.join(self.folder, "crash.json"))
+        if kind == "dead":
+            reason = _exit_reason(self.proc.exitcode, crash)
+        try:
+            with open(os.path.join(self.folder, "stderr.txt"), errors="replace") as fh:
+                stderr = fh.read()[-4000:]
+        except OSError:
+            stderr = ""
+        self.close()
+        res = MutantResult(m.name, m.op, m.description, seconds=round(time.time() - t0, 2))
+        mine = prog.get("mutant") == m.name
+        params = prog.get("params") if mine and prog.get("stage") == "running" else None
+        lines = _summarise_stderr(stderr)
+        res.reason = reason.splitlines()[0][:200]
+        res.message = reason + ("\n  child stderr (last lines):\n    " + "\n    ".join(lines) if lines else "")
+        if mine and prog.get("stage") == "control":  # the unpatched kernels died on the mutant's killing case
+            res.verdict, res.case, res.control = "INCONCLUSIVE", prog.get("params") or "", f"crashed: {res.reason}"
+        elif params and not (crash or {}).get("message", "").startswith("harness error"):  # the mutant crashed (or hung) the process inside a case: the harness caught it
+            res.verdict, res.probe = "KILLED", ("timeout" if kind == "timeout" else "crash")
+            res.dtype, res.case, res.first_case = prog.get("dtype"), params, params
+            res.cases_run = int(prog.get("n") or 1)
+        else:
+            res.verdict = "ERROR"
+            res.reason = f"child died outside a case ({prog.get('stage', 'starting')}): {res.reason}"
+        return res
+
+    def close(self):
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            self.proc.join(10)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, seed: int, shrink: bool = True,
+                jobs: int = 1, case_timeout: Optional[float] = 600.0, on_result: Optional[Callable[[MutantResult], None]] = None,
+                gpu: Optional[int] = None) -> List[MutantResult]:
+    """Run the mutants (catalogue names or Mutant records) in ``jobs`` child processes at a
+    time (each child runs mutants one after the other and is replaced after a crash).
+    Results come back in the given order. Mutants that need --preset large run one at a
+    time, last (each of their cases holds several GB)."""
+    from .mutants import MUTANTS
+    todo = [MUTANTS[m] if isinstance(m, str) else m for m in mutants]
+    jobs = max(1, min(jobs, len(todo) or 1))
+    pending = deque(sorted(todo, key=_large))
+    results: Dict[str, MutantResult] = {}
+    lock, large_lock = threading.Lock(), threading.Lock()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def worker():
+        child = None
+        try:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    m = pending.popleft()
+                if child is None:
+                    child = _Child(backend, threads, gpu)
+                job = dict(mutant=m, cases=cases, seed=seed, shrink=shrink)
+                if _large(m):
+                    with large_lock:
+                        res = child.run(job, case_timeout)
+                else:
+                    res = child.run(job, case_timeout)
+                if not child.proc.is_alive():
+                    child = None
+                with lock:
+                    results[m.name] = res
+                if on_result:
+                    on_result(res)
+        finally:
+            if child is not None:
+                child.close()
+
+    pool = [threading.Thread(target=worker, name=f"mutate-{i}", daemon=True) for i in range(jobs)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return [results[m.name] for m in todo]
+
+
+# ----------------------------------------------------------------------------- command
+
+def add_parser(sub):
+    p = sub.add_parser("mutate", help="run the check against every mutant of our kernels (harness/mutants.py)",
+                       description="Run the check against deliberately broken variants of optimized/ and report "
+                                   "which the harness kills. Exit status 1 when a mutant survives, is stale or "
+                                   "cannot be loaded.")
+    p.add_argument("--op", nargs="+", help="only the mutants of these ops")
+    p.add_argument("--mutant", nargs="+", metavar="NAME", help="only these mutants")
+    p.add_argument("--cases", type=int, default=30, help="fuzzed cases per mutant and dtype (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the case generator (default 0)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="mutants run at a time, each in its own child process (default: the CPU count, at "
+                        "most 4; on cuda they share the GPU; mutants needing --preset large run last, one at a time)")
+    p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
+    p.add_argument("--case-timeout", type=float, default=600.0,
+                   help="seconds one case may make no progress before the mutant counts as hung (default 600)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--list", action="store_true", help="list the catalogue (and whether each patch applies), run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(run=main)
+    return p
+
+
+def select(ops: Optional[List[str]], mutants: Optional[List[str]]) -> List[str]:
+    """Names of the catalogue's mutants after --op / --mutant (SystemExit for unknown names)."""
+    from .mutants import CATALOGUE, MUTANTS
+    from .specs import SPECS
+    for op in ops or []:
+        if op not in SPECS:
+            raise SystemExit(f"--op: expected one of {sorted(SPECS)}, got {op!r}")
+    for name in mutants or []:
+        if name not in MUTANTS:
+            raise SystemExit(f"--mutant: no mutant {name!r}; see moe-harness mutate --list")
+    return [m.name for m in CATALOGUE if (not ops or m.op in ops) and (not mutants or m.name in mutants)]
+
+
+def _short_case(params: str) -> str:
+    from .cases import CaseParams
+    try:
+        return CaseParams.from_json(params).short()
+    except Exception:
+        return params[:40]
+
+
+def _cut(text: str, n: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def format_table(results: List[MutantResult]) -> str:
+    head = (f"{'mutant':<34} {'op':<17} {'verdict':<12} {'probe':<16} {'failing case':<46} "
+            f"{'description':<60} message")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        verdict = r.verdict if r.verdict != "skipped" else f"skipped({_cut(r.reason, 40)})"
+        case = _short_case(r.case) if r.case else "-"
+        msg = r.message if r.verdict in ("KILLED", "INCONCLUSIVE") else r.reason
+        if r.verdict == "INCONCLUSIVE":
+            msg = f"control {r.control}"
+        lines.append(f"{r.name:<34} {r.op:<17} {verdict:<12} {(r.probe or '-'):<16} {_cut(case, 46):<46} "
+                     f"{_cut(r.description, 60):<60} {_cut(msg, 90)}")
+    return "\n".join(lines)
+
+
+def summary(results: List[MutantResult], backend: str) -> str:
+    ran = [r for r in results if r.verdict != "skipped"]
+    killed = sum(r.verdict == "KILLED" for r in ran)
+    rate = 100.0 * killed / len(ran) if ran else 100.0
+    by = {v: sum(r.verdict == v for r in results) for v in _VERDICTS}
+    rest = ", ".join(f"{n} {v}" for v, n in by.items() if n and v != "KILLED")
+    return f"killed {killed} / {len(ran)} mutants ({rate:.1f}%) on {backend}" + (f"; {rest}" if rest else "")
+
+
+def failed(results: List[MutantResult]) -> bool:
+    return any(r.verdict not in ("KILLED", "skipped") for r in results)
+
+
+def _list(names: List[str]) -> int:
+    from .mutants import MUTANTS, StalePatch, patched_source
+    stale = 0
+    for name in names:
+        m = MUTANTS[name]
+        state = "wrapper" if m.wrap else "applies"
+        if not m.wrap:
+            try:
+                patched_source(m)
+            except StalePatch:
+                state, stale = "STALE", stale + 1
+        where = f"{m.module}.py" + (f":{m.function}" if m.function else "")
+        extra = "".join([f" dtypes={','.join(m.dtypes)}" if m.dtypes else "",
+                         f" backends={','.join(m.backends)}" if m.backends != ("cuda", "interpreter") else "",
+                         f" preset={m.min_preset}" if m.min_preset else ""])
+        print(f"{m.name:<34} {m.op:<17} {where:<26} {state:<8}{extra}\n    {m.description}")
+    print(f"{len(names)} mutants" + (f", {stale} STALE" if stale else ""))
+    return 1 if stale else 0
+
+
+def main(args, backend: str) -> int:
+    names = select(args.op, args.mutant)
+    if args.list:
+        return _list(names)
+    info = describe(backend)
+    print(" | ".join(f"{k} {v}" for k, v in info.items()))
+    jobs = args.jobs or max(1, min(4, os.cpu_count() or 1))
+    show = not args.quiet and sys.stderr.isatty()
+    t0, state = time.time(), {"n": 0, "killed": 0}
+
+    def tick(res: MutantResult):
+        state["n"] += 1
+        state["killed"] += res.verdict == "KILLED"
+        if show:
+            sys.stderr.write(f"\r[{time.time() - t0:6.1f}s] {state['n']:3d}/{len(names)} mutants, "
+                             f"{state['killed']} killed  {res.name:<40.40}")
+            sys.stderr.flush()
+
+    results = run_mutants(names, backend, args.cases, args.seed, shrink=not args.no_shrink, jobs=jobs,
+                          case_timeout=args.case_timeout or None, on_result=tick)
+    if show:
+        sys.stderr.write("\n")
+    print(format_table(results))
+    print(summary(results, backend) + f" in {time.time() - t0:.0f} s ({args.cases} cases per dtype, seed {args.seed})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"environment": info, "cases": args.cases, "seed": args.seed, "summary": summary(results, backend),
+                       "mutants": [asdict(r) for r in results]}, fh, indent=1)
+    return 1 if failed(results) else 0

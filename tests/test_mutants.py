@@ -1,0 +1,202 @@
+"""The mutant catalogue (harness/mutants.py) and ``moe-harness mutate`` (harness/mutate.py).
+
+Contracts checked: every mutant's patch applies to optimized/ as it stands (a stale patch
+fails CI) and the mutated module imports; every mutant names an op, dtypes of that op and
+a one-line description; the catalogue covers every op and the bug classes the issue lists;
+every mutant the backend can compute at fuzz sizes is KILLED within a few cases, by a probe
+rather than by an exception, and the unpatched kernels pass every case the mutants ran (no
+false alarm on the same seeds); a stale patch is an error, an equivalent mutant SURVIVES
+and fails the command, a mutant that crashes the process is KILLED by "crash"; the
+harness gap fixes hold (a result cached from an earlier call is caught on the first case,
+every sweep checks the empty batch).
+"""
+import json
+
+import pytest
+import torch
+
+import reference
+from harness import mutate
+from harness.backend import BACKENDS
+from harness.cases import CaseParams
+from harness.fuzz import PRESETS, sweep
+from harness.mutants import CATALOGUE, MUTANTS, Mutant, StalePatch, implementation, module_path, patched_source
+from harness.runner import Candidate, run_case
+from harness.specs import SPECS
+
+# Cases per mutant and dtype in CI. Across seeds 0-6 no interpreter mutant needed more than
+# 10 (the explicit empty-batch case included); killed mutants stop at their first failure.
+CI_CASES = 20
+COMPUTABLE = [m.name for m in CATALOGUE if m.min_preset is None]
+
+
+@pytest.fixture(scope="module")
+def backend(request):
+    return getattr(request.config, "moe_backend", None) or "interpreter"
+
+
+@pytest.fixture(scope="module")
+def base_seed(request):
+    return request.config.getoption("--seed", default=0) or 0
+
+
+# ----------------------------------------------------------------------------- the catalogue
+
+@pytest.mark.parametrize("name", list(MUTANTS))
+def test_mutant_applies_and_imports(name):
+    m = MUTANTS[name]
+    if m.wrap is None:
+        with open(module_path(m.module)) as fh:
+            original = fh.read()
+        assert patched_source(m) != original  # raises StalePatch when a patch no longer applies
+    impl = implementation(m)
+    assert callable(impl.ops[m.op]) and impl.name == f"mutant:{name}"
+
+
+def test_catalogue_records_are_well_formed():
+    for m in CATALOGUE:
+        assert m.op in SPECS, m.name
+        assert m.dtypes is None or set(m.dtypes) <= set(SPECS[m.op].dtypes), m.name
+        assert m.backends and set(m.backends) <= set(BACKENDS), m.name
+        assert m.min_preset is None or m.min_preset in PRESETS, m.name
+        assert m.description and "\n" not in m.description, m.name
+        assert (m.wrap is None) == bool(m.old), f"{m.name}: a mutant is a source patch or a wrapper"
+
+
+def test_catalogue_covers_every_op_and_the_issue_bug_classes():
+    assert {m.op for m in CATALOGUE} == set(SPECS)
+    wanted = {  # bug class of the issue -> a mutant of it
+        "zeros made empty": "ep_empty_seg_uninitialised", "in-place update through a view": "deepep_n_inv_aliases_seg",
+        "off-by-one in segment bounds": "ep_bucket_off_by_one", "off-by-one in the search": "gemm_group_search_off_by_one",
+        "missing tail mask": "pre_reorder_tail_mask_dropped", "no local expert unwritten":
+        "post_reorder_no_local_unwritten", "expert offset dropped": "pre_reorder_expert_offset_dropped",
+        "range end exclusive": "silu_end_exclusive", "scale not reciprocal": "silu_scale_not_reciprocal",
+        "gate/up swapped": "silu_gate_up_swapped", "GELU without tanh": "gelu_erf_form",
+        "wrong weight": "gemm_weight_index_ignored", "empty group": "gemm_empty_groups_skipped",
+        "seg start ignored": "gemm_seg_start_ignored", "race": "gemm_rows_not_clamped_to_group",
+        "int32 overflow": "pre_reorder_int32_row_offset", "input-dtype accumulation": "gemm_partial_sums_in_c_dtype",
+        "-1 as expert 0": "deepep_minus_one_as_expert0", "-1 sorted last": "deepep_minus_one_sorted_last",
+        "cached result": "ep_routing_cached_by_shape",
+    }
+    assert not [k for k, name in wanted.items() if name not in MUTANTS]
+    assert MUTANTS["pre_reorder_int32_row_offset"].min_preset == "large"  # 2**31 elements: GPU only
+
+
+def test_stale_patch_is_an_error_never_skipped(backend):
+    m = MUTANTS["ep_bucket_off_by_one"]
+    gone = Mutant("test_gone", m.op, m.module, "text that optimized/ does not contain", "x", "stale on purpose")
+    twice = Mutant("test_twice", "pre_reorder", "reorder", "tl.program_id(0).to(tl.int64) * ROWS", "x", "ambiguous")
+    for bad in (gone, twice):
+        with pytest.raises(StalePatch):
+            patched_source(bad)
+    res = mutate.run_mutant(gone, backend, cases=2, seed=0)
+    assert res.verdict == "STALE" and "0 times" in res.reason
+    assert mutate.failed([res])
+
+
+# ----------------------------------------------------------------------------- the kill table
+
+def test_computable_mutants_are_killed_and_the_originals_pass_their_cases(backend, base_seed, device):
+    """Every mutant this backend can compute at fuzz sizes is KILLED (two child processes at a
+    time), and ours passes each case some mutant ran: no false alarm on the same seeds. One
+    test, so that pytest-xdist does not run the catalogue once per worker."""
+    from harness.impls import load_implementation
+    table = mutate.run_mutants(COMPUTABLE, backend, CI_CASES, base_seed, shrink=False, jobs=2)
+    # A kill by exception could be a mutant that no longer compiles, not the harness at work.
+    not_killed = [(r.name, r.verdict, r.probe, r.reason or r.message[:200], r.cases_run) for r in table
+                  if r.verdict != "KILLED" or r.probe == "exception"]
+    assert not not_killed, "\n" + mutate.format_table([r for r in table if r.name in {n[0] for n in not_killed}])
+    assert all(r.control == "passed" or r.probe in ("crash", "timeout") for r in table if r.verdict == "KILLED")
+
+    ours = load_implementation("ours")
+    cases = {}
+    for r in table:
+        for params in r.passed_cases + ([r.case] if r.case and r.probe not in ("crash", "timeout") else []):
+            cases[params] = CaseParams.from_json(params)
+    assert len(cases) >= len(SPECS)
+    false_alarms = []
+    for params in cases.values():
+        res = run_case(SPECS[params.op], ours.candidate(params.op), params, device, "ours")
+        if not res.ok:
+            false_alarms.append((params.short(), res.probe, res.message[:200]))
+    assert not false_alarms
+
+
+# ----------------------------------------------------------------------------- other verdicts
+
+def test_equivalent_mutant_survives_and_fails_the_command(backend):
+    """A mutant the harness cannot see (here: a changed comment) is reported SURVIVED."""
+    same = Mutant("test_equivalent", "ep_preprocess", "preprocess", "# -2: a padding lane -> dump bucket",
+                  "# padding", "equivalent by construction")
+    res = mutate.run_mutant(same, backend, cases=3, seed=0)
+    assert res.verdict == "SURVIVED" and res.cases_run >= 3 * len(SPECS["ep_preprocess"].dtypes)
+    assert mutate.failed([res]) and "1 SURVIVED" in mutate.summary([res], backend)
+
+
+def test_mutant_that_crashes_the_process_is_killed_by_crash(backend):
+    """A wild store: SIGSEGV under the interpreter, an illegal address on a GPU; the child dies
+    and the case in flight is the evidence."""
+    wild = Mutant("test_wild_store", "pre_reorder", "reorder",
+                  "tl.store(out_ptr + dst[:, None] * H + cols[None, :], val,",
+                  "tl.store(out_ptr + (dst[:, None] + (1 << 40)) * H + cols[None, :], val,", "stores far away")
+    (res,) = mutate.run_mutants([wild], backend, cases=3, seed=0, shrink=False, jobs=1)
+    assert (res.verdict, res.probe) == ("KILLED", "crash"), (res.verdict, res.reason, res.message[:500])
+    assert CaseParams.from_json(res.case).op == "pre_reorder"
+    if backend == "interpreter":
+        assert "SIGSEGV" in res.reason
+
+
+def test_mutate_command_table_json_and_exit_status(backend, tmp_path, capsys):
+    from harness.cli import main
+    out = tmp_path / "mutate.json"
+    rc = main(["--backend", backend, "mutate", "--mutant", "ep_bucket_off_by_one", "gemm_fp8_scale_divided",
+               "--cases", "3", "--no-shrink", "--quiet", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "killed 2 / 2 mutants (100.0%)" in text and "ep_bucket_off_by_one" in text
+    data = json.loads(out.read_text())
+    assert [(r["name"], r["verdict"]) for r in data["mutants"]] == [
+        ("ep_bucket_off_by_one", "KILLED"), ("gemm_fp8_scale_divided", "KILLED")]
+    assert data["mutants"][1]["probe"] == "tolerance" and data["mutants"][1]["dtype"] == "fp8_tensor"
+    assert main(["mutate", "--list", "--op", "post_reorder"]) == 0
+    listed = capsys.readouterr().out
+    assert "post_reorder_no_local_unwritten" in listed and "gemm_" not in listed
+    with pytest.raises(SystemExit):
+        main(["mutate", "--mutant", "no_such_mutant"])
+
+
+# ----------------------------------------------------------------------------- harness gap fixes
+
+def test_result_cached_from_an_earlier_call_is_caught_on_the_first_case(seed, device):
+    """The decoy call (same shapes, another seed) before the real runs exposes memoisation."""
+    memo = {}
+
+    def cached(topk_ids, num_experts):
+        key = (tuple(topk_ids.shape), topk_ids.dtype, num_experts)
+        if key not in memo:
+            memo[key] = reference.ep_preprocess(topk_ids, num_experts)
+        return memo[key]
+    p = CaseParams(op="ep_preprocess", dtype="int32", tokens=9, topk=3, experts=8, seed=seed)
+    res = run_case(SPECS["ep_preprocess"], Candidate(cached), p, device, "cached")
+    assert (res.status, res.probe) == ("failed", "exact"), res.message
+    assert "cached from an earlier call?" in res.message
+    assert run_case(SPECS["ep_preprocess"], Candidate(reference.ep_preprocess), p, device, "ref").ok
+
+
+def test_every_sweep_checks_the_empty_batch_first(backend, device):
+    seen = []
+    out = sweep(SPECS["post_reorder"], Candidate(reference.post_reorder), "reference", "float32", backend, device,
+                2, 0, database_dir=None, on_case=lambda r: seen.append(CaseParams.from_json(r.params)))
+    assert out.failure is None and seen[0].tokens == 0 and seen[0].start_expert > 0
+    assert any(p.tokens > 0 for p in seen[1:])
+
+
+def test_uninitialised_empty_batch_output_is_caught(device):
+    """seg_indptr from torch.empty on an empty batch: the explicit T = 0 case sees the poison."""
+    def empty_seg(topk_ids, num_experts):
+        out = reference.ep_preprocess(topk_ids, num_experts)
+        return (out[0], out[1], torch.empty_like(out[2])) if topk_ids.numel() == 0 else out
+    out = sweep(SPECS["ep_preprocess"], Candidate(empty_seg), "planted", "int64", "interpreter", device, 1, 0,
+                database_dir=None, shrink=False)
+    assert out.failure is not None and out.failure.probe == "exact"
+    assert CaseParams.from_json(out.failure.params).tokens == 0
