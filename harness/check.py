@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .backend import describe, device_of
 from .cases import CaseParams
-from .fuzz import LARGE_SHAPES, PRESETS, sweep
+from .fuzz import LARGE_SHAPES, PRESETS
 
 
 @dataclass

@@ -7,7 +7,7 @@ sizes, the first routing); the tensors come from the case's own seed. Its exampl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 from hypothesis import HealthCheck, Phase, example, given, seed as hyp_seed, settings, strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase

@@ -6,7 +6,6 @@ a [ROWS] vector, and use int64 row offsets (T*K*H may exceed 2**31).
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
