@@ -197,9 +197,19 @@ def _module_impl(name: str, module_name: str) -> Implementation:
     return Implementation(name, ops, notes=notes, source=name)
 
 
+def _grouped_mm_impl() -> Implementation:
+    from .baselines import grouped_gemm_grouped_mm
+    notes = {op: "torch_grouped_mm provides grouped_gemm only" for op in SPECS if op != "grouped_gemm"}
+    return Implementation("torch_grouped_mm", {"grouped_gemm": grouped_gemm_grouped_mm}, notes=notes,
+                          source="torch_grouped_mm")
+
+
 BUILTIN = {
     "ours": lambda: _module_impl("ours", "optimized"),
     "reference": lambda: _module_impl("reference", "reference"),
+    # timing baselines (harness/baselines.py): plain torch, and torch._grouped_mm
+    "torch": lambda: _module_impl("torch", "harness.baselines"),
+    "torch_grouped_mm": _grouped_mm_impl,
 }
 
 

@@ -28,7 +28,7 @@ want check && stage check ${CHECK_LIMIT:-540} $PY -m harness check --cases "$CAS
 want large && stage large ${LARGE_LIMIT:-420} $PY -m harness check --preset large --cases 2 --quiet --no-shrink --json "$OUT/large.json"
 want external && stage external 300 bash -c "$PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py sglang:tests.fixtures.sglang_style_kernels --cases 10 --quiet --jobs 2 --json $OUT/external.json; $PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py,sglang:tests/fixtures/sglang_oob.py --cases 5 --quiet --jobs 2 --json $OUT/oob.json"
 want selftest && stage selftest 300 $PY -m harness bench --selftest --json "$OUT/selftest.json"
-want bench && stage bench 420 $PY -m harness bench --json "$OUT/bench.json"
+want bench && stage bench 420 $PY -m harness bench --impl ours torch torch_grouped_mm --json "$OUT/bench.json"
 want mutate && stage mutate 420 $PY -m harness mutate --cases ${MUTANT_CASES:-30} --quiet --json "$OUT/mutate.json"
 want falsealarm && stage falsealarm 540 $PY -m harness check --impl ours reference --cases 2000 --no-shrink --gpus all --quiet --json "$OUT/falsealarm.json"
 want epworld && stage epworld 300 bash -c "$PY -m harness ep-world --ranks 2 --impl ours --json $OUT/epworld.json; $PY -m harness ep-world --ranks 2 --impl ours --dtype fp8_block"
