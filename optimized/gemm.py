@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from reference._checks import FP8_DTYPE, check_int, check_tensor, validate_grouped_gemm
+from reference._checks import FP8_DTYPE, validate_group_quant, validate_grouped_gemm
 
 from . import _config
 from ._tl import FP8_MAX, cast_out
@@ -86,9 +86,7 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int):
     -448, 448)); a last partial group is quantised on its own columns. Returns (x_q [M, Kd]
     float8_e4m3fn, scale [M, ceil(Kd / group_size)] float32).
     """
-    # same checks as reference.gemm.per_token_group_quant_fp8 (it has no separate validator)
-    check_tensor("x", x, dtypes=(torch.bfloat16, torch.float16, torch.float32, torch.float64), ndim=2)
-    check_int("group_size", group_size, lo=1)
+    validate_group_quant(x, group_size)
     _config.reject_float64(x=x)
     return _quant(x, group_size)
 

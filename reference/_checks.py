@@ -226,3 +226,9 @@ def validate_grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, 
         if any(x > y for x, y in zip(seg, seg[1:])):
             raise ValueError(f"seg_indptr: expected a non-decreasing sequence, got {seg[:16]}{' ...' if len(seg) > 16 else ''}")
         check_id_range("weight_indices", weight_indices, 0, E_w - 1)
+
+
+def validate_group_quant(x, group_size) -> None:
+    """per_token_group_quant_fp8: x [M, Kd] float, group_size a positive int."""
+    check_tensor("x", x, dtypes=ACT_DTYPES, ndim=2)
+    check_int("group_size", group_size, lo=1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import FP8_DTYPE, FP8_MAX, check_int, check_tensor, validate_grouped_gemm
+from ._checks import FP8_DTYPE, FP8_MAX, validate_group_quant, validate_grouped_gemm
 
 # Floor of a group's amax, so an all-zero group gets a finite scale (SGLang uses the same).
 QUANT_EPS = 1e-10
@@ -17,8 +17,7 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int):
     A last partial group is quantised on its own columns. Returns (x_q [M, Kd] fp8,
     scale [M, ceil(Kd / group_size)] float32).
     """
-    check_tensor("x", x, dtypes=(torch.bfloat16, torch.float16, torch.float32, torch.float64), ndim=2)
-    check_int("group_size", group_size, lo=1)
+    validate_group_quant(x, group_size)
     M, Kd = x.shape
     n_groups = -(-Kd // group_size)
     pad = n_groups * group_size - Kd
