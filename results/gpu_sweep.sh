@@ -32,7 +32,11 @@ want bench && stage bench 420 $PY -m harness bench --impl ours torch torch_group
 want mutate && stage mutate 420 $PY -m harness mutate --cases ${MUTANT_CASES:-30} --quiet --json "$OUT/mutate.json"
 want falsealarm && stage falsealarm 540 $PY -m harness check --impl ours reference --cases 2000 --no-shrink --gpus all --quiet --json "$OUT/falsealarm.json"
 want epworld && stage epworld 300 bash -c "$PY -m harness ep-world --ranks 2 --impl ours --json $OUT/epworld.json; $PY -m harness ep-world --ranks 2 --impl ours --dtype fp8_block"
+# Where the harness and the launchers spend host time (profiles of one child's sweep).
+want profile && stage hostoverhead 120 $PY results/host_overhead.py
+want profile && stage profile 300 bash -c "for op in silu_and_mul:bfloat16:100 grouped_gemm:bfloat16:30 ep_moe_forward:bfloat16:15; do IFS=: read o d n <<< \$op; $PY -m cProfile -o $OUT/\$o.prof -m harness check --op \$o --dtype \$d --cases \$n --no-isolate --quiet --no-shrink; $PY -c \"import pstats,sys; s=pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumtime').print_stats(40)\" $OUT/\$o.prof; done"
 # The same sweep on 1 GPU and on 2: cases per minute for the record (issue 9).
-want scaling && stage scaling1 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases 40 --gpus 1 --jobs 1 --quiet --json "$OUT/scaling1.json"
-want scaling && stage scaling2 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases 40 --gpus 2 --jobs 2 --quiet --json "$OUT/scaling2.json"
+want scaling && stage scaling1 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases ${SCALE_CASES:-40} --gpus 1 --jobs 1 --quiet --json "$OUT/scaling1.json"
+want scaling && stage scaling2 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases ${SCALE_CASES:-40} --gpus 2 --jobs 2 --quiet --json "$OUT/scaling2.json"
+want scaling && [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 4 ] && stage scaling4 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases ${SCALE_CASES:-40} --gpus 4 --jobs 4 --quiet --json "$OUT/scaling4.json"
 printf '%s\n' "${summary[@]}" | tee -a "$OUT/sweep.log"
