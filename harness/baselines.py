@@ -1,7 +1,8 @@
 """Plain-torch compositions to time our kernels against (ANCHORS.md's "plain torch" columns).
 
 Two built-in implementations use them: ``torch`` (a per-group ``torch.mm`` loop for the GEMM,
-argsort + bincount + cumsum + scatter for preprocessing, mask + index_copy_ for pre_reorder)
+argsort + bincount + cumsum + scatter for preprocessing, mask + index_copy_ for pre_reorder,
+and the EP-rank forward chained from those and the references)
 and ``torch_grouped_mm`` (``torch._grouped_mm`` for the GEMM). They keep SGLang's signatures
 and the contract, validate metadata only (like a caller that trusts its inputs), and cover
 the 16- and 32-bit dtypes: fp8 cases raise NotImplementedError. They are baselines, not
@@ -75,3 +76,19 @@ def grouped_gemm_grouped_mm(a, b, c, batch_size, weight_column_major, seg_indptr
     offs = (seg_indptr[1:] - lo).to(torch.int32)                          # group ends, relative to lo
     c[lo:hi] = torch._grouped_mm(a[lo:hi], w.transpose(1, 2), offs=offs)
     return c
+
+
+def ep_moe_forward(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id, end_expert_id,
+                   activation="silu", w13_scale=None, w2_scale=None, block_shape=None):
+    """The EP-rank forward chained from plain torch: this module's preprocess, pre_reorder and
+    per-group mm loop, with the references' activation and post_reorder (already plain torch)."""
+    import types
+
+    import reference
+    from reference.moe import ep_moe_forward as chain
+    _no_fp8(block_shape is not None or w13_scale is not None)
+    ops = types.SimpleNamespace(ep_preprocess=ep_preprocess, pre_reorder=pre_reorder, grouped_gemm=grouped_gemm,
+                                silu_and_mul=reference.silu_and_mul, gelu_and_mul=reference.gelu_and_mul,
+                                post_reorder=reference.post_reorder)
+    return chain(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id, end_expert_id,
+                 activation=activation, w13_scale=w13_scale, w2_scale=w2_scale, block_shape=block_shape, ops=ops)

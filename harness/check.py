@@ -66,6 +66,10 @@ def add_parser(sub):
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="child processes at once (default: one per GPU); above that, each (implementation, op, "
                         "dtype) gets its own child, spread round-robin over the GPUs")
+    p.add_argument("--chunk", type=int, default=0, metavar="N",
+                   help="split each (implementation, op, dtype) sweep into child processes of N cases each, with "
+                        "seeds derived from --seed and the chunk's index, merged into one row; the cases depend on "
+                        "--chunk, not on --gpus or --jobs (default 0: one sweep of --cases per row; needs --isolate)")
     p.add_argument("--gpus", default="1", metavar="N|all",
                    help="spread the (implementation, op) groups over N GPUs (or all), one child process per "
                         "GPU at a time; same cases, report and exit status as on one GPU (needs --isolate)")
@@ -186,9 +190,56 @@ def gpu_count(requested: Optional[str], backend: str) -> int:
     return n
 
 
+def chunk_plan(cases: int, chunk: int, seed: int) -> List[Tuple[int, int]]:
+    """(cases, seed) of each chunk of a sweep of ``cases`` cases split ``chunk`` at a time.
+
+    Chunk i draws its cases with seed ``seed * CHUNK_SEED_STRIDE + i``, so two chunks (and two
+    runs with different --seed) never share a Hypothesis seed, and the plan depends only on
+    (cases, chunk, seed): the same cases on any number of GPUs or jobs."""
+    if chunk <= 0 or cases <= chunk:
+        return [(cases, seed)]
+    n = -(-cases // chunk)
+    return [(min(chunk, cases - i * chunk), seed * CHUNK_SEED_STRIDE + i) for i in range(n)]
+
+
+CHUNK_SEED_STRIDE = 1_000_003
+
+
+def merge_rows(parts: List[Row]) -> Row:
+    """One row from the rows of a sweep's chunks: counts and seconds add up, the worst error
+    is the largest, the first failing chunk's failure (and replay) is kept."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    row = Row(first.op, first.impl, first.dtype)
+    for part in parts:
+        row.run += part.run
+        row.passed += part.passed
+        row.failed += part.failed
+        row.skipped += part.skipped
+        row.seconds = round(row.seconds + part.seconds, 2)
+        for name, w in part.worst.items():
+            if name not in row.worst or w["max_abs_err"] > row.worst[name]["max_abs_err"]:
+                row.worst[name] = w
+    bad = [p for p in parts if p.status in ("FAILED", "CRASHED")]
+    pick = bad[0] if bad else first
+    row.status, row.reason = pick.status, pick.reason
+    row.failure, row.replay, row.saved_inputs = pick.failure, pick.replay, pick.saved_inputs
+    return row
+
+
+def merge_chunks(rows: List[Row]) -> List[Row]:
+    """Rows of the same (implementation, op, dtype) merged into one, in first-seen order."""
+    by_key: Dict[Tuple[str, str, str], List[Row]] = {}
+    for r in rows:
+        by_key.setdefault((r.impl, r.op, r.dtype), []).append(r)
+    return [merge_rows(parts) for parts in by_key.values()]
+
+
 def _run_groups(args, backend: str, groups, single, tick) -> List[Row]:
     """Run the groups in child processes, one at a time per GPU; rows come back in group order,
     so the report and exit status do not depend on how many GPUs ran them."""
+    import copy
     from concurrent.futures import ThreadPoolExecutor, as_completed
     from queue import Queue
 
@@ -196,27 +247,33 @@ def _run_groups(args, backend: str, groups, single, tick) -> List[Row]:
     n = gpu_count(getattr(args, "gpus", None), backend)
     jobs = max(1, getattr(args, "jobs", None) or n)
     work = [(impl_src, op, op_dtypes(args, op, single)) for impl_src, op in groups]
-    if jobs > len(work):  # more children than groups: one child per dtype
+    plan = [(args.cases, args.seed)] if single else chunk_plan(args.cases, getattr(args, "chunk", 0) or 0, args.seed)
+    if jobs > len(work) or len(plan) > 1:  # more children than groups: one child per dtype (and chunk)
         work = [(impl_src, op, [d]) for impl_src, op, dtypes in work for d in dtypes]
+    items = [(w, c) for w in work for c in range(len(plan))]
     free: "Queue[Optional[int]]" = Queue()
     for i in range(jobs):
         free.put(i % n if n > 1 else None)
 
     def run(item):
-        impl_src, op, dtypes = item
+        (impl_src, op, dtypes), c = item
+        sub = args
+        if len(plan) > 1:
+            sub = copy.copy(args)
+            sub.cases, sub.seed = plan[c]
         gpu = free.get()
         try:
-            return run_group(args, backend, impl_src, op, dtypes, tick=tick, gpu=gpu)
+            return run_group(sub, backend, impl_src, op, dtypes, tick=tick, gpu=gpu)
         finally:
             free.put(gpu)
 
     on_rows = getattr(args, "on_rows", None)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run, item) for item in work]
+        futures = [pool.submit(run, item) for item in items]
         if on_rows:  # report each group as it finishes (partial JSON survives a killed run)
             for fut in as_completed(futures):
                 on_rows(fut.result())
-        return [row for fut in futures for row in fut.result()]
+        return merge_chunks([r for fut in futures for r in fut.result()])
 
 
 def format_table(rows: List[Row]) -> str:
@@ -256,7 +313,7 @@ def main(args, backend: str) -> int:
             done_rows.extend(rows_done)
             with open(args.json, "w") as fh:
                 json.dump({"environment": info, "complete": False, "wall_s": round(time.perf_counter() - t0, 1),
-                           "rows": [asdict(r) for r in done_rows]}, fh, indent=1)
+                           "rows": [asdict(r) for r in merge_chunks(done_rows)]}, fh, indent=1)
         args.on_rows = on_rows
     rows = run_check(args, backend)
     wall = time.perf_counter() - t0

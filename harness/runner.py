@@ -141,7 +141,7 @@ def _call(fn: Callable, sample: Sample, spec: OpSpec, args: Dict[str, Any], pois
     ctx = poisoned_fresh_allocations() if poison_fresh else contextlib.nullcontext()
     with ctx:
         ret = fn(*call_args.values())
-        if torch.cuda.is_available() and any(isinstance(v, torch.Tensor) and v.is_cuda for v in args.values()):
+        if any(isinstance(v, torch.Tensor) and v.is_cuda for v in args.values()):
             torch.cuda.synchronize()
     if not isinstance(ret, (tuple, list)):
         ret = (ret,)

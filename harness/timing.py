@@ -5,8 +5,8 @@ card's own ceilings (device-to-device copy, bf16 matmul).
 Method (as ``triton.testing.do_bench``, generalised to several implementations at once):
 
 - Before every timed call the L2 cache is flushed by writing a buffer of at least twice its
-  size; the write is enqueued outside the timed region (between the previous end event and
-  the next start event).
+  size (on a GPU at least do_bench's 256 MiB); the write is enqueued outside the timed region
+  (between the previous end event and the next start event).
 - CUDA events are recorded immediately around the call; nothing waits on the host between
   repetitions: the device is synchronised once after the timed rounds.
 - Warm-up and repetition counts are sized by time: a few untimed rounds estimate the cost of
@@ -190,14 +190,22 @@ def l2_bytes(device) -> int:
     return 4 << 20
 
 
+# triton.testing.do_bench zeroes a 256 MiB buffer between calls. The flush is also what hides
+# host launch time in eager mode (the host prepares the next call while the device writes), so
+# the same size keeps our eager figures comparable with do_bench-measured ones (ANCHORS.md).
+DO_BENCH_FLUSH_BYTES = 256 << 20
+
+
 class L2Flusher:
-    """Overwrites a buffer of at least twice the L2 size: evicts every line the timed call
-    could otherwise find warm. Calling it enqueues one write kernel and never waits."""
+    """Overwrites a buffer of at least twice the L2 size (on a GPU at least do_bench's 256 MiB):
+    evicts every line the timed call could otherwise find warm. Calling it enqueues one write
+    kernel and never waits."""
 
     def __init__(self, device, enabled: bool = True):
         self.buffer = None
         if enabled:
-            nbytes = max(2 * l2_bytes(device), 8 << 20)
+            floor = DO_BENCH_FLUSH_BYTES if is_cuda(device) else 8 << 20
+            nbytes = max(2 * l2_bytes(device), floor)
             self.buffer = torch.empty(nbytes // 4, dtype=torch.int32, device=device)
 
     def __call__(self) -> None:

@@ -20,8 +20,28 @@ import torch
 CHECK_VALUES: bool = os.environ.get("MOE_CHECK_VALUES", "1") not in ("0", "false", "False", "")
 
 
+_INTERPRETER = None
+
+
 def is_interpreter() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("0", "")
+    """TRITON_INTERPRET, read once: triton reads it at import, so it cannot change afterwards
+    (and an environment lookup per launch is host time in the hot path)."""
+    global _INTERPRETER
+    if _INTERPRETER is None:
+        _INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") not in ("0", "")
+    return _INTERPRETER
+
+
+_CUDA_AVAILABLE = None
+
+
+def cuda_available() -> bool:
+    """torch.cuda.is_available(), asked once: it queries the driver (~0.7 ms a call on an
+    H100 host), too slow for a launcher's hot path."""
+    global _CUDA_AVAILABLE
+    if _CUDA_AVAILABLE is None:
+        _CUDA_AVAILABLE = torch.cuda.is_available()
+    return _CUDA_AVAILABLE
 
 
 def check_values() -> bool:
@@ -29,7 +49,7 @@ def check_values() -> bool:
     if not CHECK_VALUES:
         return False
     # CPU-only torch builds (the interpreter) cannot even ask whether a graph is being captured.
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    return not (cuda_available() and torch.cuda.is_current_stream_capturing())
 
 
 def reject_float64(**tensors) -> None:

@@ -16,7 +16,9 @@ from ._tl import cast_out, round_to
 _ACT = {"silu": 0, "gelu": 1}
 
 
-@triton.jit
+# Sizes that are neither strides nor offsets' alignment stay unspecialised (do_not_specialize):
+# one compiled variant whatever their value, instead of one per (== 1, % 16 == 0, other) class.
+@triton.jit(do_not_specialize=["M", "start_expert", "end_expert"])
 def _act_and_mul_kernel(
     # pointers
     gu_ptr, out_ptr, ids_ptr, scales_ptr,

@@ -35,7 +35,9 @@ def _bucket_of(ids, E, SHIFT: tl.constexpr):
     return tl.where(ok, b, E + SHIFT).to(tl.int32)
 
 
-@triton.jit
+# Sizes that are neither strides nor offsets' alignment stay unspecialised (do_not_specialize):
+# one compiled variant whatever their value, instead of one per (== 1, % 16 == 0, other) class.
+@triton.jit(do_not_specialize=["N", "E"])
 def _hist_kernel(
     # pointers
     ids_ptr, hist_ptr,
@@ -52,7 +54,7 @@ def _hist_kernel(
     tl.store(hist_ptr + pid.to(tl.int64) * NBP + tl.arange(0, NBP), h)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NBLK", "E"])
 def _scan_kernel(
     # pointers
     hist_ptr, delta_ptr, seg_ptr, ninv_ptr,
@@ -93,7 +95,7 @@ def _scan_kernel(
         carry += tl.sum(h, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "E", "OUT_LEN"])
 def _scatter_kernel(
     # pointers
     ids_ptr, delta_ptr, src2dst_ptr, sorted_ptr,

@@ -15,7 +15,9 @@ from . import _config
 from ._tl import cast_out
 
 
-@triton.jit
+# Sizes that are neither strides nor offsets' alignment stay unspecialised (do_not_specialize):
+# one compiled variant whatever their value, instead of one per (== 1, % 16 == 0, other) class.
+@triton.jit(do_not_specialize=["T", "start_expert", "end_expert"])
 def _pre_reorder_kernel(
     # pointers
     x_ptr, out_ptr, src2dst_ptr, ids_ptr, scales_ptr,
@@ -51,7 +53,7 @@ def _pre_reorder_kernel(
         tl.store(out_ptr + dst[:, None] * H + cols[None, :], val, mask=local[:, None] & cmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "start_expert", "end_expert"])
 def _post_reorder_kernel(
     # pointers
     down_ptr, out_ptr, src2dst_ptr, ids_ptr, w_ptr,

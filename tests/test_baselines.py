@@ -13,6 +13,7 @@ CASES = [
     ("torch", "grouped_gemm", "float16", {}),
     ("torch_grouped_mm", "grouped_gemm", "bfloat16", {}),
     ("torch_grouped_mm", "grouped_gemm", "bfloat16", dict(start_expert=0, end_expert=7)),
+    ("torch", "ep_moe_forward", "bfloat16", {}),
 ]
 
 

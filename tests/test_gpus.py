@@ -37,3 +37,52 @@ def test_pin_without_cuda_does_nothing(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", calls.append)
     assert pin_this_process("gw1") is None
     assert calls == []
+
+
+# ----------------------------------------------------------------------------- chunked sweeps
+
+from harness.check import CHUNK_SEED_STRIDE, Row, chunk_plan, merge_rows  # noqa: E402
+
+
+@pytest.mark.parametrize("cases,chunk,want", [(10, 0, [10]), (10, 10, [10]), (10, 4, [4, 4, 2]), (2000, 250, [250] * 8),
+                                              (1, 3, [1])])
+def test_chunk_plan_covers_the_cases_with_distinct_seeds(cases, chunk, want):
+    plan = chunk_plan(cases, chunk, seed=7)
+    assert [n for n, _ in plan] == want
+    seeds = [s for _, s in plan]
+    assert len(set(seeds)) == len(seeds)
+    if len(plan) > 1:
+        assert seeds == [7 * CHUNK_SEED_STRIDE + i for i in range(len(plan))]
+    else:
+        assert seeds == [7]
+
+
+def test_merge_rows_adds_counts_keeps_worst_and_the_failure():
+    ok = Row("pre_reorder", "ours", "bfloat16", run=5, passed=5, seconds=1.5,
+             worst={"out": {"max_abs_err": 0.5, "params": "a"}})
+    bad = Row("pre_reorder", "ours", "bfloat16", run=3, passed=2, failed=1, status="FAILED", seconds=1.0,
+              worst={"out": {"max_abs_err": 0.25, "params": "b"}}, failure={"probe": "guard"}, replay="moe-harness x")
+    worse = Row("pre_reorder", "ours", "bfloat16", run=4, passed=4, worst={"out": {"max_abs_err": 0.75, "params": "c"}})
+    row = merge_rows([ok, bad, worse])
+    assert (row.run, row.passed, row.failed, row.status, row.seconds) == (12, 11, 1, "FAILED", 2.5)
+    assert row.failure == {"probe": "guard"} and row.replay == "moe-harness x"
+    assert row.worst["out"]["params"] == "c"
+    assert merge_rows([ok, worse]).status == "passed"
+
+
+def test_chunked_check_gives_the_same_rows_for_any_number_of_jobs(tmp_path, monkeypatch):
+    """--chunk fixes the cases; --jobs only changes how many children run them at once."""
+    import argparse
+
+    from harness.backend import select_backend
+    from harness.check import run_check
+    monkeypatch.chdir(tmp_path)   # the children's Hypothesis database stays in the test's folder
+    backend = select_backend(None)
+    tables = []
+    for jobs in (1, 3):
+        args = argparse.Namespace(op=["ep_preprocess"], impl=["reference"], dtype=["int32"], cases=6, chunk=2, seed=3,
+                                  preset=None, case=None, json=None, no_shrink=True, quiet=True, isolate=True,
+                                  timeout=600.0, case_timeout=0, jobs=jobs, gpus="1", block_size=None)
+        rows = run_check(args, backend)
+        tables.append([(r.op, r.impl, r.dtype, r.run, r.passed, r.status) for r in rows])
+    assert tables[0] == tables[1] == [("ep_preprocess", "reference", "int32", 9, 9, "passed")]
