@@ -270,10 +270,21 @@ def _check_src2dst_order_free(sample, out, cand, ref_outputs):
 
 # ----------------------------------------------------------------------------- the case
 
+# Cases with more tensor elements than this evaluate their float64 references on the host: a
+# `large` case's float64 copies and the reference's float64 temporaries (several times 10**9
+# elements of 8 bytes) do not fit beside the case on an 80 GB GPU; host memory is larger.
+F64_ON_HOST_ELEMENTS = 1 << 30
+
+
+def tensor_elements(sample: Sample) -> int:
+    return sum(v.numel() for v in sample.args.values() if isinstance(v, torch.Tensor))
+
+
 @dataclass(frozen=True)
 class Expected:
     """The reference's outputs for one sample: in the case's dtypes (``lp``), in float64
-    (``f64``, float outputs only) and on |inputs| in float64 (``mag``, outputs with a reduction)."""
+    (``f64``, float outputs only) and on |inputs| in float64 (``mag``, outputs with a reduction).
+    ``f64`` and ``mag`` live on the host for cases past F64_ON_HOST_ELEMENTS."""
 
     lp: Dict[str, torch.Tensor]
     f64: Dict[str, torch.Tensor]
@@ -288,10 +299,14 @@ def reference_outputs(spec: OpSpec, sample: Sample) -> Expected:
     f64: Dict[str, torch.Tensor] = {}
     mag: Dict[str, torch.Tensor] = {}
     if needs_float:
-        s64 = dataclasses.replace(sample, args=_float64_args(sample))
+        base = sample
+        if tensor_elements(sample) > F64_ON_HOST_ELEMENTS:
+            base = dataclasses.replace(sample, args={k: v.cpu() if isinstance(v, torch.Tensor) else v
+                                                     for k, v in sample.args.items()})
+        s64 = dataclasses.replace(base, args=_float64_args(base))
         f64, _ = _call(spec.reference, s64, spec, s64.args, poison_fresh=False)
         if any(o.reduction_len(params) for o in needs_float):
-            sabs = dataclasses.replace(sample, args=_float64_args(sample, abs_values=True))
+            sabs = dataclasses.replace(base, args=_float64_args(base, abs_values=True))
             mag, _ = _call(spec.reference, sabs, spec, sabs.args, poison_fresh=False)
     return Expected(lp, f64, mag)
 
@@ -361,7 +376,7 @@ def _decoy(spec: OpSpec, params: CaseParams, device) -> Sample:
 def _decoy_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, device, poison_fresh: bool):
     """Call the candidate on the decoy of ``sample``; returns its outputs (cloned), or None
     for a case past DECOY_MAX_ELEMENTS."""
-    if sum(v.numel() for v in sample.args.values() if isinstance(v, torch.Tensor)) > DECOY_MAX_ELEMENTS:
+    if tensor_elements(sample) > DECOY_MAX_ELEMENTS:
         return None
     decoy = _decoy(spec, sample.params, device)
     try:

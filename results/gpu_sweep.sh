@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU check-and-bench sweep in one device call; logs and JSON go under $OUT.
-# Usage: bash results/gpu_sweep.sh STAGE...   (stages: env tests check large external bench benchfp8 benchmoe
+# Usage: bash results/gpu_sweep.sh STAGE...   (stages: env tests check large external bench benchfp8 benchmoe gemm500
 #        selftest mutate int32mutants falsealarm epworld profile scaling; "all" = every stage). Each stage has its own
 # time limit so one slow stage cannot eat the call; a summary line per stage ends the log.
 set -u
@@ -28,7 +28,8 @@ STAGES=" $* "
 want env && { $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), 'x', torch.cuda.device_count())" > "$OUT/env.log" 2>&1; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >> "$OUT/env.log" 2>&1; cat "$OUT/env.log"; }
 want tests && stage tests ${TESTS_LIMIT:-420} $PY -m pytest -q -p no:cacheprovider --cases 5 -n ${TEST_WORKERS:-2} tests
 want check && stage check ${CHECK_LIMIT:-540} $PY -m harness check --cases "$CASES" --gpus all --jobs ${JOBS:-2} --quiet --json "$OUT/check.json"
-want large && stage large ${LARGE_LIMIT:-420} $PY -m harness check --preset large --cases 2 --quiet --no-shrink --json "$OUT/large.json"
+want large && stage large ${LARGE_LIMIT:-420} $PY -m harness check --preset large --cases ${LARGE_CASES:-2} --quiet --no-shrink --json "$OUT/large.json"
+want gemm500 && stage gemm500 540 $PY -m harness check --op grouped_gemm ep_moe_forward --cases 500 --chunk 50 --no-shrink --gpus all --jobs ${FA_JOBS:-18} --quiet --json "$OUT/gemm500.json"
 want external && stage external 300 bash -c "$PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py sglang:tests.fixtures.sglang_style_kernels --cases 10 --quiet --jobs 2 --json $OUT/external.json; $PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py,sglang:tests/fixtures/sglang_oob.py --cases 5 --quiet --jobs 2 --json $OUT/oob.json"
 want selftest && stage selftest 300 $PY -m harness bench --selftest --json "$OUT/selftest.json"
 want bench && stage bench 420 $PY -m harness bench --impl ours torch torch_grouped_mm --json "$OUT/bench.json"

@@ -197,6 +197,31 @@ def test_nan_in_candidate_never_passes():
     assert not rep.passed
 
 
+@pytest.mark.parametrize("normwise", [False, True])
+def test_compare_float_in_chunks_reports_as_in_one_piece(seed, monkeypatch, normwise):
+    """The chunked comparison (memory-bounded for the `large` preset) reports exactly what one
+    pass over the whole tensor does: worst element, its flat index, counts and means."""
+    import harness.tolerance as tol
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(37, 11, generator=gen, dtype=torch.float64)
+    lp = r.to(torch.bfloat16)
+    noise = 3e-2 if normwise else 3e-3   # normwise: enough to fail the whole-tensor bound
+    c = (r + noise * torch.randn(37, 11, generator=gen, dtype=torch.float64)).to(torch.bfloat16)
+    if not normwise:
+        c.view(-1)[100] = float("nan")
+    mag = r.abs() * 2
+    mask = torch.rand(37, 11, generator=gen) < 0.8
+    whole = compare_float(c, r, lp, mag, 16, False, normwise, mask)
+    monkeypatch.setattr(tol, "COMPARE_CHUNK", 23)
+    chunked = compare_float(c, r, lp, mag, 16, False, normwise, mask)
+    assert chunked.n_checked == whole.n_checked == int(mask.sum())
+    for f in ("passed", "worst_flat_index", "n_over", "max_abs_err", "worst_candidate", "worst_reference"):
+        a, b = getattr(chunked, f), getattr(whole, f)
+        assert a == b or (a != a and b != b), f   # NaN equals NaN here
+    assert chunked.mean_abs_err == pytest.approx(whole.mean_abs_err, rel=1e-12)
+    assert not whole.passed and (normwise or whole.n_over > 0)   # the data exercise the bound
+
+
 # ----------------------------------------------------------------------------- shrinking and replay
 
 def test_planted_failure_shrinks_and_replays(tmp_path, device, monkeypatch):
@@ -222,3 +247,23 @@ def test_planted_failure_shrinks_and_replays(tmp_path, device, monkeypatch):
     again = run_case(spec, Candidate(first_local_only), CaseParams.from_json(case_json), device, "planted")
     assert again.status == "failed" and again.probe == out.failure.probe
     assert json.loads(case_json)["op"] == "post_reorder"
+
+
+def test_large_case_float64_reference_on_the_host_still_catches_errors(seed, device, monkeypatch):
+    """Past F64_ON_HOST_ELEMENTS the float64 reference is evaluated on the host (a `large`
+    case's float64 copies do not fit on the GPU): the comparison still passes a right answer
+    and still catches a wrong one."""
+    import harness.runner as runner
+    monkeypatch.setattr(runner, "F64_ON_HOST_ELEMENTS", 0)
+    p = CaseParams(op="post_reorder", dtype="bfloat16", tokens=9, topk=3, experts=6, start_expert=1, end_expert=4,
+                   hidden=40, routing="skewed", seed=seed)
+    spec = SPECS["post_reorder"]
+    expected = runner.reference_outputs(spec, spec.build(p, torch.device(device)))
+    assert all(t.device.type == "cpu" for t in list(expected.f64.values()) + list(expected.mag.values()))
+    assert run_case(spec, Candidate(reference.post_reorder), p, device).status == "passed"
+
+    def off_by_a_bit(down_output, output, *args):
+        reference.post_reorder(down_output, output, *args)
+        output.mul_(1.05)
+    res = run_case(spec, Candidate(off_by_a_bit), p, device)
+    assert res.probe == "tolerance", res.message

@@ -116,12 +116,14 @@ def test_run_interleaved_interleaves_and_prepares_the_final_round():
         return call
 
     hook_calls = []
+    # 1 ms against 10 ms: far apart enough that a loaded machine's sleep jitter (a run beside
+    # 12 pytest workers once made 1 ms against 3 ms "within noise") cannot blur the verdict.
     fast = Workload("fast", (work("a", 0.001),))
-    slow = Workload("slow", (work("b", 0.003),))
-    cfg = TimingConfig(warmup_ms=0.0, rep_ms=0.0, min_rounds=12, max_rounds=12, estimate_rounds=1)
+    slow = Workload("slow", (work("b", 0.010),))
+    cfg = TimingConfig(warmup_ms=0.0, rep_ms=0.0, min_rounds=20, max_rounds=20, estimate_rounds=1)
     run = run_interleaved([fast, slow], "cpu", cfg, before_final_round=lambda: hook_calls.append(len(log)))
-    assert run.n_rounds == 12 and [len(t) for t in run.times_ms] == [12, 12]
-    timed = log[-24:]
+    assert run.n_rounds == 20 and [len(t) for t in run.times_ms] == [20, 20]
+    timed = log[-40:]
     assert timed[:4] == ["a", "b", "b", "a"]                     # A B, B A, ...
     assert hook_calls == [len(log) - 2]                           # once, just before the last round
     c = compare("fast", run.times_ms[0], "slow", run.times_ms[1], "eager", n_boot=500)
