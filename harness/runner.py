@@ -111,17 +111,18 @@ def poisoned_fresh_allocations():
     deterministic mode with fill_uninitialized_memory), so reads of unwritten scratch are
     deterministic failures instead of lucky zeros."""
     import torch.utils.deterministic as det
-    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            det.fill_uninitialized_memory)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # set_deterministic_debug_mode("warn") is use_deterministic_algorithms(True, warn_only=True)
+    # without its import of torch._inductor (seconds per fresh process, for nothing here).
+    prev = (torch.get_deterministic_debug_mode(), det.fill_uninitialized_memory)
+    torch.set_deterministic_debug_mode("warn")
     det.fill_uninitialized_memory = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-        det.fill_uninitialized_memory = prev[2]
+        torch.set_deterministic_debug_mode(prev[0])
+        det.fill_uninitialized_memory = prev[1]
 
 
 # ----------------------------------------------------------------------------- calling
