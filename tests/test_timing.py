@@ -355,3 +355,25 @@ def test_bench_command_on_the_interpreter_says_timings_are_not_representative(tm
     rows = report["rows"]
     assert rows and all(r["status"] == "ok" and r["eager"]["stats"]["n"] >= 3 for r in rows)
     assert all(r["graph"] is None for r in rows)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "fp8_tensor", "fp8_block"])
+def test_production_layout_keeps_the_answer_with_weights_in_group_order(device, dtype):
+    """bench times grouped_gemm with weight_indices = arange (as SGLang's EP layer calls it):
+    the gathered weights and scales give bit for bit the builder's answer."""
+    import reference
+    from harness.bench import production_layout
+    from harness.cases import CaseParams
+    from harness.specs import SPECS
+    p = CaseParams(op="grouped_gemm", dtype=dtype, tokens=9, topk=2, experts=6, start_expert=1, end_expert=4,
+                   hidden=128, inter=64, routing="skewed", seed=4)   # seed % 3 = 1: two spare weights
+    sample = SPECS["grouped_gemm"].build(p, torch.device(device))
+    prod = production_layout(sample)
+    assert prod.args["b"].shape[0] == p.e_local < sample.args["b"].shape[0]
+    assert torch.equal(prod.args["weight_indices"].cpu(), torch.arange(p.e_local, dtype=torch.int64))
+    outs = []
+    for s in (sample, prod):
+        args = dict(s.args, c=torch.full_like(s.args["c"], 7.0))
+        outs.append(reference.grouped_gemm(*args.values()))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(sample.args["weight_indices"].cpu(), torch.arange(p.e_local))  # the fuzz permuted them
