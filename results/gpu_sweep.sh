@@ -28,7 +28,7 @@ STAGES=" $* "
 want env && { $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), 'x', torch.cuda.device_count())" > "$OUT/env.log" 2>&1; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >> "$OUT/env.log" 2>&1; cat "$OUT/env.log"; }
 want tests && stage tests ${TESTS_LIMIT:-420} $PY -m pytest -q -p no:cacheprovider --cases 5 -n ${TEST_WORKERS:-2} tests
 want check && stage check ${CHECK_LIMIT:-540} $PY -m harness check --cases "$CASES" --gpus all --jobs ${JOBS:-2} --quiet --json "$OUT/check.json"
-want large && stage large ${LARGE_LIMIT:-420} $PY -m harness check --preset large --cases ${LARGE_CASES:-2} --quiet --no-shrink --json "$OUT/large.json"
+want large && stage large ${LARGE_LIMIT:-540} $PY -m harness check --preset large --cases ${LARGE_CASES:-1} --quiet --no-shrink --json "$OUT/large.json"
 want gemm500 && stage gemm500 540 $PY -m harness check --op grouped_gemm ep_moe_forward --cases 500 --chunk 50 --no-shrink --gpus all --jobs ${FA_JOBS:-18} --quiet --json "$OUT/gemm500.json"
 want external && stage external 300 bash -c "$PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py sglang:tests.fixtures.sglang_style_kernels --cases 10 --quiet --jobs 2 --json $OUT/external.json; $PY -m harness check --impl sglang:tests/fixtures/sglang_style_kernels.py,sglang:tests/fixtures/sglang_oob.py --cases 5 --quiet --jobs 2 --json $OUT/oob.json"
 want selftest && stage selftest 300 $PY -m harness bench --selftest --json "$OUT/selftest.json"
@@ -38,7 +38,7 @@ want benchfp8 && stage benchfp8 240 $PY -m harness bench --op grouped_gemm --dty
 want benchmoe && stage benchmoe 300 $PY -m harness bench --preset deepseek-v3 --routing uniform --tokens 1 64 4096 --op ep_preprocess pre_reorder grouped_gemm silu_and_mul post_reorder ep_moe_forward --impl ours torch --json "$OUT/benchmoe.json"
 want mutate && stage mutate 420 $PY -m harness mutate --cases ${MUTANT_CASES:-30} --quiet --json "$OUT/mutate.json"
 # 2,000 cases per op and dtype in chunks of 250 (8 children per row, spread over the visible GPUs).
-want falsealarm && stage falsealarm 560 $PY -m harness check --impl ${FA_IMPL:-ours reference} --op ${FA_OPS:-$($PY -c 'from harness.specs import SPECS; print(*SPECS)')} --cases 2000 --chunk 250 --no-shrink --gpus all --jobs ${FA_JOBS:-24} --quiet --json "$OUT/falsealarm.json"
+want falsealarm && stage falsealarm 560 $PY -m harness check --impl ${FA_IMPL:-ours reference} --op ${FA_OPS:-$($PY -c 'from harness.specs import SPECS; print(*SPECS)')} --cases 2000 --chunk 250 --no-shrink --gpus all --jobs ${FA_JOBS:-40} --quiet --json "$OUT/falsealarm.json"
 want int32mutants && stage int32mutants 300 $PY -m harness mutate --mutant silu_int32_row_offset pre_reorder_int32_row_offset --cases 3 --no-shrink --json "$OUT/int32mutants.json"
 want epworld && stage epworld 300 bash -c "$PY -m harness ep-world --ranks 2 --impl ours --json $OUT/epworld.json; $PY -m harness ep-world --ranks 2 --impl ours --dtype fp8_block"
 # Where the harness and the launchers spend host time (profiles of one child's sweep).

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One device call: run a shell snippet of gpu_sweep.sh phases under one time limit, then pack
+# everything under $OUT into $OUT/run.tgz (the device returns at most 8 files), also when the
+# snippet is cut short. Stop work by time limits (timeout), never by pkill -f: a pattern that
+# matches the call's own command line kills the packing step too (it did once).
+# Usage: OUT=... bash results/device_call.sh 'CUDA_VISIBLE_DEVICES=3 OUT=$OUT/g3 bash results/gpu_sweep.sh large & OUT=$OUT/a bash results/gpu_sweep.sh bench; wait'
+set -u
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT}"
+export OUT
+pack() {
+  cd "$OUT" || return
+  tar czf /tmp/run.tgz --exclude run.tgz . 2>/dev/null && find . -mindepth 1 ! -name run.tgz -delete && mv /tmp/run.tgz .
+  ls -la "$OUT"
+}
+trap pack EXIT
+timeout --kill-after=10 "${CALL_LIMIT:-560}" bash -c "$1"
+echo "snippet exit status $?"
