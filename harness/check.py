@@ -158,6 +158,12 @@ def run_check(args, backend: str) -> List[Row]:
     if single:
         ops = [single.op]
     isolate = getattr(args, "isolate", False)
+    chunk = getattr(args, "chunk", 0) or 0
+    if chunk < 0:
+        raise SystemExit(f"--chunk: expected a number of cases >= 0 (0: no chunks), got {chunk}")
+    if chunk and not isolate:
+        raise SystemExit("--chunk: chunks run in child processes; it needs --isolate (the default), "
+                         "not --no-isolate")
     groups: List[Tuple[str, str]] = []  # (implementation, op) groups for child processes
     for impl_src in args.impl:
         try:

@@ -86,3 +86,16 @@ def test_chunked_check_gives_the_same_rows_for_any_number_of_jobs(tmp_path, monk
         rows = run_check(args, backend)
         tables.append([(r.op, r.impl, r.dtype, r.run, r.passed, r.status) for r in rows])
     assert tables[0] == tables[1] == [("ep_preprocess", "reference", "int32", 9, 9, "passed")]
+
+
+@pytest.mark.parametrize("chunk,isolate,needle", [(-1, True, "expected a number of cases >= 0"),
+                                                  (5, False, "needs --isolate")])
+def test_chunk_option_rejects_what_it_cannot_do(chunk, isolate, needle):
+    import argparse
+
+    from harness.check import run_check
+    args = argparse.Namespace(op=["ep_preprocess"], impl=["reference"], dtype=None, cases=10, chunk=chunk, seed=0,
+                              preset=None, case=None, json=None, no_shrink=True, quiet=True, isolate=isolate,
+                              jobs=None, gpus="1", block_size=None)
+    with pytest.raises(SystemExit, match="--chunk: .*" + needle):
+        run_check(args, "interpreter")
