@@ -256,11 +256,16 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "two programs writing the same rows (a race): a group's last m-tile also writes the next group's "
        "first rows, with its own weight"),
     _M("gemm_partial_sums_in_c_dtype", "grouped_gemm", "gemm",
-       "        a_ptrs += BK\n",
-       "        acc = acc.to(c_ptr.dtype.element_ty).to(tl.float32)  # partial sums kept in c's dtype\n"
-       "        a_ptrs += BK\n",
+       "acc = _mma(a, b, acc, UPCAST)",
+       "acc = _mma(a, b, acc, UPCAST).to(c_ptr.dtype.element_ty).to(tl.float32)  # partial sums in c's dtype",
        "accumulation in the input dtype: the running sum is rounded to c's dtype after every K block",
        dtypes=("bfloat16", "float16")),
+    _M("gemm_tma_tile_row_of_group", "grouped_gemm", "gemm",
+       "a = a_ptr.load([row0.to(tl.int32), k0])",
+       "a = a_ptr.load([row_lo.to(tl.int32), k0])",
+       "the TMA path's row coordinate from the group's first row: every m-tile of a group after the "
+       "first multiplies the group's first BM rows (only groups longer than one tile and a Kd the TMA "
+       "path takes show it)"),
     _M("gemm_fp8_scale_of_group", "grouped_gemm", "gemm",
        "acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))",
        "acc = acc * (tl.load(sa_ptr + g) * tl.load(sb_ptr + g))",

@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+try:  # host-side TMA descriptors (triton >= 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older triton: pointer loads only
+    TensorDescriptor = None
 
 from reference._checks import FP8_DTYPE, validate_group_quant, validate_grouped_gemm
 
@@ -99,10 +105,26 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int):
 MODE_PLAIN, MODE_FP8_TENSOR, MODE_FP8_BLOCK, MODE_FP8_BLOCK_GENERIC = 0, 1, 2, 3
 
 
+@triton.jit
+def _mma(a, b, acc, UPCAST: tl.constexpr):
+    """acc + a @ b in float32. float32 operands in IEEE precision (no tf32); UPCAST (the
+    interpreter, whose bf16/fp8 dots are wrong) computes every dot in float32."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
 @triton.jit(do_not_specialize=["M", "E_w", "batch", "SB_N", "SB_K", "SA_K", "M_HINT", "N_HINT", "K_HINT"])
 def _grouped_gemm_kernel(
-    # pointers
-    a_ptr, b_ptr, c_ptr, seg_ptr, widx_ptr, sa_ptr, sb_ptr,
+    # operands: pointers, or with USE_TMA tensor descriptors of a [M, Kd] and b [E_w, N, Kd]
+    a_ptr, b_ptr, c_ptr,
+    # routing
+    seg_ptr, widx_ptr,
+    # fp8 scales (unused in MODE 0)
+    sa_ptr, sb_ptr,
     # sizes
     M, N, Kd, E_w, batch, SB_N, SB_K, SA_K,
     # autotune keys only (rows per group, N and Kd, each rounded up to a power of two, so that
@@ -110,8 +132,8 @@ def _grouped_gemm_kernel(
     M_HINT, N_HINT, K_HINT,
     # meta
     MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, BATCH_P: tl.constexpr,
-    UPCAST: tl.constexpr, INTERP: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    USE_TMA: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, PERSIST: tl.constexpr,
 ):
     """c[r] = a[r] @ b[widx[g]].T for r in [seg[g], seg[g+1]), float32 accumulation.
 
@@ -119,20 +141,15 @@ def _grouped_gemm_kernel(
     MODE 1: fp8 per tensor: acc * sa[e] * sb[e].
     MODE 2: fp8 block-wise with BK | QBK: each BK-slice's dot scaled by sa[r, kb] * sb[e, n // QBN, kb].
     MODE 3: fp8 block-wise, any [QBN, QBK]: operands dequantised element-wise, float32 IEEE dot.
-    seg values are clamped into [0, M] and groups with a weight index outside [0, E_w) are
-    skipped, so no value of seg_indptr / weight_indices can cause an out-of-bounds access.
+    Program p computes output tiles p, p + P, p + 2P, ... (P = the grid size: one tile per
+    program when the grid covers them all, a persistent loop when PERSIST sized it by the SM
+    count; PERSIST is the host's business only). seg values are clamped into [0, M] and groups
+    with a weight index outside [0, E_w) are skipped, so no value of seg_indptr /
+    weight_indices can cause an out-of-bounds access. With USE_TMA, a and b tiles come through
+    the tensor-memory engine (zero-filled past the tensors' ends, so no K mask is needed); rows
+    of a past the group's end are read but never stored.
     """
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BN)
-    num_m = tl.cdiv(M, BM) + batch            # same upper bound the host used for the grid
-    # grouped ("swizzled") order: GROUP_M m-slots share a band of B tiles in L2
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    gsize = tl.minimum(num_m - first_m, GROUP_M)
-    mt = first_m + (pid % width) % gsize
-    nt = (pid % width) // gsize
-
-    # --- which group / tile is m-slot mt: tiles per group and their prefix sum, in registers
+    # --- tiles per group and their prefix sum, in registers
     gi = tl.arange(0, BATCH_P)
     gmask = gi < batch
     lo = tl.load(seg_ptr + gi, mask=gmask, other=0)
@@ -141,67 +158,82 @@ def _grouped_gemm_kernel(
     hi = tl.minimum(tl.maximum(hi, lo), M)
     ntiles = ((hi - lo + BM - 1) // BM).to(tl.int32)
     cum = tl.cumsum(ntiles, axis=0)
-    if mt >= tl.sum(ntiles, axis=0):
-        return
-    g = tl.sum((cum <= mt).to(tl.int32), axis=0)
-    sel = gi == g
-    tile0 = tl.sum(tl.where(sel, cum - ntiles, 0), axis=0)
-    row_lo = tl.sum(tl.where(sel, lo, 0), axis=0)
-    row_hi = tl.sum(tl.where(sel, hi, 0), axis=0)
-    e = tl.load(widx_ptr + g).to(tl.int64)
-    if (e < 0) | (e >= E_w):
-        return
-
-    rows = row_lo + (mt - tile0).to(tl.int64) * BM + tl.arange(0, BM)
-    rmask = rows < row_hi
-    rows = tl.where(rmask, rows, 0)
-    cols = nt.to(tl.int64) * BN + tl.arange(0, BN)
-    nmask = cols < N
-    cols = tl.where(nmask, cols, 0)
+    num_m = tl.sum(ntiles, axis=0)
+    num_n = tl.cdiv(N, BN)
+    # grouped ("swizzled") order: GROUP_M m-tiles share a band of B tiles in L2
+    width = GROUP_M * num_n
     kk = tl.arange(0, BK)
-    a_ptrs = a_ptr + rows[:, None] * Kd + kk[None, :]                      # [BM, BK]
-    b_ptrs = b_ptr + e * N * Kd + cols[None, :] * Kd + kk[:, None]         # [BK, BN] = b[e]^T tile
-    if MODE == 2:
-        sa_ptrs = sa_ptr + rows * SA_K                                      # [BM], + kb
-        sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K           # [BN], + kb
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for k0 in range(0, Kd, BK):
-        kmask = (k0 + kk) < Kd
-        a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        if MODE == 2:
-            kb = k0 // QBK
-            sa = tl.load(sa_ptrs + kb, mask=rmask, other=0.0)
-            sb = tl.load(sb_ptrs + kb, mask=nmask, other=0.0)
-            if UPCAST:
-                part = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-            else:
-                part = tl.dot(a, b)
-            acc += part * sa[:, None] * sb[None, :]
-        elif MODE == 3:
-            kabs = k0 + kk
-            sa2 = tl.load(sa_ptr + rows[:, None] * SA_K + (kabs // QBK)[None, :],
-                          mask=rmask[:, None] & kmask[None, :], other=0.0)
-            sb2 = tl.load(sb_ptr + e * SB_N * SB_K + (cols // QBN)[None, :] * SB_K + (kabs // QBK)[:, None],
-                          mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc = tl.dot(a.to(tl.float32) * sa2, b.to(tl.float32) * sb2, acc, input_precision="ieee")
-        else:
-            if UPCAST:
-                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-            elif a_ptr.dtype.element_ty == tl.float32:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
-        a_ptrs += BK
-        b_ptrs += BK
-    if MODE == 1:
-        acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
-    c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
-    tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
+    for t in range(tl.program_id(0), num_m * num_n, tl.num_programs(0)):
+        first_m = (t // width) * GROUP_M
+        gsize = tl.minimum(num_m - first_m, GROUP_M)
+        mt = first_m + (t % width) % gsize
+        nt = (t % width) // gsize
+        # --- which group is m-tile mt
+        g = tl.sum((cum <= mt).to(tl.int32), axis=0)
+        sel = gi == g
+        tile0 = tl.sum(tl.where(sel, cum - ntiles, 0), axis=0)
+        row_lo = tl.sum(tl.where(sel, lo, 0), axis=0)
+        row_hi = tl.sum(tl.where(sel, hi, 0), axis=0)
+        e = tl.load(widx_ptr + g).to(tl.int64)
+        if (e >= 0) & (e < E_w):
+            row0 = row_lo + (mt - tile0).to(tl.int64) * BM
+            rows = row0 + tl.arange(0, BM)
+            rmask = rows < row_hi
+            rows = tl.where(rmask, rows, 0)
+            n0 = nt * BN
+            cols = n0.to(tl.int64) + tl.arange(0, BN)
+            nmask = cols < N
+            cols = tl.where(nmask, cols, 0)
+            if not USE_TMA:
+                a_ptrs = a_ptr + rows[:, None] * Kd + kk[None, :]                  # [BM, BK]
+                b_ptrs = b_ptr + e * N * Kd + cols[None, :] * Kd + kk[:, None]     # [BK, BN] = b[e]^T tile
+            if MODE == 2:
+                sa_ptrs = sa_ptr + rows * SA_K                                  # [BM], + kb
+                sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K       # [BN], + kb
+            acc = tl.zeros([BM, BN], dtype=tl.float32)
+            for k0 in range(0, Kd, BK):
+                if USE_TMA:
+                    a = a_ptr.load([row0.to(tl.int32), k0])                        # [BM, BK]
+                    b = tl.trans(b_ptr.load([e.to(tl.int32), n0, k0]).reshape(BN, BK))  # [BK, BN]
+                else:
+                    kmask = (k0 + kk) < Kd
+                    a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                    b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+                    a_ptrs += BK
+                    b_ptrs += BK
+                if MODE == 2:
+                    kb = k0 // QBK
+                    sa = tl.load(sa_ptrs + kb, mask=rmask, other=0.0)
+                    sb = tl.load(sb_ptrs + kb, mask=nmask, other=0.0)
+                    part = _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST)
+                    acc += part * sa[:, None] * sb[None, :]
+                elif MODE == 3:
+                    kabs = k0 + kk
+                    sa2 = tl.load(sa_ptr + rows[:, None] * SA_K + (kabs // QBK)[None, :],
+                                  mask=rmask[:, None] & kmask[None, :], other=0.0)
+                    sb2 = tl.load(sb_ptr + e * SB_N * SB_K + (cols // QBN)[None, :] * SB_K + (kabs // QBK)[:, None],
+                                  mask=kmask[:, None] & nmask[None, :], other=0.0)
+                    acc = tl.dot(a.to(tl.float32) * sa2, b.to(tl.float32) * sb2, acc, input_precision="ieee")
+                else:
+                    acc = _mma(a, b, acc, UPCAST)
+            if MODE == 1:
+                acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
+            c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
+            tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
 
 
-def _cfg(bm, bn, bk, warps, stages, group_m=8):
-    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
+def _set_tma_blocks(nargs):
+    """Autotune pre-hook: a TMA descriptor's block shape is the tile of the config being run."""
+    a, b = nargs["a_ptr"], nargs["b_ptr"]
+    if isinstance(a, TensorDescriptor):
+        a.block_shape = [nargs["BM"], nargs["BK"]]
+        b.block_shape = [1, nargs["BN"], nargs["BK"]]
+
+
+def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0):
+    """A tile config. persist > 0: a persistent grid of persist programs per SM."""
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m, "PERSIST": persist},
+                         num_warps=warps, num_stages=stages, pre_hook=_set_tma_blocks)
 
 
 # Hopper-sensible tiles. Large: 128x256 / 128x128 / 64x256 with BK 64 (16-bit) or 128 (fp8);
@@ -222,8 +254,8 @@ _CONFIGS_FP8 = [
 ]
 # extra BK = 64 tiles for block-wise bk = 64 (only tiles whose BK divides bk are kept there)
 _CONFIGS_FP8_BK64 = [_cfg(128, 256, 64, 8, 4), _cfg(32, 128, 64, 4, 5), _cfg(16, 128, 64, 4, 5)]
-_INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4}
-_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8}  # MODE 3 fallback (rare block shapes)
+_INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0}
+_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0}  # MODE 3 fallback (rare block shapes)
 
 
 # Below this many multiply-adds a GEMM is launch-bound: autotuning (benchmarking every
@@ -246,8 +278,9 @@ _AUTOTUNE_DISK_CACHE = (
 
 @functools.lru_cache(maxsize=None)
 def _tuner(kind: str, qbk: int):
-    """One autotuner per config family; block-wise keeps only tiles whose BK divides bk."""
-    return triton.autotune(configs=_family(kind, qbk), key=["N_HINT", "K_HINT", "M_HINT"],
+    """One autotuner per config family; block-wise keeps only tiles whose BK divides bk. The
+    operand path (USE_TMA) is part of the key: descriptors carry no dtype, and the best tile differs."""
+    return triton.autotune(configs=_family(kind, qbk), key=["N_HINT", "K_HINT", "M_HINT", "USE_TMA"],
                            **_AUTOTUNE_DISK_CACHE)(_grouped_gemm_kernel)
 
 
@@ -265,6 +298,43 @@ def _family(kind: str, qbk: int):
     else:
         configs = _CONFIGS_16BIT
     return configs
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tma(device_index: int) -> bool:
+    """TMA needs Hopper or newer (and a triton with host tensor descriptors)."""
+    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+# Off switch for A/B measurements (harness bench / results scripts) and a way out should a
+# triton release break descriptors: MOE_GEMM_TMA=0.
+USE_TMA = os.environ.get("MOE_GEMM_TMA", "1") not in ("0", "false", "False", "")
+
+
+def _tma_operands(a: torch.Tensor, b: torch.Tensor, mode: int):
+    """(a_desc, b_desc) when both operands can go through TMA, else None.
+
+    TMA wants 16-byte aligned bases and row strides (Kd * itemsize % 16 == 0), contiguous
+    operands, 16-bit or fp8 data (float32 stays on the IEEE pointer path) and sm_90+. Other
+    cases (a Kd not a multiple of 8, say) take the pointer path, so fuzzed sizes test both.
+    Block shapes are placeholders here: each launch sets them to its tile (_set_tma_blocks).
+    """
+    M, Kd = a.shape
+    E_w, N, _ = b.shape
+    if (not USE_TMA or mode == MODE_FP8_BLOCK_GENERIC or a.dtype == torch.float32
+            or Kd == 0 or not (a.is_contiguous() and b.is_contiguous())
+            or a.data_ptr() % 16 or b.data_ptr() % 16 or (Kd * a.element_size()) % 16):
+        return None
+    # the interpreter emulates descriptors (so CI runs this path); on a GPU they need sm_90+
+    if not _config.is_interpreter() and not _has_tma(a.device.index):
+        return None
+    return (TensorDescriptor(a, [M, Kd], [Kd, 1], [16, 16]),
+            TensorDescriptor(b, [E_w, N, Kd], [N * Kd, Kd, 1], [1, 16, 16]))
 
 
 def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_indices,
@@ -286,7 +356,6 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
     E_w, N, _ = b.shape
     if batch_size == 0 or M == 0 or N == 0:
         return c
-    interp = _config.is_interpreter()
     sb_n = sb_k = sa_k = 1
     qbn = qbk = 1
     if block_shape is not None:
@@ -299,26 +368,53 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
         mode, kind = MODE_FP8_TENSOR, "fp8"
     else:
         mode, kind = MODE_PLAIN, ("fp32" if a.dtype == torch.float32 else "16bit")
+    _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, mode, kind, qbn, qbk,
+            sb_n, sb_k, sa_k)
+    return c
+
+
+def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, mode, kind, qbn, qbk,
+            sb_n, sb_k, sa_k, config=None, use_tma=None):
+    """Launch the GEMM kernel: autotuned (large), heuristic tile (small) or ``config`` (a
+    triton.Config, for A/B measurements). ``use_tma`` None: TMA wherever it applies."""
+    M, Kd = a.shape
+    E_w, N, _ = b.shape
+    interp = _config.is_interpreter()
+    descs = _tma_operands(a, b, mode) if use_tma is not False else None
+    if use_tma and descs is None:
+        raise ValueError("use_tma=True but these operands cannot go through TMA (alignment, dtype or device)")
+    a_op, b_op = descs if descs is not None else (a, b)
     dummy = c
-    args = (a, b, c, seg_indptr, weight_indices,
+    m_hint = min(4096, _config.next_pow2(triton.cdiv(M, batch_size)))
+    args = (a_op, b_op, c, seg_indptr, weight_indices,
             scale_a if scale_a is not None else dummy, scale_b if scale_b is not None else dummy,
             M, N, Kd, E_w, batch_size, sb_n, sb_k, sa_k,
-            min(4096, _config.next_pow2(triton.cdiv(M, batch_size))), _config.next_pow2(N), _config.next_pow2(Kd))
+            m_hint, _config.next_pow2(N), _config.next_pow2(Kd))
     meta = dict(MODE=mode, QBN=qbn, QBK=qbk, BATCH_P=max(16, _config.next_pow2(batch_size)),
-                UPCAST=interp, INTERP=interp)
+                USE_TMA=descs is not None, UPCAST=interp, INTERP=interp)
 
     def grid(META):
-        return ((triton.cdiv(M, META["BM"]) + batch_size) * triton.cdiv(N, META["BN"]),)
+        # one program per possible tile (an upper bound: no host sync), or a persistent grid
+        tiles = (triton.cdiv(M, META["BM"]) + batch_size) * triton.cdiv(N, META["BN"])
+        if META.get("PERSIST", 0) and not interp:
+            tiles = min(tiles, META["PERSIST"] * _sm_count(c.device.index))
+        return (tiles,)
 
-    if interp or mode == MODE_FP8_BLOCK_GENERIC:
+    def fixed(cfg):
+        kw = dict(cfg.kwargs)
+        if descs is not None:
+            _set_tma_blocks({"a_ptr": a_op, "b_ptr": b_op, **kw})
+        _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    if config is not None:
+        fixed(config)
+    elif interp or mode == MODE_FP8_BLOCK_GENERIC:
         # the interpreter cannot afford autotuning: one small tile, BK dividing bk when block-wise
         cfg = dict(_INTERP_CONFIG if interp else _GENERIC_CONFIG)
         if mode == MODE_FP8_BLOCK:
             cfg["BK"] = 16 if qbk % 32 else 32
-        _grouped_gemm_kernel[grid](*args, **meta, **cfg, num_warps=4)
+        fixed(triton.Config(cfg, num_warps=4))
     elif M * N * Kd < AUTOTUNE_MIN_MACS:
-        cfg = _heuristic_config(kind, qbk, args[-3])
-        _grouped_gemm_kernel[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        fixed(_heuristic_config(kind, qbk, m_hint))
     else:
         _tuner(kind, qbk)[grid](*args, **meta)
-    return c
