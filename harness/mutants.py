@@ -163,6 +163,11 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "inv = 1.0 / tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)  # [ROWS] fp32",
        "inv = tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)  # [ROWS] fp32",
        "the fp8 scale applied instead of its reciprocal (x * s, not x / s)", dtypes=_FP8),
+    _M("pre_reorder_row_read_if_last_slot_local", "pre_reorder", "reorder",
+       "any_local = any_local | ((e >= start_expert) & (e <= end_expert))",
+       "any_local = (e >= start_expert) & (e <= end_expert)",
+       "a token's row read only when its last slot is local (the skip of non-local rows looks at one "
+       "slot): rows whose earlier slots are local are written as zeros"),
     _M("pre_reorder_tail_mask_dropped", "pre_reorder", "reorder",
        "tl.store(out_ptr + dst[:, None] * H + cols[None, :], val, mask=local[:, None] & cmask[None, :])",
        "tl.store(out_ptr + dst[:, None] * H + cols[None, :], val, mask=local[:, None])",

@@ -14,6 +14,11 @@ from . import _config
 from ._tl import cast_out, round_to
 
 _ACT = {"silu": 0, "gelu": 1}
+# Tile size (elements per program), widest column block and warps; module-level so that
+# results scripts can sweep them on the GPU.
+TILE_ELEMS = 2048
+MAX_BLOCK_I = 1024
+NUM_WARPS = 4
 
 
 # Sizes that are neither strides nor offsets' alignment stay unspecialised (do_not_specialize):
@@ -36,6 +41,8 @@ def _act_and_mul_kernel(
     cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     e = tl.load(ids_ptr + rows, mask=rows < M, other=-1).to(tl.int64)
     local = (rows < M) & (e >= start_expert) & (e <= end_expert)
+    if tl.max(local.to(tl.int32), axis=0) == 0:
+        return  # no local row here (under EP, most tiles): no loads, no stores
     m2 = local[:, None] & (cols < I)[None, :]
     in_off = rows[:, None] * (2 * I) + cols[None, :]
     gate = tl.load(gu_ptr + in_off, mask=m2, other=0.0).to(tl.float32)
@@ -62,14 +69,14 @@ def _act_and_mul(activation, gateup_output, down_input, hidden_size, reorder_top
     I = hidden_size // 2
     if M == 0 or I == 0:
         return None
-    block_i = min(_config.next_pow2(I), 1024)
-    rows = max(1, min(2048 // block_i, _config.next_pow2(M)))
+    block_i = min(_config.next_pow2(I), MAX_BLOCK_I)
+    rows = max(1, min(TILE_ELEMS // block_i, _config.next_pow2(M)))
     grid = (triton.cdiv(M, rows), triton.cdiv(I, block_i))
     _act_and_mul_kernel[grid](
         gateup_output, down_input, reorder_topk_ids, scales if scales is not None else gateup_output,
         M, I, start_expert_id, end_expert_id,
         ACT=_ACT[activation], HAS_SCALES=scales is not None, ROWS=rows, BLOCK_I=block_i,
-        INTERP=_config.is_interpreter(), num_warps=4)
+        INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
     return None
 
 

@@ -134,6 +134,7 @@ def _grouped_gemm_kernel(
     MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, BATCH_P: tl.constexpr,
     USE_TMA: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, PERSIST: tl.constexpr,
+    WS: tl.constexpr,
 ):
     """c[r] = a[r] @ b[widx[g]].T for r in [seg[g], seg[g+1]), float32 accumulation.
 
@@ -191,7 +192,7 @@ def _grouped_gemm_kernel(
                 sa_ptrs = sa_ptr + rows * SA_K                                  # [BM], + kb
                 sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K       # [BN], + kb
             acc = tl.zeros([BM, BN], dtype=tl.float32)
-            for k0 in range(0, Kd, BK):
+            for k0 in tl.range(0, Kd, BK, warp_specialize=WS):
                 if USE_TMA:
                     a = a_ptr.load([row0.to(tl.int32), k0])                        # [BM, BK]
                     b = tl.trans(b_ptr.load([e.to(tl.int32), n0, k0]).reshape(BN, BK))  # [BK, BN]
@@ -230,9 +231,9 @@ def _set_tma_blocks(nargs):
         b.block_shape = [1, nargs["BN"], nargs["BK"]]
 
 
-def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0):
-    """A tile config. persist > 0: a persistent grid of persist programs per SM."""
-    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m, "PERSIST": persist},
+def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0, ws=False):
+    """A tile config. persist > 0: a persistent grid of persist programs per SM; ws: warp-specialised K loop."""
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m, "PERSIST": persist, "WS": ws},
                          num_warps=warps, num_stages=stages, pre_hook=_set_tma_blocks)
 
 
@@ -254,8 +255,8 @@ _CONFIGS_FP8 = [
 ]
 # extra BK = 64 tiles for block-wise bk = 64 (only tiles whose BK divides bk are kept there)
 _CONFIGS_FP8_BK64 = [_cfg(128, 256, 64, 8, 4), _cfg(32, 128, 64, 4, 5), _cfg(16, 128, 64, 4, 5)]
-_INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0}
-_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0}  # MODE 3 fallback (rare block shapes)
+_INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0, "WS": False}
+_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0, "WS": False}  # MODE 3 fallback (rare block shapes)
 
 
 # Below this many multiply-adds a GEMM is launch-bound: autotuning (benchmarking every
@@ -376,7 +377,8 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
 def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, mode, kind, qbn, qbk,
             sb_n, sb_k, sa_k, config=None, use_tma=None):
     """Launch the GEMM kernel: autotuned (large), heuristic tile (small) or ``config`` (a
-    triton.Config, for A/B measurements). ``use_tma`` None: TMA wherever it applies."""
+    triton.Config, for A/B measurements). ``use_tma`` None: TMA wherever it applies. Returns
+    what the launch returned (with ``config``, the compiled kernel: registers, spills)."""
     M, Kd = a.shape
     E_w, N, _ = b.shape
     interp = _config.is_interpreter()
@@ -404,10 +406,10 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
         kw = dict(cfg.kwargs)
         if descs is not None:
             _set_tma_blocks({"a_ptr": a_op, "b_ptr": b_op, **kw})
-        _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     if config is not None:
-        fixed(config)
+        return fixed(config)
     elif interp or mode == MODE_FP8_BLOCK_GENERIC:
         # the interpreter cannot afford autotuning: one small tile, BK dividing bk when block-wise
         cfg = dict(_INTERP_CONFIG if interp else _GENERIC_CONFIG)

@@ -127,11 +127,18 @@ def _scatter_kernel(
     tl.store(sorted_ptr + pos, idv, mask=ok & (pos >= 0) & (pos < OUT_LEN))
 
 
+# Block plan and scan tile; module-level so that results scripts can sweep them on the GPU.
+TARGET_BLOCKS = 128     # blocks for mid sizes
+MIN_BLOCK = 256
+MAX_BLOCK = 4096        # bitonic sort in registers
+SCAN_ELEMS = 16384      # histogram entries per scan step
+SCAN_WARPS = 8
+
+
 def _plan(n: int, num_experts: int, deepep: bool):
     nb = num_experts + (2 if deepep else 1)                      # (-1 bucket) + experts + dump
     nbp = max(32, _config.next_pow2(nb))                         # tl.histogram: power of 2, >= warp size
-    # ~128 blocks for mid sizes; at least 256 slots, at most 4096 (bitonic sort in registers).
-    block = min(4096, max(256, _config.next_pow2(triton.cdiv(n, 128))))
+    block = min(MAX_BLOCK, max(MIN_BLOCK, _config.next_pow2(triton.cdiv(n, TARGET_BLOCKS))))
     if _config.is_interpreter() and not FORCE_SORT:
         block = min(block, 512)  # the pairwise rank is BLOCK x BLOCK
     nblk = triton.cdiv(n, block)
@@ -150,8 +157,8 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
     ninv = torch.empty(1, dtype=torch.int64, device=dev)
     warps = 8 if block >= 2048 else 4
     _hist_kernel[(nblk,)](flat, hist, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps)
-    r = max(1, min(_config.next_pow2(nblk), 16384 // nbp))
-    _scan_kernel[(1,)](hist, delta, seg, ninv, nblk, num_experts, DEEPEP=deepep, NBP=nbp, R=r, num_warps=8)
+    r = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // nbp))
+    _scan_kernel[(1,)](hist, delta, seg, ninv, nblk, num_experts, DEEPEP=deepep, NBP=nbp, R=r, num_warps=SCAN_WARPS)
     if deepep:
         # The output length N - n_inv is data dependent: one device-to-host read, here only.
         n_out = n - int(ninv.item())

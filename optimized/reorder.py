@@ -36,10 +36,17 @@ def _pre_reorder_kernel(
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < T
     cmask = cols < H
-    x = tl.load(x_ptr + rows[:, None] * H + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    n_dst = T * TOPK
+    # which tokens have a local slot at all: under EP most have none, and their rows are not read
+    any_local = tl.zeros([ROWS], dtype=tl.int1)
+    for k in tl.static_range(TOPK):
+        slot = rows * TOPK + k
+        e = tl.load(ids_ptr + slot, mask=rmask, other=-1)
+        any_local = any_local | ((e >= start_expert) & (e <= end_expert))
+    x = tl.load(x_ptr + rows[:, None] * H + cols[None, :], mask=(rmask & any_local)[:, None] & cmask[None, :],
+                other=0.0)
     if HAS_SCALES:
         xf = x.to(tl.float32)
-    n_dst = T * TOPK
     for k in tl.static_range(TOPK):
         slot = rows * TOPK + k
         e = tl.load(ids_ptr + slot, mask=rmask, other=-1).to(tl.int64)
@@ -82,10 +89,17 @@ def _post_reorder_kernel(
              mask=rmask[:, None] & cmask[None, :])
 
 
-def _row_tiles(T: int, H: int, elem_budget: int = 2048, max_block_h: int = 1024):
-    """[ROWS, BLOCK_H] tile: whole rows for small H (several per program), 1024-column chunks for large H."""
-    block_h = min(_config.next_pow2(max(H, 1)), max_block_h)
-    rows = max(1, min(elem_budget // block_h, _config.next_pow2(max(T, 1))))
+# Tile size (elements per program) and warps of both kernels; module-level so that results
+# scripts can sweep them on the GPU.
+TILE_ELEMS = 2048
+MAX_BLOCK_H = 1024
+NUM_WARPS = 4
+
+
+def _row_tiles(T: int, H: int):
+    """[ROWS, BLOCK_H] tile: whole rows for small H (several per program), MAX_BLOCK_H-column chunks for large H."""
+    block_h = min(_config.next_pow2(max(H, 1)), MAX_BLOCK_H)
+    rows = max(1, min(TILE_ELEMS // block_h, _config.next_pow2(max(T, 1))))
     return rows, block_h
 
 
@@ -110,7 +124,7 @@ def pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_
         input, gateup_input, src2dst, topk_ids, a1_scales if a1_scales is not None else input,
         T, H, start_expert_id, end_expert_id,
         TOPK=topk, HAS_SCALES=a1_scales is not None, ROWS=rows, BLOCK_H=block_h,
-        INTERP=_config.is_interpreter(), num_warps=4)
+        INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
     return None
 
 
@@ -133,5 +147,5 @@ def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_exp
     _post_reorder_kernel[grid](
         down_output, output, src2dst, topk_ids, topk_weights,
         T, H, start_expert_id, end_expert_id,
-        TOPK=topk, ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(), num_warps=4)
+        TOPK=topk, ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
     return None

@@ -1,0 +1,313 @@
+"""Tile and path sweep of our kernels on the GPU (issue 8): where each kernel stands against its
+floor and which launch settings move it. A measuring script, not a check: correctness is the
+harness's job (run it on the same tree in the same device call).
+
+For each section it times every variant alone (harness.timing: L2 flushed, event-timed, median
+and quartiles), prints one line per variant and writes the records to --json:
+- gemm: the ANCHORS.md shapes (bf16; fp8 per tensor and block-wise on two of them) with torch's
+  per-group mm loop and torch._grouped_mm, our autotuned kernel through TMA and through
+  pointers, and fixed tiles on both paths (registers and spills of each compiled variant);
+- reorder / silu: T=4096, H=7168 (DeepSeek-V3), all experts local and EP8, tile sizes and warps,
+  CUDA-graph replay;
+- preprocess: T*K = 1024 / 32768 / 131072 over 256 experts, block plan and scan tile, graph
+  replay, and the device time of each of its three kernels (torch profiler).
+Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm reorder preprocess] [--json F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, List
+
+import torch
+import triton
+
+from harness import baselines
+from harness.timing import TimingConfig, Workload, capture_graph, measure_ceilings, run_interleaved, Stats
+from optimized import activation, gemm, preprocess, reorder
+
+DEV = "cuda"
+CFG = TimingConfig(warmup_ms=30, rep_ms=120)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One timed variant: what it is, its median and quartiles, and its share of the floor."""
+
+    section: str
+    case: str
+    variant: str
+    median_us: float
+    q25_us: float
+    q75_us: float
+    floor_us: float
+    share_of_floor: float
+    note: str = ""
+
+
+RECORDS: List[Record] = []
+
+
+def _time(call: Callable[[], object], graph: bool) -> Stats:
+    if graph and DEV == "cuda":  # the smoke run on the CPU times eagerly
+        g, _ = capture_graph(call, DEV)
+        call = g.replay
+    run = run_interleaved([Workload("x", (call,))], DEV, CFG)
+    return Stats.of(run.times_ms[0])
+
+
+def record(section, case, variant, call, floor_us, graph=False, note=""):
+    try:
+        st = _time(call, graph)
+    except Exception as exc:  # a variant that cannot run is a finding, not a crash of the sweep
+        print(f"{section:10s} {case:34s} {variant:44s} FAILED {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+        RECORDS.append(Record(section, case, variant, math.nan, math.nan, math.nan, floor_us, math.nan,
+                              f"failed: {type(exc).__name__}: {str(exc)[:300]}"))
+        return
+    med = st.median_ms * 1e3
+    r = Record(section, case, variant, med, st.q1_ms * 1e3, st.q3_ms * 1e3, floor_us, floor_us / med, note)
+    RECORDS.append(r)
+    print(f"{section:10s} {case:34s} {variant:44s} {med:10.1f} us  [{r.q25_us:.1f}, {r.q75_us:.1f}]  "
+          f"floor {floor_us:8.1f}  {100 * r.share_of_floor:5.1f}%  {note}", flush=True)
+
+
+# ----------------------------------------------------------------------------- GEMM
+
+GEMM_SHAPES = {  # name: (groups, M_total, N, Kd)  (ANCHORS.md)
+    "ds_gate_up": (32, 4096, 4096, 7168),
+    "ds_down": (32, 4096, 7168, 2048),
+    "mixtral_gate_up": (8, 8192, 28672, 4096),
+    "decode": (32, 256, 4096, 7168),
+}
+TILES_16 = [  # BM, BN, BK, warps, stages, persist[, warp-specialised]
+    (128, 256, 64, 8, 3, 0), (128, 256, 64, 8, 4, 0), (128, 256, 64, 8, 3, 1), (256, 128, 64, 8, 3, 0),
+    (128, 256, 64, 8, 3, 0, True), (128, 128, 64, 8, 4, 0, True), (128, 256, 64, 8, 3, 1, True),
+    (128, 128, 64, 8, 4, 0), (128, 128, 64, 4, 4, 0), (128, 128, 64, 8, 4, 2), (64, 256, 64, 4, 4, 0),
+    (128, 128, 128, 8, 3, 0), (64, 128, 128, 4, 4, 0), (32, 128, 128, 4, 4, 0), (16, 128, 128, 4, 4, 0),
+]
+TILES_FP8 = [
+    (128, 256, 128, 8, 3, 0), (128, 256, 128, 8, 4, 0), (128, 256, 128, 8, 3, 1), (128, 128, 128, 8, 4, 0),
+    (128, 256, 128, 8, 3, 0, True),
+    (128, 128, 128, 4, 4, 0), (64, 256, 128, 4, 4, 0), (256, 128, 128, 8, 3, 0),
+]
+
+
+def _gemm_inputs(shape, dtype, gen):
+    G, M, N, Kd = shape
+    per = M // G
+    seg = torch.arange(G + 1, device=DEV, dtype=torch.int64) * per
+    widx = torch.arange(G, device=DEV, dtype=torch.int64)
+    a = torch.randn(M, Kd, device=DEV, generator=gen).to(torch.bfloat16)
+    b = (torch.randn(G, N, Kd, device=DEV, generator=gen) / math.sqrt(Kd)).to(torch.bfloat16)
+    c = torch.empty(M, N, device=DEV, dtype=torch.bfloat16)
+    kw = {}
+    if dtype == "fp8_tensor":
+        a, b = a.to(torch.float8_e4m3fn), (b * math.sqrt(Kd)).to(torch.float8_e4m3fn)
+        s = torch.full((G,), 1.0 / math.sqrt(math.sqrt(Kd)), device=DEV)
+        kw = dict(use_fp8_w8a8=True, scale_a=s, scale_b=s.clone())
+    elif dtype == "fp8_block":
+        b = (b * math.sqrt(Kd)).to(torch.float8_e4m3fn)
+        sb = torch.rand(G, triton.cdiv(N, 128), triton.cdiv(Kd, 128), device=DEV, generator=gen) / math.sqrt(Kd)
+        kw = dict(use_fp8_w8a8=True, scale_b=sb, block_shape=[128, 128])
+    return (a, b, c, G, True, seg, widx), kw
+
+
+def _gemm_floor(shape, ceil, dtype):
+    G, M, N, Kd = shape
+    el = 1 if dtype.startswith("fp8") else 2
+    flops_us = 2 * M * N * Kd / (ceil.matmul_tflops * (2 if el == 1 else 1) * 1e12) * 1e6
+    bytes_us = (M * Kd * el + G * N * Kd * el + M * N * 2) / (ceil.copy_gbps * 1e9) * 1e6
+    return max(flops_us, bytes_us)
+
+
+def _spills(kernel) -> str:
+    return f"regs {getattr(kernel, 'n_regs', '?')} spills {getattr(kernel, 'n_spills', '?')}"
+
+
+def gemm_section(ceil, gen):
+    dtypes = {"bfloat16": list(GEMM_SHAPES), "fp8_tensor": ["mixtral_gate_up", "ds_gate_up"],
+              "fp8_block": ["mixtral_gate_up", "ds_gate_up"]}
+    for dtype, names in dtypes.items():
+        for name in names:
+            shape = GEMM_SHAPES[name]
+            args, kw = _gemm_inputs(shape, dtype, gen)
+            floor = _gemm_floor(shape, ceil, dtype)
+            case = f"{name}:{dtype}"
+            if dtype == "bfloat16":
+                record("gemm", case, "torch_loop", lambda: baselines.grouped_gemm(*args), floor)
+                record("gemm", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*args), floor)
+            for use_tma in (True, False):
+                gemm.USE_TMA = use_tma
+                record("gemm", case, f"ours_autotuned tma={use_tma}", lambda: gemm.grouped_gemm(*args, **kw), floor)
+                tuner = gemm._tuner("16bit" if dtype == "bfloat16" else ("fp8" if dtype == "fp8_tensor" else "fp8_block"),
+                                    1 if dtype != "fp8_block" else 128)
+                for key, cfg in getattr(tuner, "cache", {}).items():
+                    print(f"    tuner[{key}] -> {cfg}", flush=True)
+            gemm.USE_TMA = True
+            tiles = TILES_16 if dtype == "bfloat16" else TILES_FP8
+            if name == "decode":
+                tiles = [t for t in tiles if t[0] <= 64] + [(16, 64, 256, 4, 3, 0), (32, 64, 128, 4, 4, 0)]
+            for bm, bn, bk, w, st, ps, *ws in tiles:
+                ws = bool(ws and ws[0])
+                for use_tma in (True, False):
+                    if not use_tma and (ps or ws or dtype != "bfloat16"):
+                        continue
+                    config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "PERSIST": ps, "WS": ws},
+                                           num_warps=w, num_stages=st)
+                    kernel = []
+
+                    def call():
+                        kernel.append(_launch_fixed(args, kw, config, use_tma))
+
+                    record("gemm", case, f"{bm}x{bn}x{bk} w{w} s{st} p{ps}{' ws' if ws else ''} tma={use_tma}",
+                           call, floor)
+                    if kernel:
+                        print(f"    {_spills(kernel[0])}", flush=True)
+                    kernel.clear()
+            args = kw = None  # free the operands before the next shape
+            torch.cuda.empty_cache()
+
+
+def _launch_fixed(args, kw, config, use_tma):
+    a, b, c, G, _, seg, widx = args
+    if kw.get("block_shape"):
+        a_q, sa = gemm._quant(a, 128, seg)
+        return gemm._launch(a_q, b, c, seg, widx, sa, kw["scale_b"], G, gemm.MODE_FP8_BLOCK, "fp8_block", 128, 128,
+                            sa.shape[1], kw["scale_b"].shape[1], kw["scale_b"].shape[2], config=config,
+                            use_tma=use_tma)
+    mode = gemm.MODE_FP8_TENSOR if kw.get("use_fp8_w8a8") else gemm.MODE_PLAIN
+    return gemm._launch(a, b, c, seg, widx, kw.get("scale_a"), kw.get("scale_b"), G, mode,
+                        "fp8" if mode else "16bit", 1, 1, 1, 1, 1, config=config, use_tma=use_tma)
+
+
+# ----------------------------------------------------------------------------- reorder / silu
+
+def _routing(T, K, E, gen):
+    ids = torch.rand(T, E, device=DEV, generator=gen).topk(K, dim=1).indices.to(torch.int32)   # [T, K] distinct
+    sorted_ids, src2dst, seg = preprocess.ep_preprocess(ids, E)
+    return ids, sorted_ids, src2dst, seg
+
+
+REORDER_SHAPE = dict(T=4096, K=8, E=256, H=7168, I=2048)
+
+
+def reorder_section(ceil, gen):
+    T, K, E, H, I = (REORDER_SHAPE[k] for k in "TKEHI")
+    ids, sorted_ids, src2dst, seg = _routing(T, K, E, gen)
+    x = torch.randn(T, H, device=DEV, generator=gen).to(torch.bfloat16)
+    gateup = torch.empty(T * K, H, device=DEV, dtype=torch.bfloat16)
+    down = torch.randn(T * K, H, device=DEV, generator=gen).to(torch.bfloat16)
+    out = torch.empty(T, H, device=DEV, dtype=torch.bfloat16)
+    w = torch.rand(T, K, device=DEV, generator=gen)
+    gu = torch.randn(T * K, 2 * I, device=DEV, generator=gen).to(torch.bfloat16)
+    di = torch.empty(T * K, I, device=DEV, dtype=torch.bfloat16)
+    gbps = ceil.copy_gbps * 1e9
+    for ep, (s, e) in (("all", (0, E - 1)), ("ep8", (32, 63))):
+        local_slots = int(((ids >= s) & (ids <= e)).sum())
+        local_tokens = int(((ids >= s) & (ids <= e)).any(dim=1).sum())
+        pre_floor = (local_tokens * H * 2 + local_slots * H * 2) / gbps * 1e6
+        post_floor = (local_slots * H * 2 + T * H * 2) / gbps * 1e6
+        silu_floor = local_slots * (2 * I * 2 + I * 2) / gbps * 1e6
+        for tile in ((2048, 4096, 8192, 16384) if DEV == "cuda" else (2048,)):
+            for warps in ((4, 8) if DEV == "cuda" else (4,)):
+                reorder.TILE_ELEMS, reorder.NUM_WARPS = tile, warps
+                activation.TILE_ELEMS, activation.NUM_WARPS = tile, warps
+                v = f"tile {tile} warps {warps}"
+                record("reorder", f"pre T{T} {ep}", v, lambda: reorder.pre_reorder(
+                    x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
+                record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
+                    down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
+                record("silu", f"silu T{T} {ep}", v, lambda: activation.silu_and_mul(
+                    gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
+    reorder.TILE_ELEMS, reorder.NUM_WARPS = 2048, 4
+    activation.TILE_ELEMS, activation.NUM_WARPS = 2048, 4
+    # T = 256, EP8: against one launch moving the same bytes (a copy of the local rows)
+    T2 = min(256, T)
+    ids2, sorted2, src2, _ = _routing(T2, K, E, gen)
+    x2, g2 = x[:T2].contiguous(), gateup[:T2 * K]
+    n_local = int(((ids2 >= 32) & (ids2 <= 63)).sum())
+    buf_a = torch.empty(n_local * H, device=DEV, dtype=torch.bfloat16)
+    buf_b = torch.empty_like(buf_a)
+    copy = _time(lambda: buf_b.copy_(buf_a), graph=True).median_ms * 1e3
+    record("reorder", f"pre T{T2} ep8", "default tile", lambda: reorder.pre_reorder(
+        x2, g2, src2, ids2, None, 32, 63, K, H), copy, graph=True, note="floor = one copy launch of the local rows")
+
+
+# ----------------------------------------------------------------------------- preprocess
+
+PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_ELEMS, SCAN_WARPS (the first is the default)
+    (128, 16384, 8), (32, 16384, 8), (64, 16384, 8), (256, 16384, 8), (128, 4096, 8), (128, 65536, 8),
+    (128, 16384, 4), (128, 16384, 16),
+]
+
+
+def preprocess_section(ceil, gen):
+    E = 256
+    for T in ((128, 4096, 16384) if DEV == "cuda" else (8,)):
+        ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
+        case = f"T{T} K8 E{E}"
+        for tb, se, sw in PREPROCESS_PLANS:
+            preprocess.TARGET_BLOCKS, preprocess.SCAN_ELEMS, preprocess.SCAN_WARPS = tb, se, sw
+            record("preprocess", case, f"blocks {tb} scan {se} w{sw}",
+                   lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
+        preprocess.TARGET_BLOCKS, preprocess.SCAN_ELEMS, preprocess.SCAN_WARPS = 128, 16384, 8
+        # device time per kernel
+        from torch.profiler import ProfilerActivity, profile
+        for _ in range(3):
+            preprocess.ep_preprocess(ids, E)
+        if DEV != "cuda":
+            continue
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                preprocess.ep_preprocess(ids, E)
+            torch.cuda.synchronize()
+        for ev in prof.key_averages():
+            dt = getattr(ev, "self_device_time_total", 0) or getattr(ev, "self_cuda_time_total", 0)
+            if dt:
+                print(f"    {case} kernel {ev.key[:60]:60s} {dt / ev.count:8.2f} us x{ev.count}", flush=True)
+
+
+def _smoke():
+    """Shrink every section to a few tiny cases on the CPU (TRITON_INTERPRET=1 must be set)."""
+    global DEV, CFG, TILES_16, TILES_FP8, PREPROCESS_PLANS
+    DEV = "cpu"
+    CFG = TimingConfig(warmup_ms=1, rep_ms=1, min_rounds=2)
+    for k in list(GEMM_SHAPES):
+        GEMM_SHAPES[k] = (2, 32, 32, 128)
+    TILES_16, TILES_FP8, PREPROCESS_PLANS = TILES_16[:1], TILES_FP8[:1], PREPROCESS_PLANS[:2]
+    REORDER_SHAPE.update(T=16, H=64, I=32)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--section", nargs="+", default=["gemm", "reorder", "preprocess"])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (interpreter): checks the script runs")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        _smoke()
+    from optimized import _config
+    _config.CHECK_VALUES = False
+    gen = torch.Generator(device=DEV)
+    gen.manual_seed(0)
+    ceil = measure_ceilings(DEV)
+    print(ceil.describe(), "| torch", torch.__version__, "| triton", triton.__version__, flush=True)
+    t0 = time.time()
+    for sec in args.section:
+        {"gemm": gemm_section, "reorder": reorder_section, "preprocess": preprocess_section}[sec](ceil, gen)
+        print(f"--- {sec} done at {time.time() - t0:.0f} s", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": ceil.device, "copy_gbps": ceil.copy_gbps, "matmul_tflops": ceil.matmul_tflops,
+                       "torch": torch.__version__, "triton": triton.__version__,
+                       "records": [asdict(r) for r in RECORDS]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
