@@ -96,6 +96,16 @@ def empty_batch_case(spec: OpSpec, dtype: str) -> CaseParams:
                       hidden=7, inter=5, routing="uniform", seed=0)
 
 
+def aligned_long_groups_case(spec: OpSpec, dtype: str, backend: str) -> CaseParams:
+    """The second fixed case: sizes a multiple of 16 (the aligned fast paths, e.g. the GEMM's
+    TMA loads and stores) and skewed routing over few experts, so that some expert's rows span
+    several tiles of any kernel's row tiling, with a partial last tile; the rank's experts are
+    inner ones, so rows before and after its segment must stay untouched."""
+    tokens = min(SIZE_LIMITS[backend]["tokens"], spec.max_tokens, 40 if backend == "interpreter" else 200)
+    return CaseParams(op=spec.name, dtype=dtype, tokens=tokens, topk=3, experts=5, start_expert=1, end_expert=3,
+                      hidden=64, inter=48, routing="skewed", seed=1)
+
+
 class _CaseFailed(Exception):
     def __init__(self, result: CaseResult):
         super().__init__(result.message)
@@ -139,6 +149,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     db = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
     test = given(case_params(spec, dtype, backend, preset))(run_one)
     if preset is None:
+        test = example(aligned_long_groups_case(spec, dtype, backend))(test)
         test = example(empty_batch_case(spec, dtype))(test)
     test = settings(max_examples=max(1, n_cases), deadline=None, database=db, phases=phases,
                     suppress_health_check=list(HealthCheck), print_blob=False, derandomize=False,

@@ -271,6 +271,11 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "the TMA path's row coordinate from the group's first row: every m-tile of a group after the "
        "first multiplies the group's first BM rows (only groups longer than one tile and a Kd the TMA "
        "path takes show it)"),
+    _M("gemm_tma_store_whole_by_tensor_end", "grouped_gemm", "gemm",
+       "whole = row0 + BM <= row_hi",
+       "whole = row0 + BM <= M",
+       "the TMA store's whole-tile test against the end of c instead of the group's end: a group's last "
+       "tile writes its full BM rows, over the next group's rows (or past seg_indptr's last row)"),
     _M("gemm_fp8_scale_of_group", "grouped_gemm", "gemm",
        "acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))",
        "acc = acc * (tl.load(sa_ptr + g) * tl.load(sb_ptr + g))",

@@ -119,8 +119,9 @@ def _mma(a, b, acc, UPCAST: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M", "E_w", "batch", "SB_N", "SB_K", "SA_K", "M_HINT", "N_HINT", "K_HINT"])
 def _grouped_gemm_kernel(
-    # operands: pointers, or with USE_TMA tensor descriptors of a [M, Kd] and b [E_w, N, Kd]
-    a_ptr, b_ptr, c_ptr,
+    # operands: pointers, or with USE_TMA tensor descriptors of a [M, Kd] and b [E_w * N, Kd];
+    # c_desc: with USE_TMA a descriptor of c [M, N] (else c again, unused)
+    a_ptr, b_ptr, c_ptr, c_desc,
     # routing
     seg_ptr, widx_ptr,
     # fp8 scales (unused in MODE 0)
@@ -148,7 +149,9 @@ def _grouped_gemm_kernel(
     with a weight index outside [0, E_w) are skipped, so no value of seg_indptr /
     weight_indices can cause an out-of-bounds access. With USE_TMA, a and b tiles come through
     the tensor-memory engine (zero-filled past the tensors' ends, so no K mask is needed); rows
-    of a past the group's end are read but never stored.
+    of a past the group's end (and rows of b past expert e's N, when BN does not divide N) are
+    read but never stored. Tiles whose rows all lie in the group are stored by TMA too; a
+    group's last, partial tile by a masked store.
     """
     # --- tiles per group and their prefix sum, in registers
     gi = tl.arange(0, BATCH_P)
@@ -195,7 +198,7 @@ def _grouped_gemm_kernel(
             for k0 in tl.range(0, Kd, BK, warp_specialize=WS):
                 if USE_TMA:
                     a = a_ptr.load([row0.to(tl.int32), k0])                        # [BM, BK]
-                    b = tl.trans(b_ptr.load([e.to(tl.int32), n0, k0]).reshape(BN, BK))  # [BK, BN]
+                    b = b_ptr.load([(e * N + n0).to(tl.int32), k0]).T                 # [BK, BN]
                 else:
                     kmask = (k0 + kk) < Kd
                     a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
@@ -220,15 +223,23 @@ def _grouped_gemm_kernel(
             if MODE == 1:
                 acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
             c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
-            tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
+            if USE_TMA:
+                whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
+            else:
+                whole = False
+            if whole:
+                c_desc.store([row0.to(tl.int32), n0], c)                           # clipped at N by TMA
+            else:
+                tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
 
 
 def _set_tma_blocks(nargs):
     """Autotune pre-hook: a TMA descriptor's block shape is the tile of the config being run."""
-    a, b = nargs["a_ptr"], nargs["b_ptr"]
+    a, b, c = nargs["a_ptr"], nargs["b_ptr"], nargs["c_desc"]
     if isinstance(a, TensorDescriptor):
         a.block_shape = [nargs["BM"], nargs["BK"]]
-        b.block_shape = [1, nargs["BN"], nargs["BK"]]
+        b.block_shape = [nargs["BN"], nargs["BK"]]
+        c.block_shape = [nargs["BM"], nargs["BN"]]
 
 
 def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0, ws=False):
@@ -317,25 +328,29 @@ def _has_tma(device_index: int) -> bool:
 USE_TMA = os.environ.get("MOE_GEMM_TMA", "1") not in ("0", "false", "False", "")
 
 
-def _tma_operands(a: torch.Tensor, b: torch.Tensor, mode: int):
-    """(a_desc, b_desc) when both operands can go through TMA, else None.
+def _tma_operands(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, mode: int):
+    """(a_desc, b_desc, c_desc) when all three can go through TMA, else None.
 
-    TMA wants 16-byte aligned bases and row strides (Kd * itemsize % 16 == 0), contiguous
-    operands, 16-bit or fp8 data (float32 stays on the IEEE pointer path) and sm_90+. Other
-    cases (a Kd not a multiple of 8, say) take the pointer path, so fuzzed sizes test both.
-    Block shapes are placeholders here: each launch sets them to its tile (_set_tma_blocks).
+    TMA wants 16-byte aligned bases and row strides (Kd * itemsize and N * c.itemsize multiples
+    of 16), contiguous tensors, 16-bit or fp8 operands (float32 stays on the IEEE pointer path),
+    int32 coordinates (E_w * N rows of b) and sm_90+. Other cases (a Kd not a multiple of 8,
+    say) take the pointer path, so fuzzed sizes test both. Block shapes are placeholders here:
+    each launch sets them to its tile (_set_tma_blocks).
     """
     M, Kd = a.shape
     E_w, N, _ = b.shape
     if (not USE_TMA or mode == MODE_FP8_BLOCK_GENERIC or a.dtype == torch.float32
-            or Kd == 0 or not (a.is_contiguous() and b.is_contiguous())
-            or a.data_ptr() % 16 or b.data_ptr() % 16 or (Kd * a.element_size()) % 16):
+            or Kd == 0 or not (a.is_contiguous() and b.is_contiguous() and c.is_contiguous())
+            or a.data_ptr() % 16 or b.data_ptr() % 16 or c.data_ptr() % 16
+            or (Kd * a.element_size()) % 16 or (N * c.element_size()) % 16 or E_w * N >= 2 ** 31
+            or M >= 2 ** 31):
         return None
     # the interpreter emulates descriptors (so CI runs this path); on a GPU they need sm_90+
     if not _config.is_interpreter() and not _has_tma(a.device.index):
         return None
     return (TensorDescriptor(a, [M, Kd], [Kd, 1], [16, 16]),
-            TensorDescriptor(b, [E_w, N, Kd], [N * Kd, Kd, 1], [1, 16, 16]))
+            TensorDescriptor(b, [E_w * N, Kd], [Kd, 1], [16, 16]),
+            TensorDescriptor(c, [M, N], [N, 1], [16, 16]))
 
 
 def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_indices,
@@ -382,13 +397,13 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
     M, Kd = a.shape
     E_w, N, _ = b.shape
     interp = _config.is_interpreter()
-    descs = _tma_operands(a, b, mode) if use_tma is not False else None
+    descs = _tma_operands(a, b, c, mode) if use_tma is not False else None
     if use_tma and descs is None:
         raise ValueError("use_tma=True but these operands cannot go through TMA (alignment, dtype or device)")
-    a_op, b_op = descs if descs is not None else (a, b)
+    a_op, b_op, c_op = descs if descs is not None else (a, b, c)
     dummy = c
     m_hint = min(4096, _config.next_pow2(triton.cdiv(M, batch_size)))
-    args = (a_op, b_op, c, seg_indptr, weight_indices,
+    args = (a_op, b_op, c, c_op, seg_indptr, weight_indices,
             scale_a if scale_a is not None else dummy, scale_b if scale_b is not None else dummy,
             M, N, Kd, E_w, batch_size, sb_n, sb_k, sa_k,
             m_hint, _config.next_pow2(N), _config.next_pow2(Kd))
@@ -405,7 +420,7 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
     def fixed(cfg):
         kw = dict(cfg.kwargs)
         if descs is not None:
-            _set_tma_blocks({"a_ptr": a_op, "b_ptr": b_op, **kw})
+            _set_tma_blocks({"a_ptr": a_op, "b_ptr": b_op, "c_desc": c_op, **kw})
         return _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     if config is not None:
