@@ -113,8 +113,8 @@ _FP8 = ("fp8",)
 CATALOGUE: Tuple[Mutant, ...] = (
     # --- ep_preprocess ------------------------------------------------------------------
     _M("ep_seg_end_unwritten", "ep_preprocess", "preprocess",
-       "tl.store(seg_ptr + cols, start.to(tl.int64), mask=cols <= E)",
-       "tl.store(seg_ptr + cols, start.to(tl.int64), mask=cols < E)",
+       "tl.store(seg_ptr + buckets, start.to(tl.int64), mask=buckets <= E)",
+       "tl.store(seg_ptr + buckets, start.to(tl.int64), mask=buckets < E)",
        "scratch not fully written: seg_indptr comes from torch.empty and the scan stores [0, E) only, "
        "never seg_indptr[E]"),
     _M("ep_empty_seg_uninitialised", "ep_preprocess", "preprocess",
@@ -129,18 +129,23 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "key = _bucket_of(ids, E, SHIFT) * BLOCK + lane",
        "key = _bucket_of(ids, E, SHIFT) * BLOCK",
        "in-block sort key without the lane: slots of one expert tie and the in-block rank is no longer unique"),
+    _M("ep_scan_in_place_over_hist", "ep_preprocess", "preprocess",
+       "colpre = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)",
+       "colpre = hist.view(nblk, nbp)  # scan in place: one scratch buffer fewer",
+       "in-place update through a view: the column scan writes into a view of the histogram, which the "
+       "scatter still reads for its in-block offsets"),
     _M("ep_routing_cached_by_shape", "ep_preprocess", "preprocess", "", "",
        "a result cached from a previous call: routing memoised on (shape, dtype, num_experts) and returned "
        "again for a new routing of the same shape", wrap=_cache_by_shape),
     # --- deepep_preprocess --------------------------------------------------------------
-    _M("deepep_n_inv_aliases_seg", "deepep_preprocess", "preprocess",
-       "ninv = torch.empty(1, dtype=torch.int64, device=dev)",
-       "ninv = seg[:1]  # n_inv parked in seg_indptr[0], like SGLang's seg_indptr[0] trick",
-       "in-place update through a view: n_inv is stored into a view of seg_indptr[0] after the scan wrote "
-       "seg_indptr, which still needs that element"),
+    _M("deepep_seg_counts_minus_one_slots", "deepep_preprocess", "preprocess",
+       "(start - n_inv).to(tl.int64), mask=(buckets >= 1)",
+       "start.to(tl.int64), mask=(buckets >= 1)",
+       "seg_indptr from the bucket starts without subtracting n_inv: every segment is shifted by the "
+       "number of -1 slots"),
     _M("deepep_n_inv_not_subtracted", "deepep_preprocess", "preprocess",
-       "delta = start[None, :] - n_inv + before_blocks - before_in_block",
-       "delta = start[None, :] + before_blocks - before_in_block",
+       "delta = start - n_inv + tl.load(",
+       "delta = start + tl.load(",
        "src2dst not shifted by n_inv: positions still count the -1 slots in front"),
     _M("deepep_minus_one_sorted_last", "deepep_preprocess", "preprocess",
        "shift = 1 if deepep else 0",

@@ -1,13 +1,16 @@
 """Routing preprocess: stable counting sort of the flat slots by expert (SPEC.md sections 1, 2).
 
 Three launches, no atomics, deterministic:
-1. ``_hist_kernel``   one program per BLOCK slots: per-block bucket histogram (tl.histogram).
-2. ``_scan_kernel``   one program: bucket totals -> seg_indptr (all of it) and, per (block,
-                      bucket), ``delta`` = first global position of that bucket's slots in
-                      this block minus the bucket's first position inside the sorted block.
-3. ``_scatter_kernel`` one program per block: sorts the block's keys (bucket * BLOCK + lane,
-                      unique, so the in-block order is stable), and slot at sorted position p
-                      gets global position p + delta[block, bucket].
+1. ``_hist_kernel``    one program per BLOCK slots: per-block bucket histogram (tl.histogram).
+2. ``_colscan_kernel`` one program per SCAN_COLS buckets: per (block, bucket) the count of that
+                       bucket in earlier blocks (a scan down each column) and each bucket's total.
+3. ``_scatter_kernel`` one program per block: bucket starts (scan of the totals) and the
+                       block's in-block bucket starts (scan of its histogram) give ``delta`` =
+                       first global position of each bucket's slots in this block minus its first
+                       position inside the sorted block; the block's keys (bucket * BLOCK + lane,
+                       unique, so the in-block order is stable) are sorted and the slot at sorted
+                       position p gets global position p + delta[bucket]. Program 0 writes
+                       seg_indptr (all of it).
 Buckets: ep: bucket = id for ids in [0, E); deepep: bucket = id + 1 for ids in [-1, E).
 Any other id (or a padding lane) goes to one extra "dump" bucket after the last expert, so
 any id value is memory-safe (out-of-contract ids just sort last).
@@ -54,58 +57,63 @@ def _hist_kernel(
     tl.store(hist_ptr + pid.to(tl.int64) * NBP + tl.arange(0, NBP), h)
 
 
-@triton.jit(do_not_specialize=["NBLK", "E"])
-def _scan_kernel(
+@triton.jit(do_not_specialize=["NBLK"])
+def _colscan_kernel(
     # pointers
-    hist_ptr, delta_ptr, seg_ptr, ninv_ptr,
+    hist_ptr, colpre_ptr, totals_ptr, ninv_ptr,
     # sizes
-    NBLK, E,
+    NBLK,
     # meta
-    DEEPEP: tl.constexpr, NBP: tl.constexpr, R: tl.constexpr,
+    NBP: tl.constexpr, BB: tl.constexpr, R: tl.constexpr,
 ):
-    """Single program. Pass 1: bucket totals -> exclusive bucket starts, seg_indptr, n_inv.
-    Pass 2: delta[b, j] = start[j] - n_inv + (count of bucket j in blocks < b)
-                          - (count of buckets < j inside block b)."""
-    cols = tl.arange(0, NBP)
+    """Program q, buckets j in [q*BB, (q+1)*BB): colpre[b, j] = count of bucket j in blocks < b;
+    totals[j] = count of bucket j overall; n_inv = totals[0] (program 0; deepep's -1 bucket)."""
+    cols = tl.program_id(0) * BB + tl.arange(0, BB)
     rows0 = tl.arange(0, R)
-    totals = tl.zeros([NBP], dtype=tl.int32)
-    for r0 in range(0, NBLK, R):
-        rows = r0 + rows0
-        h = tl.load(hist_ptr + rows[:, None].to(tl.int64) * NBP + cols[None, :], mask=rows[:, None] < NBLK, other=0)
-        totals += tl.sum(h, axis=0)
-    start = tl.cumsum(totals, axis=0) - totals                    # first sorted position of each bucket
-    if DEEPEP:
-        # bucket 0 holds the -1 ids; seg_indptr[e] = start[e + 1] - n_inv for e in 0..E.
-        n_inv = tl.sum(tl.where(cols == 0, totals, 0), axis=0)
-        tl.store(seg_ptr + cols - 1, (start - n_inv).to(tl.int64), mask=(cols >= 1) & (cols <= E + 1))
-        tl.store(ninv_ptr, n_inv.to(tl.int64))
-    else:
-        n_inv = 0
-        tl.store(seg_ptr + cols, start.to(tl.int64), mask=cols <= E)
-    carry = tl.zeros([NBP], dtype=tl.int32)
+    carry = tl.zeros([BB], dtype=tl.int32)
     for r0 in range(0, NBLK, R):
         rows = r0 + rows0
         rmask = rows[:, None] < NBLK
         off = rows[:, None].to(tl.int64) * NBP + cols[None, :]
         h = tl.load(hist_ptr + off, mask=rmask, other=0)
-        before_blocks = tl.cumsum(h, axis=0) - h + carry[None, :]   # same bucket, earlier blocks
-        before_in_block = tl.cumsum(h, axis=1) - h                 # smaller buckets, same block
-        delta = start[None, :] - n_inv + before_blocks - before_in_block
-        tl.store(delta_ptr + off, delta, mask=rmask)
+        tl.store(colpre_ptr + off, tl.cumsum(h, axis=0) - h + carry[None, :], mask=rmask)
         carry += tl.sum(h, axis=0)
+    tl.store(totals_ptr + cols, carry)
+    if tl.program_id(0) == 0:
+        tl.store(ninv_ptr, tl.sum(tl.where(cols == 0, carry, 0), axis=0).to(tl.int64))
 
 
 @triton.jit(do_not_specialize=["N", "E", "OUT_LEN"])
 def _scatter_kernel(
     # pointers
-    ids_ptr, delta_ptr, src2dst_ptr, sorted_ptr,
+    ids_ptr, hist_ptr, colpre_ptr, totals_ptr, src2dst_ptr, sorted_ptr, seg_ptr,
     # sizes
     N, E, OUT_LEN,
     # meta
-    SHIFT: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr, USE_SORT: tl.constexpr,
+    SHIFT: tl.constexpr, DEEPEP: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr, USE_SORT: tl.constexpr,
 ):
-    """src2dst[s] = global sorted position (minus n_inv for deepep); sorted[pos] = id for pos in [0, OUT_LEN)."""
+    """src2dst[s] = global sorted position (minus n_inv for deepep); sorted[pos] = id for pos in [0, OUT_LEN).
+
+    Block b's offset of bucket j: delta[j] = start[j] - n_inv + colpre[b, j] - inblock[j], with
+    start the exclusive prefix of the bucket totals and inblock the exclusive prefix of this
+    block's histogram (both [NBP] scans in registers). Program 0 also writes seg_indptr.
+    """
     pid = tl.program_id(0)
+    buckets = tl.arange(0, NBP)
+    totals = tl.load(totals_ptr + buckets)
+    start = tl.cumsum(totals, axis=0) - totals                       # first sorted position of each bucket
+    if DEEPEP:
+        n_inv = tl.sum(tl.where(buckets == 0, totals, 0), axis=0)   # bucket 0 holds the -1 ids
+    else:
+        n_inv = 0
+    if pid == 0:
+        if DEEPEP:
+            # seg_indptr[e] = start[e + 1] - n_inv for e in 0..E
+            tl.store(seg_ptr + buckets - 1, (start - n_inv).to(tl.int64), mask=(buckets >= 1) & (buckets <= E + 1))
+        else:
+            tl.store(seg_ptr + buckets, start.to(tl.int64), mask=buckets <= E)
+    h = tl.load(hist_ptr + pid.to(tl.int64) * NBP + buckets)
+    delta = start - n_inv + tl.load(colpre_ptr + pid.to(tl.int64) * NBP + buckets) - (tl.cumsum(h, axis=0) - h)
     base = pid.to(tl.int64) * BLOCK
     lane = tl.arange(0, BLOCK)
     ids = tl.load(ids_ptr + base + lane, mask=base + lane < N, other=-2)
@@ -121,7 +129,7 @@ def _scatter_kernel(
         src = base + lane
         p = tl.sum((key[None, :] < key[:, None]).to(tl.int32), axis=1)
     ok = src < N
-    pos = p + tl.load(delta_ptr + pid.to(tl.int64) * NBP + bucket)
+    pos = p + tl.gather(delta, bucket, 0)
     tl.store(src2dst_ptr + src, pos.to(src2dst_ptr.dtype.element_ty), mask=ok)
     idv = tl.load(ids_ptr + src, mask=ok, other=0)               # original id (exact even for dump ids)
     tl.store(sorted_ptr + pos, idv, mask=ok & (pos >= 0) & (pos < OUT_LEN))
@@ -131,8 +139,9 @@ def _scatter_kernel(
 TARGET_BLOCKS = 128     # blocks for mid sizes
 MIN_BLOCK = 256
 MAX_BLOCK = 4096        # bitonic sort in registers
-SCAN_ELEMS = 16384      # histogram entries per scan step
-SCAN_WARPS = 8
+SCAN_COLS = 32          # buckets per column-scan program
+SCAN_ELEMS = 4096       # histogram entries per column-scan step
+SCAN_WARPS = 4
 
 
 def _plan(n: int, num_experts: int, deepep: bool):
@@ -152,13 +161,15 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
     shift = 1 if deepep else 0
     nbp, block, nblk = _plan(n, num_experts, deepep)
     hist = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)     # fully written by _hist_kernel
-    delta = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)    # fully written by _scan_kernel
-    seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by _scan_kernel
+    colpre = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)   # fully written by _colscan_kernel
+    totals = torch.empty(nbp, dtype=torch.int32, device=dev)         # fully written by _colscan_kernel
+    seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by _scatter_kernel
     ninv = torch.empty(1, dtype=torch.int64, device=dev)
     warps = 8 if block >= 2048 else 4
     _hist_kernel[(nblk,)](flat, hist, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps)
-    r = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // nbp))
-    _scan_kernel[(1,)](hist, delta, seg, ninv, nblk, num_experts, DEEPEP=deepep, NBP=nbp, R=r, num_warps=SCAN_WARPS)
+    bb = min(SCAN_COLS, nbp)
+    r = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // bb))
+    _colscan_kernel[(nbp // bb,)](hist, colpre, totals, ninv, nblk, NBP=nbp, BB=bb, R=r, num_warps=SCAN_WARPS)
     if deepep:
         # The output length N - n_inv is data dependent: one device-to-host read, here only.
         n_out = n - int(ninv.item())
@@ -167,8 +178,8 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
         n_out = n
         src2dst = torch.empty(n, dtype=torch.int32, device=dev)
     sorted_ids = torch.empty(n_out, dtype=flat.dtype, device=dev)
-    _scatter_kernel[(nblk,)](flat, delta, src2dst, sorted_ids, n, num_experts, n_out,
-                             SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps,
+    _scatter_kernel[(nblk,)](flat, hist, colpre, totals, src2dst, sorted_ids, seg, n, num_experts, n_out,
+                             SHIFT=shift, DEEPEP=deepep, BLOCK=block, NBP=nbp, num_warps=warps,
                              USE_SORT=FORCE_SORT or not _config.is_interpreter())
     return sorted_ids, src2dst, seg
 
