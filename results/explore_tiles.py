@@ -84,16 +84,15 @@ GEMM_SHAPES = {  # name: (groups, M_total, N, Kd)  (ANCHORS.md)
     "decode": (32, 256, 4096, 7168),
 }
 TILES_16 = [  # BM, BN, BK, warps, stages, persist[, warp-specialised]
-    (128, 256, 64, 8, 3, 0), (128, 256, 64, 8, 4, 0), (128, 256, 64, 8, 3, 1), (256, 128, 64, 8, 3, 0),
-    (128, 256, 64, 8, 3, 0, True), (128, 128, 64, 8, 4, 0, True), (128, 256, 64, 8, 3, 1, True),
-    (128, 128, 64, 8, 4, 0), (128, 128, 64, 4, 4, 0), (128, 128, 64, 8, 4, 2), (64, 256, 64, 4, 4, 0),
-    (128, 128, 128, 8, 3, 0), (64, 128, 128, 4, 4, 0), (32, 128, 128, 4, 4, 0), (16, 128, 128, 4, 4, 0),
+    (128, 256, 64, 8, 3, 0), (128, 256, 64, 8, 4, 0), (128, 256, 64, 8, 3, 1), (128, 128, 64, 8, 4, 0),
+    (128, 128, 64, 8, 4, 2), (128, 128, 128, 8, 3, 0), (64, 128, 128, 4, 4, 0), (128, 256, 64, 8, 3, 0, True),
 ]
 TILES_FP8 = [
-    (128, 256, 128, 8, 3, 0), (128, 256, 128, 8, 4, 0), (128, 256, 128, 8, 3, 1), (128, 128, 128, 8, 4, 0),
-    (128, 256, 128, 8, 3, 0, True),
-    (128, 128, 128, 4, 4, 0), (64, 256, 128, 4, 4, 0), (256, 128, 128, 8, 3, 0),
+    (128, 256, 128, 8, 3, 0), (128, 256, 128, 8, 4, 0), (128, 128, 128, 8, 4, 0), (128, 128, 128, 8, 4, 2),
+    (64, 128, 128, 4, 4, 0), (128, 128, 64, 8, 4, 0),
 ]
+# tiles are timed on the TMA path only; the pointer path is timed autotuned, for the A/B
+POINTER_TILES = False
 
 
 def _gemm_inputs(shape, dtype, gen):
@@ -154,7 +153,7 @@ def gemm_section(ceil, gen):
             for bm, bn, bk, w, st, ps, *ws in tiles:
                 ws = bool(ws and ws[0])
                 for use_tma in (True, False):
-                    if not use_tma and (ps or ws or dtype != "bfloat16"):
+                    if not use_tma and (ps or ws or dtype != "bfloat16" or not POINTER_TILES):
                         continue
                     config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "PERSIST": ps, "WS": ws},
                                            num_warps=w, num_stages=st)
@@ -206,55 +205,65 @@ def reorder_section(ceil, gen):
     gu = torch.randn(T * K, 2 * I, device=DEV, generator=gen).to(torch.bfloat16)
     di = torch.empty(T * K, I, device=DEV, dtype=torch.bfloat16)
     gbps = ceil.copy_gbps * 1e9
+    defaults = ((reorder.TILE_ELEMS, reorder.NUM_WARPS), (activation.TILE_ELEMS, activation.NUM_WARPS))
     for ep, (s, e) in (("all", (0, E - 1)), ("ep8", (32, 63))):
         local_slots = int(((ids >= s) & (ids <= e)).sum())
         local_tokens = int(((ids >= s) & (ids <= e)).any(dim=1).sum())
         pre_floor = (local_tokens * H * 2 + local_slots * H * 2) / gbps * 1e6
         post_floor = (local_slots * H * 2 + T * H * 2) / gbps * 1e6
         silu_floor = local_slots * (2 * I * 2 + I * 2) / gbps * 1e6
-        for tile in ((2048, 4096, 8192, 16384) if DEV == "cuda" else (2048,)):
-            for warps in ((4, 8) if DEV == "cuda" else (4,)):
-                reorder.TILE_ELEMS, reorder.NUM_WARPS = tile, warps
-                activation.TILE_ELEMS, activation.NUM_WARPS = tile, warps
-                v = f"tile {tile} warps {warps}"
-                record("reorder", f"pre T{T} {ep}", v, lambda: reorder.pre_reorder(
-                    x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
-                record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
-                    down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
-                record("silu", f"silu T{T} {ep}", v, lambda: activation.silu_and_mul(
-                    gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
-    reorder.TILE_ELEMS, reorder.NUM_WARPS = 2048, 4
-    activation.TILE_ELEMS, activation.NUM_WARPS = 2048, 4
-    # T = 256, EP8: against one launch moving the same bytes (a copy of the local rows)
+        for tile, warps in (((1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8)) if DEV == "cuda" else ((2048, 4),)):
+            reorder.TILE_ELEMS, reorder.NUM_WARPS = tile, warps
+            activation.TILE_ELEMS, activation.NUM_WARPS = tile, warps
+            v = f"tile {tile} warps {warps}"
+            record("reorder", f"pre T{T} {ep}", v, lambda: reorder.pre_reorder(
+                x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
+            record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
+                down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
+            record("silu", f"silu T{T} {ep}", v, lambda: activation.silu_and_mul(
+                gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
+    reorder.TILE_ELEMS, reorder.NUM_WARPS = defaults[0]
+    activation.TILE_ELEMS, activation.NUM_WARPS = defaults[1]
+    # T = 256, EP8: each op against one copy launch that moves the same bytes (read + write)
     T2 = min(256, T)
     ids2, sorted2, src2, _ = _routing(T2, K, E, gen)
-    x2, g2 = x[:T2].contiguous(), gateup[:T2 * K]
-    n_local = int(((ids2 >= 32) & (ids2 <= 63)).sum())
-    buf_a = torch.empty(n_local * H, device=DEV, dtype=torch.bfloat16)
-    buf_b = torch.empty_like(buf_a)
-    copy = _time(lambda: buf_b.copy_(buf_a), graph=True).median_ms * 1e3
-    record("reorder", f"pre T{T2} ep8", "default tile", lambda: reorder.pre_reorder(
-        x2, g2, src2, ids2, None, 32, 63, K, H), copy, graph=True, note="floor = one copy launch of the local rows")
+    s, e = 32, 63
+    x2, g2, d2, o2, w2 = x[:T2].contiguous(), gateup[:T2 * K], down[:T2 * K], out[:T2], w[:T2].contiguous()
+    gu2, di2 = gu[:T2 * K], di[:T2 * K]
+    loc = (ids2 >= s) & (ids2 <= e)
+    n_slots, n_tokens = int(loc.sum()), int(loc.any(dim=1).sum())
+    moved = {"pre": (n_tokens + n_slots) * H * 2, "post": (n_slots + T2) * H * 2, "silu": n_slots * 3 * I * 2}
+    calls = {
+        "pre": lambda: reorder.pre_reorder(x2, g2, src2, ids2, None, s, e, K, H),
+        "post": lambda: reorder.post_reorder(d2, o2, src2, ids2, w2, s, e, K, H),
+        "silu": lambda: activation.silu_and_mul(gu2, di2, 2 * I, sorted2, None, s, e),
+    }
+    for op, call in calls.items():
+        buf_a = torch.empty(moved[op] // 4, device=DEV, dtype=torch.int16)   # a copy of n bytes moves 2n
+        buf_b = torch.empty_like(buf_a)
+        copy = _time(lambda: buf_b.copy_(buf_a), graph=True).median_ms * 1e3
+        record("reorder" if op != "silu" else "silu", f"{op} T{T2} ep8", "default tile", call, copy, graph=True,
+               note=f"floor = one copy launch moving the same {moved[op] / 1e6:.1f} MB")
 
 
 # ----------------------------------------------------------------------------- preprocess
 
-PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_ELEMS, SCAN_WARPS (the first is the default)
-    (128, 16384, 8), (32, 16384, 8), (64, 16384, 8), (256, 16384, 8), (128, 4096, 8), (128, 65536, 8),
-    (128, 16384, 4), (128, 16384, 16),
+PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS (the first is the default)
+    (128, 32, 4), (64, 32, 4), (256, 32, 4), (512, 32, 4), (128, 16, 4), (128, 64, 4), (256, 16, 4),
+    (128, 32, 8),
 ]
 
 
 def preprocess_section(ceil, gen):
     E = 256
-    for T in ((128, 4096, 16384) if DEV == "cuda" else (8,)):
+    for T in ((128, 4096, 16384, 65536) if DEV == "cuda" else (8,)):
         ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
         case = f"T{T} K8 E{E}"
-        for tb, se, sw in PREPROCESS_PLANS:
-            preprocess.TARGET_BLOCKS, preprocess.SCAN_ELEMS, preprocess.SCAN_WARPS = tb, se, sw
-            record("preprocess", case, f"blocks {tb} scan {se} w{sw}",
+        for tb, sc, sw in PREPROCESS_PLANS:
+            preprocess.TARGET_BLOCKS, preprocess.SCAN_COLS, preprocess.SCAN_WARPS = tb, sc, sw
+            record("preprocess", case, f"blocks {tb} scan cols {sc} w{sw}",
                    lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
-        preprocess.TARGET_BLOCKS, preprocess.SCAN_ELEMS, preprocess.SCAN_WARPS = 128, 16384, 8
+        preprocess.TARGET_BLOCKS, preprocess.SCAN_COLS, preprocess.SCAN_WARPS = PREPROCESS_PLANS[0]
         # device time per kernel
         from torch.profiler import ProfilerActivity, profile
         for _ in range(3):
