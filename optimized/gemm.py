@@ -223,14 +223,15 @@ def _grouped_gemm_kernel(
             if MODE == 1:
                 acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
             c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
+            c_ptrs = c_ptr + rows[:, None] * N + cols[None, :]
             if USE_TMA:
                 whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
+                if whole:
+                    c_desc.store([row0.to(tl.int32), n0], c)                       # clipped at N by TMA
+                else:
+                    tl.store(c_ptrs, c, mask=rmask[:, None] & nmask[None, :])
             else:
-                whole = False
-            if whole:
-                c_desc.store([row0.to(tl.int32), n0], c)                           # clipped at N by TMA
-            else:
-                tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
+                tl.store(c_ptrs, c, mask=rmask[:, None] & nmask[None, :])
 
 
 def _set_tma_blocks(nargs):
@@ -251,7 +252,8 @@ def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0, ws=False):
 # Hopper-sensible tiles. Large: 128x256 / 128x128 / 64x256 with BK 64 (16-bit) or 128 (fp8);
 # small-M (decode, few rows per expert): 16/32/64 x 128 with deep K.
 _CONFIGS_16BIT = [
-    _cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 128, 64, 4, 4), _cfg(64, 256, 64, 4, 4),
+    _cfg(128, 256, 64, 8, 3), _cfg(128, 256, 64, 8, 3, persist=1), _cfg(128, 128, 64, 8, 4),
+    _cfg(128, 128, 64, 4, 4), _cfg(64, 256, 64, 4, 4),
     _cfg(128, 128, 128, 8, 3), _cfg(64, 128, 128, 4, 4), _cfg(64, 64, 128, 4, 4),
     _cfg(32, 128, 128, 4, 4), _cfg(16, 128, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
 ]
@@ -266,6 +268,9 @@ _CONFIGS_FP8 = [
 ]
 # extra BK = 64 tiles for block-wise bk = 64 (only tiles whose BK divides bk are kept there)
 _CONFIGS_FP8_BK64 = [_cfg(128, 256, 64, 8, 4), _cfg(32, 128, 64, 4, 5), _cfg(16, 128, 64, 4, 5)]
+# block-wise keeps two accumulators (the K block's product and the scaled sum) and waits for each
+# K block's product: tiles of 4 warps (two CTAs per SM overlap each other's waits) did best there
+_CONFIGS_FP8_BLOCK = [_cfg(64, 256, 128, 4, 3), _cfg(64, 128, 128, 4, 3), _cfg(64, 128, 128, 4, 5)]
 _INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0, "WS": False}
 _GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0, "WS": False}  # MODE 3 fallback (rare block shapes)
 
@@ -302,7 +307,7 @@ def _family(kind: str, qbk: int):
     elif kind == "fp8":
         configs = _CONFIGS_FP8
     elif kind == "fp8_block":
-        configs = [c for c in _CONFIGS_FP8 + _CONFIGS_FP8_BK64 if qbk % c.kwargs["BK"] == 0]
+        configs = [c for c in _CONFIGS_FP8 + _CONFIGS_FP8_BK64 + _CONFIGS_FP8_BLOCK if qbk % c.kwargs["BK"] == 0]
         if not configs:  # bk a multiple of 16 but of neither 64 nor 128: same tiles with BK = bk-ish
             bk = max(d for d in (16, 32) if qbk % d == 0)
             configs = [_cfg(64, 128, bk, 4, 4), _cfg(128, 128, bk, 8, 4), _cfg(32, 128, bk, 4, 4),

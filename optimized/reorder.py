@@ -1,8 +1,9 @@
 """Gather token rows into expert order and combine them back (SPEC.md sections 3 and 5).
 
 Both kernels work on [ROWS, BLOCK_H] tiles of token rows (grid: row blocks x column
-blocks), loop over the K slots of each token with the slot's id / destination loaded as
-a [ROWS] vector, and use int64 row offsets (T*K*H may exceed 2**31).
+blocks), load the ids / destinations of the tile's K slots as [ROWS, KP] tiles, loop over
+the K slots with column k picked out in registers, and use int64 row offsets (T*K*H may
+exceed 2**31).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _pre_reorder_kernel(
     # sizes
     T, H, start_expert, end_expert,
     # meta
-    TOPK: tl.constexpr, HAS_SCALES: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+    TOPK: tl.constexpr, KP: tl.constexpr, HAS_SCALES: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
     INTERP: tl.constexpr,
 ):
     """out[src2dst[t*K+k]] = x[t] (scaled by 1/scales[e-start], cast) for every local slot.
@@ -37,21 +38,24 @@ def _pre_reorder_kernel(
     rmask = rows < T
     cmask = cols < H
     n_dst = T * TOPK
-    # which tokens have a local slot at all: under EP most have none, and their rows are not read
-    any_local = tl.zeros([ROWS], dtype=tl.int1)
-    for k in tl.static_range(TOPK):
-        slot = rows * TOPK + k
-        e = tl.load(ids_ptr + slot, mask=rmask, other=-1)
-        any_local = any_local | ((e >= start_expert) & (e <= end_expert))
+    # the K slots of the tile's tokens as [ROWS, KP] tiles, loaded at once
+    kk = tl.arange(0, KP)
+    slots = rows[:, None] * TOPK + kk[None, :]
+    m2 = rmask[:, None] & (kk < TOPK)[None, :]
+    e2 = tl.load(ids_ptr + slots, mask=m2, other=-1).to(tl.int64)
+    dst2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1).to(tl.int64)
+    local2 = m2 & (e2 >= start_expert) & (e2 <= end_expert) & (dst2 >= 0) & (dst2 < n_dst)
+    # tokens without a local slot (under EP, most) are not read
+    any_local = tl.max(local2.to(tl.int32), axis=1) > 0
     x = tl.load(x_ptr + rows[:, None] * H + cols[None, :], mask=(rmask & any_local)[:, None] & cmask[None, :],
                 other=0.0)
     if HAS_SCALES:
         xf = x.to(tl.float32)
     for k in tl.static_range(TOPK):
-        slot = rows * TOPK + k
-        e = tl.load(ids_ptr + slot, mask=rmask, other=-1).to(tl.int64)
-        dst = tl.load(src2dst_ptr + slot, mask=rmask, other=-1).to(tl.int64)
-        local = rmask & (e >= start_expert) & (e <= end_expert) & (dst >= 0) & (dst < n_dst)
+        pick = kk[None, :] == k                                  # column k of the slot tiles
+        e = tl.sum(tl.where(pick, e2, 0), axis=1)
+        dst = tl.sum(tl.where(pick, dst2, 0), axis=1)
+        local = tl.sum(tl.where(pick & local2, 1, 0), axis=1) > 0
         if HAS_SCALES:
             inv = 1.0 / tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)  # [ROWS] fp32
             val = cast_out(xf * inv[:, None], out_ptr.dtype.element_ty, INTERP)
@@ -67,7 +71,7 @@ def _post_reorder_kernel(
     # sizes
     T, H, start_expert, end_expert,
     # meta
-    TOPK: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, INTERP: tl.constexpr,
+    TOPK: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, INTERP: tl.constexpr,
 ):
     """out[t] = sum_k (local) down[src2dst[t*K+k]] * w[t, k] in float32, k in order; every row written."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -75,13 +79,21 @@ def _post_reorder_kernel(
     rmask = rows < T
     cmask = cols < H
     n_src = T * TOPK
+    # the K slots of the tile's tokens as [ROWS, KP] tiles, loaded at once: the K row loads
+    # below depend on nothing else, so they can all be in flight together
+    kk = tl.arange(0, KP)
+    slots = rows[:, None] * TOPK + kk[None, :]
+    m2 = rmask[:, None] & (kk < TOPK)[None, :]
+    e2 = tl.load(ids_ptr + slots, mask=m2, other=-1).to(tl.int64)
+    src2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1).to(tl.int64)
+    local2 = m2 & (e2 >= start_expert) & (e2 <= end_expert) & (src2 >= 0) & (src2 < n_src)
+    w2 = tl.load(w_ptr + slots, mask=local2, other=0.0)
     acc = tl.zeros([ROWS, BLOCK_H], dtype=tl.float32)
     for k in tl.static_range(TOPK):
-        slot = rows * TOPK + k
-        e = tl.load(ids_ptr + slot, mask=rmask, other=-1).to(tl.int64)
-        src = tl.load(src2dst_ptr + slot, mask=rmask, other=-1).to(tl.int64)
-        local = rmask & (e >= start_expert) & (e <= end_expert) & (src >= 0) & (src < n_src)
-        w = tl.load(w_ptr + slot, mask=local, other=0.0)
+        pick = kk[None, :] == k                                  # column k of the slot tiles
+        src = tl.sum(tl.where(pick, src2, 0), axis=1)
+        local = tl.sum(tl.where(pick & local2, 1, 0), axis=1) > 0
+        w = tl.sum(tl.where(pick, w2, 0.0), axis=1)
         # non-local: d = 0 and w = 0, so the term is +0, exactly like the reference's where(., ., 0)
         d = tl.load(down_ptr + src[:, None] * H + cols[None, :], mask=local[:, None] & cmask[None, :], other=0.0)
         acc += d.to(tl.float32) * w[:, None]
@@ -123,7 +135,7 @@ def pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_
     _pre_reorder_kernel[grid](
         input, gateup_input, src2dst, topk_ids, a1_scales if a1_scales is not None else input,
         T, H, start_expert_id, end_expert_id,
-        TOPK=topk, HAS_SCALES=a1_scales is not None, ROWS=rows, BLOCK_H=block_h,
+        TOPK=topk, KP=_config.next_pow2(topk), HAS_SCALES=a1_scales is not None, ROWS=rows, BLOCK_H=block_h,
         INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
     return None
 
@@ -147,5 +159,5 @@ def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_exp
     _post_reorder_kernel[grid](
         down_output, output, src2dst, topk_ids, topk_weights,
         T, H, start_expert_id, end_expert_id,
-        TOPK=topk, ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
+        TOPK=topk, KP=_config.next_pow2(topk), ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
     return None
