@@ -126,14 +126,18 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "ok = (b > 0) & (b < E + SHIFT)",
        "off-by-one in the segment bounds: bucket 0 (expert 0) is sent to the dump bucket after the last expert"),
     _M("ep_rank_ties_unbroken", "ep_preprocess", "preprocess",
-       "key = bucket * BLOCK + lane ",
-       "key = bucket * BLOCK ",
-       "in-block key without the lane: slots of one expert tie and the in-block rank is no longer unique",
-       more=(("key_c = _bucket_of(ids_c, E, SHIFT) * BLOCK + lane_c", "key_c = _bucket_of(ids_c, E, SHIFT) * BLOCK"),)),
+       "key = _bucket_of(ids, E, SHIFT) * BLOCK + lane",
+       "key = _bucket_of(ids, E, SHIFT) * BLOCK",
+       "in-block sort key without the lane: slots of one expert tie and the in-block rank is no longer unique"),
+    _M("ep_scan_in_place_over_hist", "ep_preprocess", "preprocess",
+       "colpre = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)",
+       "colpre = hist.view(nblk, nbp)  # scan in place: one scratch buffer fewer",
+       "in-place update through a view: the column scan writes into a view of the histogram, which the "
+       "scatter still reads for its in-block offsets"),
     _M("ep_src2dst_over_topk_ids", "ep_preprocess", "preprocess",
        "        src2dst = torch.empty(n, dtype=torch.int32, device=dev)",
        "        src2dst = flat if flat.dtype == torch.int32 else torch.empty(n, dtype=torch.int32, device=dev)",
-       "in-place update through a view: src2dst is written into the storage of topk_ids (flat is a view of "
+       "in-place update of an input: src2dst is written into the storage of topk_ids (flat is a view of "
        "it; same length and dtype, so it 'fits'), destroying the caller's routing", dtypes=("int32",)),
     _M("ep_routing_cached_by_shape", "ep_preprocess", "preprocess", "", "",
        "a result cached from a previous call: routing memoised on (shape, dtype, num_experts) and returned "

@@ -4,11 +4,13 @@ Three launches, no atomics, deterministic:
 1. ``_hist_kernel``    one program per BLOCK slots: per-block bucket histogram (tl.histogram).
 2. ``_colscan_kernel`` one program per SCAN_COLS buckets: per (block, bucket) the count of that
                        bucket in earlier blocks (a scan down each column) and each bucket's total.
-3. ``_scatter_kernel`` one program per block: bucket starts (scan of the totals) plus the
-                       column prefix give each bucket's first global position in this block;
-                       each slot adds its rank among the block's earlier slots of its bucket
-                       (pairwise compares of the unique keys bucket * BLOCK + lane, so the order
-                       is stable). Program 0 writes seg_indptr (all of it).
+3. ``_scatter_kernel`` one program per block: bucket starts (scan of the totals) and the
+                       block's in-block bucket starts (scan of its histogram) give ``delta`` =
+                       first global position of each bucket's slots in this block minus its first
+                       position inside the sorted block; the block's keys (bucket * BLOCK + lane,
+                       unique, so the in-block order is stable) are sorted and the slot at sorted
+                       position p gets global position p + delta[bucket]. Program 0 writes
+                       seg_indptr (all of it).
 Buckets: ep: bucket = id for ids in [0, E); deepep: bucket = id + 1 for ids in [-1, E).
 Any other id (or a padding lane) goes to one extra "dump" bucket after the last expert, so
 any id value is memory-safe (out-of-contract ids just sort last).
@@ -22,6 +24,10 @@ import triton.language as tl
 from reference._checks import validate_preprocess
 
 from . import _config
+
+# The GPU path ranks slots inside a block with tl.sort; the interpreter uses a pairwise
+# compare instead (tl.sort is very slow there). Tests set this to run the sort path on CPU.
+FORCE_SORT = False
 
 
 @triton.jit
@@ -80,19 +86,17 @@ def _colscan_kernel(
 @triton.jit(do_not_specialize=["N", "E", "OUT_LEN"])
 def _scatter_kernel(
     # pointers
-    ids_ptr, colpre_ptr, totals_ptr, src2dst_ptr, sorted_ptr, seg_ptr,
+    ids_ptr, hist_ptr, colpre_ptr, totals_ptr, src2dst_ptr, sorted_ptr, seg_ptr,
     # sizes
     N, E, OUT_LEN,
     # meta
-    SHIFT: tl.constexpr, DEEPEP: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr,
+    SHIFT: tl.constexpr, DEEPEP: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr, USE_SORT: tl.constexpr,
 ):
     """src2dst[s] = global sorted position (minus n_inv for deepep); sorted[pos] = id for pos in [0, OUT_LEN).
 
-    Slot s of block b with bucket j goes to start[j] - n_inv + colpre[b, j] + (number of earlier
-    slots of this block in bucket j), start being the exclusive prefix of the bucket totals (an
-    [NBP] scan in registers). The in-block rank counts, for each slot, the block's keys
-    (bucket * BLOCK + lane) between its bucket's first key and its own: BLOCK x BLOCK compares,
-    CH columns at a time, no sort. Program 0 also writes seg_indptr.
+    Block b's offset of bucket j: delta[j] = start[j] - n_inv + colpre[b, j] - inblock[j], with
+    start the exclusive prefix of the bucket totals and inblock the exclusive prefix of this
+    block's histogram (both [NBP] scans in registers). Program 0 also writes seg_indptr.
     """
     pid = tl.program_id(0)
     buckets = tl.arange(0, NBP)
@@ -108,32 +112,34 @@ def _scatter_kernel(
             tl.store(seg_ptr + buckets - 1, (start - n_inv).to(tl.int64), mask=(buckets >= 1) & (buckets <= E + 1))
         else:
             tl.store(seg_ptr + buckets, start.to(tl.int64), mask=buckets <= E)
-    delta = start - n_inv + tl.load(colpre_ptr + pid.to(tl.int64) * NBP + buckets)
+    h = tl.load(hist_ptr + pid.to(tl.int64) * NBP + buckets)
+    delta = start - n_inv + tl.load(colpre_ptr + pid.to(tl.int64) * NBP + buckets) - (tl.cumsum(h, axis=0) - h)
     base = pid.to(tl.int64) * BLOCK
     lane = tl.arange(0, BLOCK)
-    ok = base + lane < N
-    ids = tl.load(ids_ptr + base + lane, mask=ok, other=-2)
-    bucket = _bucket_of(ids, E, SHIFT)
-    key = bucket * BLOCK + lane                                  # unique keys: stable within the block
-    # in-bucket rank = number of this block's keys in [bucket * BLOCK, key): CH lanes at a time
-    rank = tl.zeros([BLOCK], dtype=tl.int32)
-    for c0 in tl.static_range(0, BLOCK, CH):
-        lane_c = c0 + tl.arange(0, CH)
-        ids_c = tl.load(ids_ptr + base + lane_c, mask=base + lane_c < N, other=-2)
-        key_c = _bucket_of(ids_c, E, SHIFT) * BLOCK + lane_c
-        before = (key_c[None, :] < key[:, None]) & (key_c[None, :] >= (bucket * BLOCK)[:, None])
-        rank += tl.sum(before.to(tl.int32), axis=1)
-    pos = rank + tl.gather(delta, bucket, 0)
-    tl.store(src2dst_ptr + base + lane, pos.to(src2dst_ptr.dtype.element_ty), mask=ok)
-    tl.store(sorted_ptr + pos, ids, mask=ok & (pos >= 0) & (pos < OUT_LEN))
+    ids = tl.load(ids_ptr + base + lane, mask=base + lane < N, other=-2)
+    key = _bucket_of(ids, E, SHIFT) * BLOCK + lane               # unique keys: stable within the block
+    if USE_SORT:
+        key = tl.sort(key)
+        bucket = key // BLOCK
+        src = base + (key % BLOCK)                               # the slot at sorted position p = lane
+        p = lane
+    else:
+        # Interpreter: tl.sort is very slow there; the same in-block rank by pairwise compare.
+        bucket = key // BLOCK
+        src = base + lane
+        p = tl.sum((key[None, :] < key[:, None]).to(tl.int32), axis=1)
+    ok = src < N
+    pos = p + tl.gather(delta, bucket, 0)
+    tl.store(src2dst_ptr + src, pos.to(src2dst_ptr.dtype.element_ty), mask=ok)
+    idv = tl.load(ids_ptr + src, mask=ok, other=0)               # original id (exact even for dump ids)
+    tl.store(sorted_ptr + pos, idv, mask=ok & (pos >= 0) & (pos < OUT_LEN))
 
 
 # Block plan and scan tile; module-level so that results scripts can sweep them on the GPU.
-TARGET_BLOCKS = 512     # blocks for mid sizes
-MIN_BLOCK = 128
-MAX_BLOCK = 512         # the in-block rank costs BLOCK compares per slot
-RANK_CHUNK = 32         # lanes compared at a time
-SCAN_COLS = 32          # buckets per column-scan program
+TARGET_BLOCKS = 256     # blocks for mid sizes (H200 sweep: 13 / 17 us at T*K = 32768 / 131072)
+MIN_BLOCK = 256
+MAX_BLOCK = 4096        # bitonic sort in registers
+SCAN_COLS = 16          # buckets per column-scan program
 SCAN_ELEMS = 4096       # histogram entries per column-scan step
 SCAN_WARPS = 4
 
@@ -142,6 +148,8 @@ def _plan(n: int, num_experts: int, deepep: bool):
     nb = num_experts + (2 if deepep else 1)                      # (-1 bucket) + experts + dump
     nbp = max(32, _config.next_pow2(nb))                         # tl.histogram: power of 2, >= warp size
     block = min(MAX_BLOCK, max(MIN_BLOCK, _config.next_pow2(triton.cdiv(n, TARGET_BLOCKS))))
+    if _config.is_interpreter() and not FORCE_SORT:
+        block = min(block, 512)  # the pairwise rank is BLOCK x BLOCK
     nblk = triton.cdiv(n, block)
     return nbp, block, nblk
 
@@ -157,7 +165,7 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
     totals = torch.empty(nbp, dtype=torch.int32, device=dev)         # fully written by _colscan_kernel
     seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by _scatter_kernel
     ninv = torch.empty(1, dtype=torch.int64, device=dev)
-    warps = 4
+    warps = 8 if block >= 2048 else 4
     _hist_kernel[(nblk,)](flat, hist, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps)
     bb = min(SCAN_COLS, nbp)
     r = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // bb))
@@ -170,9 +178,9 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
         n_out = n
         src2dst = torch.empty(n, dtype=torch.int32, device=dev)
     sorted_ids = torch.empty(n_out, dtype=flat.dtype, device=dev)
-    _scatter_kernel[(nblk,)](flat, colpre, totals, src2dst, sorted_ids, seg, n, num_experts, n_out,
-                             SHIFT=shift, DEEPEP=deepep, BLOCK=block, NBP=nbp, CH=min(RANK_CHUNK, block),
-                             num_warps=warps)
+    _scatter_kernel[(nblk,)](flat, hist, colpre, totals, src2dst, sorted_ids, seg, n, num_experts, n_out,
+                             SHIFT=shift, DEEPEP=deepep, BLOCK=block, NBP=nbp, num_warps=warps,
+                             USE_SORT=FORCE_SORT or not _config.is_interpreter())
     return sorted_ids, src2dst, seg
 
 
