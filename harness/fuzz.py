@@ -106,6 +106,17 @@ def aligned_long_groups_case(spec: OpSpec, dtype: str, backend: str) -> CasePara
                       hidden=64, inter=48, routing="skewed", seed=1)
 
 
+def narrow_rank_case(spec: OpSpec, dtype: str, backend: str) -> CaseParams:
+    """The third fixed case: one inner expert of 64 on this rank (EP64, or a DeepEP rank holding
+    one expert), so this rank's rows are a short run in the middle of many rows: kernels that
+    skip non-local tiles or reorder their tiles must still find it, and everything around it
+    must stay untouched. Sizes not multiples of 16 (the pointer paths)."""
+    tokens = min(SIZE_LIMITS[backend]["tokens"], spec.max_tokens, 40 if backend == "interpreter" else 200)
+    return CaseParams(op=spec.name, dtype=dtype, tokens=tokens, topk=4, experts=64, start_expert=37, end_expert=37,
+                      hidden=40, inter=36, routing="uniform", seed=2)
+
+
+
 class _CaseFailed(Exception):
     def __init__(self, result: CaseResult):
         super().__init__(result.message)
@@ -128,9 +139,10 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
           fixed_cases: bool = True) -> SweepOutcome:
     """Run up to n_cases Hypothesis-drawn cases; stop at the first failure and shrink it.
 
-    The two fixed cases (empty batch, aligned long groups) run first. Hypothesis does not
-    shrink a failing explicit case, so when the aligned one (40-200 tokens) fails, the drawn
-    cases are swept again without it and their shrunk failure is reported, if they find one."""
+    The three fixed cases (empty batch, aligned long groups, narrow rank) run first.
+    Hypothesis does not shrink a failing explicit case, so when one of the sized ones (40-200
+    tokens) fails, the drawn cases are swept again without them and their shrunk failure is
+    reported, if they find one."""
     state = {"passed": 0, "failing": False, "first": None, "worst": {}}
 
     def run_one(params: CaseParams):
@@ -153,9 +165,10 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     db = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
     test = given(case_params(spec, dtype, backend, preset))(run_one)
-    aligned = aligned_long_groups_case(spec, dtype, backend)
+    sized = (aligned_long_groups_case(spec, dtype, backend), narrow_rank_case(spec, dtype, backend))
     if preset is None and fixed_cases:
-        test = example(aligned)(test)
+        for case in reversed(sized):
+            test = example(case)(test)
         test = example(empty_batch_case(spec, dtype))(test)
     test = settings(max_examples=max(1, n_cases), deadline=None, database=db, phases=phases,
                     suppress_health_check=list(HealthCheck), print_blob=False, derandomize=False,
@@ -165,7 +178,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     try:
         test()
     except _CaseFailed as exc:
-        if shrink and fixed_cases and exc.result.params == aligned.to_json():
+        if shrink and fixed_cases and exc.result.params in {c.to_json() for c in sized}:
             again = sweep(spec, candidate, impl_name, dtype, backend, device, n_cases, seed, preset, database_dir,
                           shrink, None, fixed_cases=False)
             if again.failure is not None:

@@ -346,9 +346,11 @@ def add_parser(sub):
     p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
     p.add_argument("--case-timeout", type=float, default=600.0,
                    help="seconds one case may make no progress before the mutant counts as hung (default 600)")
-    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--json", help="write the results to this JSON file (rewritten as each mutant finishes: "
+                                  "'complete' and 'pending' say how far a run got)")
     p.add_argument("--list", action="store_true", help="list the catalogue (and whether each patch applies), run nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (a line rewritten on a terminal, a line per mutant in a log)")
     p.set_defaults(run=main)
     return p
 
@@ -427,6 +429,18 @@ def _list(names: List[str]) -> int:
     return 1 if stale else 0
 
 
+def _write_json(path: str, info: dict, args, results: List[MutantResult], pending: List[str], backend: str) -> None:
+    """The JSON record, written whole (temporary file, then rename): ``complete`` is False and
+    ``pending`` names the mutants not yet finished while the run goes on, so a run cut short
+    by a time limit still leaves every verdict it reached."""
+    record = {"environment": info, "cases": args.cases, "seed": args.seed, "complete": not pending,
+              "pending": pending, "summary": summary(results, backend), "mutants": [asdict(r) for r in results]}
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1)
+    os.replace(tmp, path)
+
+
 def main(args, backend: str) -> int:
     names = select(args.op, args.mutant)
     if args.list:
@@ -434,25 +448,34 @@ def main(args, backend: str) -> int:
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
     jobs = args.jobs or max(1, min(4, os.cpu_count() or 1))
-    show = not args.quiet and sys.stderr.isatty()
-    t0, state = time.time(), {"n": 0, "killed": 0}
+    tty = sys.stderr.isatty()
+    t0, lock = time.time(), threading.Lock()
+    done: List[MutantResult] = []
 
     def tick(res: MutantResult):
-        state["n"] += 1
-        state["killed"] += res.verdict == "KILLED"
-        if show:
-            sys.stderr.write(f"\r[{time.time() - t0:6.1f}s] {state['n']:3d}/{len(names)} mutants, "
-                             f"{state['killed']} killed  {res.name:<40.40}")
+        with lock:  # results arrive from the worker threads
+            done.append(res)
+            killed = sum(r.verdict == "KILLED" for r in done)
+            if args.json:
+                finished = {r.name for r in done}
+                _write_json(args.json, info, args, done, [n for n in names if n not in finished], backend)
+            if args.quiet:
+                return
+            head = f"[{time.time() - t0:6.1f}s] {len(done):3d}/{len(names)} mutants, {killed} killed"
+            if tty:  # one line, rewritten
+                sys.stderr.write(f"\r{head}  {res.name:<40.40}")
+            else:    # logs: a line per mutant, so a run cut short still shows how far it got
+                sys.stderr.write(f"{head}: {res.name} {res.verdict}\n")
             sys.stderr.flush()
 
+    if args.json:  # an empty record first: a run killed before any verdict still says what was pending
+        _write_json(args.json, info, args, [], list(names), backend)
     results = run_mutants(names, backend, args.cases, args.seed, shrink=not args.no_shrink, jobs=jobs,
                           case_timeout=args.case_timeout or None, on_result=tick)
-    if show:
+    if tty and not args.quiet:
         sys.stderr.write("\n")
     print(format_table(results))
     print(summary(results, backend) + f" in {time.time() - t0:.0f} s ({args.cases} cases per dtype, seed {args.seed})")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"environment": info, "cases": args.cases, "seed": args.seed, "summary": summary(results, backend),
-                       "mutants": [asdict(r) for r in results]}, fh, indent=1)
+    if args.json:  # the final record, in catalogue order
+        _write_json(args.json, info, args, results, [], backend)
     return 1 if failed(results) else 0

@@ -328,6 +328,14 @@ def _has_tma(device_index: int) -> bool:
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+# Grid cap of the configs without PERSIST, in programs per SM (0: no cap), for sweeps. The grid
+# is an upper bound on the tiles (cdiv(M, BM) + batch m-slots): under EP, a holds every slot of
+# the batch (T*K rows) and only this rank's share (1/8 at EP8) is in seg_indptr, so most
+# programs of an uncapped grid find no tile. Capping measured slower on the H200 (DeepSeek EP8
+# gate_up 840 -> 903-927 us at 1-4 per SM; results/explore_tiles.py --section gemm_ep): the
+# empty programs cost little, the static tile loop more.
+MAX_PROGRAMS_PER_SM = 0
+
 # Off switch for A/B measurements (harness bench / results scripts) and a way out should a
 # triton release break descriptors: MOE_GEMM_TMA=0.
 USE_TMA = os.environ.get("MOE_GEMM_TMA", "1") not in ("0", "false", "False", "")
@@ -416,10 +424,12 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
                 USE_TMA=descs is not None, UPCAST=interp, INTERP=interp)
 
     def grid(META):
-        # one program per possible tile (an upper bound: no host sync), or a persistent grid
+        # one program per possible tile (an upper bound: no host sync), capped at a few programs
+        # per SM (the tile loop covers the rest), or a persistent grid
         tiles = (triton.cdiv(M, META["BM"]) + batch_size) * triton.cdiv(N, META["BN"])
-        if META.get("PERSIST", 0) and not interp:
-            tiles = min(tiles, META["PERSIST"] * _sm_count(c.device.index))
+        per_sm = META.get("PERSIST", 0) or MAX_PROGRAMS_PER_SM
+        if per_sm and not interp:
+            tiles = min(tiles, per_sm * _sm_count(c.device.index))
         return (tiles,)
 
     def fixed(cfg):

@@ -1,7 +1,8 @@
 """Gather token rows into expert order and combine them back (SPEC.md sections 3 and 5).
 
 Both kernels work on [ROWS, BLOCK_H] tiles of token rows (grid: row blocks x column
-blocks), load the ids / destinations of the tile's K slots as [ROWS, KP] tiles, loop over
+blocks), load the ids / destinations of the tile's K slots as [ROWS, KP] tiles (one
+helper, ``_slot_tiles``), loop over
 the K slots with column k picked out in registers, and use int64 row offsets (T*K*H may
 exceed 2**31).
 """
@@ -14,6 +15,21 @@ from reference._checks import validate_post_reorder, validate_pre_reorder
 
 from . import _config
 from ._tl import cast_out
+
+
+@triton.jit
+def _slot_tiles(ids_ptr, src2dst_ptr, rows, rmask, n_rows, start_expert, end_expert,
+                TOPK: tl.constexpr, KP: tl.constexpr):
+    """The K slots of token ``rows`` as [ROWS, KP] tiles, loaded at once: (kk, slots, expert
+    ids, src2dst rows, local). A slot is local when its expert is in [start, end] and its
+    src2dst row in [0, n_rows) (anything else is skipped: memory safety)."""
+    kk = tl.arange(0, KP)
+    slots = rows[:, None] * TOPK + kk[None, :]
+    m2 = rmask[:, None] & (kk < TOPK)[None, :]
+    e2 = tl.load(ids_ptr + slots, mask=m2, other=-1).to(tl.int64)
+    dst2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1).to(tl.int64)
+    local2 = m2 & (e2 >= start_expert) & (e2 <= end_expert) & (dst2 >= 0) & (dst2 < n_rows)
+    return kk, slots, e2, dst2, local2
 
 
 # Sizes that are neither strides nor offsets' alignment stay unspecialised (do_not_specialize):
@@ -37,14 +53,8 @@ def _pre_reorder_kernel(
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < T
     cmask = cols < H
-    n_dst = T * TOPK
-    # the K slots of the tile's tokens as [ROWS, KP] tiles, loaded at once
-    kk = tl.arange(0, KP)
-    slots = rows[:, None] * TOPK + kk[None, :]
-    m2 = rmask[:, None] & (kk < TOPK)[None, :]
-    e2 = tl.load(ids_ptr + slots, mask=m2, other=-1).to(tl.int64)
-    dst2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1).to(tl.int64)
-    local2 = m2 & (e2 >= start_expert) & (e2 <= end_expert) & (dst2 >= 0) & (dst2 < n_dst)
+    kk, _, e2, dst2, local2 = _slot_tiles(ids_ptr, src2dst_ptr, rows, rmask, T * TOPK, start_expert, end_expert,
+                                          TOPK, KP)
     # tokens without a local slot (under EP, most) are not read
     any_local = tl.max(local2.to(tl.int32), axis=1) > 0
     x = tl.load(x_ptr + rows[:, None] * H + cols[None, :], mask=(rmask & any_local)[:, None] & cmask[None, :],
@@ -78,15 +88,10 @@ def _post_reorder_kernel(
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < T
     cmask = cols < H
-    n_src = T * TOPK
-    # the K slots of the tile's tokens as [ROWS, KP] tiles, loaded at once: the K row loads
-    # below depend on nothing else, so they can all be in flight together
-    kk = tl.arange(0, KP)
-    slots = rows[:, None] * TOPK + kk[None, :]
-    m2 = rmask[:, None] & (kk < TOPK)[None, :]
-    e2 = tl.load(ids_ptr + slots, mask=m2, other=-1).to(tl.int64)
-    src2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1).to(tl.int64)
-    local2 = m2 & (e2 >= start_expert) & (e2 <= end_expert) & (src2 >= 0) & (src2 < n_src)
+    # the slot tiles loaded at once: the K row loads below depend on nothing else, so they can
+    # all be in flight together
+    kk, slots, _, src2, local2 = _slot_tiles(ids_ptr, src2dst_ptr, rows, rmask, T * TOPK, start_expert, end_expert,
+                                             TOPK, KP)
     w2 = tl.load(w_ptr + slots, mask=local2, other=0.0)
     acc = tl.zeros([ROWS, BLOCK_H], dtype=tl.float32)
     for k in tl.static_range(TOPK):
@@ -105,7 +110,7 @@ def _post_reorder_kernel(
 # scripts can sweep them on the GPU.
 TILE_ELEMS = 1024       # H200, T=4096, H=7168: EP8 pre 34 / post 56 us (2048: 37 / 62), all local equal
 MAX_BLOCK_H = 1024
-NUM_WARPS = 4
+NUM_WARPS = 2           # H200, same shapes: EP8 pre 31 / post 45 us (4 warps: 34 / 56), all local equal
 
 
 def _row_tiles(T: int, H: int):

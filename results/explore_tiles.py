@@ -7,6 +7,8 @@ and quartiles), prints one line per variant and writes the records to --json:
 - gemm: the ANCHORS.md shapes (bf16; fp8 per tensor and block-wise on two of them) with torch's
   per-group mm loop and torch._grouped_mm, our autotuned kernel through TMA and through
   pointers, and fixed tiles on both paths (registers and spills of each compiled variant);
+- gemm_ep: the bench's grouped_gemm cases in SGLang's EP layout (a holds all T*K slots, routed
+  groups): autotuned under each grid cap, the same groups with a cut to the rank's rows, tiles;
 - reorder / silu: T=4096, H=7168 (DeepSeek-V3), all experts local and EP8, tile sizes and warps,
   CUDA-graph replay;
 - preprocess: T*K = 1024 / 32768 / 131072 over 256 experts, block plan and scan tile, graph
@@ -182,6 +184,82 @@ def _launch_fixed(args, kw, config, use_tma):
                         "fp8" if mode else "16bit", 1, 1, 1, 1, 1, config=config, use_tma=use_tma)
 
 
+# ----------------------------------------------------------------------------- GEMM, bench layout
+
+# The bench's grouped_gemm cases (harness.bench.ANCHOR_CASES), built as the bench builds them:
+# a holds every slot of the batch (T*K rows), seg_indptr only this rank's; routed, not uniform.
+GEMM_EP_CASES = {  # name: CaseParams fields
+    "ds_gate_up_ep8": dict(tokens=4096, topk=8, experts=256, end_expert=31, hidden=7168, inter=4096),
+    "ds_down_ep8": dict(tokens=4096, topk=8, experts=256, end_expert=31, hidden=2048, inter=7168),
+    "mixtral_gate_up": dict(tokens=4096, topk=2, experts=8, hidden=4096, inter=28672),
+    "decode_ep8": dict(tokens=256, topk=8, experts=256, end_expert=31, hidden=7168, inter=4096),
+}
+EP_TILES = [  # BM, BN, BK, warps, stages, persist, GROUP_M
+    (128, 256, 64, 8, 3, 0, 8), (128, 128, 64, 4, 4, 0, 8), (64, 256, 64, 4, 4, 0, 8),
+    (128, 256, 64, 8, 3, 0, 1), (128, 256, 64, 8, 3, 0, 4), (128, 256, 64, 8, 3, 0, 16), (128, 256, 64, 8, 3, 0, 32),
+    (128, 128, 64, 4, 4, 0, 1), (128, 128, 64, 4, 4, 0, 4), (128, 128, 64, 4, 4, 0, 16), (128, 128, 64, 4, 4, 0, 32),
+]
+# Programs-per-SM caps of the grid (gemm.MAX_PROGRAMS_PER_SM) timed autotuned, and with each tile.
+# H200, fifth session: every cap was slower than none (DeepSeek gate_up EP8 840 -> 903-927 us,
+# down 507 -> 581-645, Mixtral 3,714 -> 4,499-4,622), so the default sweep times no cap only.
+GRID_CAPS = (0,)
+TILE_CAPS = (0,)
+
+
+def _fresh_tuners():
+    """New autotuners without the disk cache: the grid cap is not part of the tuning key."""
+    gemm._AUTOTUNE_DISK_CACHE = {}
+    gemm._tuner.cache_clear()
+
+
+def gemm_ep_section(ceil, gen):
+    from harness.bench import production_layout
+    from harness.cases import CaseParams
+    from harness.specs import SPECS
+    default_cap = gemm.MAX_PROGRAMS_PER_SM
+    for name, fields in GEMM_EP_CASES.items():
+        p = CaseParams(op="grouped_gemm", dtype="bfloat16", seed=1, **fields)
+        args = production_layout(SPECS["grouped_gemm"].build(p, torch.device(DEV))).args
+        a, b, c, batch, seg, widx = (args[k] for k in ("a", "b", "c", "batch_size", "seg_indptr", "weight_indices"))
+        lo, hi = int(seg[0]), int(seg[-1])
+        sizes = (seg[1:] - seg[:-1]).tolist()
+        M, Kd = a.shape
+        N = b.shape[1]
+        flops_us = 2 * (hi - lo) * N * Kd / (ceil.matmul_tflops * 1e12) * 1e6
+        bytes_us = ((hi - lo) * Kd * 2 + batch * N * Kd * 2 + (hi - lo) * N * 2) / (ceil.copy_gbps * 1e9) * 1e6
+        floor = max(flops_us, bytes_us)
+        case = f"{name} rows {hi - lo}/{M}"
+        print(f"    {case}: groups {batch}, rows per group min {min(sizes)} max {max(sizes)}", flush=True)
+        full = (a, b, c, batch, True, seg, widx)
+        record("gemm_ep", case, "torch_loop", lambda: baselines.grouped_gemm(*full), floor)
+        record("gemm_ep", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*full), floor)
+        for cap in GRID_CAPS:
+            gemm.MAX_PROGRAMS_PER_SM = cap
+            _fresh_tuners()
+            record("gemm_ep", case, f"ours_autotuned cap={cap}", lambda: gemm.grouped_gemm(*full), floor)
+            for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
+                print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
+        # oracle: the same groups with a cut to this rank's rows (the grid and the rows-per-group
+        # hint then see the real row count)
+        gemm.MAX_PROGRAMS_PER_SM = 0
+        _fresh_tuners()
+        compact = (a[lo:hi], b, c[lo:hi], batch, True, seg - lo, widx)
+        record("gemm_ep", case, "ours_autotuned compact rows (oracle)", lambda: gemm.grouped_gemm(*compact), floor)
+        for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
+            print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
+        for bm, bn, bk, w, st, ps, gm in EP_TILES:
+            for cap in (TILE_CAPS if not ps else (0,)):
+                gemm.MAX_PROGRAMS_PER_SM = cap
+                config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": gm, "PERSIST": ps, "WS": False},
+                                       num_warps=w, num_stages=st)
+                record("gemm_ep", case, f"{bm}x{bn}x{bk} w{w} s{st} p{ps} g{gm} cap={cap}",
+                       lambda: gemm._launch(a, b, c, seg, widx, None, None, batch, gemm.MODE_PLAIN, "16bit",
+                                            1, 1, 1, 1, 1, config=config), floor)
+        full = compact = args = a = b = c = None
+        torch.cuda.empty_cache() if DEV == "cuda" else None
+    gemm.MAX_PROGRAMS_PER_SM = default_cap
+
+
 # ----------------------------------------------------------------------------- reorder / silu
 
 def _routing(T, K, E, gen):
@@ -191,6 +269,15 @@ def _routing(T, K, E, gen):
 
 
 REORDER_SHAPE = dict(T=4096, K=8, E=256, H=7168, I=2048)
+REORDER_TILES = [  # TILE_ELEMS, NUM_WARPS, MAX_BLOCK_H (the first is the default)
+    (1024, 2, 1024), (1024, 4, 1024), (512, 1, 512), (512, 2, 512), (2048, 2, 1024),
+]
+# H200, fifth session: row tiles visited in a strided order and programs working through 2-16
+# tiles each (ids checked at once, empty spans skipped) were both tried for silu under EP8 and
+# neither beat one tile per program (22 us); both were dropped.
+SILU_TILES = [  # TILE_ELEMS, NUM_WARPS (the first is the default)
+    (4096, 4), (4096, 2), (2048, 4), (8192, 8),
+]
 
 
 def reorder_section(ceil, gen):
@@ -204,24 +291,26 @@ def reorder_section(ceil, gen):
     gu = torch.randn(T * K, 2 * I, device=DEV, generator=gen).to(torch.bfloat16)
     di = torch.empty(T * K, I, device=DEV, dtype=torch.bfloat16)
     gbps = ceil.copy_gbps * 1e9
-    defaults = ((reorder.TILE_ELEMS, reorder.NUM_WARPS), (activation.TILE_ELEMS, activation.NUM_WARPS))
+    defaults = ((reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H),
+                (activation.TILE_ELEMS, activation.NUM_WARPS))
     for ep, (s, e) in (("all", (0, E - 1)), ("ep8", (32, 63))):
         local_slots = int(((ids >= s) & (ids <= e)).sum())
         local_tokens = int(((ids >= s) & (ids <= e)).any(dim=1).sum())
         pre_floor = (local_tokens * H * 2 + local_slots * H * 2) / gbps * 1e6
         post_floor = (local_slots * H * 2 + T * H * 2) / gbps * 1e6
         silu_floor = local_slots * (2 * I * 2 + I * 2) / gbps * 1e6
-        for tile, warps in (((1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8)) if DEV == "cuda" else ((2048, 4),)):
-            reorder.TILE_ELEMS, reorder.NUM_WARPS = tile, warps
-            activation.TILE_ELEMS, activation.NUM_WARPS = tile, warps
-            v = f"tile {tile} warps {warps}"
+        for tile, warps, block_h in REORDER_TILES if DEV == "cuda" else ((2048, 4, 1024),):
+            reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = tile, warps, block_h
+            v = f"tile {tile} warps {warps} block_h {block_h}"
             record("reorder", f"pre T{T} {ep}", v, lambda: reorder.pre_reorder(
                 x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
             record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
                 down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
-            record("silu", f"silu T{T} {ep}", v, lambda: activation.silu_and_mul(
-                gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
-    reorder.TILE_ELEMS, reorder.NUM_WARPS = defaults[0]
+        for tile, warps in SILU_TILES if DEV == "cuda" else ((4096, 4),):
+            activation.TILE_ELEMS, activation.NUM_WARPS = tile, warps
+            record("silu", f"silu T{T} {ep}", f"tile {tile} warps {warps}",
+                   lambda: activation.silu_and_mul(gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
+    reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = defaults[0]
     activation.TILE_ELEMS, activation.NUM_WARPS = defaults[1]
     # T = 256, EP8: each op against one copy launch that moves the same bytes (read + write)
     T2 = min(256, T)
@@ -289,11 +378,14 @@ def _smoke():
         GEMM_SHAPES[k] = (2, 32, 32, 128)
     TILES_16, TILES_FP8, PREPROCESS_PLANS = TILES_16[:1], TILES_FP8[:1], PREPROCESS_PLANS[:2]
     REORDER_SHAPE.update(T=16, H=64, I=32)
+    for k in list(GEMM_EP_CASES):
+        GEMM_EP_CASES[k] = dict(GEMM_EP_CASES[k], tokens=8, hidden=32, inter=32)
+    EP_TILES[:] = EP_TILES[:1]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", nargs="+", default=["gemm", "reorder", "preprocess"])
+    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "preprocess"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (interpreter): checks the script runs")
     args = ap.parse_args(argv)
@@ -307,7 +399,8 @@ def main(argv=None) -> int:
     print(ceil.describe(), "| torch", torch.__version__, "| triton", triton.__version__, flush=True)
     t0 = time.time()
     for sec in args.section:
-        {"gemm": gemm_section, "reorder": reorder_section, "preprocess": preprocess_section}[sec](ceil, gen)
+        {"gemm": gemm_section, "gemm_ep": gemm_ep_section, "reorder": reorder_section,
+         "preprocess": preprocess_section}[sec](ceil, gen)
         print(f"--- {sec} done at {time.time() - t0:.0f} s", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -85,8 +85,8 @@ def test_chunked_check_gives_the_same_rows_for_any_number_of_jobs(tmp_path, monk
                                   timeout=600.0, case_timeout=0, jobs=jobs, gpus="1", block_size=None)
         rows = run_check(args, backend)
         tables.append([(r.op, r.impl, r.dtype, r.run, r.passed, r.status) for r in rows])
-    # 3 chunks x (2 drawn cases + the 2 fixed cases each sweep starts with)
-    assert tables[0] == tables[1] == [("ep_preprocess", "reference", "int32", 12, 12, "passed")]
+    # 3 chunks x (2 drawn cases + the 3 fixed cases each sweep starts with)
+    assert tables[0] == tables[1] == [("ep_preprocess", "reference", "int32", 15, 15, "passed")]
 
 
 @pytest.mark.parametrize("chunk,isolate,needle", [(-1, True, "expected a number of cases >= 0"),

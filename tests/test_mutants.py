@@ -155,6 +155,7 @@ def test_mutate_command_table_json_and_exit_status(backend, tmp_path, capsys):
     assert rc == 0, text
     assert "killed 2 / 2 mutants (100.0%)" in text and "ep_bucket_off_by_one" in text
     data = json.loads(out.read_text())
+    assert data["complete"] is True and data["pending"] == []
     assert [(r["name"], r["verdict"]) for r in data["mutants"]] == [
         ("ep_bucket_off_by_one", "KILLED"), ("gemm_fp8_scale_divided", "KILLED")]
     assert data["mutants"][1]["probe"] == "tolerance" and data["mutants"][1]["dtype"] == "fp8_tensor"
@@ -163,6 +164,28 @@ def test_mutate_command_table_json_and_exit_status(backend, tmp_path, capsys):
     assert "post_reorder_no_local_unwritten" in listed and "gemm_" not in listed
     with pytest.raises(SystemExit):
         main(["mutate", "--mutant", "no_such_mutant"])
+
+
+def test_mutate_json_records_each_verdict_as_it_arrives(backend, tmp_path, capsys, monkeypatch):
+    """A run cut short (a CI time limit) leaves the verdicts it reached: the JSON is rewritten
+    after each mutant with the rest listed as pending, and a log gets a line per mutant."""
+    from harness.cli import main
+    out = tmp_path / "mutate.json"
+    real_run = mutate.run_mutants
+
+    def cut_after_first(names, *args, **kw):
+        real_run(names[:1], *args, **kw)
+        raise KeyboardInterrupt  # the time limit strikes after the first verdict
+
+    monkeypatch.setattr(mutate, "run_mutants", cut_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--backend", backend, "mutate", "--mutant", "ep_bucket_off_by_one", "ep_seg_end_unwritten",
+              "--cases", "3", "--no-shrink", "--json", str(out)])
+    data = json.loads(out.read_text())
+    # mutants run in catalogue order: ep_seg_end_unwritten first
+    assert data["complete"] is False and data["pending"] == ["ep_bucket_off_by_one"]
+    assert [(r["name"], r["verdict"]) for r in data["mutants"]] == [("ep_seg_end_unwritten", "KILLED")]
+    assert "1/2 mutants, 1 killed: ep_seg_end_unwritten KILLED" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- harness gap fixes
