@@ -249,6 +249,29 @@ def test_planted_failure_shrinks_and_replays(tmp_path, device, monkeypatch):
     assert json.loads(case_json)["op"] == "post_reorder"
 
 
+def test_failure_that_does_not_repeat_is_reported_as_found(tmp_path, device, monkeypatch):
+    """A race shows on some runs only. When the failing case passes on Hypothesis's replay (its
+    Flaky error), the sweep still reports the failure it saw, marked nondeterministic, and
+    does not die with a harness error (a GPU mutant whose tiles overwrite each other's rows did)."""
+    seen = {"calls": 0, "wrong": 0}
+
+    def wrong_once(gateup_output, down_input, *args):
+        reference.silu_and_mul(gateup_output, down_input, *args)
+        if down_input.numel():
+            seen["calls"] += 1
+            if seen["calls"] == 2:     # the first checked run (the first call of a case is its decoy)
+                seen["wrong"] += 1
+                down_input.add_(1.0)   # this one call only: every later run of any case is right
+
+    monkeypatch.chdir(tmp_path)
+    # drawn cases only: Hypothesis replays a failing drawn case (an explicit one it does not)
+    out = sweep(SPECS["silu_and_mul"], Candidate(wrong_once), "planted", "float32", "interpreter", device, n_cases=5,
+                seed=0, database_dir=None, fixed_cases=False)
+    assert seen["wrong"] == 1
+    assert out.failure is not None and out.failure.status == "failed"
+    assert "nondeterministic" in out.failure.message
+
+
 def test_large_case_float64_reference_on_the_host_still_catches_errors(seed, device, monkeypatch):
     """Past F64_ON_HOST_ELEMENTS the float64 reference is evaluated on the host (a `large`
     case's float64 copies do not fit on the GPU): the comparison still passes a right answer
