@@ -13,7 +13,7 @@ and quartiles), prints one line per variant and writes the records to --json:
   CUDA-graph replay;
 - preprocess: T*K = 1024 / 32768 / 131072 over 256 experts, block plan and scan tile, graph
   replay, and the device time of each of its three kernels (torch profiler).
-Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm reorder preprocess] [--json F]
+Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder preprocess] [--json F]
 """
 from __future__ import annotations
 
