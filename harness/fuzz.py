@@ -118,7 +118,6 @@ def narrow_rank_case(spec: OpSpec, dtype: str, backend: str) -> CaseParams:
                       hidden=40, inter=36, routing="uniform", seed=2)
 
 
-
 class _CaseFailed(Exception):
     def __init__(self, result: CaseResult):
         super().__init__(result.message)

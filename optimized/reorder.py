@@ -1,10 +1,9 @@
 """Gather token rows into expert order and combine them back (SPEC.md sections 3 and 5).
 
 Both kernels work on [ROWS, BLOCK_H] tiles of token rows (grid: row blocks x column
-blocks), load the ids / destinations of the tile's K slots as [ROWS, KP] tiles (one
-helper, ``_slot_tiles``), loop over
-the K slots with column k picked out in registers, and use int64 row offsets (T*K*H may
-exceed 2**31).
+blocks), load the ids / destinations of the tile's K slots as [ROWS, KP] tiles (one helper,
+``_slot_tiles``), loop over the K slots with column k picked out in registers, and use int64
+row offsets (T*K*H may exceed 2**31).
 """
 from __future__ import annotations
 

@@ -6,6 +6,11 @@
 # Usage: OUT=... bash results/device_call.sh 'CUDA_VISIBLE_DEVICES=3 OUT=$OUT/g3 bash results/gpu_sweep.sh large & OUT=$OUT/a bash results/gpu_sweep.sh bench; wait'
 set -u
 cd "$(dirname "$0")/.."
+# The device's copy of the tree may carry stale git metadata (the working files are current, the
+# commits are not), so each call records what ran by content in $OUT/tree.txt; `--tree` prints the
+# same hash for this checkout, to match a record with a commit.
+tree_hash() { git ls-files -co --exclude-standard -- optimized harness reference | sort | xargs sha1sum | sha1sum | cut -c1-12; }
+if [ "${1:-}" = "--tree" ]; then tree_hash; exit 0; fi
 : "${OUT:?set OUT}"
 export OUT
 pack() {
@@ -14,5 +19,6 @@ pack() {
   ls -la "$OUT"
 }
 trap pack EXIT
+echo "tree $(tree_hash) (sha1 of optimized/, harness/, reference/ as run)" | tee "$OUT/tree.txt"
 timeout --kill-after=10 "${CALL_LIMIT:-560}" bash -c "$1"
 echo "snippet exit status $?"
