@@ -13,7 +13,11 @@ ANCHORS.md:
   its FLOPs never bound a kernel, so they are left out of the FLOP count.
 
 A time turns into GB/s, TFLOP/s and a share of the roofline floor:
-floor = max(bytes / copy ceiling, FLOPs / matmul ceiling), and % of roof = floor / time.
+floor = max(bytes / copy ceiling, FLOPs / (matmul ceiling x rate)), and % of roof = floor /
+time. The matmul ceiling is measured in bf16; FLOPs whose operands are fp8 e4m3 (the weights
+of both fp8 GEMM modes: block-wise quantises a to fp8 too) count at rate 2, Hopper's e4m3
+tensor-core rate being twice its bf16 rate (H100 SXM dense: 1,979 vs 989 TFLOP/s, NVIDIA's
+datasheet).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ class Cost:
     bytes: int
     flops: int
     note: str = ""          # what was counted, in words
+    flop_rate: float = 1.0  # the FLOPs' tensor-core rate, in multiples of the bf16 matmul ceiling
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,11 @@ class Perf:
 
 def _size(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.element_size()
+
+
+def _rate_of(weights: torch.Tensor) -> float:
+    """Tensor-core rate of a GEMM over these weights, in multiples of the bf16 rate (see above)."""
+    return 2.0 if weights.dtype == torch.float8_e4m3fn else 1.0
 
 
 def _local_count(topk_ids: torch.Tensor, start: int, end: int) -> int:
@@ -104,7 +114,8 @@ def grouped_gemm_cost(params: CaseParams, args: Mapping[str, object]) -> Cost:
             per = scale[0].numel() * scale.element_size()
             nbytes += per * (rows if name == "scale_a" else weights_used)
     return Cost(nbytes, 2 * rows * N * Kd,
-                f"{rows} rows x Kd {Kd} read, {weights_used} weights {N}x{Kd} read, {rows} x N {N} written")
+                f"{rows} rows x Kd {Kd} read, {weights_used} weights {N}x{Kd} read, {rows} x N {N} written",
+                flop_rate=_rate_of(b))
 
 
 def ep_moe_cost(params: CaseParams, args: Mapping[str, object]) -> Cost:
@@ -122,7 +133,8 @@ def ep_moe_cost(params: CaseParams, args: Mapping[str, object]) -> Cost:
             weight_bytes += experts_used * scale[0].numel() * scale.element_size()
     nbytes = T * H * x.element_size() + weight_bytes + T * H * x.element_size()
     return Cost(nbytes, 2 * local * (2 * I) * H + 2 * local * H * I,
-                f"{T} token rows read and written, weights of {experts_used} experts read, {local} local slots")
+                f"{T} token rows read and written, weights of {experts_used} experts read, {local} local slots",
+                flop_rate=_rate_of(w13))
 
 
 _COSTS = {
@@ -152,7 +164,7 @@ def perf_of(cost: Cost, time_ms: float, copy_gbps: float, matmul_tflops: float) 
         raise ValueError(f"perf_of: expected a positive time, got {time_ms} ms")
     seconds = time_ms * 1e-3
     mem_floor = cost.bytes / (copy_gbps * 1e9) if copy_gbps > 0 else 0.0
-    flop_floor = cost.flops / (matmul_tflops * 1e12) if matmul_tflops > 0 else 0.0
+    flop_floor = cost.flops / (matmul_tflops * cost.flop_rate * 1e12) if matmul_tflops > 0 else 0.0
     floor = max(mem_floor, flop_floor)
     return Perf(time_ms=time_ms, gbps=cost.bytes / seconds / 1e9, tflops=cost.flops / seconds / 1e12,
                 floor_ms=floor * 1e3, pct_of_roof=100.0 * floor / seconds,

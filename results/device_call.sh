@@ -9,7 +9,12 @@ cd "$(dirname "$0")/.."
 # The device's copy of the tree may carry stale git metadata (the working files are current, the
 # commits are not), so each call records what ran by content in $OUT/tree.txt; `--tree` prints the
 # same hash for this checkout, to match a record with a commit.
-tree_hash() { git ls-files -co --exclude-standard -- optimized harness reference | sort | xargs sha1sum | sha1sum | cut -c1-12; }
+# (no git, and one collation: a first version hashed git's file list sorted in the local locale and
+# gave another hash on the device for the same files)
+tree_hash() {
+  find optimized harness reference -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha1sum \
+    | sha1sum | cut -c1-12
+}
 if [ "${1:-}" = "--tree" ]; then tree_hash; exit 0; fi
 : "${OUT:?set OUT}"
 export OUT
@@ -19,6 +24,6 @@ pack() {
   ls -la "$OUT"
 }
 trap pack EXIT
-echo "tree $(tree_hash) (sha1 of optimized/, harness/, reference/ as run)" | tee "$OUT/tree.txt"
+echo "tree $(tree_hash) (sha1 of the .py files of optimized/, harness/, reference/ as run)" | tee "$OUT/tree.txt"
 timeout --kill-after=10 "${CALL_LIMIT:-560}" bash -c "$1"
 echo "snippet exit status $?"

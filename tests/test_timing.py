@@ -185,6 +185,19 @@ def test_grouped_gemm_counts_only_rows_and_weights_in_use():
     assert perf.bound == "compute"
 
 
+@pytest.mark.parametrize("dtype,rate", [("bfloat16", 1.0), ("fp8_tensor", 2.0), ("fp8_block", 2.0)])
+def test_fp8_gemm_flops_count_at_twice_the_bf16_ceiling(dtype, rate):
+    """The measured matmul ceiling is bf16's; e4m3 tensor cores run at twice it, so an fp8 GEMM's
+    compute floor is half a bf16 one's (without this an fp8 kernel showed 144% of its roof)."""
+    from harness.specs import SPECS
+    p = CaseParams(op="grouped_gemm", dtype=dtype, tokens=64, topk=2, experts=4, hidden=256, inter=128)
+    cost = cost_of(p, SPECS["grouped_gemm"].build(p, torch.device("cpu")).args)
+    assert cost.flop_rate == rate
+    perf = perf_of(cost, 1.0, copy_gbps=1e9, matmul_tflops=1e-6)          # compute-bound
+    assert perf.bound == "compute"
+    assert perf.floor_ms == pytest.approx(cost.flops / (1e-6 * rate * 1e12) * 1e3)
+
+
 def test_cost_of_every_op_on_a_built_case():
     from harness.specs import SPECS
     for op, spec in SPECS.items():
