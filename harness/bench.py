@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ import torch
 from .backend import describe, device_of
 from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
 from .costs import Cost, Perf, cost_of, perf_of
+from .records import write_json
 from .timing import (Ceilings, Comparison, GraphUnavailable, Stats, TimingConfig, Workload, capture_graph, compare,
                      measure_ceilings, plain_copy_gbps, run_interleaved, synchronize)
 
@@ -855,6 +855,7 @@ def main(args, backend: str) -> int:
                 code = 0 if all(c.status != "FAIL" for c in checks) else 1
             else:
                 rows = []
+                report.update(baseline=baseline_name)
                 print(format_header(baseline_name))
                 for k, case in enumerate(cases):
                     _progress(f"[{k + 1}/{len(cases)}] {case.params.op} {case.label()}")
@@ -863,6 +864,9 @@ def main(args, backend: str) -> int:
                     for r in got:
                         print(format_row(r), flush=True)
                     rows.extend(got)
+                    if args.json:  # after every case: a run cut short keeps the rows it timed
+                        write_json(args.json, {**report, "complete": False, "pending": len(cases) - k - 1,
+                                               "rows": [asdict(r) for r in rows]})
                 notes = format_notes(rows)
                 if notes:
                     print(notes)
@@ -880,6 +884,5 @@ def main(args, backend: str) -> int:
     if not representative:
         print(NOT_REPRESENTATIVE)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+        write_json(args.json, {**report, "complete": True, "pending": 0})
     return code

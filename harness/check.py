@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -10,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from .backend import describe, device_of
+from .records import write_json
 from .cases import CaseParams
 from .fuzz import LARGE_SHAPES, PRESETS
 
@@ -317,9 +317,8 @@ def main(args, backend: str) -> int:
 
         def on_rows(rows_done):
             done_rows.extend(rows_done)
-            with open(args.json, "w") as fh:
-                json.dump({"environment": info, "complete": False, "wall_s": round(time.perf_counter() - t0, 1),
-                           "rows": [asdict(r) for r in merge_chunks(done_rows)]}, fh, indent=1)
+            write_json(args.json, {"environment": info, "complete": False, "wall_s": round(time.perf_counter() - t0, 1),
+                                   "rows": [asdict(r) for r in merge_chunks(done_rows)]})
         args.on_rows = on_rows
     rows = run_check(args, backend)
     wall = time.perf_counter() - t0
@@ -331,7 +330,6 @@ def main(args, backend: str) -> int:
     print(f"{cases} cases in {wall:.1f} s: {throughput['cases_per_minute']} cases per minute "
           f"on {throughput['gpus']} GPU(s)" if backend == "cuda" else f"{cases} cases in {wall:.1f} s")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"environment": info, "complete": True, "throughput": throughput,
-                       "rows": [asdict(r) for r in rows]}, fh, indent=1)
+        write_json(args.json, {"environment": info, "complete": True, "throughput": throughput,
+                               "rows": [asdict(r) for r in rows]})
     return 1 if any(r.status in ("FAILED", "CRASHED") for r in rows) else 0

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .backend import describe
+from .records import write_json
 from .cases import MODEL_SHAPES
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
@@ -398,9 +399,7 @@ def _rank_main(rank: int, config: WorldConfig, port: int, folder: str) -> None:
                 # After every scenario: if a rank dies later, the finished ones are still reported.
                 report = dict(scenarios=[asdict(r) for r in results],
                               rank0_env={k: os.environ.get(k, "") for k in NO_MULTICAST_ENV})
-                with open(os.path.join(folder, "report.json.tmp"), "w") as fh:
-                    json.dump(report, fh)
-                os.replace(os.path.join(folder, "report.json.tmp"), os.path.join(folder, "report.json"))
+                write_json(os.path.join(folder, "report.json"), report, indent=None)
         dist.barrier()
         dist.destroy_process_group()
     except BaseException:
@@ -597,6 +596,5 @@ def main(args, backend: str) -> int:
     report = run_world(config, info)
     print(format_table(report))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report.to_dict(), fh, indent=1)
+        write_json(args.json, report.to_dict())
     return 0 if report.passed else 1

@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, Optional
 
 from .cases import CaseParams
 from .check import Row, replay_command
+from .records import write_json
 
 CRASH_EXIT = 87          # the child found a device fault (or a harness error) and wrote crash.json
 STARTUP_LIMIT_S = 300.0  # importing torch and starting up; not counted against the group's timeout
@@ -65,10 +66,7 @@ class _Progress:
 
     def update(self, **kw):
         self.state.update(kw)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.state, fh)
-        os.replace(tmp, self.path)
+        write_json(self.path, self.state, indent=None)
 
 
 def _write_crash(folder: str, message: str, tb: str):

@@ -22,7 +22,6 @@ The exit status is non-zero when any mutant is not KILLED (skipped ones aside).
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import shutil
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from .backend import describe, device_of
+from .records import write_json
 
 if TYPE_CHECKING:
     from .mutants import Mutant
@@ -430,15 +430,11 @@ def _list(names: List[str]) -> int:
 
 
 def _write_json(path: str, info: dict, args, results: List[MutantResult], pending: List[str], backend: str) -> None:
-    """The JSON record, written whole (temporary file, then rename): ``complete`` is False and
-    ``pending`` names the mutants not yet finished while the run goes on, so a run cut short
-    by a time limit still leaves every verdict it reached."""
-    record = {"environment": info, "cases": args.cases, "seed": args.seed, "complete": not pending,
-              "pending": pending, "summary": summary(results, backend), "mutants": [asdict(r) for r in results]}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=1)
-    os.replace(tmp, path)
+    """The JSON record: ``complete`` is False and ``pending`` names the mutants not yet finished
+    while the run goes on, so a run cut short by a time limit still leaves every verdict it reached."""
+    write_json(path, {"environment": info, "cases": args.cases, "seed": args.seed, "complete": not pending,
+                      "pending": pending, "summary": summary(results, backend),
+                      "mutants": [asdict(r) for r in results]})
 
 
 def main(args, backend: str) -> int:

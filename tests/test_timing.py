@@ -364,10 +364,34 @@ def test_bench_command_on_the_interpreter_says_timings_are_not_representative(tm
     assert "not representative" in proc.stdout
     assert "ceilings on CPU" in proc.stdout
     report = json.loads(out_json.read_text())
-    assert report["representative"] is False
+    assert report["representative"] is False and report["complete"] is True and report["pending"] == 0
     rows = report["rows"]
     assert rows and all(r["status"] == "ok" and r["eager"]["stats"]["n"] >= 3 for r in rows)
     assert all(r["graph"] is None for r in rows)
+
+
+def test_bench_json_keeps_the_cases_timed_when_a_run_is_cut_short(tmp_path, monkeypatch, capsys):
+    """The report is rewritten after every case: a time limit striking mid-run leaves the rows
+    timed so far, marked incomplete, with the number of cases still pending."""
+    from harness import bench
+    from harness.cli import main
+    out_json = tmp_path / "bench.json"
+    real_time_case, timed = bench.time_case, []
+
+    def cut_after_first(case, *args, **kw):
+        if timed:
+            raise KeyboardInterrupt  # the time limit strikes during the second case
+        timed.append(case)
+        return real_time_case(case, *args, **kw)
+
+    monkeypatch.setattr(bench, "time_case", cut_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--backend", "interpreter", "bench", "--op", "post_reorder", "--impl", "reference", "--tokens", "2",
+              "4", "--json", str(out_json)])
+    report = json.loads(out_json.read_text())
+    assert report["complete"] is False and report["pending"] >= 1
+    assert [r["case"] for r in report["rows"]] == [timed[0].label()]
+    assert report["rows"][0]["status"] == "ok"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "fp8_tensor", "fp8_block"])
