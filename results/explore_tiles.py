@@ -196,8 +196,11 @@ GEMM_EP_CASES = {  # name: CaseParams fields
 }
 EP_TILES = [  # BM, BN, BK, warps, stages, persist, GROUP_M
     (128, 256, 64, 8, 3, 0, 8), (128, 128, 64, 4, 4, 0, 8), (64, 256, 64, 4, 4, 0, 8),
-    (128, 256, 64, 8, 3, 0, 1), (128, 256, 64, 8, 3, 0, 4), (128, 256, 64, 8, 3, 0, 16), (128, 256, 64, 8, 3, 0, 32),
-    (128, 128, 64, 4, 4, 0, 1), (128, 128, 64, 4, 4, 0, 4), (128, 128, 64, 4, 4, 0, 16), (128, 128, 64, 4, 4, 0, 32),
+    (128, 128, 64, 4, 4, 0, 1),
+    # 256-row tiles: one m-tile (one pass over each weight tile) for every routed DeepSeek EP8
+    # group (108-154 rows), at twice the MMA rows; the test of whether the second 128-row
+    # m-tile's re-read of the weights is what the routed groups cost (NOTES.md, fifth session)
+    (256, 128, 64, 8, 3, 0, 8), (256, 128, 64, 8, 3, 0, 1), (256, 64, 64, 8, 3, 0, 8),
 ]
 # Programs-per-SM caps of the grid (gemm.MAX_PROGRAMS_PER_SM) timed autotuned, and with each tile.
 # H200, fifth session: every cap was slower than none (DeepSeek gate_up EP8 840 -> 903-927 us,

@@ -19,7 +19,7 @@ import reference
 from harness import mutate
 from harness.backend import BACKENDS
 from harness.cases import CaseParams
-from harness.fuzz import PRESETS, sweep
+from harness.fuzz import PRESETS, narrow_rank_case, sweep
 from harness.mutants import CATALOGUE, MUTANTS, Mutant, StalePatch, implementation, module_path, patched_source
 from harness.runner import Candidate, run_case
 from harness.specs import SPECS
@@ -206,12 +206,32 @@ def test_result_cached_from_an_earlier_call_is_caught_on_the_first_case(seed, de
     assert run_case(SPECS["ep_preprocess"], Candidate(reference.ep_preprocess), p, device, "ref").ok
 
 
-def test_every_sweep_checks_the_empty_batch_first(backend, device):
+def test_every_sweep_starts_with_the_three_fixed_cases(backend, device):
     seen = []
     out = sweep(SPECS["post_reorder"], Candidate(reference.post_reorder), "reference", "float32", backend, device,
                 2, 0, database_dir=None, on_case=lambda r: seen.append(CaseParams.from_json(r.params)))
-    assert out.failure is None and seen[0].tokens == 0 and seen[0].start_expert > 0
-    assert any(p.tokens > 0 for p in seen[1:])
+    assert out.failure is None and seen[0].tokens == 0 and seen[0].start_expert > 0       # the empty batch
+    aligned, narrow = seen[1], seen[2]
+    assert aligned.hidden % 16 == 0 and 0 < aligned.start_expert < aligned.end_expert < aligned.experts - 1
+    assert narrow.start_expert == narrow.end_expert and 0 < narrow.start_expert < narrow.experts - 1
+    assert any(p.tokens > 0 for p in seen[3:])
+
+
+def test_narrow_rank_case_catches_a_tile_skip_that_looks_at_one_row(device):
+    """The narrow rank (one inner expert of 64) puts the rank's rows in a short run that starts
+    inside a row tile: a kernel that skips a tile when its first row is not local leaves them
+    unwritten. The reference passes the same case."""
+    def skip_by_first_row(gateup_output, down_input, hidden_size, ids, scales, start, end, BLOCK_SIZE=512):
+        full = down_input.clone()
+        reference.silu_and_mul(gateup_output, full, hidden_size, ids, scales, start, end)
+        for r0 in range(0, ids.numel(), 8):                       # tiles of 8 rows
+            first = int(ids[r0])
+            if start <= first <= end:
+                down_input[r0:r0 + 8] = full[r0:r0 + 8]
+    p = narrow_rank_case(SPECS["silu_and_mul"], "float32", "interpreter")
+    res = run_case(SPECS["silu_and_mul"], Candidate(skip_by_first_row), p, device, "planted")
+    assert (res.status, res.probe) == ("failed", "unwritten"), res.message
+    assert run_case(SPECS["silu_and_mul"], Candidate(reference.silu_and_mul), p, device, "reference").ok
 
 
 def test_uninitialised_empty_batch_output_is_caught(device):
