@@ -872,7 +872,7 @@ def main(args, backend: str) -> int:
                     print(notes)
                 if not cases:
                     print("no case matches the selection (--op / --dtype)")
-                report.update(baseline=baseline_name, rows=[asdict(r) for r in rows])
+                report.update(rows=[asdict(r) for r in rows])
                 code = 1 if any(r.failed for r in rows) else 0
                 if args.plot:
                     print(write_plot(rows, args.plot))

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from .backend import describe, device_of
-from .records import write_json
 from .cases import CaseParams
 from .fuzz import LARGE_SHAPES, PRESETS
+from .records import write_json
 
 
 @dataclass

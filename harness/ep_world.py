@@ -30,8 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .backend import describe
-from .records import write_json
 from .cases import MODEL_SHAPES
+from .records import write_json
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
 # Set in the parent before spawning and again in every rank before init_process_group.

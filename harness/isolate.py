@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional
 
 from .cases import CaseParams
 from .check import Row, replay_command
-from .records import write_json
+from .records import read_json, write_json
 
 CRASH_EXIT = 87          # the child found a device fault (or a harness error) and wrote crash.json
 STARTUP_LIMIT_S = 300.0  # importing torch and starting up; not counted against the group's timeout
@@ -164,14 +164,6 @@ def child_main(job: dict):
 
 # ----------------------------------------------------------------------------- parent side
 
-def _read_json(path: str):
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 def _read_rows(folder: str) -> List[dict]:
     rows = []
     try:
@@ -244,8 +236,8 @@ def run_group(args, backend: str, impl_src: str, op: str, dtypes: List[str], tic
             remaining = [d for d in remaining if d not in finished]
             if outcome == "exit" and proc.exitcode == 0 and not remaining:
                 break
-            progress = _read_json(os.path.join(folder, "progress.json")) or {}
-            crash = _read_json(os.path.join(folder, "crash.json"))
+            progress = read_json(os.path.join(folder, "progress.json")) or {}
+            crash = read_json(os.path.join(folder, "crash.json"))
             if outcome == "exit":
                 reason = _exit_reason(proc.exitcode, crash)
             stderr = _stderr_tail(folder)
@@ -317,7 +309,7 @@ def _wait(proc, folder: str, budget: Optional[float], case_timeout: Optional[flo
         now = time.monotonic()
         if not proc.is_alive():
             return "exit", "", (now - t_start) if t_start else 0.0
-        prog = _read_json(path)
+        prog = read_json(path)
         if prog:
             if t_start is None and prog.get("stage") != "starting":
                 t_start = now

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from .backend import describe, device_of
-from .records import write_json
+from .records import read_json, write_json
 
 if TYPE_CHECKING:
     from .mutants import Mutant
@@ -193,7 +193,6 @@ class _Child:
 
     def _recv(self, limit: float, progress_timeout: Optional[float]):
         """The next message, or ("dead", reason) / ("timeout", reason)."""
-        from .isolate import _read_json
         t0 = last_change = time.monotonic()
         last_key = None
         path = os.path.join(self.folder, "progress.json")
@@ -211,7 +210,7 @@ class _Child:
                 except (EOFError, OSError):
                     pass
                 return "dead", None
-            prog = _read_json(path) or {}
+            prog = read_json(path) or {}
             key = (prog.get("mutant"), prog.get("dtype"), prog.get("n"), prog.get("stage"))
             if key != last_key:
                 last_key, last_change = key, now
@@ -236,12 +235,12 @@ class _Child:
         return self._died(m, t0, kind, msg)
 
     def _died(self, m, t0: float, kind: str, reason: Optional[str]) -> MutantResult:
-        from .isolate import _exit_reason, _read_json, _summarise_stderr
+        from .isolate import _exit_reason, _summarise_stderr
         if kind == "timeout":
             self.proc.kill()
         self.proc.join(10)
-        prog = _read_json(os.path.join(self.folder, "progress.json")) or {}
-        crash = _read_json(os.path.join(self.folder, "crash.json"))
+        prog = read_json(os.path.join(self.folder, "progress.json")) or {}
+        crash = read_json(os.path.join(self.folder, "crash.json"))
         if kind == "dead":
             reason = _exit_reason(self.proc.exitcode, crash)
         try:

@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 # The device's copy of the tree may carry stale git metadata (the working files are current, the
 # commits are not), so each call records what ran by content in $OUT/tree.txt; `--tree` prints the
 # same hash for this checkout, to match a record with a commit.
-# (no git, and one collation: a first version hashed git's file list sorted in the local locale and
-# gave another hash on the device for the same files)
+# (neither git nor the locale's collation: a first version hashed git's file list in locale order
+# and the device gave another hash for what should have been the same files; cause not confirmed)
 tree_hash() {
   find optimized harness reference -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha1sum \
     | sha1sum | cut -c1-12

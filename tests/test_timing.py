@@ -370,7 +370,7 @@ def test_bench_command_on_the_interpreter_says_timings_are_not_representative(tm
     assert all(r["graph"] is None for r in rows)
 
 
-def test_bench_json_keeps_the_cases_timed_when_a_run_is_cut_short(tmp_path, monkeypatch, capsys):
+def test_bench_json_keeps_the_cases_timed_when_a_run_is_cut_short(tmp_path, monkeypatch):
     """The report is rewritten after every case: a time limit striking mid-run leaves the rows
     timed so far, marked incomplete, with the number of cases still pending."""
     from harness import bench
