@@ -272,20 +272,30 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "first rows, with its own weight"),
     _M("gemm_partial_sums_in_c_dtype", "grouped_gemm", "gemm",
        "acc = _mma(a, b, acc, UPCAST)",
-       "acc = _mma(a, b, acc, UPCAST).to(c_ptr.dtype.element_ty).to(tl.float32)  # partial sums in c's dtype",
-       "accumulation in the input dtype: the running sum is rounded to c's dtype after every K block",
+       "acc = _mma(a, b, acc, UPCAST).to(a.dtype).to(tl.float32)  # partial sums in the input dtype",
+       "accumulation in the input dtype: the running sum is rounded to a's dtype after every K block",
        dtypes=("bfloat16", "float16")),
-    _M("gemm_tma_tile_row_of_group", "grouped_gemm", "gemm",
+    _M("gemm_tma_tile_row_from_group_end", "grouped_gemm", "gemm",
        "a = a_ptr.load([row0.to(tl.int32), k0])",
-       "a = a_ptr.load([row_lo.to(tl.int32), k0])",
-       "the TMA path's row coordinate from the group's first row: every m-tile of a group after the "
-       "first multiplies the group's first BM rows (only groups longer than one tile and a Kd the TMA "
-       "path takes show it)"),
+       "a = a_ptr.load([(row_hi - BM).to(tl.int32), k0])",
+       "the TMA path's row coordinate anchored at the group's end: every m-tile multiplies the "
+       "group's last BM rows (or, for a group shorter than BM, rows of the group before it); only a "
+       "Kd the TMA path takes shows it"),
     _M("gemm_tma_store_whole_by_tensor_end", "grouped_gemm", "gemm",
        "whole = row0 + BM <= row_hi",
        "whole = row0 + BM <= M",
        "the TMA store's whole-tile test against the end of c instead of the group's end: a group's last "
        "tile writes its full BM rows, over the next group's rows (or past seg_indptr's last row)"),
+    _M("gemm_second_accumulator_rows_from_tile_start", "grouped_gemm", "gemm",
+       "a2 = a2_desc.load([(row0 + BM).to(tl.int32), k0])",
+       "a2 = a2_desc.load([row0.to(tl.int32), k0])",
+       "the second accumulator of a two-accumulator tile fed the tile's first rows instead of the BM "
+       "rows after them (TMA path; only groups reaching past a tile's first BM rows show it)"),
+    _M("gemm_second_accumulator_stored_past_group", "grouped_gemm", "gemm",
+       "tail2 = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],",
+       "tail2 = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1],",
+       "the second accumulator's store clipped at the end of c instead of the group's last row: its "
+       "rows past the group overwrite the next group's rows (a race) or rows outside seg_indptr"),
     _M("gemm_fp8_scale_of_group", "grouped_gemm", "gemm",
        "acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))",
        "acc = acc * (tl.load(sa_ptr + g) * tl.load(sb_ptr + g))",

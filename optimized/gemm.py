@@ -117,11 +117,85 @@ def _mma(a, b, acc, UPCAST: tl.constexpr):
         return tl.dot(a, b, acc)
 
 
+@triton.jit
+def _k_loop(
+    # operands (pointers, or with USE_TMA descriptors; a2_desc: a with [BM2, BK] blocks)
+    a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr,
+    # this tile: its first row, its group's end, rows/cols (clamped) and masks, the weight index
+    # and first column
+    row0, row_hi, rows, rmask, cols, nmask, e, n0,
+    # sizes
+    N, Kd, SB_N, SB_K, SA_K,
+    # meta
+    MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WS: tl.constexpr, BM2: tl.constexpr,
+    TWO: tl.constexpr,
+):
+    """The K loop of one output tile: (acc [BM, BN], acc2) in float32, before MODE 1's scale.
+
+    TWO: the BM2 rows after the tile's BM rows (row0 + BM ...) are a second accumulator fed by the
+    same b tiles, so a group slightly longer than BM streams each weight tile once instead of
+    twice; acc2 is [BM2, BN] then, else a placeholder scalar.
+    """
+    kk = tl.arange(0, BK)
+    if TWO:
+        rows2 = row0 + BM + tl.arange(0, BM2)
+        rmask2 = rows2 < row_hi
+        rows2 = tl.where(rmask2, rows2, 0)
+        acc2 = tl.zeros([BM2, BN], dtype=tl.float32)
+    else:
+        acc2 = 0.0
+    if not USE_TMA:
+        a_ptrs = a_ptr + rows[:, None] * Kd + kk[None, :]                  # [BM, BK]
+        b_ptrs = b_ptr + e * N * Kd + cols[None, :] * Kd + kk[:, None]     # [BK, BN] = b[e]^T tile
+    if MODE == 2:
+        sa_ptrs = sa_ptr + rows * SA_K                                  # [BM], + kb
+        sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K       # [BN], + kb
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in tl.range(0, Kd, BK, warp_specialize=WS):
+        if USE_TMA:
+            a = a_ptr.load([row0.to(tl.int32), k0])                        # [BM, BK]
+            b = b_ptr.load([(e * N + n0).to(tl.int32), k0]).T                 # [BK, BN]
+            if TWO:
+                a2 = a2_desc.load([(row0 + BM).to(tl.int32), k0])          # [BM2, BK]
+        else:
+            kmask = (k0 + kk) < Kd
+            a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            if TWO:
+                a2 = tl.load(a_ptr + rows2[:, None] * Kd + (k0 + kk)[None, :],
+                             mask=rmask2[:, None] & kmask[None, :], other=0.0)
+            a_ptrs += BK
+            b_ptrs += BK
+        if MODE == 2:
+            kb = k0 // QBK
+            sa = tl.load(sa_ptrs + kb, mask=rmask, other=0.0)
+            sb = tl.load(sb_ptrs + kb, mask=nmask, other=0.0)
+            part = _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST)
+            acc += part * sa[:, None] * sb[None, :]
+            if TWO:
+                sa2 = tl.load(sa_ptr + rows2 * SA_K + kb, mask=rmask2, other=0.0)
+                acc2 += _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32), UPCAST) * sa2[:, None] * sb[None, :]
+        elif MODE == 3:
+            kabs = k0 + kk
+            sa2 = tl.load(sa_ptr + rows[:, None] * SA_K + (kabs // QBK)[None, :],
+                          mask=rmask[:, None] & kmask[None, :], other=0.0)
+            sb2 = tl.load(sb_ptr + e * SB_N * SB_K + (cols // QBN)[None, :] * SB_K + (kabs // QBK)[:, None],
+                          mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc = tl.dot(a.to(tl.float32) * sa2, b.to(tl.float32) * sb2, acc, input_precision="ieee")
+        else:
+            acc = _mma(a, b, acc, UPCAST)
+            if TWO:
+                acc2 = _mma(a2, b, acc2, UPCAST)
+    return acc, acc2
+
+
 @triton.jit(do_not_specialize=["M", "E_w", "batch", "SB_N", "SB_K", "SA_K", "M_HINT", "N_HINT", "K_HINT"])
 def _grouped_gemm_kernel(
     # operands: pointers, or with USE_TMA tensor descriptors of a [M, Kd] and b [E_w * N, Kd];
-    # c_desc: with USE_TMA a descriptor of c [M, N] (else c again, unused)
-    a_ptr, b_ptr, c_ptr, c_desc,
+    # c_desc: with USE_TMA a descriptor of c [M, N] (else c again, unused); a2_desc: with USE_TMA
+    # a descriptor of a in [BM2, BK] blocks (else a again, unused)
+    a_ptr, b_ptr, c_ptr, c_desc, a2_desc,
     # routing
     seg_ptr, widx_ptr,
     # fp8 scales (unused in MODE 0)
@@ -135,7 +209,7 @@ def _grouped_gemm_kernel(
     MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, BATCH_P: tl.constexpr,
     USE_TMA: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, PERSIST: tl.constexpr,
-    WS: tl.constexpr,
+    WS: tl.constexpr, BM2: tl.constexpr,
 ):
     """c[r] = a[r] @ b[widx[g]].T for r in [seg[g], seg[g+1]), float32 accumulation.
 
@@ -143,16 +217,20 @@ def _grouped_gemm_kernel(
     MODE 1: fp8 per tensor: acc * sa[e] * sb[e].
     MODE 2: fp8 block-wise with BK | QBK: each BK-slice's dot scaled by sa[r, kb] * sb[e, n // QBN, kb].
     MODE 3: fp8 block-wise, any [QBN, QBK]: operands dequantised element-wise, float32 IEEE dot.
-    Program p computes output tiles p, p + P, p + 2P, ... (P = the grid size: one tile per
-    program when the grid covers them all, a persistent loop when PERSIST sized it by the SM
-    count; PERSIST is the host's business only). seg values are clamped into [0, M] and groups
-    with a weight index outside [0, E_w) are skipped, so no value of seg_indptr /
+    An m-tile is BM + BM2 rows of one group: BM rows in one accumulator and, when the group has
+    rows past them, the next BM2 rows in a second one fed by the same weight tiles (BM2 = 0: one
+    accumulator, the plain tile). Program p computes output tiles p, p + P, p + 2P, ... (P = the
+    grid size: one tile per program when the grid covers them all, a persistent loop when PERSIST
+    sized it by the SM count; PERSIST is the host's business only). seg values are clamped into
+    [0, M] and groups with a weight index outside [0, E_w) are skipped, so no value of seg_indptr /
     weight_indices can cause an out-of-bounds access. With USE_TMA, a and b tiles come through
     the tensor-memory engine (zero-filled past the tensors' ends, so no K mask is needed); rows
     of a past the group's end (and rows of b past expert e's N, when BN does not divide N) are
     read but never stored. Tiles whose rows all lie in the group are stored by TMA too; a
     group's last, partial tile by a masked store.
     """
+    tl.static_assert((BM2 == 0) | (MODE != 3), "the element-wise block-wise path has one accumulator")
+    TM: tl.constexpr = BM + BM2     # rows per m-tile
     # --- tiles per group and their prefix sum, in registers
     gi = tl.arange(0, BATCH_P)
     gmask = gi < batch
@@ -160,13 +238,12 @@ def _grouped_gemm_kernel(
     hi = tl.load(seg_ptr + gi + 1, mask=gmask, other=0)
     lo = tl.minimum(tl.maximum(lo, 0), M)
     hi = tl.minimum(tl.maximum(hi, lo), M)
-    ntiles = ((hi - lo + BM - 1) // BM).to(tl.int32)
+    ntiles = ((hi - lo + TM - 1) // TM).to(tl.int32)
     cum = tl.cumsum(ntiles, axis=0)
     num_m = tl.sum(ntiles, axis=0)
     num_n = tl.cdiv(N, BN)
     # grouped ("swizzled") order: GROUP_M m-tiles share a band of B tiles in L2
     width = GROUP_M * num_n
-    kk = tl.arange(0, BK)
     for t in range(tl.program_id(0), num_m * num_n, tl.num_programs(0)):
         first_m = (t // width) * GROUP_M
         gsize = tl.minimum(num_m - first_m, GROUP_M)
@@ -180,7 +257,7 @@ def _grouped_gemm_kernel(
         row_hi = tl.sum(tl.where(sel, hi, 0), axis=0)
         e = tl.load(widx_ptr + g).to(tl.int64)
         if (e >= 0) & (e < E_w):
-            row0 = row_lo + (mt - tile0).to(tl.int64) * BM
+            row0 = row_lo + (mt - tile0).to(tl.int64) * TM
             rows = row0 + tl.arange(0, BM)
             rmask = rows < row_hi
             rows = tl.where(rmask, rows, 0)
@@ -188,91 +265,98 @@ def _grouped_gemm_kernel(
             cols = n0.to(tl.int64) + tl.arange(0, BN)
             nmask = cols < N
             cols = tl.where(nmask, cols, 0)
-            if not USE_TMA:
-                a_ptrs = a_ptr + rows[:, None] * Kd + kk[None, :]                  # [BM, BK]
-                b_ptrs = b_ptr + e * N * Kd + cols[None, :] * Kd + kk[:, None]     # [BK, BN] = b[e]^T tile
-            if MODE == 2:
-                sa_ptrs = sa_ptr + rows * SA_K                                  # [BM], + kb
-                sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K       # [BN], + kb
-            acc = tl.zeros([BM, BN], dtype=tl.float32)
-            for k0 in tl.range(0, Kd, BK, warp_specialize=WS):
-                if USE_TMA:
-                    a = a_ptr.load([row0.to(tl.int32), k0])                        # [BM, BK]
-                    b = b_ptr.load([(e * N + n0).to(tl.int32), k0]).T                 # [BK, BN]
-                else:
-                    kmask = (k0 + kk) < Kd
-                    a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
-                    b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
-                    a_ptrs += BK
-                    b_ptrs += BK
-                if MODE == 2:
-                    kb = k0 // QBK
-                    sa = tl.load(sa_ptrs + kb, mask=rmask, other=0.0)
-                    sb = tl.load(sb_ptrs + kb, mask=nmask, other=0.0)
-                    part = _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST)
-                    acc += part * sa[:, None] * sb[None, :]
-                elif MODE == 3:
-                    kabs = k0 + kk
-                    sa2 = tl.load(sa_ptr + rows[:, None] * SA_K + (kabs // QBK)[None, :],
-                                  mask=rmask[:, None] & kmask[None, :], other=0.0)
-                    sb2 = tl.load(sb_ptr + e * SB_N * SB_K + (cols // QBN)[None, :] * SB_K + (kabs // QBK)[:, None],
-                                  mask=kmask[:, None] & nmask[None, :], other=0.0)
-                    acc = tl.dot(a.to(tl.float32) * sa2, b.to(tl.float32) * sb2, acc, input_precision="ieee")
-                else:
-                    acc = _mma(a, b, acc, UPCAST)
+            if BM2 > 0:
+                if row0 + BM < row_hi:   # the group has rows past the first BM: both accumulators
+                    acc, acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
+                                        e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                        BM, BN, BK, WS, BM2, True)
+                    rows2 = row0 + BM + tl.arange(0, BM2)
+                    rmask2 = rows2 < row_hi
+                    if MODE == 1:
+                        acc2 = acc2 * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
+                    if USE_TMA:
+                        tail2 = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
+                                                          block_shape=[BM2, BN])
+                        tail2.store([(row0 + BM).to(tl.int32), n0], cast_out(acc2, c_ptr.dtype.element_ty, INTERP))
+                    else:
+                        tl.store(c_ptr + rows2[:, None] * N + cols[None, :],
+                                 cast_out(acc2, c_ptr.dtype.element_ty, INTERP), mask=rmask2[:, None] & nmask[None, :])
+                else:   # (the placeholder's name differs: a branch's names must keep their types)
+                    acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols,
+                                           nmask, e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                           BM, BN, BK, WS, BM2, False)
+            else:
+                acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
+                                    e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                    BM, BN, BK, WS, BM2, False)
             if MODE == 1:
                 acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
             c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
-            c_ptrs = c_ptr + rows[:, None] * N + cols[None, :]
             if USE_TMA:
                 whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
                 if whole:
                     c_desc.store([row0.to(tl.int32), n0], c)                       # clipped at N by TMA
                 else:
-                    tl.store(c_ptrs, c, mask=rmask[:, None] & nmask[None, :])
+                    # a group's last tile: a descriptor that ends at the group's last row, so
+                    # TMA clips the rows past it (a masked tl.store here made triton 3.6 wait for
+                    # every wgmma of the K loop and spill: results/compile_sm90.py)
+                    tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
+                                                     block_shape=[BM, BN])
+                    tail.store([row0.to(tl.int32), n0], c)
             else:
-                tl.store(c_ptrs, c, mask=rmask[:, None] & nmask[None, :])
+                tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
 
 
 def _set_tma_blocks(nargs):
     """Autotune pre-hook: a TMA descriptor's block shape is the tile of the config being run."""
-    a, b, c = nargs["a_ptr"], nargs["b_ptr"], nargs["c_desc"]
+    a, b, c, a2 = nargs["a_ptr"], nargs["b_ptr"], nargs["c_desc"], nargs["a2_desc"]
     if isinstance(a, TensorDescriptor):
         a.block_shape = [nargs["BM"], nargs["BK"]]
         b.block_shape = [nargs["BN"], nargs["BK"]]
         c.block_shape = [nargs["BM"], nargs["BN"]]
+        a2.block_shape = [nargs["BM2"] or nargs["BM"], nargs["BK"]]   # unused when BM2 = 0
 
 
-def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0, ws=False):
-    """A tile config. persist > 0: a persistent grid of persist programs per SM; ws: warp-specialised K loop."""
-    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m, "PERSIST": persist, "WS": ws},
+def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0, ws=False, bm2=0):
+    """A tile config. persist > 0: a persistent grid of persist programs per SM; ws: warp-specialised
+    K loop; bm2 > 0: m-tiles of bm + bm2 rows, the last bm2 in a second accumulator used only
+    when the group reaches them."""
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m, "PERSIST": persist, "WS": ws,
+                          "BM2": bm2},
                          num_warps=warps, num_stages=stages, pre_hook=_set_tma_blocks)
 
 
 # Hopper-sensible tiles. Large: 128x256 / 128x128 / 64x256 with BK 64 (16-bit) or 128 (fp8);
 # small-M (decode, few rows per expert): 16/32/64 x 128 with deep K.
+# Two-accumulator tiles (bm2) last: the small-shape heuristic picks the first tile of a height.
 _CONFIGS_16BIT = [
     _cfg(128, 256, 64, 8, 3), _cfg(128, 256, 64, 8, 3, persist=1), _cfg(128, 128, 64, 8, 4),
     _cfg(128, 128, 64, 4, 4), _cfg(128, 128, 64, 4, 4, persist=1), _cfg(64, 256, 64, 4, 4),
     _cfg(128, 128, 128, 8, 3), _cfg(64, 128, 128, 4, 4), _cfg(64, 64, 128, 4, 4),
     _cfg(32, 128, 128, 4, 4), _cfg(16, 128, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
+    _cfg(128, 256, 64, 8, 3, persist=1, group_m=16),
+    # groups of ~1-1.5 tiles (DeepSeek EP8: 108-154 rows): H200, routed gate_up 718 -> 627 us
+    _cfg(128, 128, 64, 4, 4, bm2=64), _cfg(128, 128, 64, 4, 4, bm2=64, ws=True), _cfg(64, 256, 64, 8, 4, bm2=64),
 ]
 _CONFIGS_FP32 = [
     _cfg(128, 128, 32, 8, 3), _cfg(64, 128, 32, 4, 4), _cfg(64, 64, 32, 4, 4), _cfg(32, 64, 32, 4, 4),
     _cfg(16, 64, 64, 4, 3),
 ]
 _CONFIGS_FP8 = [
-    _cfg(128, 256, 128, 8, 3), _cfg(128, 256, 128, 8, 3, persist=1), _cfg(128, 128, 128, 8, 4), _cfg(128, 128, 128, 4, 4), _cfg(64, 256, 128, 4, 4),
-    _cfg(64, 128, 128, 4, 4), _cfg(128, 128, 64, 8, 4), _cfg(64, 128, 64, 4, 4),
-    _cfg(32, 128, 128, 4, 4), _cfg(16, 128, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
+    _cfg(128, 256, 128, 8, 3), _cfg(128, 256, 128, 8, 3, persist=1), _cfg(128, 128, 128, 8, 4),
+    _cfg(128, 128, 128, 4, 4), _cfg(64, 256, 128, 4, 4), _cfg(64, 128, 128, 4, 4), _cfg(128, 128, 64, 8, 4),
+    _cfg(64, 128, 64, 4, 4), _cfg(32, 128, 128, 4, 4), _cfg(16, 128, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
+    _cfg(128, 128, 128, 4, 4, bm2=64), _cfg(64, 256, 128, 8, 3, bm2=64),
 ]
 # extra BK = 64 tiles for block-wise bk = 64 (only tiles whose BK divides bk are kept there)
 _CONFIGS_FP8_BK64 = [_cfg(128, 256, 64, 8, 4), _cfg(32, 128, 64, 4, 5), _cfg(16, 128, 64, 4, 5)]
 # block-wise keeps two accumulators (the K block's product and the scaled sum) and waits for each
 # K block's product: tiles of 4 warps (two CTAs per SM overlap each other's waits) did best there
 _CONFIGS_FP8_BLOCK = [_cfg(64, 256, 128, 4, 3), _cfg(64, 128, 128, 4, 3), _cfg(64, 128, 128, 4, 5)]
-_INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0, "WS": False}
-_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0, "WS": False}  # MODE 3 fallback (rare block shapes)
+# the interpreter's tile has a second accumulator, so that CI runs both K loops (a tile whose group
+# ends within its first 16 rows takes the one-accumulator loop)
+_INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0, "WS": False, "BM2": 16}
+_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0, "WS": False, "BM2": 0}  # MODE 3 fallback (rare block shapes)
 
 
 # Below this many multiply-adds a GEMM is launch-bound: autotuning (benchmarking every
@@ -281,10 +365,15 @@ AUTOTUNE_MIN_MACS = 1 << 30
 
 
 def _heuristic_config(kind: str, qbk: int, m_hint: int) -> triton.Config:
-    """The family's tile whose BM best fits the rows per group (smallest BM >= m_hint, else the largest)."""
+    """The family's tile whose height (BM + BM2) best fits the rows per group: the lowest tile at
+    least m_hint rows high (the first in the family's order among equals), else the highest."""
     family = _family(kind, qbk)
-    fits = sorted((c for c in family if c.kwargs["BM"] >= m_hint), key=lambda c: (c.kwargs["BM"], -c.kwargs["BN"]))
-    return fits[0] if fits else max(family, key=lambda c: (c.kwargs["BM"], c.kwargs["BN"]))
+
+    def height(c):
+        return c.kwargs["BM"] + c.kwargs["BM2"]
+
+    fits = sorted((c for c in family if height(c) >= m_hint), key=lambda c: (height(c), -c.kwargs["BN"]))
+    return fits[0] if fits else max(family, key=lambda c: (height(c), c.kwargs["BN"]))
 
 
 # Autotune timings kept on disk (triton's cache directory) where this triton can: a new process
@@ -341,8 +430,25 @@ MAX_PROGRAMS_PER_SM = 0
 USE_TMA = os.environ.get("MOE_GEMM_TMA", "1") not in ("0", "false", "False", "")
 
 
+def _descriptor_scratch(size: int, alignment: int, stream):
+    """Global memory for the descriptors the kernel makes on the device (128 bytes per program
+    that makes one); from torch's caching allocator, so CUDA-graph capture keeps it."""
+    return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
+
+
+def _ensure_allocator():
+    """Give triton an allocator for device-side descriptors unless the caller has set one."""
+    try:
+        from triton.runtime import _allocation
+        unset = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+    except (ImportError, AttributeError):  # another triton layout: set ours
+        unset = True
+    if unset:
+        triton.set_allocator(_descriptor_scratch)
+
+
 def _tma_operands(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, mode: int):
-    """(a_desc, b_desc, c_desc) when all three can go through TMA, else None.
+    """(a_desc, b_desc, c_desc, a2_desc) when all three can go through TMA, else None.
 
     TMA wants 16-byte aligned bases and row strides (Kd * itemsize and N * c.itemsize multiples
     of 16), contiguous tensors, 16-bit or fp8 operands (float32 stays on the IEEE pointer path),
@@ -363,7 +469,8 @@ def _tma_operands(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, mode: int):
         return None
     return (TensorDescriptor(a, [M, Kd], [Kd, 1], [16, 16]),
             TensorDescriptor(b, [E_w * N, Kd], [Kd, 1], [16, 16]),
-            TensorDescriptor(c, [M, N], [N, 1], [16, 16]))
+            TensorDescriptor(c, [M, N], [N, 1], [16, 16]),
+            TensorDescriptor(a, [M, Kd], [Kd, 1], [16, 16]))
 
 
 def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_indices,
@@ -413,10 +520,12 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
     descs = _tma_operands(a, b, c, mode) if use_tma is not False else None
     if use_tma and descs is None:
         raise ValueError("use_tma=True but these operands cannot go through TMA (alignment, dtype or device)")
-    a_op, b_op, c_op = descs if descs is not None else (a, b, c)
+    a_op, b_op, c_op, a2_op = descs if descs is not None else (a, b, c, a)
+    if descs is not None and not interp:
+        _ensure_allocator()
     dummy = c
     m_hint = min(4096, _config.next_pow2(triton.cdiv(M, batch_size)))
-    args = (a_op, b_op, c, c_op, seg_indptr, weight_indices,
+    args = (a_op, b_op, c, c_op, a2_op, seg_indptr, weight_indices,
             scale_a if scale_a is not None else dummy, scale_b if scale_b is not None else dummy,
             M, N, Kd, E_w, batch_size, sb_n, sb_k, sa_k,
             m_hint, _config.next_pow2(N), _config.next_pow2(Kd))
@@ -426,16 +535,16 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
     def grid(META):
         # one program per possible tile (an upper bound: no host sync), capped at a few programs
         # per SM (the tile loop covers the rest), or a persistent grid
-        tiles = (triton.cdiv(M, META["BM"]) + batch_size) * triton.cdiv(N, META["BN"])
+        tiles = (triton.cdiv(M, META["BM"] + META.get("BM2", 0)) + batch_size) * triton.cdiv(N, META["BN"])
         per_sm = META.get("PERSIST", 0) or MAX_PROGRAMS_PER_SM
         if per_sm and not interp:
             tiles = min(tiles, per_sm * _sm_count(c.device.index))
         return (tiles,)
 
     def fixed(cfg):
-        kw = dict(cfg.kwargs)
+        kw = {"WS": False, "BM2": 0, **cfg.kwargs}   # configs from sweeps may omit the later knobs
         if descs is not None:
-            _set_tma_blocks({"a_ptr": a_op, "b_ptr": b_op, "c_desc": c_op, **kw})
+            _set_tma_blocks({"a_ptr": a_op, "b_ptr": b_op, "c_desc": c_op, "a2_desc": a2_op, **kw})
         return _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     if config is not None:
@@ -445,6 +554,8 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
         cfg = dict(_INTERP_CONFIG if interp else _GENERIC_CONFIG)
         if mode == MODE_FP8_BLOCK:
             cfg["BK"] = 16 if qbk % 32 else 32
+        elif mode == MODE_FP8_BLOCK_GENERIC:
+            cfg["BM2"] = 0   # the element-wise block-wise path keeps one accumulator
         fixed(triton.Config(cfg, num_warps=4))
     elif M * N * Kd < AUTOTUNE_MIN_MACS:
         fixed(_heuristic_config(kind, qbk, m_hint))

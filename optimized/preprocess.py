@@ -142,6 +142,7 @@ MAX_BLOCK = 4096        # bitonic sort in registers
 SCAN_COLS = 16          # buckets per column-scan program
 SCAN_ELEMS = 4096       # histogram entries per column-scan step
 SCAN_WARPS = 4
+SCATTER_WARPS = 0       # warps of the histogram and scatter programs; 0: 4, or 8 from 2,048-slot blocks
 
 
 def _plan(n: int, num_experts: int, deepep: bool):
@@ -165,7 +166,7 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
     totals = torch.empty(nbp, dtype=torch.int32, device=dev)         # fully written by _colscan_kernel
     seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by _scatter_kernel
     ninv = torch.empty(1, dtype=torch.int64, device=dev)
-    warps = 8 if block >= 2048 else 4
+    warps = SCATTER_WARPS or (8 if block >= 2048 else 4)
     _hist_kernel[(nblk,)](flat, hist, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, num_warps=warps)
     bb = min(SCAN_COLS, nbp)
     r = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // bb))

@@ -194,13 +194,21 @@ GEMM_EP_CASES = {  # name: CaseParams fields
     "mixtral_gate_up": dict(tokens=4096, topk=2, experts=8, hidden=4096, inter=28672),
     "decode_ep8": dict(tokens=256, topk=8, experts=256, end_expert=31, hidden=7168, inter=4096),
 }
-EP_TILES = [  # BM, BN, BK, warps, stages, persist, GROUP_M
-    (128, 256, 64, 8, 3, 0, 8), (128, 128, 64, 4, 4, 0, 8), (64, 256, 64, 4, 4, 0, 8),
-    (128, 128, 64, 4, 4, 0, 1),
-    # 256-row tiles: one m-tile (one pass over each weight tile) for every routed DeepSeek EP8
-    # group (108-154 rows), at twice the MMA rows; the test of whether the second 128-row
-    # m-tile's re-read of the weights is what the routed groups cost (NOTES.md, fifth session)
-    (256, 128, 64, 8, 3, 0, 8), (256, 128, 64, 8, 3, 0, 1), (256, 64, 64, 8, 3, 0, 8),
+EP_TILES = [  # BM, BN, BK, warps, stages, persist, GROUP_M, BM2[, WS]
+    # Sixth session: a group's last tile is stored through a descriptor made on the device (ending
+    # at the group's last row) instead of a masked tl.store; with that, triton 3.6 issues every
+    # tile's wgmma asynchronously and spills nothing (results/compile_sm90.py), 8-warp tiles
+    # included. H200 after it, us, DeepSeek gate_up / down / Mixtral / decode:
+    # 128x128x64 w4: 719 / 422 / 3,618 / 561; 128x256 w8 persistent: 655 / 356 / 3,095 / 532;
+    # 128+64 x128 w4 s4: 627 / 357 / 3,358 / 554; 64+64 x256 w8 s4: 642 / 345 / 3,465 / 462.
+    (128, 256, 64, 8, 3, 1, 8, 0), (128, 128, 64, 4, 4, 0, 8, 64), (64, 256, 64, 8, 4, 0, 8, 64),
+    # warp-specialised K loops again, now that the plain loop's wgmma are asynchronous
+    (128, 256, 64, 8, 3, 1, 8, 0, True), (128, 256, 64, 8, 3, 0, 8, 0, True), (128, 128, 64, 4, 4, 1, 8, 0, True),
+    (128, 128, 64, 4, 4, 0, 8, 64, True),
+    # bands and stages around the best tiles
+    (128, 256, 64, 8, 3, 1, 16, 0), (128, 256, 64, 8, 3, 1, 4, 0), (128, 256, 64, 8, 3, 2, 8, 0),
+    (128, 128, 64, 4, 4, 1, 8, 64), (128, 128, 64, 4, 3, 0, 8, 64), (64, 256, 64, 8, 3, 0, 8, 64),
+    (128, 128, 128, 4, 3, 0, 8, 64), (128, 256, 32, 8, 5, 1, 8, 0),
 ]
 # Programs-per-SM caps of the grid (gemm.MAX_PROGRAMS_PER_SM) timed autotuned, and with each tile.
 # H200, fifth session: every cap was slower than none (DeepSeek gate_up EP8 840 -> 903-927 us,
@@ -235,6 +243,7 @@ def gemm_ep_section(ceil, gen):
         print(f"    {case}: groups {batch}, rows per group min {min(sizes)} max {max(sizes)}", flush=True)
         full = (a, b, c, batch, True, seg, widx)
         record("gemm_ep", case, "torch_loop", lambda: baselines.grouped_gemm(*full), floor)
+        c_torch = c[lo:hi].float().clone()   # what each tile's result is compared with (not a check)
         record("gemm_ep", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*full), floor)
         for cap in GRID_CAPS:
             gemm.MAX_PROGRAMS_PER_SM = cap
@@ -250,14 +259,20 @@ def gemm_ep_section(ceil, gen):
         record("gemm_ep", case, "ours_autotuned compact rows (oracle)", lambda: gemm.grouped_gemm(*compact), floor)
         for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
             print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
-        for bm, bn, bk, w, st, ps, gm in EP_TILES:
+        for bm, bn, bk, w, st, ps, gm, bm2, *ws in EP_TILES:
+            ws = bool(ws and ws[0])
             for cap in (TILE_CAPS if not ps else (0,)):
                 gemm.MAX_PROGRAMS_PER_SM = cap
-                config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": gm, "PERSIST": ps, "WS": False},
-                                       num_warps=w, num_stages=st)
-                record("gemm_ep", case, f"{bm}x{bn}x{bk} w{w} s{st} p{ps} g{gm} cap={cap}",
-                       lambda: gemm._launch(a, b, c, seg, widx, None, None, batch, gemm.MODE_PLAIN, "16bit",
-                                            1, 1, 1, 1, 1, config=config), floor)
+                config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": gm, "PERSIST": ps, "WS": ws,
+                                        "BM2": bm2}, num_warps=w, num_stages=st)
+                kernel = []
+                record("gemm_ep", case, f"{bm}+{bm2}x{bn}x{bk} w{w} s{st} p{ps} g{gm}{' ws' if ws else ''} cap={cap}",
+                       lambda: kernel.append(gemm._launch(a, b, c, seg, widx, None, None, batch, gemm.MODE_PLAIN,
+                                                          "16bit", 1, 1, 1, 1, 1, config=config)), floor)
+                if kernel:
+                    err = (c[lo:hi].float() - c_torch).abs().max().item()
+                    print(f"    {_spills(kernel[0])}; max |ours - torch loop| {err:.3g}", flush=True)
+                c[lo:hi] = float("nan")   # the next variant must write every row again
         full = compact = args = a = b = c = None
         torch.cuda.empty_cache() if DEV == "cuda" else None
     gemm.MAX_PROGRAMS_PER_SM = default_cap
@@ -339,22 +354,26 @@ def reorder_section(ceil, gen):
 
 # ----------------------------------------------------------------------------- preprocess
 
-PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS (the first is the default)
-    (128, 32, 4), (64, 32, 4), (256, 32, 4), (512, 32, 4), (128, 16, 4), (128, 64, 4), (256, 16, 4),
-    (128, 32, 8),
+PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS (the module's default first)
+    (256, 16, 4, 0), (256, 16, 4, 1), (256, 16, 4, 2), (512, 16, 4, 1), (512, 16, 4, 2), (1024, 16, 4, 1),
+    (128, 16, 4, 2), (128, 16, 4, 8), (256, 32, 4, 2),
 ]
 
 
 def preprocess_section(ceil, gen):
     E = 256
-    for T in ((128, 4096, 16384, 65536) if DEV == "cuda" else (8,)):
+    knobs = ("TARGET_BLOCKS", "SCAN_COLS", "SCAN_WARPS", "SCATTER_WARPS")
+    defaults = tuple(getattr(preprocess, k) for k in knobs)
+    for T in ((128, 4096, 16384) if DEV == "cuda" else (8,)):
         ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
         case = f"T{T} K8 E{E}"
-        for tb, sc, sw in PREPROCESS_PLANS:
-            preprocess.TARGET_BLOCKS, preprocess.SCAN_COLS, preprocess.SCAN_WARPS = tb, sc, sw
-            record("preprocess", case, f"blocks {tb} scan cols {sc} w{sw}",
+        for plan in PREPROCESS_PLANS:
+            for k, v in zip(knobs, plan):
+                setattr(preprocess, k, v)
+            record("preprocess", case, "blocks {} scan cols {} w{} scatter w{}".format(*plan),
                    lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
-        preprocess.TARGET_BLOCKS, preprocess.SCAN_COLS, preprocess.SCAN_WARPS = PREPROCESS_PLANS[0]
+        for k, v in zip(knobs, defaults):
+            setattr(preprocess, k, v)
         # device time per kernel
         from torch.profiler import ProfilerActivity, profile
         for _ in range(3):
