@@ -17,7 +17,7 @@ epilogue or K loop, with the device's triton if it differs from the local one:
   PYTHONPATH=/tmp/t36:. python results/compile_sm90.py 128,128,64,4,4 128,256,64,8,3 128,128,64,4,4,64
 
 Each config is BM,BN,BK,warps,stages[,BM2[,GROUP_M[,PERSIST]]]; --dtype picks the operands
-(bfloat16, or fp8 for per-tensor e4m3). TRITON_INTERPRET must not be set.
+(bfloat16; fp8: e4m3 with per-tensor scales; fp8_block: e4m3 with [128, 128] block scales). TRITON_INTERPRET must not be set.
 """
 from __future__ import annotations
 
@@ -41,18 +41,20 @@ from optimized import gemm
 def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype="bfloat16"):
     """The compiled kernel (sm_90) of one tile config, on the TMA path, for operands of ``dtype``."""
     M, Kd, N, E = 1024, 512, 512, 4     # sizes only shape the signature (none is specialised on)
-    fp8 = dtype == "fp8"
+    fp8 = dtype in ("fp8", "fp8_block")
+    block = dtype == "fp8_block"       # block-wise [128, 128] scales
     a = torch.empty(M, Kd, dtype=torch.float8_e4m3fn if fp8 else torch.bfloat16)
     b = torch.empty(E * N, Kd, dtype=a.dtype)
     c = torch.empty(M, N, dtype=torch.bfloat16)
-    scale = torch.empty(E, dtype=torch.float32)
+    scale = torch.empty(E, dtype=torch.float32)   # a pointer: its shape does not enter the signature
     values = dict(
         a_ptr=TensorDescriptor(a, [M, Kd], [Kd, 1], [bm, bk]), b_ptr=TensorDescriptor(b, [E * N, Kd], [Kd, 1], [bn, bk]),
         c_ptr=c, c_desc=TensorDescriptor(c, [M, N], [N, 1], [bm, bn]),
         a2_desc=TensorDescriptor(a, [M, Kd], [Kd, 1], [bm2 or bm, bk]),
         seg_ptr=torch.empty(E + 1, dtype=torch.int64), widx_ptr=torch.empty(E, dtype=torch.int64),
         sa_ptr=scale, sb_ptr=scale)
-    constants = dict(MODE=gemm.MODE_FP8_TENSOR if fp8 else gemm.MODE_PLAIN, QBN=1, QBK=1, BATCH_P=16, USE_TMA=True,
+    mode = gemm.MODE_FP8_BLOCK if block else gemm.MODE_FP8_TENSOR if fp8 else gemm.MODE_PLAIN
+    constants = dict(MODE=mode, QBN=128 if block else 1, QBK=128 if block else 1, BATCH_P=16, USE_TMA=True,
                      UPCAST=False, INTERP=False, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=False,
                      BM2=bm2)
     kernel = gemm._grouped_gemm_kernel
@@ -91,7 +93,7 @@ def describe(compiled) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("configs", nargs="+", help="BM,BN,BK,warps,stages[,BM2[,GROUP_M[,PERSIST]]]")
-    ap.add_argument("--dtype", choices=("bfloat16", "fp8"), default="bfloat16")
+    ap.add_argument("--dtype", choices=("bfloat16", "fp8", "fp8_block"), default="bfloat16")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         ap.error("unset TRITON_INTERPRET: this compiles for the GPU")
