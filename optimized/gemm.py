@@ -3,10 +3,11 @@ plus the per-token-group fp8 quantiser used by the block-wise path.
 
 Tile bookkeeping lives inside the GEMM kernel: every program loads seg_indptr (batch+1
 values), computes tiles per group and their prefix sum in registers and maps its m-slot
-to (group, tile) from that. Nothing is allocated, so nothing can be read unwritten; the
-tile size may come from autotuning; and the grid is a host-known upper bound
-(cdiv(M, BM) + batch m-slots x cdiv(N, BN)) so no host sync is needed. Slots past the
-real tile count exit at once.
+to (group, tile) from that. No index buffer is allocated, so nothing can be read unwritten
+(the only allocation is triton's scratch for the descriptors that programs make on the device
+for a group's last tile); the tile size may come from autotuning; and the grid is a host-known
+upper bound (cdiv(M, BM + BM2) + batch m-slots x cdiv(N, BN)) so no host sync is needed. Slots
+past the real tile count exit at once.
 """
 from __future__ import annotations
 

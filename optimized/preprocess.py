@@ -11,6 +11,8 @@ Three launches, no atomics, deterministic:
                        unique, so the in-block order is stable) are sorted and the slot at sorted
                        position p gets global position p + delta[bucket]. Program 0 writes
                        seg_indptr (all of it).
+On sm_90+ the scan and the scatter are launched as programmatic dependents (each scheduled
+while its predecessor runs, waiting in gdc_wait before it reads that kernel's output).
 Buckets: ep: bucket = id for ids in [0, E); deepep: bucket = id + 1 for ids in [-1, E).
 Any other id (or a padding lane) goes to one extra "dump" bucket after the last expert, so
 any id value is memory-safe (out-of-contract ids just sort last).
