@@ -228,7 +228,9 @@ def _grouped_gemm_kernel(
     the tensor-memory engine (zero-filled past the tensors' ends, so no K mask is needed); rows
     of a past the group's end (and rows of b past expert e's N, when BN does not divide N) are
     read but never stored. Tiles whose rows all lie in the group are stored by TMA too; a
-    group's last, partial tile by a masked store.
+    group's last, partial tile (and every second accumulator) through a descriptor made on the
+    device whose rows end at the group's end, so TMA clips the rest; the pointer path stores
+    with masks.
     """
     tl.static_assert((BM2 == 0) | (MODE != 3), "the element-wise block-wise path has one accumulator")
     TM: tl.constexpr = BM + BM2     # rows per m-tile
@@ -288,8 +290,8 @@ def _grouped_gemm_kernel(
                                            BM, BN, BK, WS, BM2, False)
             else:
                 acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
-                                    e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
-                                    BM, BN, BK, WS, BM2, False)
+                                       e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                       BM, BN, BK, WS, BM2, False)
             if MODE == 1:
                 acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
             c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
@@ -357,7 +359,8 @@ _CONFIGS_FP8_BLOCK = [_cfg(64, 256, 128, 4, 3), _cfg(64, 128, 128, 4, 3), _cfg(6
 # the interpreter's tile has a second accumulator, so that CI runs both K loops (a tile whose group
 # ends within its first 16 rows takes the one-accumulator loop)
 _INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0, "WS": False, "BM2": 16}
-_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0, "WS": False, "BM2": 0}  # MODE 3 fallback (rare block shapes)
+# MODE 3 fallback (rare block shapes)
+_GENERIC_CONFIG = {"BM": 32, "BN": 64, "BK": 32, "GROUP_M": 8, "PERSIST": 0, "WS": False, "BM2": 0}
 
 
 # Below this many multiply-adds a GEMM is launch-bound: autotuning (benchmarking every

@@ -14,10 +14,12 @@ no spills on every tile (and 1.2-1.5x on the H200). Run this after any change to
 epilogue or K loop, with the device's triton if it differs from the local one:
 
   pip download triton==3.6.0 --no-deps -d /tmp/t36 && python -m zipfile -e /tmp/t36/triton-*.whl /tmp/t36
+  chmod +x /tmp/t36/triton/backends/nvidia/bin/*     # zipfile drops the tools' exec bits
   PYTHONPATH=/tmp/t36:. python results/compile_sm90.py 128,128,64,4,4 128,256,64,8,3 128,128,64,4,4,64
 
 Each config is BM,BN,BK,warps,stages[,BM2[,GROUP_M[,PERSIST]]]; --dtype picks the operands
-(bfloat16; fp8: e4m3 with per-tensor scales; fp8_block: e4m3 with [128, 128] block scales). TRITON_INTERPRET must not be set.
+(bfloat16; fp8: e4m3 with per-tensor scales; fp8_block: e4m3 with [128, 128] block scales).
+TRITON_INTERPRET must not be set.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype
     c = torch.empty(M, N, dtype=torch.bfloat16)
     scale = torch.empty(E, dtype=torch.float32)   # a pointer: its shape does not enter the signature
     values = dict(
-        a_ptr=TensorDescriptor(a, [M, Kd], [Kd, 1], [bm, bk]), b_ptr=TensorDescriptor(b, [E * N, Kd], [Kd, 1], [bn, bk]),
+        a_ptr=TensorDescriptor(a, [M, Kd], [Kd, 1], [bm, bk]),
+        b_ptr=TensorDescriptor(b, [E * N, Kd], [Kd, 1], [bn, bk]),
         c_ptr=c, c_desc=TensorDescriptor(c, [M, N], [N, 1], [bm, bn]),
         a2_desc=TensorDescriptor(a, [M, Kd], [Kd, 1], [bm2 or bm, bk]),
         seg_ptr=torch.empty(E + 1, dtype=torch.int64), widx_ptr=torch.empty(E, dtype=torch.int64),
