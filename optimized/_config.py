@@ -13,6 +13,7 @@ for any id values either way.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -42,6 +43,13 @@ def cuda_available() -> bool:
     if _CUDA_AVAILABLE is None:
         _CUDA_AVAILABLE = torch.cuda.is_available()
     return _CUDA_AVAILABLE
+
+
+@functools.lru_cache(maxsize=None)
+def is_hopper_or_newer(device_index: int) -> bool:
+    """Compute capability 9.0 or newer (TMA descriptors, programmatic dependent launch); asked
+    once per device."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def check_values() -> bool:

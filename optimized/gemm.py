@@ -23,6 +23,10 @@ try:  # host-side TMA descriptors (triton >= 3.3)
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - older triton: pointer loads only
     TensorDescriptor = None
+try:  # where triton keeps the allocator for kernels' global scratch (a private module)
+    from triton.runtime import _allocation as _triton_allocation
+except ImportError:  # pragma: no cover - another triton layout: _ensure_allocator sets ours
+    _triton_allocation = None
 
 from reference._checks import FP8_DTYPE, validate_group_quant, validate_grouped_gemm
 
@@ -415,12 +419,6 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=None)
-def _has_tma(device_index: int) -> bool:
-    """TMA needs Hopper or newer (and a triton with host tensor descriptors)."""
-    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 # Grid cap of the configs without PERSIST, in programs per SM (0: no cap), for sweeps. The grid
 # is an upper bound on the tiles (cdiv(M, BM) + batch m-slots): under EP, a holds every slot of
 # the batch (T*K rows) and only this rank's share (1/8 at EP8) is in seg_indptr, so most
@@ -443,9 +441,8 @@ def _descriptor_scratch(size: int, alignment: int, stream):
 def _ensure_allocator():
     """Give triton an allocator for device-side descriptors unless the caller has set one."""
     try:
-        from triton.runtime import _allocation
-        unset = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
-    except (ImportError, AttributeError):  # another triton layout: set ours
+        unset = isinstance(_triton_allocation._allocator.get(), _triton_allocation.NullAllocator)
+    except AttributeError:  # another triton layout (or none found): set ours
         unset = True
     if unset:
         triton.set_allocator(_descriptor_scratch)
@@ -462,14 +459,14 @@ def _tma_operands(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, mode: int):
     """
     M, Kd = a.shape
     E_w, N, _ = b.shape
-    if (not USE_TMA or mode == MODE_FP8_BLOCK_GENERIC or a.dtype == torch.float32
+    if (not USE_TMA or TensorDescriptor is None or mode == MODE_FP8_BLOCK_GENERIC or a.dtype == torch.float32
             or Kd == 0 or not (a.is_contiguous() and b.is_contiguous() and c.is_contiguous())
             or a.data_ptr() % 16 or b.data_ptr() % 16 or c.data_ptr() % 16
             or (Kd * a.element_size()) % 16 or (N * c.element_size()) % 16 or E_w * N >= 2 ** 31
             or M >= 2 ** 31):
         return None
     # the interpreter emulates descriptors (so CI runs this path); on a GPU they need sm_90+
-    if not _config.is_interpreter() and not _has_tma(a.device.index):
+    if not _config.is_interpreter() and not _config.is_hopper_or_newer(a.device.index):
         return None
     return (TensorDescriptor(a, [M, Kd], [Kd, 1], [16, 16]),
             TensorDescriptor(b, [E_w * N, Kd], [Kd, 1], [16, 16]),

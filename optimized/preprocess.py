@@ -19,7 +19,6 @@ any id value is memory-safe (out-of-contract ids just sort last).
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -167,11 +166,6 @@ SCATTER_WARPS = 0       # warps of the histogram and scatter programs; 0: 4, or 
 USE_PDL = os.environ.get("MOE_PREPROCESS_PDL", "1") not in ("0", "false", "False", "")
 
 
-@functools.lru_cache(maxsize=None)
-def _pdl_capable(device_index: int) -> bool:
-    return gdc_wait is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def _plan(n: int, num_experts: int, deepep: bool):
     nb = num_experts + (2 if deepep else 1)                      # (-1 bucket) + experts + dump
     nbp = max(32, _config.next_pow2(nb))                         # tl.histogram: power of 2, >= warp size
@@ -194,7 +188,8 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
     seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by _scatter_kernel
     ninv = torch.empty(1, dtype=torch.int64, device=dev)
     warps = SCATTER_WARPS or (8 if block >= 2048 else 4)
-    pdl = USE_PDL and not _config.is_interpreter() and _pdl_capable(dev.index)
+    pdl = (USE_PDL and gdc_wait is not None and not _config.is_interpreter()
+           and _config.is_hopper_or_newer(dev.index))
     later = {"launch_pdl": True} if pdl else {}   # launch options of the two dependent kernels
     _hist_kernel[(nblk,)](flat, hist, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, PDL=pdl, num_warps=warps)
     bb = min(SCAN_COLS, nbp)
