@@ -124,7 +124,8 @@ def check_one(args, backend: str, impl, impl_src: str, op: str, dtype: str, sing
         res = run_case(spec, cand, single, device, impl.name)
         row.run, failure = 1, (None if res.ok else res)
         row.passed = int(res.ok)
-        row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()}
+        # a failure's details are the probe's (an error's, a mismatch's), not per-output errors
+        row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()} if res.ok else {}
     else:
         out = sweep(spec, cand, impl.name, dtype, backend, device, args.cases, args.seed,
                     preset=getattr(args, "preset", None), shrink=not getattr(args, "no_shrink", False),

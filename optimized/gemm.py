@@ -154,8 +154,21 @@ def _k_loop(
         a_ptrs = a_ptr + rows[:, None] * Kd + kk[None, :]                  # [BM, BK]
         b_ptrs = b_ptr + e * N * Kd + cols[None, :] * Kd + kk[:, None]     # [BK, BN] = b[e]^T tile
     if MODE == 2:
+        # the K block's scales are loaded one iteration ahead: the pipeliner prefetches the dot's
+        # operands only, and a scale load issued beside its own block's wgmma waits on L2 after it.
+        # Masks: the first load only if there is a K block (Kd > 0); later indices are clamped to
+        # the last block (the interpreter rejects a block mask and-ed with a scalar one)
         sa_ptrs = sa_ptr + rows * SA_K                                  # [BM], + kb
-        sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K       # [BN], + kb
+        sa_next = tl.load(sa_ptrs, mask=rmask & (tl.zeros_like(rows) < Kd), other=0.0)
+        if TWO:
+            sa2_ptrs = sa_ptr + rows2 * SA_K                            # [BM2], + kb
+            sa2_next = tl.load(sa2_ptrs, mask=rmask2 & (tl.zeros_like(rows2) < Kd), other=0.0)
+        if QBN % BN == 0:  # the tile's columns share one scale block of b: a scalar per K block
+            sb_ptrs = sb_ptr + e * SB_N * SB_K + (n0 // QBN) * SB_K     # scalar, + kb
+            sb_next = tl.load(sb_ptrs, mask=Kd > 0, other=0.0)
+        else:
+            sb_ptrs = sb_ptr + e * SB_N * SB_K + (cols // QBN) * SB_K   # [BN], + kb
+            sb_next = tl.load(sb_ptrs, mask=nmask & (tl.zeros_like(cols) < Kd), other=0.0)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in tl.range(0, Kd, BK, warp_specialize=WS):
         if USE_TMA:
@@ -173,14 +186,24 @@ def _k_loop(
             a_ptrs += BK
             b_ptrs += BK
         if MODE == 2:
-            kb = k0 // QBK
-            sa = tl.load(sa_ptrs + kb, mask=rmask, other=0.0)
-            sb = tl.load(sb_ptrs + kb, mask=nmask, other=0.0)
-            part = _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST)
-            acc += part * sa[:, None] * sb[None, :]
+            sa, sb = sa_next, sb_next
+            kb_next = tl.minimum((k0 + BK) // QBK, (Kd - 1) // QBK)
+            sa_next = tl.load(sa_ptrs + kb_next, mask=rmask, other=0.0)
+            if QBN % BN == 0:
+                sb_next = tl.load(sb_ptrs + kb_next)
+                # one FFMA per element: (sa * sb) is a [BM] vector
+                acc = _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST) * (sa * sb)[:, None] + acc
+            else:
+                sb_next = tl.load(sb_ptrs + kb_next, mask=nmask, other=0.0)
+                acc += _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST) * sa[:, None] * sb[None, :]
             if TWO:
-                sa2 = tl.load(sa_ptr + rows2 * SA_K + kb, mask=rmask2, other=0.0)
-                acc2 += _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32), UPCAST) * sa2[:, None] * sb[None, :]
+                sa2 = sa2_next
+                sa2_next = tl.load(sa2_ptrs + kb_next, mask=rmask2, other=0.0)
+                part2 = _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32), UPCAST)
+                if QBN % BN == 0:
+                    acc2 = part2 * (sa2 * sb)[:, None] + acc2
+                else:
+                    acc2 += part2 * sa2[:, None] * sb[None, :]
         elif MODE == 3:
             kabs = k0 + kk
             sa2 = tl.load(sa_ptr + rows[:, None] * SA_K + (kabs // QBK)[None, :],
@@ -324,13 +347,13 @@ def _set_tma_blocks(nargs):
         a2.block_shape = [nargs["BM2"] or nargs["BM"], nargs["BK"]]   # unused when BM2 = 0
 
 
-def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0, ws=False, bm2=0):
+def _cfg(bm, bn, bk, warps, stages, group_m=8, persist=0, ws=False, bm2=0, maxnreg=None):
     """A tile config. persist > 0: a persistent grid of persist programs per SM; ws: warp-specialised
     K loop; bm2 > 0: m-tiles of bm + bm2 rows, the last bm2 in a second accumulator used only
-    when the group reaches them."""
+    when the group reaches them; maxnreg: a register cap per thread (more programs per SM)."""
     return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m, "PERSIST": persist, "WS": ws,
                           "BM2": bm2},
-                         num_warps=warps, num_stages=stages, pre_hook=_set_tma_blocks)
+                         num_warps=warps, num_stages=stages, maxnreg=maxnreg, pre_hook=_set_tma_blocks)
 
 
 # Hopper-sensible tiles. Large: 128x256 / 128x128 / 64x256 with BK 64 (16-bit) or 128 (fp8);
@@ -358,8 +381,12 @@ _CONFIGS_FP8 = [
 # extra BK = 64 tiles for block-wise bk = 64 (only tiles whose BK divides bk are kept there)
 _CONFIGS_FP8_BK64 = [_cfg(128, 256, 64, 8, 4), _cfg(32, 128, 64, 4, 5), _cfg(16, 128, 64, 4, 5)]
 # block-wise keeps two accumulators (the K block's product and the scaled sum) and waits for each
-# K block's product: tiles of 4 warps (two CTAs per SM overlap each other's waits) did best there
-_CONFIGS_FP8_BLOCK = [_cfg(64, 256, 128, 4, 3), _cfg(64, 128, 128, 4, 3), _cfg(64, 128, 128, 4, 5)]
+# K block's product: tiles of 4 warps (two CTAs per SM overlap each other's waits) did best there.
+# Its family keeps BN <= 128 (the columns' scale is one scalar per K block) and one accumulator
+# pair: wider or two-accumulator tiles spill there (compile_sm90.py --dtype fp8_block, triton 3.6).
+# H200, Mixtral gate_up: 64x128 w4 s3 / s4 2,559 / 2,457 us, 128x128 w8 s3 2,638, persistent 2,514;
+# 5 stages (3,246) and register caps for a third CTA per SM (2,674-2,926) were slower.
+_CONFIGS_FP8_BLOCK = [_cfg(64, 128, 128, 4, 3), _cfg(128, 128, 128, 8, 3), _cfg(128, 128, 128, 8, 3, persist=1)]
 # the interpreter's tile has a second accumulator, so that CI runs both K loops (a tile whose group
 # ends within its first 16 rows takes the one-accumulator loop)
 _INTERP_CONFIG = {"BM": 16, "BN": 32, "BK": 32, "GROUP_M": 4, "PERSIST": 0, "WS": False, "BM2": 16}
@@ -404,7 +431,8 @@ def _family(kind: str, qbk: int):
     elif kind == "fp8":
         configs = _CONFIGS_FP8
     elif kind == "fp8_block":
-        configs = [c for c in _CONFIGS_FP8 + _CONFIGS_FP8_BK64 + _CONFIGS_FP8_BLOCK if qbk % c.kwargs["BK"] == 0]
+        configs = [c for c in _CONFIGS_FP8 + _CONFIGS_FP8_BK64 + _CONFIGS_FP8_BLOCK
+                   if qbk % c.kwargs["BK"] == 0 and c.kwargs["BN"] <= 128 and c.kwargs["BM2"] == 0]
         if not configs:  # bk a multiple of 16 but of neither 64 nor 128: same tiles with BK = bk-ish
             bk = max(d for d in (16, 32) if qbk % d == 0)
             configs = [_cfg(64, 128, bk, 4, 4), _cfg(128, 128, bk, 8, 4), _cfg(32, 128, bk, 4, 4),
@@ -546,7 +574,9 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
         kw = {"WS": False, "BM2": 0, **cfg.kwargs}   # configs from sweeps may omit the later knobs
         if descs is not None:
             _set_tma_blocks({"a_ptr": a_op, "b_ptr": b_op, "c_desc": c_op, "a2_desc": a2_op, **kw})
-        return _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        cap = {"maxnreg": cfg.maxnreg} if getattr(cfg, "maxnreg", None) else {}
+        return _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                          **cap)
 
     if config is not None:
         return fixed(config)

@@ -92,6 +92,17 @@ TILES_FP8 = [
     (128, 256, 128, 8, 3, 0), (128, 256, 128, 8, 3, 1), (64, 256, 128, 4, 3, 0), (64, 128, 128, 4, 3, 0),
     (64, 128, 128, 4, 5, 0), (128, 128, 128, 4, 3, 0),
 ]
+# Block-wise: the tiles whose columns lie in one scale block (BN <= 128), where the scale is one FFMA
+# per element and nothing spills (seventh session, compile_sm90.py --dtype fp8_block)
+TILES_FP8_BLOCK = [  # ..., persist[, WS[, maxnreg]]
+    (64, 128, 128, 4, 3, 0), (64, 128, 128, 4, 4, 0), (64, 128, 128, 4, 5, 0), (128, 128, 128, 8, 3, 0),
+    (128, 128, 128, 8, 4, 0), (128, 128, 128, 8, 3, 1), (128, 128, 64, 8, 4, 0), (64, 128, 64, 4, 4, 0),
+    # register caps for three 64-row programs per SM (168) or two 128-row ones (128); both spill a little
+    (64, 128, 128, 4, 2, 0, False, 168), (64, 128, 128, 4, 3, 0, False, 168), (64, 128, 64, 4, 3, 0, False, 168),
+    (128, 128, 128, 8, 3, 0, False, 128), (64, 128, 128, 4, 2, 3, False, 168),
+]
+GEMM_DTYPES = ("bfloat16", "fp8_tensor", "fp8_block")
+GEMM_DTYPES_WANTED = list(GEMM_DTYPES)  # --gemm-dtypes
 # tiles are timed on the TMA path only; the pointer path is timed autotuned, for the A/B
 POINTER_TILES = False
 
@@ -132,6 +143,8 @@ def gemm_section(ceil, gen):
     dtypes = {"bfloat16": list(GEMM_SHAPES), "fp8_tensor": ["mixtral_gate_up", "ds_gate_up"],
               "fp8_block": ["mixtral_gate_up", "ds_gate_up"]}
     for dtype, names in dtypes.items():
+        if dtype not in GEMM_DTYPES_WANTED:
+            continue
         for name in names:
             shape = GEMM_SHAPES[name]
             args, kw = _gemm_inputs(shape, dtype, gen)
@@ -148,22 +161,24 @@ def gemm_section(ceil, gen):
                 for key, cfg in getattr(tuner, "cache", {}).items():
                     print(f"    tuner[{key}] -> {cfg}", flush=True)
             gemm.USE_TMA = True
-            tiles = TILES_16 if dtype == "bfloat16" else TILES_FP8
+            tiles = {"bfloat16": TILES_16, "fp8_tensor": TILES_FP8, "fp8_block": TILES_FP8_BLOCK}[dtype]
             if name == "decode":
                 tiles = [t for t in tiles if t[0] <= 64] + [(16, 64, 256, 4, 3, 0), (32, 64, 128, 4, 4, 0)]
-            for bm, bn, bk, w, st, ps, *ws in tiles:
-                ws = bool(ws and ws[0])
+            for bm, bn, bk, w, st, ps, *extra in tiles:
+                ws = bool(extra and extra[0])
+                maxnreg = extra[1] if len(extra) > 1 else None
                 for use_tma in (True, False):
                     if not use_tma and (ps or ws or dtype != "bfloat16" or not POINTER_TILES):
                         continue
                     config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "PERSIST": ps, "WS": ws},
-                                           num_warps=w, num_stages=st)
+                                           num_warps=w, num_stages=st, maxnreg=maxnreg)
                     kernel = []
 
                     def call():
                         kernel.append(_launch_fixed(args, kw, config, use_tma))
 
-                    record("gemm", case, f"{bm}x{bn}x{bk} w{w} s{st} p{ps}{' ws' if ws else ''} tma={use_tma}",
+                    record("gemm", case, f"{bm}x{bn}x{bk} w{w} s{st} p{ps}{' ws' if ws else ''}"
+                           f"{f' r{maxnreg}' if maxnreg else ''} tma={use_tma}",
                            call, floor)
                     if kernel:
                         print(f"    {_spills(kernel[0])}", flush=True)
@@ -410,8 +425,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "preprocess"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--gemm-dtypes", nargs="+", choices=GEMM_DTYPES, default=GEMM_DTYPES,
+                    help="the gemm section's operand dtypes")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (interpreter): checks the script runs")
     args = ap.parse_args(argv)
+    GEMM_DTYPES_WANTED[:] = args.gemm_dtypes
     if args.smoke:
         _smoke()
     from optimized import _config

@@ -181,6 +181,17 @@ def test_python_exception_is_failed_not_crashed(backend):
     assert "single memory location" in row.failure["message"]
 
 
+def test_failing_single_case_in_process_is_reported(backend):
+    """--case without isolation: a failure's details are the probe's, and the row still reports it
+    (a TypeError once, from reading them as per-output errors)."""
+    case = ('{"dtype": "int32", "end_expert": 3, "experts": 4, "hidden": 64, "inter": 32, "invalid_frac": 0.0, '
+            '"op": "ep_preprocess", "routing": "uniform", "seed": 0, "start_expert": 0, "tokens": 8, "topk": 2}')
+    rows = run_check(_args([f"ep_preprocess={MISBEHAVING}:overlapping_inplace"], ["ep_preprocess"], case=case),
+                     backend)
+    (row,) = rows
+    assert (row.status, row.failure["probe"], row.worst) == ("FAILED", "exception", {}), row
+
+
 # ----------------------------------------------------------------------------- pytest plugin
 
 def _pytest_outside(tmp_path, backend, *extra):
