@@ -40,8 +40,10 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from optimized import gemm
 
 
-def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype="bfloat16"):
-    """The compiled kernel (sm_90) of one tile config, on the TMA path, for operands of ``dtype``."""
+def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype="bfloat16", ws=False,
+                   maxnreg=None):
+    """The compiled kernel (sm_90) of one tile config, on the TMA path, for operands of ``dtype``
+    (``ws``: the warp-specialised K loop; ``maxnreg``: a register cap per thread)."""
     M, Kd, N, E = 1024, 512, 512, 4     # sizes only shape the signature (none is specialised on)
     fp8 = dtype in ("fp8", "fp8_block")
     block = dtype == "fp8_block"       # block-wise [128, 128] scales
@@ -58,21 +60,27 @@ def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype
         sa_ptr=scale, sb_ptr=scale)
     mode = gemm.MODE_FP8_BLOCK if block else gemm.MODE_FP8_TENSOR if fp8 else gemm.MODE_PLAIN
     constants = dict(MODE=mode, QBN=128 if block else 1, QBK=128 if block else 1, BATCH_P=16, USE_TMA=True,
-                     UPCAST=False, INTERP=False, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=False,
+                     UPCAST=False, INTERP=False, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=ws,
                      BM2=bm2)
     kernel = gemm._grouped_gemm_kernel
     signature = {name: "constexpr" if name in constants else (mangle_type(values[name]) if name in values else "i32")
                  for name in kernel.arg_names}
     return triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": stages})
+                          options={"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})})
 
 
 def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def describe(compiled) -> str:
-    """'REG r STACK s | wait pattern' of a compiled kernel."""
+# float opcodes counted by --opcodes: the block-wise scaling of a K block's product is one FFMA
+# per accumulator element when b's scale is a scalar for the tile, an FMUL more when it is not
+FLOAT_OPCODES = ("FFMA", "FMUL", "FADD")
+
+
+def describe(compiled, opcodes: bool = False) -> str:
+    """'REG r STACK s | wait pattern' of a compiled kernel, with ``opcodes`` '| FFMA n FMUL n FADD n'
+    (whole kernel)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
     try:
@@ -90,13 +98,20 @@ def describe(compiled) -> str:
             if wait:
                 marks.append(wait.group(1))
     pattern = re.sub(r"(?:H )+", lambda run: f"H*{run.group(0).count('H')} ", " ".join(marks) + " ").strip()
-    return f"REG {m.group(1) if m else '?'} STACK {m.group(2) if m else '?'} | {pattern}"
+    text = f"REG {m.group(1) if m else '?'} STACK {m.group(2) if m else '?'} | {pattern}"
+    if opcodes:
+        ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", sass)
+        text += " | " + " ".join(f"{op} {ops.count(op)}" for op in FLOAT_OPCODES)
+    return text
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("configs", nargs="+", help="BM,BN,BK,warps,stages[,BM2[,GROUP_M[,PERSIST]]]")
     ap.add_argument("--dtype", choices=("bfloat16", "fp8", "fp8_block"), default="bfloat16")
+    ap.add_argument("--ws", action="store_true", help="the warp-specialised K loop (WS=True)")
+    ap.add_argument("--maxnreg", type=int, default=None, help="a register cap per thread")
+    ap.add_argument("--opcodes", action="store_true", help="also count FFMA / FMUL / FADD in the SASS")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         ap.error("unset TRITON_INTERPRET: this compiles for the GPU")
@@ -104,7 +119,8 @@ def main(argv=None) -> int:
     status = 0
     for spec in args.configs:
         try:
-            print(f"{spec:24s} {describe(compile_config(*map(int, spec.split(',')), dtype=args.dtype))}", flush=True)
+            compiled = compile_config(*map(int, spec.split(",")), dtype=args.dtype, ws=args.ws, maxnreg=args.maxnreg)
+            print(f"{spec:24s} {describe(compiled, args.opcodes)}", flush=True)
         except Exception as exc:  # one config that does not compile is a finding, not the end of the list
             print(f"{spec:24s} FAILED {type(exc).__name__}: {str(exc)[-300:]}", flush=True)
             status = 1
