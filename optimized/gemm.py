@@ -123,6 +123,17 @@ def _mma(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _add_scaled(acc, part, sa, sb, SB_SCALAR: tl.constexpr):
+    """acc + part * sa[:, None] * sb: one K block's product [rows, BN] scaled by a's row scales and
+    b's scale, a scalar for the tile (SB_SCALAR: one FFMA per element, (sa * sb) being a row
+    vector) or one per column [BN]."""
+    if SB_SCALAR:
+        return part * (sa * sb)[:, None] + acc
+    else:
+        return acc + part * sa[:, None] * sb[None, :]
+
+
+@triton.jit
 def _k_loop(
     # operands (pointers, or with USE_TMA descriptors; a2_desc: a with [BM2, BK] blocks)
     a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr,
@@ -191,19 +202,14 @@ def _k_loop(
             sa_next = tl.load(sa_ptrs + kb_next, mask=rmask, other=0.0)
             if QBN % BN == 0:
                 sb_next = tl.load(sb_ptrs + kb_next)
-                # one FFMA per element: (sa * sb) is a [BM] vector
-                acc = _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST) * (sa * sb)[:, None] + acc
             else:
                 sb_next = tl.load(sb_ptrs + kb_next, mask=nmask, other=0.0)
-                acc += _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST) * sa[:, None] * sb[None, :]
+            acc = _add_scaled(acc, _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST), sa, sb, QBN % BN == 0)
             if TWO:
                 sa2 = sa2_next
                 sa2_next = tl.load(sa2_ptrs + kb_next, mask=rmask2, other=0.0)
-                part2 = _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32), UPCAST)
-                if QBN % BN == 0:
-                    acc2 = part2 * (sa2 * sb)[:, None] + acc2
-                else:
-                    acc2 += part2 * sa2[:, None] * sb[None, :]
+                acc2 = _add_scaled(acc2, _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32), UPCAST), sa2, sb,
+                                   QBN % BN == 0)
         elif MODE == 3:
             kabs = k0 + kk
             sa2 = tl.load(sa_ptr + rows[:, None] * SA_K + (kabs // QBK)[None, :],
