@@ -39,12 +39,12 @@ def _spec_with_block_shape(block_shape):
 @pytest.mark.parametrize("block_shape", [[64, 128], [16, 64], [48, 32], [128, 40]],
                          ids=["bn64", "bn16-per-column", "bn48-per-column", "bk40-elementwise"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_block_shapes_match_reference(block_shape, seed, device, request):
+def test_block_shapes_match_reference(block_shape, seed, device, moe_backend):
     # N and Kd leave partial blocks; two or three local experts with uneven groups
     params = CaseParams(op="grouped_gemm", dtype="fp8_block", tokens=24, topk=2, experts=4, start_expert=1,
                         end_expert=2 + seed, hidden=200, inter=72, routing="uniform", seed=seed)
     spec = _spec_with_block_shape(block_shape)
-    reason = spec.skip_reason(request.config.moe_backend, "fp8_block")
+    reason = spec.skip_reason(moe_backend, "fp8_block")
     if reason:
         pytest.skip(reason)
     candidate = load_implementation("ours").candidate("grouped_gemm")

@@ -20,13 +20,17 @@ TILES = ("128,128,64,4,4", "128,256,64,8,3", "128,128,64,4,4,64")   # BM,BN,BK,w
 BLOCK_TILES = {"64,128,128,4,3": 64, "128,128,128,8,3": 64}
 
 
-def _compile(*configs):
+def _compiled_lines(tiles, *options):
+    """compile_sm90.py's line per tile ({tile: line}), asserting that every tile compiled."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "results", "compile_sm90.py"), *configs],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "results", "compile_sm90.py"), *options, *tiles],
                           capture_output=True, text=True, env=env, timeout=600)
-    return proc
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:1].isdigit()}
+    assert set(lines) == set(tiles), proc.stdout
+    return lines
 
 
 def _backend_tools_present() -> bool:
@@ -37,11 +41,7 @@ def _backend_tools_present() -> bool:
 
 @pytest.mark.skipif(not _backend_tools_present(), reason="this triton ships no ptxas/cuobjdump/nvdisasm")
 def test_gemm_tiles_compile_to_asynchronous_wgmma_without_spills():
-    proc = _compile(*TILES)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:1].isdigit()}
-    assert set(lines) == set(TILES), proc.stdout
-    for tile, line in lines.items():
+    for tile, line in _compiled_lines(TILES).items():
         stack = int(re.search(r"STACK (\d+)", line).group(1))
         pattern = line.split("|", 1)[1]
         assert stack == 0, f"{tile} spills: {line}"
@@ -56,10 +56,7 @@ def test_block_wise_scaling_is_one_ffma_per_element_without_spills():
     FFMA per accumulator element (b's scale a scalar for the tile), not FMUL + FFMA (the per-column
     form: 224 registers instead of 197 on 64x128); and nothing spills. Fails if contraction is
     turned off (triton 3.10's announced default; NOTES.md, seventh session, says the fix)."""
-    proc = _compile("--dtype", "fp8_block", "--opcodes", *BLOCK_TILES)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:1].isdigit()}
-    assert set(lines) == set(BLOCK_TILES), proc.stdout
+    lines = _compiled_lines(BLOCK_TILES, "--dtype", "fp8_block", "--opcodes")
     for tile, per_thread in BLOCK_TILES.items():
         line = lines[tile]
         count = {op: int(n) for op, n in re.findall(r"\b(FFMA|FMUL|FADD) (\d+)", line)}
