@@ -62,11 +62,16 @@ def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype
     constants = dict(MODE=mode, QBN=128 if block else 1, QBK=128 if block else 1, BATCH_P=16, USE_TMA=True,
                      UPCAST=False, INTERP=False, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=ws,
                      BM2=bm2)
-    kernel = gemm._grouped_gemm_kernel
+    return compile_kernel(gemm._grouped_gemm_kernel, values, constants,
+                          {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})})
+
+
+def compile_kernel(kernel, values, constants, options, source=ASTSource):
+    """``kernel`` compiled for sm_90: its arguments typed from ``values`` (host objects), the
+    ``constants`` as constexprs, any other argument an i32; ``source`` GluonASTSource for Gluon."""
     signature = {name: "constexpr" if name in constants else (mangle_type(values[name]) if name in values else "i32")
                  for name in kernel.arg_names}
-    return triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})})
+    return triton.compile(source(kernel, signature, constants), target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def _tool(name: str) -> str:

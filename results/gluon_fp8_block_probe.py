@@ -134,9 +134,8 @@ def _descriptors(a, b, c, bm, bn):
 
 def compile_sm90(bm, bn, stages, warps):
     """The probe compiled for sm_90 without a device (signature from host tensors on the CPU)."""
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
+    from results.compile_sm90 import compile_kernel
     M, N, K = 1024, 1024, 1024
     a = torch.empty(M, K, dtype=torch.float8_e4m3fn)
     b = torch.empty(N, K, dtype=torch.float8_e4m3fn)
@@ -145,11 +144,8 @@ def compile_sm90(bm, bn, stages, warps):
     a_desc, b_desc, c_desc = _descriptors(a, b, c, bm, bn)
     values = dict(a_desc=a_desc, b_desc=b_desc, c_desc=c_desc, sa_ptr=s, sb_ptr=s)
     constants = dict(STAGES=stages, num_warps=warps)
-    kernel = _fp8_block_gemm_tile
-    signature = {name: "constexpr" if name in constants else (mangle_type(values[name]) if name in values else "i32")
-                 for name in kernel.arg_names}
-    return triton.compile(GluonASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": 1})
+    return compile_kernel(_fp8_block_gemm_tile, values, constants, {"num_warps": warps, "num_stages": 1},
+                          source=GluonASTSource)
 
 
 def run_on_gpu(bm, bn, stages, warps, M=4096, N=14336, K=4096):
