@@ -126,11 +126,12 @@ def _mma(a, b, acc, UPCAST: tl.constexpr):
 def _add_scaled(acc, part, sa, sb, SB_SCALAR: tl.constexpr):
     """acc + part * sa[:, None] * sb: one K block's product [rows, BN] scaled by a's row scales and
     b's scale, a scalar for the tile (SB_SCALAR: one FFMA per element, (sa * sb) being a row
-    vector) or one per column [BN]."""
+    vector) or one per column [BN]. tl.fma: one FFMA per element whether or not the compiler
+    contracts a multiply-add (triton 3.10 stops doing so by default)."""
     if SB_SCALAR:
-        return part * (sa * sb)[:, None] + acc
+        return tl.fma(part, (sa * sb)[:, None], acc)
     else:
-        return acc + part * sa[:, None] * sb[None, :]
+        return tl.fma(part, sa[:, None] * sb[None, :], acc)
 
 
 @triton.jit
@@ -372,7 +373,7 @@ _CONFIGS_16BIT = [
     _cfg(32, 128, 128, 4, 4), _cfg(16, 128, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
     _cfg(128, 256, 64, 8, 3, persist=1, group_m=16),
     # groups of ~1-1.5 tiles (DeepSeek EP8: 108-154 rows): H200, routed gate_up 718 -> 627 us
-    _cfg(128, 128, 64, 4, 4, bm2=64), _cfg(128, 128, 64, 4, 4, bm2=64, ws=True), _cfg(64, 256, 64, 8, 4, bm2=64),
+    _cfg(128, 128, 64, 4, 4, bm2=64), _cfg(64, 256, 64, 8, 4, bm2=64),
 ]
 _CONFIGS_FP32 = [
     _cfg(128, 128, 32, 8, 3), _cfg(64, 128, 32, 4, 4), _cfg(64, 64, 32, 4, 4), _cfg(32, 64, 32, 4, 4),

@@ -20,11 +20,12 @@ TILES = ("128,128,64,4,4", "128,256,64,8,3", "128,128,64,4,4,64")   # BM,BN,BK,w
 BLOCK_TILES = {"64,128,128,4,3": 64, "128,128,128,8,3": 64}
 
 
-def _compiled_lines(tiles, *options):
-    """compile_sm90.py's line per tile ({tile: line}), asserting that every tile compiled."""
+def _compiled_lines(tiles, *options, fp_fusion="1"):
+    """compile_sm90.py's line per tile ({tile: line}), asserting that every tile compiled
+    (``fp_fusion``: triton's default for contracting a multiply and an add into an FMA)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env["TRITON_DEFAULT_FP_FUSION"] = fp_fusion
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "results", "compile_sm90.py"), *options, *tiles],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -51,12 +52,13 @@ def test_gemm_tiles_compile_to_asynchronous_wgmma_without_spills():
 
 
 @pytest.mark.skipif(not _backend_tools_present(), reason="this triton ships no ptxas/cuobjdump/nvdisasm")
-def test_block_wise_scaling_is_one_ffma_per_element_without_spills():
+@pytest.mark.parametrize("fp_fusion", ["1", "0"], ids=["contraction-on", "contraction-off"])
+def test_block_wise_scaling_is_one_ffma_per_element_without_spills(fp_fusion):
     """Block-wise fp8: each K block's product is scaled and added as acc = part * s_row + acc, one
     FFMA per accumulator element (b's scale a scalar for the tile), not FMUL + FFMA (the per-column
-    form: 224 registers instead of 197 on 64x128); and nothing spills. Fails if contraction is
-    turned off (triton 3.10's announced default; NOTES.md, seventh session, says the fix)."""
-    lines = _compiled_lines(BLOCK_TILES, "--dtype", "fp8_block", "--opcodes")
+    form: 224 registers instead of 197 on 64x128); and nothing spills. Also with contraction off
+    by default (triton 3.10's announced default): the kernel writes the FMA (tl.fma) itself."""
+    lines = _compiled_lines(BLOCK_TILES, "--dtype", "fp8_block", "--opcodes", fp_fusion=fp_fusion)
     for tile, per_thread in BLOCK_TILES.items():
         line = lines[tile]
         count = {op: int(n) for op, n in re.findall(r"\b(FFMA|FMUL|FADD) (\d+)", line)}
