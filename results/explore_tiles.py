@@ -369,18 +369,17 @@ def reorder_section(ceil, gen):
 
 # ----------------------------------------------------------------------------- preprocess
 
-PREPROCESS_PLANS = [  # TARGET_BLOCKS, SUPER_BLOCKS, HIST_STAGES, SCATTER_WARPS, USE_PDL (the module's default first)
-    # H200, sixth session, the three-kernel form at T*K = 131,072 without PDL: 1, 2 or 8 warps per
-    # scatter program and 128-1,024 blocks all measured 17.1-24.7 us against the default's 17.1
-    (256, 8, 4, 0, True), (256, 8, 4, 0, False), (256, 16, 4, 0, True), (256, 4, 4, 0, True),
-    (256, 8, 2, 0, True), (256, 8, 8, 0, True), (512, 8, 4, 0, True), (512, 16, 4, 0, True),
-    (128, 8, 4, 0, True), (256, 8, 4, 8, True),
+PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS, USE_PDL (the module's default first)
+    # H200, sixth session, T*K = 131,072 without PDL: 1, 2 or 8 warps per scatter program and
+    # 128-1,024 blocks all measured 17.1-24.7 us against the default's 17.1
+    (256, 16, 4, 0, True), (256, 16, 4, 0, False), (512, 16, 4, 0, True), (128, 16, 4, 0, True),
+    (256, 8, 4, 0, True), (256, 8, 2, 0, True), (256, 32, 4, 0, True), (256, 16, 4, 2, True),
 ]
 
 
 def preprocess_section(ceil, gen):
     E = 256
-    knobs = ("TARGET_BLOCKS", "SUPER_BLOCKS", "HIST_STAGES", "SCATTER_WARPS", "USE_PDL")
+    knobs = ("TARGET_BLOCKS", "SCAN_COLS", "SCAN_WARPS", "SCATTER_WARPS", "USE_PDL")
     defaults = tuple(getattr(preprocess, k) for k in knobs)
     for T in ((128, 4096, 16384) if DEV == "cuda" else (8,)):
         ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
@@ -388,7 +387,7 @@ def preprocess_section(ceil, gen):
         for plan in PREPROCESS_PLANS:
             for k, v in zip(knobs, plan):
                 setattr(preprocess, k, v)
-            record("preprocess", case, "blocks {} super {} stages {} scatter w{} pdl {}".format(*plan),
+            record("preprocess", case, "blocks {} scan cols {} w{} scatter w{} pdl {}".format(*plan),
                    lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
         for k, v in zip(knobs, defaults):
             setattr(preprocess, k, v)

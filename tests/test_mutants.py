@@ -66,7 +66,7 @@ def test_catalogue_records_are_well_formed():
 def test_catalogue_covers_every_op_and_the_issue_bug_classes():
     assert {m.op for m in CATALOGUE} == set(SPECS)
     wanted = {  # bug class of the issue -> a mutant of it
-        "zeros made empty": "ep_empty_seg_uninitialised", "in-place update through a view": "ep_totals_over_block_rows",
+        "zeros made empty": "ep_empty_seg_uninitialised", "in-place update through a view": "ep_scan_in_place_over_hist",
         "off-by-one in segment bounds": "ep_bucket_off_by_one", "off-by-one in the search": "gemm_group_search_off_by_one",
         "missing tail mask": "pre_reorder_tail_mask_dropped", "no local expert unwritten":
         "post_reorder_no_local_unwritten", "expert offset dropped": "pre_reorder_expert_offset_dropped",
