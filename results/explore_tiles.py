@@ -11,9 +11,11 @@ and quartiles), prints one line per variant and writes the records to --json:
   groups): autotuned under each grid cap, the same groups with a cut to the rank's rows, tiles;
 - reorder / silu: T=4096, H=7168 (DeepSeek-V3), all experts local and EP8, tile sizes and warps,
   CUDA-graph replay;
+- ep_skip: silu and post_reorder under EP8 on inputs that isolate one part of their time
+  (nothing local, the local span alone, everything local);
 - preprocess: T*K = 1024 / 32768 / 131072 over 256 experts, block plan and scan tile, graph
   replay, and the device time of each of its three kernels (torch profiler).
-Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder preprocess] [--json F]
+Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess] [--json F]
 """
 from __future__ import annotations
 
@@ -367,6 +369,52 @@ def reorder_section(ceil, gen):
                note=f"floor = one copy launch moving the same {moved[op] / 1e6:.1f} MB")
 
 
+def ep_skip_section(ceil, gen):
+    """Where the EP8 time of silu and post_reorder goes (eighth session): the same kernels on
+    inputs that isolate one part. silu: the local rows as routed (one span of the sorted ids
+    among all T*K), no local row at all (every program exits after reading its ids), and the
+    local span alone as a compact tensor (the time a kernel given only those rows would take).
+    post_reorder: as routed, no local slot (every output row written as zeros, nothing read),
+    every slot local."""
+    T, K, E, H, I = (REORDER_SHAPE[k] for k in "TKEHI")
+    ids, sorted_ids, src2dst, seg = _routing(T, K, E, gen)
+    gbps = ceil.copy_gbps * 1e9
+    s, e = 32, 63
+    lo, hi = int(seg[s]), int(seg[e + 1])
+    none = (E + 44, E + 44)                     # an expert no slot routes to: nothing local
+    gu = torch.randn(T * K, 2 * I, device=DEV, generator=gen).to(torch.bfloat16)
+    di = torch.empty(T * K, I, device=DEV, dtype=torch.bfloat16)
+    row_bytes = 3 * I * 2
+    variants = [
+        ("ep8 as routed", (gu, di, sorted_ids, (s, e)), hi - lo),
+        ("no local row", (gu, di, sorted_ids, none), 0),
+        ("local span alone", (gu[lo:hi], di[lo:hi], sorted_ids[lo:hi], (s, e)), hi - lo),
+        ("all local", (gu, di, sorted_ids, (0, E - 1)), T * K),
+    ]
+    for name, (g, d, r, (a, b)), n_rows in variants:
+        record("ep_skip", f"silu T{T} I{I}", name, lambda: activation.silu_and_mul(g, d, 2 * I, r, None, a, b),
+               max(n_rows, 1) * row_bytes / gbps * 1e6, graph=True,
+               note=f"{n_rows} rows; floor = their bytes at copy bandwidth")
+    down = torch.randn(T * K, H, device=DEV, generator=gen).to(torch.bfloat16)
+    out = torch.empty(T, H, device=DEV, dtype=torch.bfloat16)
+    w = torch.rand(T, K, device=DEV, generator=gen)
+    for name, (a, b) in (("ep8 as routed", (s, e)), ("no local slot", none), ("all local", (0, E - 1))):
+        slots = int(((ids >= a) & (ids <= b)).sum())
+        record("ep_skip", f"post T{T} H{H}", name, lambda: reorder.post_reorder(down, out, src2dst, ids, w, a, b, K, H),
+               (slots + T) * H * 2 / gbps * 1e6, graph=True,
+               note=f"{slots} local slots; floor = their rows read + every output row written")
+    # the write-only part against the card's own write-only rate (torch's fill of the same output)
+    zero_floor = T * H * 2 / gbps * 1e6
+    record("ep_skip", f"post T{T} H{H}", "torch out.zero_()", out.zero_, zero_floor, graph=True,
+           note="the same bytes written by one fill kernel")
+    defaults = (reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H)
+    for tile, warps, block_h in REORDER_TILES[1:] + [(4096, 4, 4096), (8192, 8, 8192)]:
+        reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = tile, warps, block_h
+        record("ep_skip", f"post T{T} H{H}", f"no local slot, tile {tile} warps {warps} block_h {block_h}",
+               lambda: reorder.post_reorder(down, out, src2dst, ids, w, *none, K, H), zero_floor, graph=True)
+    reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = defaults
+
+
 # ----------------------------------------------------------------------------- preprocess
 
 PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS, USE_PDL (the module's default first)
@@ -424,7 +472,8 @@ def _smoke():
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "preprocess"])
+    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "preprocess"],
+                    choices=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--gemm-dtypes", nargs="+", choices=GEMM_DTYPES, default=GEMM_DTYPES,
                     help="the gemm section's operand dtypes")
@@ -442,7 +491,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for sec in args.section:
         {"gemm": gemm_section, "gemm_ep": gemm_ep_section, "reorder": reorder_section,
-         "preprocess": preprocess_section}[sec](ceil, gen)
+         "ep_skip": ep_skip_section, "preprocess": preprocess_section}[sec](ceil, gen)
         print(f"--- {sec} done at {time.time() - t0:.0f} s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
