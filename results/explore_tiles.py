@@ -16,6 +16,7 @@ and quartiles), prints one line per variant and writes the records to --json:
 - preprocess: T*K = 1024 / 32768 / 131072 over 256 experts, block plan and scan tile, graph
   replay, and the device time of each of its three kernels (torch profiler).
 Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess] [--json F]
+       (--smoke: every section at tiny sizes on the CPU, TRITON_INTERPRET=1; tests/test_explore_smoke.py runs it)
 """
 from __future__ import annotations
 
@@ -472,7 +473,7 @@ def _smoke():
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "preprocess"],
+    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess"],
                     choices=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--gemm-dtypes", nargs="+", choices=GEMM_DTYPES, default=GEMM_DTYPES,
