@@ -81,7 +81,10 @@ def _colscan_kernel(
     """Program q, buckets j in [q*BB, (q+1)*BB): colpre[b, j] = count of bucket j in blocks < b;
     totals[j] = count of bucket j overall; n_inv = totals[0] (program 0; deepep's -1 bucket)."""
     if PDL:
-        gdc_launch_dependents()   # the scatter may start now: it sorts its block before it waits for us
+        # The scatter may start now: it sorts its block before it waits for us. No deadlock from its
+        # programs holding SMs: they launch only once every scan program has started, and those
+        # only once every histogram program has, so nothing they wait for still needs a slot.
+        gdc_launch_dependents()
         gdc_wait()                # launched early (programmatic dependent launch): wait for the histograms
     cols = tl.program_id(0) * BB + tl.arange(0, BB)
     rows0 = tl.arange(0, R)
