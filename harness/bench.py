@@ -331,6 +331,7 @@ class BenchRow:
     cost: Optional[Cost] = None
     eager: Optional[ModeResult] = None
     graph: Optional[ModeResult] = None
+    launch: str = ""                         # how the implementation chose its tiles (its last timed call)
 
     @property
     def failed(self) -> bool:
@@ -522,8 +523,20 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
                 status, message = label, f"{hit.mode}: {hit.message}"
                 break
         rows[impl.name] = BenchRow(**base, impl=impl.name, status=status, message=message, cost=cost,
-                                   eager=res.get("eager"), graph=res.get("graph"))
+                                   eager=res.get("eager"), graph=res.get("graph"), launch=_launch_text(impl, p.op))
     return [rows[i.name] for i in impls]
+
+
+def _launch_text(impl, op: str) -> str:
+    """What the implementation says of its last launch of ``op`` (informational: a failure to say
+    is reported in the text, never raised)."""
+    describe = getattr(impl, "describe", None)
+    if describe is None:
+        return ""
+    try:
+        return str(describe(op) or "")
+    except Exception as exc:  # the description is a note; the timing stands without it
+        return f"describe_last_launch failed: {_error_text(exc)}"
 
 
 # ----------------------------------------------------------------------------- output
@@ -566,12 +579,14 @@ def format_row(r: BenchRow) -> str:
 
 
 def format_notes(rows: Sequence[BenchRow]) -> str:
-    """Why graph mode was unavailable, once per implementation and reason."""
+    """Why graph mode was unavailable, once per implementation and reason; then how each
+    implementation that says so chose its tiles, per case."""
     seen, out = set(), []
     for r in rows:
         if r.graph is not None and r.graph.check == "unavailable" and (r.impl, r.graph.message) not in seen:
             seen.add((r.impl, r.graph.message))
             out.append(f"  graph mode unavailable for {r.impl} ({r.op}): {r.graph.message}")
+    out += [f"  {r.impl} {r.op} {r.case}: {r.launch}" for r in rows if r.launch]
     return "\n".join(out)
 
 

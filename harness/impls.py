@@ -83,6 +83,8 @@ class Implementation:
     nondeterministic: FrozenSet[str] = frozenset()  # ops exempt from the repeat-run probe
     notes: Mapping[str, str] = field(default_factory=dict)  # op -> why it is not provided
     source: str = ""                                # the source string it was loaded from
+    # op -> how its last launch chose its tiles (e.g. the autotuner's pick), for bench records
+    describe: Optional[Callable[[str], str]] = None
 
     def candidate(self, op: str) -> Candidate:
         return Candidate(self.ops[op], order_free=op in self.order_free,
@@ -194,7 +196,7 @@ def _module_impl(name: str, module_name: str) -> Implementation:
     mod = importlib.import_module(module_name)
     ops: Dict[str, Callable] = {op: getattr(mod, op) for op in SPECS if hasattr(mod, op)}
     notes = {op: f"{module_name} has no {op}" for op in SPECS if op not in ops}
-    return Implementation(name, ops, notes=notes, source=name)
+    return Implementation(name, ops, notes=notes, source=name, describe=getattr(mod, "describe_last_launch", None))
 
 
 def _grouped_mm_impl() -> Implementation:

@@ -545,6 +545,50 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
     return c
 
 
+# What the last launch ran, for the bench's record beside its timing: (how the tile was chosen,
+# its config, the autotuner's timings of the candidates for its key, operand path). Only
+# references are kept per launch; describe_last_launch formats them when asked. The timings are
+# remembered per autotune key when the autotuner produces them (it keeps only the latest).
+_LAST_LAUNCH = ("", None, None, "")
+_TUNE_TIMINGS = {}
+
+
+def _config_text(cfg) -> str:
+    """A tile config in one short line: 'BM 128 BN 128 BK 64 BM2 64 GROUP_M 8 w4 s4' (zero knobs left out)."""
+    kw = cfg.kwargs
+    parts = [f"{k} {kw[k]}" for k in ("BM", "BN", "BK", "BM2", "GROUP_M", "PERSIST", "WS") if kw.get(k)]
+    parts += [f"w{cfg.num_warps}", f"s{cfg.num_stages}"]
+    if getattr(cfg, "maxnreg", None):
+        parts.append(f"maxnreg {cfg.maxnreg}")
+    return " ".join(parts)
+
+
+def _autotuned_text(pick, timings) -> str:
+    """The autotuner's pick, and the runner-up's distance when the candidates' timings are known
+    (timed by that launch, or read with the pick from triton's disk cache)."""
+    text = f"autotuned: {_config_text(pick)}"
+    if timings:
+        def first(t):  # triton stores a list of quantiles (median first) or one number per config
+            return t[0] if isinstance(t, (list, tuple)) else t
+        ranked = sorted(timings, key=lambda c: first(timings[c]))
+        if len(ranked) > 1 and first(timings[ranked[0]]) > 0:
+            gap = first(timings[ranked[1]]) / first(timings[ranked[0]]) - 1
+            text += f" (runner-up {_config_text(ranked[1])}, +{100 * gap:.1f}%, of {len(ranked)} timed)"
+    else:
+        text += " (picked earlier in this process)"
+    return text
+
+
+def describe_last_launch() -> str:
+    """How the last grouped_gemm launch chose its tile: autotuned (the pick, and the runner-up when
+    that launch timed the candidates), heuristic (small problems), interpreter, generic or fixed."""
+    how, cfg, timings, path = _LAST_LAUNCH
+    if not how:
+        return ""
+    text = _autotuned_text(cfg, timings) if how == "autotuned" else f"{how}: {_config_text(cfg)}"
+    return f"{text}, {path}"
+
+
 def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, mode, kind, qbn, qbk,
             sb_n, sb_k, sa_k, config=None, use_tma=None):
     """Launch the GEMM kernel: autotuned (large), heuristic tile (small) or ``config`` (a
@@ -585,7 +629,10 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
         return _grouped_gemm_kernel[grid](*args, **meta, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                                           **cap)
 
+    global _LAST_LAUNCH
+    path = "TMA" if descs is not None else "pointers"
     if config is not None:
+        _LAST_LAUNCH = ("fixed", config, None, path)
         return fixed(config)
     elif interp or mode == MODE_FP8_BLOCK_GENERIC:
         # the interpreter cannot afford autotuning: one small tile, BK dividing bk when block-wise
@@ -594,8 +641,20 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
             cfg["BK"] = 16 if qbk % 32 else 32
         elif mode == MODE_FP8_BLOCK_GENERIC:
             cfg["BM2"] = 0   # the element-wise block-wise path keeps one accumulator
-        fixed(triton.Config(cfg, num_warps=4))
+        cfg = triton.Config(cfg, num_warps=4)
+        _LAST_LAUNCH = ("interpreter tile" if interp else "generic tile", cfg, None, path)
+        fixed(cfg)
     elif M * N * Kd < AUTOTUNE_MIN_MACS:
-        fixed(_heuristic_config(kind, qbk, m_hint))
+        cfg = _heuristic_config(kind, qbk, m_hint)
+        _LAST_LAUNCH = ("heuristic (small problem)", cfg, None, path)
+        fixed(cfg)
     else:
-        _tuner(kind, qbk)[grid](*args, **meta)
+        tuner = _tuner(kind, qbk)
+        timed_before = getattr(tuner, "configs_timings", None)   # replaced only when candidates are timed or loaded
+        tuner[grid](*args, **meta)
+        # as fine as triton's key (its key arguments and every tensor's dtype)
+        key = (kind, qbk, mode, m_hint, N, Kd, descs is not None, a.dtype, b.dtype, c.dtype)
+        timings = getattr(tuner, "configs_timings", None)
+        if timings is not timed_before:
+            _TUNE_TIMINGS[key] = timings
+        _LAST_LAUNCH = ("autotuned", tuner.best_config, _TUNE_TIMINGS.get(key), path)

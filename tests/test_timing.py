@@ -279,6 +279,67 @@ def test_rows_are_json_safe():
         rows[0].status = "changed"
 
 
+def test_rows_record_how_ours_chose_its_gemm_tile_and_a_failing_description_is_a_note():
+    ours = load_implementation("ours")
+    case = _case("grouped_gemm", dtype="float32")
+    rows = time_case(case, [ours], "cpu", CPU_CONFIG, FAKE_CEILINGS, modes=("eager",))
+    assert rows[0].status == "ok" and rows[0].launch.startswith("interpreter tile: BM 16 BN 32"), rows[0].launch
+    assert f"ours grouped_gemm {case.label()}: interpreter tile" in bench.format_notes(rows)
+
+    def broken(op):
+        raise KeyError(op)
+
+    rows = time_case(case, [dataclasses.replace(ours, describe=broken)], "cpu", CPU_CONFIG, FAKE_CEILINGS,
+                     modes=("eager",))
+    assert rows[0].status == "ok" and rows[0].launch.startswith("describe_last_launch failed: KeyError"), rows[0].launch
+    assert time_case(_case(), [load_implementation("reference")], "cpu", CPU_CONFIG, FAKE_CEILINGS,
+                     modes=("eager",))[0].launch == ""
+
+
+def test_autotuned_gemm_launch_names_the_pick_and_the_runner_up():
+    """The GPU branch of optimized.gemm's description (the autotuner's pick and timings)."""
+    import triton
+    from optimized import gemm
+
+    fast, slow = (triton.Config({"BM": bm, "BN": 128, "BK": 64, "BM2": 0, "GROUP_M": 8, "PERSIST": 0, "WS": False},
+                                num_warps=4, num_stages=4) for bm in (128, 64))
+    text = gemm._autotuned_text(fast, {slow: [1.1, 1.0, 1.2], fast: [1.0, 0.9, 1.1]})
+    assert text == ("autotuned: BM 128 BN 128 BK 64 GROUP_M 8 w4 s4 (runner-up BM 64 BN 128 BK 64 GROUP_M 8 w4 s4, "
+                    "+10.0%, of 2 timed)"), text
+    assert gemm._autotuned_text(fast, None).endswith("(picked earlier in this process)")
+
+
+def test_autotuned_launch_keeps_the_candidates_timings_for_later_launches_of_its_key(monkeypatch):
+    """The bench describes the last timed call, long after the autotuner timed the candidates at
+    the first: the runner-up must still be named then. The autotuned branch of gemm._launch runs
+    here with a stand-in for triton's Autotuner (no kernel is launched)."""
+    import triton
+    from optimized import gemm
+
+    picks = [triton.Config({"BM": bm, "BN": 128, "BK": 64}, num_warps=4, num_stages=3) for bm in (128, 64)]
+
+    class StandInTuner:
+        best_config = picks[0]
+
+        def __getitem__(self, grid):
+            def run(*args, **meta):
+                if not hasattr(self, "configs_timings"):   # the first call of the key times the candidates
+                    self.configs_timings = {picks[1]: [2.0], picks[0]: [1.0]}
+            return run
+
+    tuner = StandInTuner()
+    monkeypatch.setattr(gemm, "_tuner", lambda kind, qbk: tuner)
+    monkeypatch.setattr(gemm, "AUTOTUNE_MIN_MACS", 0)
+    monkeypatch.setattr(gemm._config, "is_interpreter", lambda: False)
+    monkeypatch.setattr(gemm, "_TUNE_TIMINGS", {})
+    a, b, c = torch.randn(64, 32), torch.randn(2, 48, 32), torch.empty(64, 48)
+    seg, widx = torch.tensor([0, 40, 64]), torch.tensor([0, 1])
+    for _ in range(2):
+        gemm._launch(a, b, c, seg, widx, None, None, 2, gemm.MODE_PLAIN, "fp32", 1, 1, 1, 1, 1, use_tma=False)
+        assert gemm.describe_last_launch() == ("autotuned: BM 128 BN 128 BK 64 w4 s3 (runner-up BM 64 BN 128 BK 64 "
+                                               "w4 s3, +100.0%, of 2 timed), pointers"), gemm.describe_last_launch()
+
+
 # ----------------------------------------------------------------------------- cases and presets
 
 def test_presets_cover_decode_and_prefill_on_one_ep8_rank():
