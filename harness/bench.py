@@ -536,7 +536,7 @@ def _launch_text(impl, op: str) -> str:
     try:
         return str(describe(op) or "")
     except Exception as exc:  # the description is a note; the timing stands without it
-        return f"describe_last_launch failed: {_error_text(exc)}"
+        return f"the launch description failed: {_error_text(exc)}"
 
 
 # ----------------------------------------------------------------------------- output

@@ -20,4 +20,3 @@ def describe_last_launch(op: str) -> str:
     """How our last launch of ``op`` chose its tiles, for the bench's record beside the timing
     (the grouped GEMM's autotuned, heuristic or fixed tile); "" for ops whose tiling is fixed."""
     return _gemm.describe_last_launch() if op == "grouped_gemm" else ""
-

@@ -581,7 +581,8 @@ def _autotuned_text(pick, timings) -> str:
 
 def describe_last_launch() -> str:
     """How the last grouped_gemm launch chose its tile: autotuned (the pick, and the runner-up when
-    that launch timed the candidates), heuristic (small problems), interpreter, generic or fixed."""
+    the candidates' timings for its key are known), heuristic (small problems), interpreter,
+    generic or fixed; and its operand path."""
     how, cfg, timings, path = _LAST_LAUNCH
     if not how:
         return ""

@@ -291,7 +291,7 @@ def test_rows_record_how_ours_chose_its_gemm_tile_and_a_failing_description_is_a
 
     rows = time_case(case, [dataclasses.replace(ours, describe=broken)], "cpu", CPU_CONFIG, FAKE_CEILINGS,
                      modes=("eager",))
-    assert rows[0].status == "ok" and rows[0].launch.startswith("describe_last_launch failed: KeyError"), rows[0].launch
+    assert rows[0].status == "ok" and rows[0].launch.startswith("the launch description failed: KeyError"), rows[0].launch
     assert time_case(_case(), [load_implementation("reference")], "cpu", CPU_CONFIG, FAKE_CEILINGS,
                      modes=("eager",))[0].launch == ""
 
