@@ -566,7 +566,7 @@ def _config_text(cfg) -> str:
 def _autotuned_text(pick, timings) -> str:
     """The autotuner's pick, and the runner-up's distance when the candidates' timings are known
     (timed by that launch, or read with the pick from triton's disk cache)."""
-    text = f"autotuned: {_config_text(pick)}"
+    text = f"autotuned: {_config_text(pick) if pick is not None else 'pick not exposed by this triton'}"
     if timings:
         def first(t):  # triton stores a list of quantiles (median first) or one number per config
             return t[0] if isinstance(t, (list, tuple)) else t
@@ -658,4 +658,5 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
         timings = getattr(tuner, "configs_timings", None)
         if timings is not timed_before:
             _TUNE_TIMINGS[key] = timings
-        _LAST_LAUNCH = ("autotuned", tuner.best_config, _TUNE_TIMINGS.get(key), path)
+        # getattr: a triton without these attributes loses the description, never the launch
+        _LAST_LAUNCH = ("autotuned", getattr(tuner, "best_config", None), _TUNE_TIMINGS.get(key), path)

@@ -307,6 +307,7 @@ def test_autotuned_gemm_launch_names_the_pick_and_the_runner_up():
     assert text == ("autotuned: BM 128 BN 128 BK 64 GROUP_M 8 w4 s4 (runner-up BM 64 BN 128 BK 64 GROUP_M 8 w4 s4, "
                     "+10.0%, of 2 timed)"), text
     assert gemm._autotuned_text(fast, None).endswith("(picked earlier in this process)")
+    assert gemm._autotuned_text(None, None).startswith("autotuned: pick not exposed by this triton")
 
 
 def test_autotuned_launch_keeps_the_candidates_timings_for_later_launches_of_its_key(monkeypatch):
