@@ -21,6 +21,7 @@ Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -55,6 +56,20 @@ class Record:
 
 
 RECORDS: List[Record] = []
+
+
+@contextlib.contextmanager
+def _knobs(module, **values):
+    """Set a module's launch knobs (module-level names) for the block; the previous values come
+    back after it, also when it raises."""
+    saved = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
 
 
 def _time(call: Callable[[], object], graph: bool) -> Stats:
@@ -245,7 +260,6 @@ def gemm_ep_section(ceil, gen):
     from harness.bench import production_layout
     from harness.cases import CaseParams
     from harness.specs import SPECS
-    default_cap = gemm.MAX_PROGRAMS_PER_SM
     for name, fields in GEMM_EP_CASES.items():
         p = CaseParams(op="grouped_gemm", dtype="bfloat16", seed=1, **fields)
         args = production_layout(SPECS["grouped_gemm"].build(p, torch.device(DEV))).args
@@ -264,36 +278,37 @@ def gemm_ep_section(ceil, gen):
         c_torch = c[lo:hi].float().clone()   # what each tile's result is compared with (not a check)
         record("gemm_ep", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*full), floor)
         for cap in GRID_CAPS:
-            gemm.MAX_PROGRAMS_PER_SM = cap
             _fresh_tuners()
-            record("gemm_ep", case, f"ours_autotuned cap={cap}", lambda: gemm.grouped_gemm(*full), floor)
+            with _knobs(gemm, MAX_PROGRAMS_PER_SM=cap):
+                record("gemm_ep", case, f"ours_autotuned cap={cap}", lambda: gemm.grouped_gemm(*full), floor)
             for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
                 print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
         # oracle: the same groups with a cut to this rank's rows (the grid and the rows-per-group
         # hint then see the real row count)
-        gemm.MAX_PROGRAMS_PER_SM = 0
         _fresh_tuners()
         compact = (a[lo:hi], b, c[lo:hi], batch, True, seg - lo, widx)
-        record("gemm_ep", case, "ours_autotuned compact rows (oracle)", lambda: gemm.grouped_gemm(*compact), floor)
+        with _knobs(gemm, MAX_PROGRAMS_PER_SM=0):
+            record("gemm_ep", case, "ours_autotuned compact rows (oracle)", lambda: gemm.grouped_gemm(*compact),
+                   floor)
         for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
             print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
         for bm, bn, bk, w, st, ps, gm, bm2, *ws in EP_TILES:
             ws = bool(ws and ws[0])
             for cap in (TILE_CAPS if not ps else (0,)):
-                gemm.MAX_PROGRAMS_PER_SM = cap
                 config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": gm, "PERSIST": ps, "WS": ws,
                                         "BM2": bm2}, num_warps=w, num_stages=st)
                 kernel = []
-                record("gemm_ep", case, f"{bm}+{bm2}x{bn}x{bk} w{w} s{st} p{ps} g{gm}{' ws' if ws else ''} cap={cap}",
-                       lambda: kernel.append(gemm._launch(a, b, c, seg, widx, None, None, batch, gemm.MODE_PLAIN,
-                                                          "16bit", 1, 1, 1, 1, 1, config=config)), floor)
+                with _knobs(gemm, MAX_PROGRAMS_PER_SM=cap):
+                    record("gemm_ep", case,
+                           f"{bm}+{bm2}x{bn}x{bk} w{w} s{st} p{ps} g{gm}{' ws' if ws else ''} cap={cap}",
+                           lambda: kernel.append(gemm._launch(a, b, c, seg, widx, None, None, batch, gemm.MODE_PLAIN,
+                                                              "16bit", 1, 1, 1, 1, 1, config=config)), floor)
                 if kernel:
                     err = (c[lo:hi].float() - c_torch).abs().max().item()
                     print(f"    {_spills(kernel[0])}; max |ours - torch loop| {err:.3g}", flush=True)
                 c[lo:hi] = float("nan")   # the next variant must write every row again
         full = compact = args = a = b = c = None
         torch.cuda.empty_cache() if DEV == "cuda" else None
-    gemm.MAX_PROGRAMS_PER_SM = default_cap
 
 
 # ----------------------------------------------------------------------------- reorder / silu
@@ -327,8 +342,6 @@ def reorder_section(ceil, gen):
     gu = torch.randn(T * K, 2 * I, device=DEV, generator=gen).to(torch.bfloat16)
     di = torch.empty(T * K, I, device=DEV, dtype=torch.bfloat16)
     gbps = ceil.copy_gbps * 1e9
-    defaults = ((reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H),
-                (activation.TILE_ELEMS, activation.NUM_WARPS))
     for ep, (s, e) in (("all", (0, E - 1)), ("ep8", (32, 63))):
         local_slots = int(((ids >= s) & (ids <= e)).sum())
         local_tokens = int(((ids >= s) & (ids <= e)).any(dim=1).sum())
@@ -336,18 +349,16 @@ def reorder_section(ceil, gen):
         post_floor = (local_slots * H * 2 + T * H * 2) / gbps * 1e6
         silu_floor = local_slots * (2 * I * 2 + I * 2) / gbps * 1e6
         for tile, warps, block_h in REORDER_TILES if DEV == "cuda" else ((2048, 4, 1024),):
-            reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = tile, warps, block_h
             v = f"tile {tile} warps {warps} block_h {block_h}"
-            record("reorder", f"pre T{T} {ep}", v, lambda: reorder.pre_reorder(
-                x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
-            record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
-                down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
+            with _knobs(reorder, TILE_ELEMS=tile, NUM_WARPS=warps, MAX_BLOCK_H=block_h):
+                record("reorder", f"pre T{T} {ep}", v, lambda: reorder.pre_reorder(
+                    x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
+                record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
+                    down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
         for tile, warps in SILU_TILES if DEV == "cuda" else ((4096, 4),):
-            activation.TILE_ELEMS, activation.NUM_WARPS = tile, warps
-            record("silu", f"silu T{T} {ep}", f"tile {tile} warps {warps}",
-                   lambda: activation.silu_and_mul(gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
-    reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = defaults[0]
-    activation.TILE_ELEMS, activation.NUM_WARPS = defaults[1]
+            with _knobs(activation, TILE_ELEMS=tile, NUM_WARPS=warps):
+                record("silu", f"silu T{T} {ep}", f"tile {tile} warps {warps}",
+                       lambda: activation.silu_and_mul(gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
     # T = 256, EP8: each op against one copy launch that moves the same bytes (read + write)
     T2 = min(256, T)
     ids2, sorted2, src2, _ = _routing(T2, K, E, gen)
@@ -408,12 +419,10 @@ def ep_skip_section(ceil, gen):
     zero_floor = T * H * 2 / gbps * 1e6
     record("ep_skip", f"post T{T} H{H}", "torch out.zero_()", out.zero_, zero_floor, graph=True,
            note="the same bytes written by one fill kernel")
-    defaults = (reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H)
     for tile, warps, block_h in REORDER_TILES[1:] + [(4096, 4, 4096), (8192, 8, 8192)]:
-        reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = tile, warps, block_h
-        record("ep_skip", f"post T{T} H{H}", f"no local slot, tile {tile} warps {warps} block_h {block_h}",
-               lambda: reorder.post_reorder(down, out, src2dst, ids, w, *none, K, H), zero_floor, graph=True)
-    reorder.TILE_ELEMS, reorder.NUM_WARPS, reorder.MAX_BLOCK_H = defaults
+        with _knobs(reorder, TILE_ELEMS=tile, NUM_WARPS=warps, MAX_BLOCK_H=block_h):
+            record("ep_skip", f"post T{T} H{H}", f"no local slot, tile {tile} warps {warps} block_h {block_h}",
+                   lambda: reorder.post_reorder(down, out, src2dst, ids, w, *none, K, H), zero_floor, graph=True)
 
 
 # ----------------------------------------------------------------------------- preprocess
@@ -429,17 +438,13 @@ PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS, USE
 def preprocess_section(ceil, gen):
     E = 256
     knobs = ("TARGET_BLOCKS", "SCAN_COLS", "SCAN_WARPS", "SCATTER_WARPS", "USE_PDL")
-    defaults = tuple(getattr(preprocess, k) for k in knobs)
     for T in ((128, 4096, 16384) if DEV == "cuda" else (8,)):
         ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
         case = f"T{T} K8 E{E}"
         for plan in PREPROCESS_PLANS:
-            for k, v in zip(knobs, plan):
-                setattr(preprocess, k, v)
-            record("preprocess", case, "blocks {} scan cols {} w{} scatter w{} pdl {}".format(*plan),
-                   lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
-        for k, v in zip(knobs, defaults):
-            setattr(preprocess, k, v)
+            with _knobs(preprocess, **dict(zip(knobs, plan))):
+                record("preprocess", case, "blocks {} scan cols {} w{} scatter w{} pdl {}".format(*plan),
+                       lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
         # device time per kernel
         from torch.profiler import ProfilerActivity, profile
         for _ in range(3):
