@@ -31,6 +31,7 @@ from typing import Callable, List
 
 import torch
 import triton
+import triton.language as tl
 
 from harness import baselines
 from harness.timing import TimingConfig, Workload, capture_graph, measure_ceilings, run_interleaved, Stats
@@ -323,6 +324,11 @@ REORDER_SHAPE = dict(T=4096, K=8, E=256, H=7168, I=2048)
 REORDER_TILES = [  # TILE_ELEMS, NUM_WARPS, MAX_BLOCK_H (the first is the default)
     (1024, 2, 1024), (1024, 4, 1024), (512, 1, 512), (512, 2, 512), (2048, 2, 1024),
 ]
+# ninth session, with slot groups of 4: (2048, 4, 1024), (4096, 4, 1024), (4096, 4, 2048), (8192, 8, 2048),
+# (2048, 2, 2048), (2048, 4, 2048), (4096, 4, 4096) and (8192, 8, 8192) were all slower for post
+# under EP8 (41-95 us against 39) and no faster for pre (within 1%); dropped from the sweep.
+# post_reorder's slot columns per load group (0: all K loads unconditional, the eighth session's kernel)
+POST_GROUPS = (0, 1, 2, 4, 8)
 # H200, fifth session: row tiles visited in a strided order and programs working through 2-16
 # tiles each (ids checked at once, empty spans skipped) were both tried for silu under EP8 and
 # neither beat one tile per program (22 us); both were dropped.
@@ -355,6 +361,10 @@ def reorder_section(ceil, gen):
                     x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
                 record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
                     down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
+        for group in POST_GROUPS:
+            with _knobs(reorder, POST_SLOT_GROUP=group):
+                record("reorder", f"post T{T} {ep}", f"default tile, slot groups of {group}",
+                       lambda: reorder.post_reorder(down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
         for tile, warps in SILU_TILES if DEV == "cuda" else ((4096, 4),):
             with _knobs(activation, TILE_ELEMS=tile, NUM_WARPS=warps):
                 record("silu", f"silu T{T} {ep}", f"tile {tile} warps {warps}",
@@ -379,6 +389,24 @@ def reorder_section(ceil, gen):
         copy = _time(lambda: buf_b.copy_(buf_a), graph=True).median_ms * 1e3
         record("reorder" if op != "silu" else "silu", f"{op} T{T2} ep8", "default tile", call, copy, graph=True,
                note=f"floor = one copy launch moving the same {moved[op] / 1e6:.1f} MB")
+        if op == "post":
+            for group in POST_GROUPS:
+                with _knobs(reorder, POST_SLOT_GROUP=group):
+                    record("reorder", f"post T{T2} ep8", f"default tile, slot groups of {group}",
+                           call, copy, graph=True)
+
+
+@triton.jit
+def _zero_rows_kernel(out_ptr, ids_ptr, T, H, K, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, READ_IDS: tl.constexpr):
+    """out[rows, cols] = 0 for one [ROWS, BLOCK_H] tile; with READ_IDS the store waits for a load of
+    the rows' first id (whose value is never negative), like post_reorder's stores."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < T
+    if READ_IDS:
+        rmask = rmask & (tl.load(ids_ptr + rows * K, mask=rmask, other=0) >= 0)
+    zero = tl.zeros([ROWS, BLOCK_H], dtype=out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], zero, mask=rmask[:, None] & (cols < H)[None, :])
 
 
 def ep_skip_section(ceil, gen):
@@ -410,11 +438,15 @@ def ep_skip_section(ceil, gen):
     down = torch.randn(T * K, H, device=DEV, generator=gen).to(torch.bfloat16)
     out = torch.empty(T, H, device=DEV, dtype=torch.bfloat16)
     w = torch.rand(T, K, device=DEV, generator=gen)
-    for name, (a, b) in (("ep8 as routed", (s, e)), ("no local slot", none), ("all local", (0, E - 1))):
-        slots = int(((ids >= a) & (ids <= b)).sum())
-        record("ep_skip", f"post T{T} H{H}", name, lambda: reorder.post_reorder(down, out, src2dst, ids, w, a, b, K, H),
-               (slots + T) * H * 2 / gbps * 1e6, graph=True,
-               note=f"{slots} local slots; floor = their rows read + every output row written")
+    for group in (reorder.POST_SLOT_GROUP, 0):
+        how = "" if group == reorder.POST_SLOT_GROUP else ", no slot groups"
+        with _knobs(reorder, POST_SLOT_GROUP=group):
+            for name, (a, b) in (("ep8 as routed", (s, e)), ("no local slot", none), ("all local", (0, E - 1))):
+                slots = int(((ids >= a) & (ids <= b)).sum())
+                record("ep_skip", f"post T{T} H{H}", name + how,
+                       lambda: reorder.post_reorder(down, out, src2dst, ids, w, a, b, K, H),
+                       (slots + T) * H * 2 / gbps * 1e6, graph=True,
+                       note=f"{slots} local slots; floor = their rows read + every output row written")
     # the write-only part against the card's own write-only rate (torch's fill of the same output)
     zero_floor = T * H * 2 / gbps * 1e6
     record("ep_skip", f"post T{T} H{H}", "torch out.zero_()", out.zero_, zero_floor, graph=True,
@@ -423,6 +455,18 @@ def ep_skip_section(ceil, gen):
         with _knobs(reorder, TILE_ELEMS=tile, NUM_WARPS=warps, MAX_BLOCK_H=block_h):
             record("ep_skip", f"post T{T} H{H}", f"no local slot, tile {tile} warps {warps} block_h {block_h}",
                    lambda: reorder.post_reorder(down, out, src2dst, ids, w, *none, K, H), zero_floor, graph=True)
+    # the same zero rows stored by a Triton kernel that reads nothing (and one that first reads its
+    # rows' ids, as post_reorder does): whether the gap to torch's fill is the stores' code or the
+    # wait for the ids (ninth session: 17-22 us either way, so neither)
+    for tile, warps, block_h in ((1024, 2, 1024), (4096, 4, 4096), (8192, 8, 8192)):
+        rows_per = max(1, tile // block_h)
+        grid = (triton.cdiv(T, rows_per), triton.cdiv(H, block_h))
+        for read_ids in (False, True):
+            record("ep_skip", f"post T{T} H{H}",
+                   f"triton zero store{' after id read' if read_ids else ''}, tile {tile} warps {warps}",
+                   lambda: _zero_rows_kernel[grid](out, ids, T, H, K, ROWS=rows_per, BLOCK_H=block_h,
+                                                   READ_IDS=read_ids, num_warps=warps),
+                   zero_floor, graph=True)
 
 
 # ----------------------------------------------------------------------------- preprocess
