@@ -35,7 +35,8 @@ import triton.language as tl
 
 from harness import baselines
 from harness.timing import TimingConfig, Workload, capture_graph, measure_ceilings, run_interleaved, Stats
-from optimized import activation, gemm, preprocess, reorder
+from optimized import _config, activation, gemm, preprocess, reorder
+from optimized._tl import cast_out, round_to
 
 DEV = "cuda"
 CFG = TimingConfig(warmup_ms=30, rep_ms=120)
@@ -409,6 +410,37 @@ def _zero_rows_kernel(out_ptr, ids_ptr, T, H, K, ROWS: tl.constexpr, BLOCK_H: tl
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], zero, mask=rmask[:, None] & (cols < H)[None, :])
 
 
+@triton.jit
+def _silu_persistent_skip_kernel(gu_ptr, out_ptr, ids_ptr, M, I, start_expert, end_expert, ROWS: tl.constexpr,
+                                 BLOCK_I: tl.constexpr, STAGES: tl.constexpr, INTERP: tl.constexpr):
+    """silu_and_mul (no scales) as a persistent loop over row tiles (pid, pid + P, ...) whose ids load
+    ahead (STAGES); a tile with a local row does all its column blocks, one without skips them by a
+    branch (the eighth session's drafts masked them instead and lost 3x). Experiment (ninth session)."""
+    for rt in tl.range(tl.program_id(0), tl.cdiv(M, ROWS), tl.num_programs(0), num_stages=STAGES):
+        rows = rt * ROWS + tl.arange(0, ROWS).to(tl.int64)
+        e = tl.load(ids_ptr + rows, mask=rows < M, other=-1)
+        local = (rows < M) & (e >= start_expert) & (e <= end_expert)
+        if tl.max(local.to(tl.int32), axis=0) > 0:
+            for c0 in range(0, I, BLOCK_I):
+                cols = c0 + tl.arange(0, BLOCK_I)
+                m2 = local[:, None] & (cols < I)[None, :]
+                in_off = rows[:, None] * (2 * I) + cols[None, :]
+                gate = tl.load(gu_ptr + in_off, mask=m2, other=0.0).to(tl.float32)
+                up = tl.load(gu_ptr + in_off + I, mask=m2, other=0.0).to(tl.float32)
+                a = gate / (1.0 + tl.exp(-gate))
+                o = round_to(a, gu_ptr.dtype.element_ty, INTERP) * up
+                tl.store(out_ptr + rows[:, None] * I + cols[None, :], cast_out(o, out_ptr.dtype.element_ty, INTERP),
+                         mask=m2)
+
+
+def _silu_persistent_skip(gu, out, ids, start, end, per_sm, stages, rows, block_i, warps):
+    M, I = out.shape
+    nprog = max(1, min(triton.cdiv(M, rows), per_sm * (torch.cuda.get_device_properties(gu.device).multi_processor_count
+                                                        if gu.is_cuda else 4)))
+    _silu_persistent_skip_kernel[(nprog,)](gu, out, ids, M, I, start, end, ROWS=rows, BLOCK_I=block_i, STAGES=stages,
+                                           INTERP=_config.is_interpreter(), num_warps=warps)
+
+
 def ep_skip_section(ceil, gen):
     """Where the EP8 time of silu and post_reorder goes (eighth session): the same kernels on
     inputs that isolate one part. silu: the local rows as routed (one span of the sorted ids
@@ -435,6 +467,21 @@ def ep_skip_section(ceil, gen):
         record("ep_skip", f"silu T{T} I{I}", name, lambda: activation.silu_and_mul(g, d, 2 * I, r, None, a, b),
                max(n_rows, 1) * row_bytes / gbps * 1e6, graph=True,
                note=f"{n_rows} rows; floor = their bytes at copy bandwidth")
+    # the persistent loop that skips a tile without a local row by a branch (ninth session's
+    # experiment): programs per SM, stages, rows per tile, column block, warps
+    di_ref = di.clone()
+    activation.silu_and_mul(gu, di_ref, 2 * I, sorted_ids, None, s, e)
+    block_i = min(1024, triton.next_power_of_2(I))
+    for per_sm, stages, rows, warps in ((4, 2, 4, 4), (8, 2, 4, 4), (8, 3, 4, 4), (16, 2, 4, 4), (8, 2, 8, 8),
+                                        (8, 2, 2, 4), (16, 2, 2, 2)) if DEV == "cuda" else ((4, 2, 4, 4),):
+        di_x = di_ref.clone()
+        di_x[lo:hi] = 0
+        _silu_persistent_skip(gu, di_x, sorted_ids, s, e, per_sm, stages, rows, block_i, warps)
+        same = bool(torch.equal(di_x[lo:hi], di_ref[lo:hi]))
+        for name, (g, d, r, (a, b)), n_rows in variants:
+            record("ep_skip", f"silu T{T} I{I}", f"{name}, persistent skip {per_sm}/SM s{stages} rows {rows} w{warps}",
+                   lambda: _silu_persistent_skip(g, d, r, a, b, per_sm, stages, rows, block_i, warps),
+                   max(n_rows, 1) * row_bytes / gbps * 1e6, graph=True, note=f"same bits as ours: {same}")
     down = torch.randn(T * K, H, device=DEV, generator=gen).to(torch.bfloat16)
     out = torch.empty(T, H, device=DEV, dtype=torch.bfloat16)
     w = torch.rand(T, K, device=DEV, generator=gen)
