@@ -126,14 +126,13 @@ def _scatter_kernel(
     key = _bucket_of(ids, E, SHIFT) * BLOCK + lane               # unique keys: stable within the block
     if USE_SORT:
         key = tl.sort(key)
-        bucket = key // BLOCK
         src = base + (key % BLOCK)                               # the slot at sorted position p = lane
         p = lane
     else:
         # Interpreter: tl.sort is very slow there; the same in-block rank by pairwise compare.
-        bucket = key // BLOCK
         src = base + lane
         p = tl.sum((key[None, :] < key[:, None]).to(tl.int32), axis=1)
+    bucket = key // BLOCK
     if PDL:
         gdc_wait()                # launched early: wait for the column scan (and, through it, the histograms)
     buckets = tl.arange(0, NBP)

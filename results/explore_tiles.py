@@ -338,6 +338,13 @@ SILU_TILES = [  # TILE_ELEMS, NUM_WARPS (the first is the default)
 ]
 
 
+def _copy_moving(n_bytes: int) -> Callable[[], object]:
+    """One torch copy launch that moves ``n_bytes`` (read + write: it copies n_bytes / 2)."""
+    buf_a = torch.empty(n_bytes // 4, device=DEV, dtype=torch.int16)
+    buf_b = torch.empty_like(buf_a)
+    return lambda: buf_b.copy_(buf_a)
+
+
 def reorder_section(ceil, gen):
     T, K, E, H, I = (REORDER_SHAPE[k] for k in "TKEHI")
     ids, sorted_ids, src2dst, seg = _routing(T, K, E, gen)
@@ -385,9 +392,7 @@ def reorder_section(ceil, gen):
         "silu": lambda: activation.silu_and_mul(gu2, di2, 2 * I, sorted2, None, s, e),
     }
     for op, call in calls.items():
-        buf_a = torch.empty(moved[op] // 4, device=DEV, dtype=torch.int16)   # a copy of n bytes moves 2n
-        buf_b = torch.empty_like(buf_a)
-        copy = _time(lambda: buf_b.copy_(buf_a), graph=True).median_ms * 1e3
+        copy = _time(_copy_moving(moved[op]), graph=True).median_ms * 1e3
         record("reorder" if op != "silu" else "silu", f"{op} T{T2} ep8", "default tile", call, copy, graph=True,
                note=f"floor = one copy launch moving the same {moved[op] / 1e6:.1f} MB")
         if op == "post":
@@ -494,6 +499,14 @@ def ep_skip_section(ceil, gen):
                        lambda: reorder.post_reorder(down, out, src2dst, ids, w, a, b, K, H),
                        (slots + T) * H * 2 / gbps * 1e6, graph=True,
                        note=f"{slots} local slots; floor = their rows read + every output row written")
+    # each EP8 op's bytes moved by one torch copy launch: how far a kernel of that size gets from the
+    # 1 GiB copy's rate at all (launch, ramp and tail)
+    loc = (ids >= s) & (ids <= e)
+    n_slots, n_tokens = int(loc.sum()), int(loc.any(dim=1).sum())
+    for op, moved in (("silu", n_slots * 3 * I * 2), ("post", (n_slots + T) * H * 2),
+                      ("pre", (n_tokens + n_slots) * H * 2)):
+        record("ep_skip", f"{op} T{T} EP8 bytes", f"torch copy of the same {moved / 1e6:.1f} MB", _copy_moving(moved),
+               moved / gbps * 1e6, graph=True, note="floor = the same bytes at the 1 GiB copy's rate")
     # the write-only part against the card's own write-only rate (torch's fill of the same output)
     zero_floor = T * H * 2 / gbps * 1e6
     record("ep_skip", f"post T{T} H{H}", "torch out.zero_()", out.zero_, zero_floor, graph=True,
