@@ -37,7 +37,7 @@ from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
 from .costs import Cost, Perf, cost_of, perf_of
 from .records import write_json
 from .timing import (Ceilings, Comparison, GraphUnavailable, Stats, TimingConfig, Workload, capture_graph, compare,
-                     measure_ceilings, plain_copy_gbps, run_interleaved, synchronize)
+                     copy_moving, measure_ceilings, plain_copy_gbps, run_interleaved, synchronize)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("eager", "graph")
@@ -315,6 +315,7 @@ class ModeResult:
     check: str = "ok"                       # ok | wrong | deferred | unavailable | error
     message: str = ""
     n_warmup: int = 0
+    copy_ms: Optional[float] = None         # one torch copy moving the case's bytes, same run (data-movement ops)
 
 
 @dataclass(frozen=True)
@@ -401,13 +402,25 @@ def production_layout(sample):
     return dataclasses.replace(sample, args=args)
 
 
+COPY_WORKLOAD = "<copy of the same bytes>"   # not a name an implementation source can take
+
+
+def same_bytes_copy(cost: Cost, device) -> Optional[Callable[[], Any]]:
+    """One torch copy launch that moves the case's bytes (reads + writes), for ops that only move
+    data (no FLOPs), else None: the size-matched reference of the issue's small-batch target, and
+    of what a kernel of that size can reach at all (a copy of 50-120 MB ran at 50-58% of the 1 GiB
+    copy's rate on an H200, ninth session)."""
+    return None if cost.flops or cost.bytes < 4 else copy_moving(cost.bytes, device)
+
+
 def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ceilings: Ceilings, *,
               baseline: Optional[str] = None, modes: Sequence[str] = MODES, fresh_seed_offset: int = 3
               ) -> List[BenchRow]:
     """Time every implementation that provides ``case.params.op``, interleaved, in each mode;
     compare each with ``baseline`` (an implementation name among ``impls``); verify the final
     round's outputs. Returns one row per implementation. A candidate's exception becomes an
-    'error' row; it never escapes."""
+    'error' row; it never escapes. For a data-movement op a copy of the case's bytes is timed in
+    the same interleaved run (``ModeResult.copy_ms``)."""
     from .runner import fill_poison
     from .specs import SPECS
     p = case.params
@@ -494,6 +507,12 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
             timed.append(impl)
         if not workloads:
             continue
+        copy = same_bytes_copy(cost, dev)
+        if copy is not None:
+            try:
+                workloads.append(Workload(COPY_WORKLOAD, (copy if mode == "eager" else capture_graph(copy, dev)[0].replay,)))
+            except GraphUnavailable:
+                copy = None
         try:
             run = run_interleaved(workloads, dev, config, before_final_round=refresh(extra))
         except Exception as exc:  # some candidate failed mid-run: which one is unknown, so all are marked
@@ -501,6 +520,7 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
                 results[impl.name][mode] = ModeResult(mode, check="error", message=_error_text(exc))
             continue
         times = dict(zip([w.name for w in workloads], run.times_ms))
+        copy_ms = Stats.of(times[COPY_WORKLOAD]).median_ms if copy is not None else None
         for k, impl in enumerate(timed):
             stats = Stats.of(run.times_ms[k])
             check, message = verifier.check(impl.candidate(p.op), run.final_outputs[k], run.final_snapshots[k])
@@ -511,7 +531,7 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
             # A call that enqueues nothing (a cheat) can time at 0: no rate for it.
             perf = perf_of(cost, stats.median_ms, ceilings.copy_gbps, ceilings.matmul_tflops) \
                 if stats.median_ms > 0 else None
-            results[impl.name][mode] = ModeResult(mode, stats, perf, vs, check, message, run.n_warmup)
+            results[impl.name][mode] = ModeResult(mode, stats, perf, vs, check, message, run.n_warmup, copy_ms)
         del run
     for impl in working:
         res = results[impl.name]
@@ -579,15 +599,42 @@ def format_row(r: BenchRow) -> str:
 
 
 def format_notes(rows: Sequence[BenchRow]) -> str:
-    """Why graph mode was unavailable, once per implementation and reason; then how each
-    implementation that says so chose its tiles, per case."""
+    """Why graph mode was unavailable, once per implementation and reason; then, per case of a
+    data-movement op, the same-bytes copy and each implementation's time against it; then how
+    each implementation that says so chose its tiles, per case."""
     seen, out = set(), []
     for r in rows:
         if r.graph is not None and r.graph.check == "unavailable" and (r.impl, r.graph.message) not in seen:
             seen.add((r.impl, r.graph.message))
             out.append(f"  graph mode unavailable for {r.impl} ({r.op}): {r.graph.message}")
+    out += copy_notes(rows)
     out += [f"  {r.impl} {r.op} {r.case}: {r.launch}" for r in rows if r.launch]
     return "\n".join(out)
+
+
+def copy_notes(rows: Sequence[BenchRow]) -> List[str]:
+    """One line per case that timed a same-bytes copy: the copy's eager and graph medians, and each
+    implementation's time as a multiple of the copy's in the same mode (graph where both ran)."""
+    cases: Dict[Tuple[str, str], List[BenchRow]] = {}
+    for r in rows:
+        if any(m is not None and m.copy_ms is not None for m in (r.eager, r.graph)):
+            cases.setdefault((r.op, r.case), []).append(r)
+    out = []
+    for (op, case), group in cases.items():
+        copy = {name: next((r.mode(name).copy_ms for r in group if r.mode(name) is not None
+                            and r.mode(name).copy_ms is not None), None) for name in MODES}
+        ratios = []
+        for r in group:
+            for name in ("graph", "eager"):
+                m = r.mode(name)
+                if m is not None and m.stats is not None and m.copy_ms:
+                    ratios.append(f"{r.impl} {_num(m.stats.median_ms / m.copy_ms)}x ({name})")
+                    break
+        moved = _num(group[0].cost.bytes / 1e6) if group[0].cost is not None else "?"
+        timed = ", ".join(f"{name} {_us(ms)} us" for name, ms in copy.items() if ms is not None)
+        out.append(f"  {op} {case}: one torch copy of the same {moved} MB: {timed}; "
+                   f"time against it: {', '.join(ratios) or '-'}")
+    return out
 
 
 def write_plot(rows: Sequence[BenchRow], path: str) -> str:

@@ -27,6 +27,7 @@ Results are frozen, JSON-safe dataclasses. The pure-math functions (``quantile``
 """
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import platform
@@ -442,6 +443,14 @@ def measure_ceilings(device, config: TimingConfig = TimingConfig(), *, copy_byte
     return Ceilings(device=device_name(device), copy_gbps=2 * copy_bytes / (copy.median_ms * 1e-3) / 1e9,
                     matmul_tflops=2 * matmul_n ** 3 / (mm.median_ms * 1e-3) / 1e12, copy_bytes=copy_bytes,
                     matmul_n=matmul_n, copy=copy, matmul=mm, representative=cuda)
+
+
+def copy_moving(n_bytes: int, device) -> Callable[[], Any]:
+    """One torch copy launch that moves ``n_bytes`` (reads + writes: it copies n_bytes / 2 of
+    random int16 values), as a size-matched reference for a kernel that moves that much."""
+    src = torch.empty(max(1, n_bytes // 4), dtype=torch.int16, device=device).random_()
+    dst = torch.empty_like(src)
+    return functools.partial(dst.copy_, src)
 
 
 def plain_copy_gbps(device, copy_bytes: int, seconds: float = 0.2) -> float:
