@@ -408,7 +408,7 @@ COPY_WORKLOAD = "<copy of the same bytes>"   # not a name an implementation sour
 def same_bytes_copy(cost: Cost, device) -> Optional[Callable[[], Any]]:
     """One torch copy launch that moves the case's bytes (reads + writes), for ops that only move
     data (no FLOPs), else None: the size-matched reference of the issue's small-batch target, and
-    of what a kernel of that size can reach at all (a copy of 50-120 MB ran at 50-58% of the 1 GiB
+    of what a kernel of that size can reach at all (copies of 51-118 MB ran at 67-84% of the 1 GiB
     copy's rate on an H200, ninth session)."""
     return None if cost.flops or cost.bytes < 4 else copy_moving(cost.bytes, device)
 
