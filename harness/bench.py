@@ -480,6 +480,7 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
         return run
 
     results: Dict[str, Dict[str, ModeResult]] = {impl.name: {} for impl in working}
+    same_bytes = same_bytes_copy(cost, dev)        # its buffers serve every mode
     for mode in modes:
         workloads, timed = [], []
         extra = []
@@ -507,12 +508,13 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
             timed.append(impl)
         if not workloads:
             continue
-        copy = same_bytes_copy(cost, dev)
-        if copy is not None:
+        copy = None
+        if same_bytes is not None:
             try:
-                workloads.append(Workload(COPY_WORKLOAD, (copy if mode == "eager" else capture_graph(copy, dev)[0].replay,)))
+                copy = same_bytes if mode == "eager" else capture_graph(same_bytes, dev)[0].replay
+                workloads.append(Workload(COPY_WORKLOAD, (copy,)))
             except GraphUnavailable:
-                copy = None
+                pass
         try:
             run = run_interleaved(workloads, dev, config, before_final_round=refresh(extra))
         except Exception as exc:  # some candidate failed mid-run: which one is unknown, so all are marked
