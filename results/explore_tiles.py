@@ -343,6 +343,15 @@ SILU_TILES = [  # TILE_ELEMS, NUM_WARPS (the first is the default)
 ]
 
 
+def _ep_bytes(ids, start, end, H, I):
+    """Bytes each op must move (reads + writes) for the experts [start, end] of ``ids`` [T, K]: pre
+    reads each token with a local slot and writes each local slot's row; post reads the local slots'
+    rows and writes every token's row; silu reads gate and up of each local slot and writes its row."""
+    loc = (ids >= start) & (ids <= end)
+    n_slots, n_tokens, T = int(loc.sum()), int(loc.any(dim=1).sum()), ids.shape[0]
+    return {"pre": (n_tokens + n_slots) * H * 2, "post": (n_slots + T) * H * 2, "silu": n_slots * 3 * I * 2}
+
+
 def reorder_section(ceil, gen):
     T, K, E, H, I = (REORDER_SHAPE[k] for k in "TKEHI")
     ids, sorted_ids, src2dst, seg = _routing(T, K, E, gen)
@@ -355,11 +364,7 @@ def reorder_section(ceil, gen):
     di = torch.empty(T * K, I, device=DEV, dtype=torch.bfloat16)
     gbps = ceil.copy_gbps * 1e9
     for ep, (s, e) in (("all", (0, E - 1)), ("ep8", (32, 63))):
-        local_slots = int(((ids >= s) & (ids <= e)).sum())
-        local_tokens = int(((ids >= s) & (ids <= e)).any(dim=1).sum())
-        pre_floor = (local_tokens * H * 2 + local_slots * H * 2) / gbps * 1e6
-        post_floor = (local_slots * H * 2 + T * H * 2) / gbps * 1e6
-        silu_floor = local_slots * (2 * I * 2 + I * 2) / gbps * 1e6
+        pre_floor, post_floor, silu_floor = (n / gbps * 1e6 for n in _ep_bytes(ids, s, e, H, I).values())
         for tile, warps, block_h in REORDER_TILES if DEV == "cuda" else ((2048, 4, 1024),):
             v = f"tile {tile} warps {warps} block_h {block_h}"
             with _knobs(reorder, TILE_ELEMS=tile, NUM_WARPS=warps, MAX_BLOCK_H=block_h):
@@ -381,9 +386,7 @@ def reorder_section(ceil, gen):
     s, e = 32, 63
     x2, g2, d2, o2, w2 = x[:T2].contiguous(), gateup[:T2 * K], down[:T2 * K], out[:T2], w[:T2].contiguous()
     gu2, di2 = gu[:T2 * K], di[:T2 * K]
-    loc = (ids2 >= s) & (ids2 <= e)
-    n_slots, n_tokens = int(loc.sum()), int(loc.any(dim=1).sum())
-    moved = {"pre": (n_tokens + n_slots) * H * 2, "post": (n_slots + T2) * H * 2, "silu": n_slots * 3 * I * 2}
+    moved = _ep_bytes(ids2, s, e, H, I)
     calls = {
         "pre": lambda: reorder.pre_reorder(x2, g2, src2, ids2, None, s, e, K, H),
         "post": lambda: reorder.post_reorder(d2, o2, src2, ids2, w2, s, e, K, H),
@@ -438,8 +441,7 @@ def _silu_persistent_skip_kernel(gu_ptr, out_ptr, ids_ptr, M, I, start_expert, e
 
 def _silu_persistent_skip(gu, out, ids, start, end, per_sm, stages, rows, block_i, warps):
     M, I = out.shape
-    nprog = max(1, min(triton.cdiv(M, rows), per_sm * (torch.cuda.get_device_properties(gu.device).multi_processor_count
-                                                        if gu.is_cuda else 4)))
+    nprog = max(1, min(triton.cdiv(M, rows), per_sm * (gemm._sm_count(gu.device.index) if gu.is_cuda else 4)))
     _silu_persistent_skip_kernel[(nprog,)](gu, out, ids, M, I, start, end, ROWS=rows, BLOCK_I=block_i, STAGES=stages,
                                            INTERP=_config.is_interpreter(), num_warps=warps)
 
@@ -495,19 +497,18 @@ def ep_skip_section(ceil, gen):
                 slots = int(((ids >= a) & (ids <= b)).sum())
                 record("ep_skip", f"post T{T} H{H}", name + how,
                        lambda: reorder.post_reorder(down, out, src2dst, ids, w, a, b, K, H),
-                       (slots + T) * H * 2 / gbps * 1e6, graph=True,
+                       _ep_bytes(ids, a, b, H, I)["post"] / gbps * 1e6, graph=True,
                        note=f"{slots} local slots; floor = their rows read + every output row written")
     # each EP8 op's bytes moved by one torch copy launch: how far a kernel of that size gets from the
     # 1 GiB copy's rate at all (launch, ramp and tail)
-    loc = (ids >= s) & (ids <= e)
-    n_slots, n_tokens = int(loc.sum()), int(loc.any(dim=1).sum())
-    for op, moved in (("silu", n_slots * 3 * I * 2), ("post", (n_slots + T) * H * 2),
-                      ("pre", (n_tokens + n_slots) * H * 2)):
+    ep8_bytes = _ep_bytes(ids, s, e, H, I)
+    for op in ("silu", "post", "pre"):
+        moved = ep8_bytes[op]
         record("ep_skip", f"{op} T{T} EP8 bytes", f"torch copy of the same {moved / 1e6:.1f} MB",
                copy_moving(moved, DEV), moved / gbps * 1e6, graph=True, note="floor = the same bytes at the 1 GiB copy's rate")
     # the silu copy again, timed alone and interleaved with silu itself as the bench does (ninth
     # session: this section's copies took ~1.4x the bench's of the same bytes; which setting does it)
-    silu_copy = copy_moving(n_slots * 3 * I * 2, DEV)
+    silu_copy = copy_moving(ep8_bytes["silu"], DEV)
     silu_call = lambda: activation.silu_and_mul(gu, di, 2 * I, sorted_ids, None, s, e)
     replays = [_replayable(c) for c in (silu_copy, silu_call)]
     for order, ws in (("alone", [Workload("copy", (replays[0],))]),
