@@ -315,7 +315,7 @@ class ModeResult:
     check: str = "ok"                       # ok | wrong | deferred | unavailable | error
     message: str = ""
     n_warmup: int = 0
-    copy_ms: Optional[float] = None         # one torch copy moving the case's bytes, same run (data-movement ops)
+    copy_ms: Optional[float] = None         # one copy kernel moving the case's bytes, same run (data-movement ops)
 
 
 @dataclass(frozen=True)
@@ -406,10 +406,10 @@ COPY_WORKLOAD = "<copy of the same bytes>"   # not a name an implementation sour
 
 
 def same_bytes_copy(cost: Cost, device) -> Optional[Callable[[], Any]]:
-    """One torch copy launch that moves the case's bytes (reads + writes), for ops that only move
-    data (no FLOPs), else None: the size-matched reference of the issue's small-batch target, and
-    of what a kernel of that size can reach at all (copies of 51-118 MB ran at 67-84% of the 1 GiB
-    copy's rate on an H200, ninth session)."""
+    """One copy kernel (timing.copy_moving) that moves the case's bytes (reads + writes), for ops
+    that only move data (no FLOPs), else None: the size-matched reference of the issue's small-batch
+    target, and of what a kernel of that size can reach at all (copies of 51-118 MB ran at 67-84%
+    of the 1 GiB copy's rate on an H200, ninth and tenth sessions)."""
     return None if cost.flops or cost.bytes < 4 else copy_moving(cost.bytes, device)
 
 
@@ -634,7 +634,7 @@ def copy_notes(rows: Sequence[BenchRow]) -> List[str]:
                     break
         moved = _num(group[0].cost.bytes / 1e6) if group[0].cost is not None else "?"
         timed = ", ".join(f"{name} {_us(ms)} us" for name, ms in copy.items() if ms is not None)
-        out.append(f"  {op} {case}: one torch copy of the same {moved} MB: {timed}; "
+        out.append(f"  {op} {case}: one copy kernel of the same {moved} MB: {timed}; "
                    f"time against it: {', '.join(ratios) or '-'}")
     return out
 
