@@ -130,15 +130,20 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "key = _bucket_of(ids, E, SHIFT) * BLOCK",
        "in-block sort key without the lane: slots of one expert tie and the in-block rank is no longer unique"),
     _M("ep_scan_in_place_over_hist", "ep_preprocess", "preprocess",
-       "colpre = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)",
-       "colpre = hist.view(nblk, nbp)  # scan in place: one scratch buffer fewer",
-       "in-place update through a view: the column scan writes into a view of the histogram, which the "
-       "scatter still reads for its in-block offsets"),
+       "colpre_ptr = scratch_ptr + NBLK.to(tl.int64) * NBP",
+       "colpre_ptr = scratch_ptr  # the scan in place over the histograms: a smaller scratch",
+       "in-place update through an alias: the column scan writes its prefixes over the histograms (the "
+       "same part of the shared scratch buffer), which the scatter still reads for its in-block offsets"),
     _M("ep_src2dst_over_topk_ids", "ep_preprocess", "preprocess",
-       "        src2dst = torch.empty(n, dtype=torch.int32, device=dev)",
-       "        src2dst = flat if flat.dtype == torch.int32 else torch.empty(n, dtype=torch.int32, device=dev)",
+       "src2dst = torch.empty(n, dtype=torch.int64 if deepep else torch.int32, device=dev)",
+       "src2dst = flat if flat.dtype == torch.int32 and not deepep else torch.empty(n, dtype=torch.int64 if deepep else torch.int32, device=dev)",
        "in-place update of an input: src2dst is written into the storage of topk_ids (flat is a view of "
        "it; same length and dtype, so it 'fits'), destroying the caller's routing", dtypes=("int32",)),
+    _M("ep_one_launch_start_inclusive", "ep_preprocess", "preprocess",
+       "start = tl.cumsum(totals, axis=0) - totals   # exclusive scan",
+       "start = tl.cumsum(totals, axis=0)   # exclusive scan",
+       "off-by-one in the segment bounds: the one-launch path takes the buckets' starts from the inclusive "
+       "scan of the totals, so seg_indptr and every position are one expert late"),
     _M("ep_routing_cached_by_shape", "ep_preprocess", "preprocess", "", "",
        "a result cached from a previous call: routing memoised on (shape, dtype, num_experts) and returned "
        "again for a new routing of the same shape", wrap=_cache_by_shape),

@@ -1,6 +1,8 @@
 """Routing preprocess: stable counting sort of the flat slots by expert (SPEC.md sections 1, 2).
 
-Three launches, no atomics, deterministic:
+Three launches, no atomics, deterministic (ep_preprocess of at most ONE_LAUNCH_MAX slots: one
+launch of ``_one_launch_kernel``: a single program, or blocks whose programs each histogram all
+the ids instead of waiting for a scan):
 1. ``_hist_kernel``    one program per BLOCK slots: per-block bucket histogram (tl.histogram).
 2. ``_colscan_kernel`` one program per SCAN_COLS buckets: per (block, bucket) the count of that
                        bucket in earlier blocks (a scan down each column) and each bucket's total.
@@ -20,7 +22,9 @@ any id value is memory-safe (out-of-contract ids just sort last).
 """
 from __future__ import annotations
 
+import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -48,6 +52,15 @@ def _bucket_of(ids, E, SHIFT: tl.constexpr):
     return tl.where(ok, b, E + SHIFT).to(tl.int32)
 
 
+@triton.jit
+def _scratch_parts(scratch_ptr, NBLK, NBP: tl.constexpr):
+    """The one int32 scratch buffer's three parts: hist [NBLK, NBP], colpre [NBLK, NBP], totals [NBP]."""
+    hist_ptr = scratch_ptr
+    colpre_ptr = scratch_ptr + NBLK.to(tl.int64) * NBP
+    totals_ptr = scratch_ptr + 2 * NBLK.to(tl.int64) * NBP
+    return hist_ptr, colpre_ptr, totals_ptr
+
+
 # Sizes that are neither strides nor offsets' alignment stay unspecialised (do_not_specialize):
 # one compiled variant whatever their value, instead of one per (== 1, % 16 == 0, other) class.
 @triton.jit(do_not_specialize=["N", "E"])
@@ -72,14 +85,15 @@ def _hist_kernel(
 @triton.jit(do_not_specialize=["NBLK"])
 def _colscan_kernel(
     # pointers
-    hist_ptr, colpre_ptr, totals_ptr, ninv_ptr,
+    scratch_ptr, ninv_ptr,
     # sizes
     NBLK,
     # meta
-    NBP: tl.constexpr, BB: tl.constexpr, R: tl.constexpr, PDL: tl.constexpr,
+    NBP: tl.constexpr, BB: tl.constexpr, R: tl.constexpr, DEEPEP: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program q, buckets j in [q*BB, (q+1)*BB): colpre[b, j] = count of bucket j in blocks < b;
-    totals[j] = count of bucket j overall; n_inv = totals[0] (program 0; deepep's -1 bucket)."""
+    totals[j] = count of bucket j overall; deepep: n_inv = totals[0] (program 0; the -1 bucket)."""
+    hist_ptr, colpre_ptr, totals_ptr = _scratch_parts(scratch_ptr, NBLK, NBP)
     if PDL:
         # The scatter may start now: it sorts its block before it waits for us. No deadlock from its
         # programs holding SMs: they launch only once every scan program has started, and those
@@ -97,16 +111,51 @@ def _colscan_kernel(
         tl.store(colpre_ptr + off, tl.cumsum(h, axis=0) - h + carry[None, :], mask=rmask)
         carry += tl.sum(h, axis=0)
     tl.store(totals_ptr + cols, carry)
-    if tl.program_id(0) == 0:
+    if DEEPEP and tl.program_id(0) == 0:
         tl.store(ninv_ptr, tl.sum(tl.where(cols == 0, carry, 0), axis=0).to(tl.int64))
 
 
-@triton.jit(do_not_specialize=["N", "E", "OUT_LEN"])
+@triton.jit
+def _block_order(ids, base, lane, E, SHIFT: tl.constexpr, BLOCK: tl.constexpr, USE_SORT: tl.constexpr):
+    """The stable order of one block's slots (ids [BLOCK], slot base + lane): (src, p, bucket) where
+    slot src has in-block sorted position p and bucket is src's bucket (as a multiset: the block's)."""
+    key = _bucket_of(ids, E, SHIFT) * BLOCK + lane               # unique keys: stable within the block
+    if USE_SORT:
+        key = tl.sort(key)
+        src = base + (key % BLOCK)                               # the slot at sorted position p = lane
+        p = lane
+    else:
+        # Interpreter: tl.sort is very slow there; the same in-block rank by pairwise compare.
+        src = base + lane
+        p = tl.sum((key[None, :] < key[:, None]).to(tl.int32), axis=1)
+    return src, p, key // BLOCK
+
+
+@triton.jit
+def _store_seg(seg_ptr, start, n_inv, buckets, E, DEEPEP: tl.constexpr):
+    """seg_indptr from the buckets' first sorted positions ``start`` [NBP]."""
+    if DEEPEP:
+        # seg_indptr[e] = start[e + 1] - n_inv for e in 0..E
+        tl.store(seg_ptr + buckets - 1, (start - n_inv).to(tl.int64), mask=(buckets >= 1) & (buckets <= E + 1))
+    else:
+        tl.store(seg_ptr + buckets, start.to(tl.int64), mask=buckets <= E)
+
+
+@triton.jit
+def _store_order(ids_ptr, src2dst_ptr, sorted_ptr, src, pos, N, OUT_LEN):
+    """src2dst[src] = pos and sorted[pos] = ids[src] for the real slots (src < N) among a block's."""
+    ok = src < N
+    tl.store(src2dst_ptr + src, pos.to(src2dst_ptr.dtype.element_ty), mask=ok)
+    idv = tl.load(ids_ptr + src, mask=ok, other=0)               # original id (exact even for dump ids)
+    tl.store(sorted_ptr + pos, idv, mask=ok & (pos >= 0) & (pos < OUT_LEN))
+
+
+@triton.jit(do_not_specialize=["N", "E", "OUT_LEN", "NBLK"])
 def _scatter_kernel(
     # pointers
-    ids_ptr, hist_ptr, colpre_ptr, totals_ptr, src2dst_ptr, sorted_ptr, seg_ptr,
+    ids_ptr, scratch_ptr, src2dst_ptr, sorted_ptr, seg_ptr,
     # sizes
-    N, E, OUT_LEN,
+    N, E, OUT_LEN, NBLK,
     # meta
     SHIFT: tl.constexpr, DEEPEP: tl.constexpr, BLOCK: tl.constexpr, NBP: tl.constexpr, USE_SORT: tl.constexpr,
     PDL: tl.constexpr,
@@ -118,23 +167,15 @@ def _scatter_kernel(
     block's histogram (both [NBP] scans in registers). Program 0 also writes seg_indptr.
     """
     pid = tl.program_id(0)
-    # The block's own keys first: they need only the ids, so under PDL the sort overlaps the
+    # The block's own order first: it needs only the ids, so under PDL the sort overlaps the
     # histograms and the column scan.
     base = pid.to(tl.int64) * BLOCK
     lane = tl.arange(0, BLOCK)
     ids = tl.load(ids_ptr + base + lane, mask=base + lane < N, other=-2)
-    key = _bucket_of(ids, E, SHIFT) * BLOCK + lane               # unique keys: stable within the block
-    if USE_SORT:
-        key = tl.sort(key)
-        src = base + (key % BLOCK)                               # the slot at sorted position p = lane
-        p = lane
-    else:
-        # Interpreter: tl.sort is very slow there; the same in-block rank by pairwise compare.
-        src = base + lane
-        p = tl.sum((key[None, :] < key[:, None]).to(tl.int32), axis=1)
-    bucket = key // BLOCK
+    src, p, bucket = _block_order(ids, base, lane, E, SHIFT, BLOCK, USE_SORT)
     if PDL:
         gdc_wait()                # launched early: wait for the column scan (and, through it, the histograms)
+    hist_ptr, colpre_ptr, totals_ptr = _scratch_parts(scratch_ptr, NBLK, NBP)
     buckets = tl.arange(0, NBP)
     totals = tl.load(totals_ptr + buckets)
     start = tl.cumsum(totals, axis=0) - totals                       # first sorted position of each bucket
@@ -143,18 +184,49 @@ def _scatter_kernel(
     else:
         n_inv = 0
     if pid == 0:
-        if DEEPEP:
-            # seg_indptr[e] = start[e + 1] - n_inv for e in 0..E
-            tl.store(seg_ptr + buckets - 1, (start - n_inv).to(tl.int64), mask=(buckets >= 1) & (buckets <= E + 1))
-        else:
-            tl.store(seg_ptr + buckets, start.to(tl.int64), mask=buckets <= E)
+        _store_seg(seg_ptr, start, n_inv, buckets, E, DEEPEP)
     h = tl.load(hist_ptr + pid.to(tl.int64) * NBP + buckets)
     delta = start - n_inv + tl.load(colpre_ptr + pid.to(tl.int64) * NBP + buckets) - (tl.cumsum(h, axis=0) - h)
-    ok = src < N
-    pos = p + tl.gather(delta, bucket, 0)
-    tl.store(src2dst_ptr + src, pos.to(src2dst_ptr.dtype.element_ty), mask=ok)
-    idv = tl.load(ids_ptr + src, mask=ok, other=0)               # original id (exact even for dump ids)
-    tl.store(sorted_ptr + pos, idv, mask=ok & (pos >= 0) & (pos < OUT_LEN))
+    _store_order(ids_ptr, src2dst_ptr, sorted_ptr, src, p + tl.gather(delta, bucket, 0), N, OUT_LEN)
+
+
+@triton.jit(do_not_specialize=["N", "E"])
+def _one_launch_kernel(
+    # pointers
+    ids_ptr, src2dst_ptr, sorted_ptr, seg_ptr,
+    # sizes
+    N, E,
+    # meta
+    BLOCK: tl.constexpr, NP: tl.constexpr, NBP: tl.constexpr, USE_SORT: tl.constexpr,
+):
+    """ep_preprocess of N <= NP slots in one launch, one program per block of BLOCK slots.
+
+    One block (NP == BLOCK): its stable order is the global one and its histogram the totals.
+    Several: each program reads all N ids and takes the bucket totals and the counts in earlier
+    blocks from two histograms of them (what the column scan gives the three-launch path), so no
+    program waits for another, then places its block as _scatter_kernel does. Program 0 writes
+    seg_indptr."""
+    pid = tl.program_id(0)
+    base = pid.to(tl.int64) * BLOCK
+    lane = tl.arange(0, BLOCK)
+    ids = tl.load(ids_ptr + base + lane, mask=base + lane < N, other=-2)   # padding lanes: dump bucket, last
+    src, p, bucket = _block_order(ids, base, lane, E, 0, BLOCK, USE_SORT)
+    h = tl.histogram(bucket, NBP)
+    if NP == BLOCK:
+        totals = h                    # the padding lanes count in the dump bucket only, after every expert
+    else:
+        every = tl.arange(0, NP)
+        buckets_all = _bucket_of(tl.load(ids_ptr + every, mask=every < N, other=-2), E, 0)
+        totals = tl.histogram(buckets_all, NBP, mask=every < N)
+        before = tl.histogram(buckets_all, NBP, mask=every < pid * BLOCK)   # slots of earlier blocks
+    start = tl.cumsum(totals, axis=0) - totals   # exclusive scan: first sorted position of each bucket
+    if pid == 0:
+        _store_seg(seg_ptr, start, 0, tl.arange(0, NBP), E, False)
+    if NP == BLOCK:
+        pos = p
+    else:
+        pos = p + tl.gather(start + before - (tl.cumsum(h, axis=0) - h), bucket, 0)
+    _store_order(ids_ptr, src2dst_ptr, sorted_ptr, src, pos, N, N)
 
 
 # Block plan and scan tile; module-level so that results scripts can sweep them on the GPU.
@@ -165,53 +237,102 @@ SCAN_COLS = 16          # buckets per column-scan program
 SCAN_ELEMS = 4096       # histogram entries per column-scan step
 SCAN_WARPS = 4
 SCATTER_WARPS = 0       # warps of the histogram and scatter programs; 0: 4, or 8 from 2,048-slot blocks
+# ep_preprocess of at most ONE_LAUNCH_MAX slots runs in one launch (_one_launch_kernel): one program
+# up to ONE_BLOCK_MAX slots, else blocks of ONE_LAUNCH_BLOCK. 0 turns it off. The interpreter's caps
+# are lower so that its fuzzed cases (T*K up to ~400) take all three ways.
+# H200, tenth session, graph us (K = 8 over 256 experts; three launches: 8.1-9.6 at 128-4,096 slots):
+#   one program:   6.1-6.6 at 128 slots, 7.8-8.3 at 512, 11.5-12.9 at 1,024 (one sort of every slot)
+#   blocks of 64:  8.4 at 128, 9.1-9.2 at 512, 9.9-10.2 at 1,024, 11.4-11.8 at 2,048, 15.8 at 4,096
+# Eager (host-bound) one launch took 5-30 us against three launches' 31-119. So one program to 512
+# slots (faster both ways), blocks of 64 to 1,024 (0.7-1.0 us slower than three launches in a graph,
+# 2 launches fewer eager), three launches above.
+ONE_LAUNCH_MAX = 1024
+ONE_BLOCK_MAX = 512
+ONE_LAUNCH_BLOCK = 64
+ONE_LAUNCH_MAX_INTERP = 64
+ONE_BLOCK_MAX_INTERP = 32
 # Programmatic dependent launch of the scan and scatter kernels (sm_90+): each is scheduled while
 # its predecessor runs and waits for it in gdc_wait, which hides most of the gap between the
 # three launches in a CUDA graph. MOE_PREPROCESS_PDL=0 turns it off (an A/B switch).
 USE_PDL = os.environ.get("MOE_PREPROCESS_PDL", "1") not in ("0", "false", "False", "")
 
 
-def _plan(n: int, num_experts: int, deepep: bool):
-    nb = num_experts + (2 if deepep else 1)                      # (-1 bucket) + experts + dump
-    nbp = max(32, _config.next_pow2(nb))                         # tl.histogram: power of 2, >= warp size
+class _Plan(NamedTuple):
+    """How one call launches: the path, its tiles and warps (a pure function of the sizes, the
+    device and the module's knobs, so it is computed once per combination)."""
+
+    one_launch: bool    # _one_launch_kernel alone (ep, n <= the cap)
+    nbp: int            # histogram bins: power of 2 >= 32 covering (-1 bucket) + experts + dump
+    block: int          # slots per block
+    nblk: int
+    warps: int          # of the histogram / scatter / one-launch programs
+    scan_cols: int      # buckets per column-scan program
+    scan_rows: int      # histogram rows per column-scan step
+    pdl: bool           # programmatic dependent launch of the scan and the scatter
+    use_sort: bool      # tl.sort in the block order (else the interpreter's pairwise rank)
+
+
+def _knobs():
+    return (TARGET_BLOCKS, MIN_BLOCK, MAX_BLOCK, SCAN_COLS, SCAN_ELEMS, SCAN_WARPS, SCATTER_WARPS, USE_PDL,
+            ONE_LAUNCH_MAX, ONE_BLOCK_MAX, ONE_LAUNCH_BLOCK, ONE_LAUNCH_MAX_INTERP, ONE_BLOCK_MAX_INTERP, FORCE_SORT)
+
+
+@functools.lru_cache(maxsize=512)
+def _plan_for(n: int, num_experts: int, deepep: bool, device_index: int, knobs: tuple) -> _Plan:
+    interp = _config.is_interpreter()
+    nbp = max(32, _config.next_pow2(num_experts + (2 if deepep else 1)))   # tl.histogram: power of 2, >= warp size
+    use_sort = FORCE_SORT or not interp
+    cap, one_block = (ONE_LAUNCH_MAX, ONE_BLOCK_MAX) if use_sort else (ONE_LAUNCH_MAX_INTERP, ONE_BLOCK_MAX_INTERP)
+    if not deepep and n <= min(cap, MAX_BLOCK):
+        block = max(32, _config.next_pow2(n)) if n <= one_block else ONE_LAUNCH_BLOCK
+        warps = 8 if max(n, block) > 2048 else 4      # a program holds its block, and with several all n ids
+        return _Plan(True, nbp, block, triton.cdiv(n, block), warps, 0, 0, False, use_sort)
     block = min(MAX_BLOCK, max(MIN_BLOCK, _config.next_pow2(triton.cdiv(n, TARGET_BLOCKS))))
-    if _config.is_interpreter() and not FORCE_SORT:
+    if not use_sort:
         block = min(block, 512)  # the pairwise rank is BLOCK x BLOCK
     nblk = triton.cdiv(n, block)
-    return nbp, block, nblk
+    scan_cols = min(SCAN_COLS, nbp)
+    scan_rows = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // scan_cols))
+    pdl = (USE_PDL and gdc_wait is not None and not interp and device_index >= 0
+           and _config.is_hopper_or_newer(device_index))
+    return _Plan(False, nbp, block, nblk, SCATTER_WARPS or (8 if block >= 2048 else 4), scan_cols, scan_rows, pdl,
+                 use_sort)
+
+
+def _plan(n: int, num_experts: int, deepep: bool, device_index: int = -1) -> _Plan:
+    return _plan_for(n, num_experts, deepep, device_index, _knobs())
 
 
 def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
     flat = topk_ids.reshape(-1)
     n = flat.numel()
     dev = flat.device
+    plan = _plan(n, num_experts, deepep, flat.get_device())
+    seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by the last kernel
+    src2dst = torch.empty(n, dtype=torch.int64 if deepep else torch.int32, device=dev)
+    if plan.one_launch:
+        sorted_ids = torch.empty(n, dtype=flat.dtype, device=dev)
+        _one_launch_kernel[(plan.nblk,)](flat, src2dst, sorted_ids, seg, n, num_experts, BLOCK=plan.block,
+                                         NP=max(plan.block, _config.next_pow2(n)), NBP=plan.nbp, USE_SORT=plan.use_sort,
+                                         num_warps=plan.warps)
+        return sorted_ids, src2dst, seg
+    nbp, block, nblk = plan.nbp, plan.block, plan.nblk
     shift = 1 if deepep else 0
-    nbp, block, nblk = _plan(n, num_experts, deepep)
-    hist = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)     # fully written by _hist_kernel
-    colpre = torch.empty(nblk, nbp, dtype=torch.int32, device=dev)   # fully written by _colscan_kernel
-    totals = torch.empty(nbp, dtype=torch.int32, device=dev)         # fully written by _colscan_kernel
-    seg = torch.empty(num_experts + 1, dtype=torch.int64, device=dev)  # fully written by _scatter_kernel
-    ninv = torch.empty(1, dtype=torch.int64, device=dev)
-    warps = SCATTER_WARPS or (8 if block >= 2048 else 4)
-    pdl = (USE_PDL and gdc_wait is not None and not _config.is_interpreter()
-           and _config.is_hopper_or_newer(dev.index))
-    later = {"launch_pdl": True} if pdl else {}   # launch options of the two dependent kernels
-    _hist_kernel[(nblk,)](flat, hist, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, PDL=pdl, num_warps=warps)
-    bb = min(SCAN_COLS, nbp)
-    r = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // bb))
-    _colscan_kernel[(nbp // bb,)](hist, colpre, totals, ninv, nblk, NBP=nbp, BB=bb, R=r, PDL=pdl,
-                                  num_warps=SCAN_WARPS, **later)
-    if deepep:
-        # The output length N - n_inv is data dependent: one device-to-host read, here only.
-        n_out = n - int(ninv.item())
-        src2dst = torch.empty(n, dtype=torch.int64, device=dev)
-    else:
-        n_out = n
-        src2dst = torch.empty(n, dtype=torch.int32, device=dev)
+    # hist, colpre [nblk, nbp] and totals [nbp] in one buffer (one allocation: host time), each part
+    # fully written (_hist_kernel, _colscan_kernel) before it is read
+    scratch = torch.empty(2 * nblk * nbp + nbp, dtype=torch.int32, device=dev)
+    ninv = torch.empty(1, dtype=torch.int64, device=dev) if deepep else scratch   # ep: never written
+    later = {"launch_pdl": True} if plan.pdl else {}   # launch options of the two dependent kernels
+    _hist_kernel[(nblk,)](flat, scratch, n, num_experts, SHIFT=shift, BLOCK=block, NBP=nbp, PDL=plan.pdl,
+                          num_warps=plan.warps)
+    _colscan_kernel[(nbp // plan.scan_cols,)](scratch, ninv, nblk, NBP=nbp, BB=plan.scan_cols, R=plan.scan_rows,
+                                              DEEPEP=deepep, PDL=plan.pdl, num_warps=SCAN_WARPS, **later)
+    # deepep's output length N - n_inv is data dependent: one device-to-host read, here only
+    n_out = n - int(ninv.item()) if deepep else n
     sorted_ids = torch.empty(n_out, dtype=flat.dtype, device=dev)
-    _scatter_kernel[(nblk,)](flat, hist, colpre, totals, src2dst, sorted_ids, seg, n, num_experts, n_out,
-                             SHIFT=shift, DEEPEP=deepep, BLOCK=block, NBP=nbp, num_warps=warps,
-                             USE_SORT=FORCE_SORT or not _config.is_interpreter(), PDL=pdl, **later)
+    _scatter_kernel[(nblk,)](flat, scratch, src2dst, sorted_ids, seg, n, num_experts, n_out, nblk,
+                             SHIFT=shift, DEEPEP=deepep, BLOCK=block, NBP=nbp, num_warps=plan.warps,
+                             USE_SORT=plan.use_sort, PDL=plan.pdl, **later)
     return sorted_ids, src2dst, seg
 
 

@@ -1,0 +1,68 @@
+"""ep_preprocess's three ways (optimized/preprocess.py): one launch of _one_launch_kernel with one
+program (up to ONE_BLOCK_MAX slots) or several blocks (up to ONE_LAUNCH_MAX), three launches above
+(the interpreter: the *_INTERP caps). Each is forced here in turn, with tl.sort (FORCE_SORT, the
+GPU's block order) and with the interpreter's pairwise rank, and checked against the reference
+through every probe of harness.runner.run_case."""
+import pytest
+
+from harness.cases import CaseParams
+from harness.impls import load_implementation
+from harness.mutants import MUTANTS, implementation
+from harness.runner import Candidate, run_case
+from harness.specs import SPECS
+from optimized import preprocess
+
+SPEC = SPECS["ep_preprocess"]
+PATHS = {  # the module knobs that force each way (203-238 slots below; the GPU's and the interpreter's)
+    "one launch, 1 block": dict(ONE_LAUNCH_MAX=4096, ONE_BLOCK_MAX=4096, ONE_LAUNCH_MAX_INTERP=4096,
+                                ONE_BLOCK_MAX_INTERP=4096),
+    "one launch, 4 blocks": dict(ONE_LAUNCH_MAX=4096, ONE_BLOCK_MAX=0, ONE_LAUNCH_MAX_INTERP=4096,
+                                 ONE_BLOCK_MAX_INTERP=0, ONE_LAUNCH_BLOCK=64),
+    "three launches, 4 blocks": dict(ONE_LAUNCH_MAX=0, ONE_LAUNCH_MAX_INTERP=0, MIN_BLOCK=64),
+}
+
+
+def _params(dtype, seed):
+    # 29 x 7 = 203 slots (+35 for seed 1): one 256-slot block, or blocks of 64 with a partial tail;
+    # 37 experts: a bucket count that is not a power of 2
+    return CaseParams(op="ep_preprocess", dtype=dtype, tokens=29 + 5 * seed, topk=7, experts=37 + seed,
+                      start_expert=0, end_expert=36 + seed, routing="skewed" if seed else "uniform", seed=seed)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sort", [False, True], ids=["pairwise rank", "tl.sort"])
+@pytest.mark.parametrize("dtype", SPEC.dtypes)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_path_matches_reference(path, sort, dtype, seed, device, moe_backend, monkeypatch):
+    reason = SPEC.skip_reason(moe_backend, dtype)
+    if reason:
+        pytest.skip(reason)
+    if moe_backend == "cuda" and not sort:
+        pytest.skip("the pairwise rank is the interpreter's path (FORCE_SORT is moot on the GPU)")
+    for name, value in dict(PATHS[path], FORCE_SORT=sort).items():
+        monkeypatch.setattr(preprocess, name, value)
+    params = _params(dtype, seed)
+    plan = preprocess._plan(params.tokens * params.topk, params.experts, False, -1)
+    assert plan.one_launch == path.startswith("one launch") and plan.nblk == int(path.split(", ")[1][0])
+    res = run_case(SPEC, load_implementation("ours").candidate("ep_preprocess"), params, device, "ours")
+    assert res.ok, f"{res.probe}: {res.message}"
+
+
+def test_default_caps_send_fuzzed_interpreter_sizes_down_both_paths():
+    """The interpreter's fuzzed cases reach ~400 slots: its caps keep all three ways in every CI sweep."""
+    assert 1 <= preprocess.ONE_BLOCK_MAX_INTERP < preprocess.ONE_LAUNCH_MAX_INTERP < 400
+    assert preprocess.ONE_BLOCK_MAX <= preprocess.ONE_LAUNCH_MAX <= preprocess.MAX_BLOCK
+
+
+def test_one_launch_test_fires_on_an_inclusive_start_scan(device, monkeypatch):
+    """The buckets' starts from the inclusive scan of the totals: every position one expert late.
+    The same mutant module on the three-launch path passes, so the cap does pick the path."""
+    fn = implementation(MUTANTS["ep_one_launch_start_inclusive"]).ops["ep_preprocess"]
+    for path, broken in (("one launch, 4 blocks", True), ("three launches, 4 blocks", False)):
+        for name, value in PATHS[path].items():
+            monkeypatch.setitem(fn.__globals__, name, value)
+        res = run_case(SPEC, Candidate(fn), _params("int32", 0), device, "broken")
+        if broken:
+            assert not res.ok and res.probe in ("exact", "invariant"), (res.probe, res.message)
+        else:
+            assert res.ok, f"{res.probe}: {res.message}"
