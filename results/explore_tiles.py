@@ -14,14 +14,17 @@ and quartiles), prints one line per variant and writes the records to --json:
 - ep_skip: silu and post_reorder under EP8 on inputs that isolate one part of their time
   (nothing local, the local span alone, everything local);
 - preprocess: T*K = 1024 / 32768 / 131072 over 256 experts, block plan and scan tile, graph
-  replay, and the device time of each of its three kernels (torch profiler).
-Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess] [--json F]
+  replay, and the device time of each of its three kernels (torch profiler);
+- copies: a memcpy and the bench's copy kernel at the EP8 ops' sizes and at 1 GiB, eager / graph;
+  the write rate at pre_reorder's all-local size, rows in order and shuffled.
+Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess copies] [--json F]
        (--smoke: every section at tiny sizes on the CPU, TRITON_INTERPRET=1; tests/test_explore_smoke.py runs it)
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -35,8 +38,7 @@ import triton.language as tl
 
 from harness import baselines
 from harness.timing import TimingConfig, Workload, capture_graph, copy_moving, measure_ceilings, run_interleaved, Stats
-from optimized import _config, activation, gemm, preprocess, reorder
-from optimized._tl import cast_out, round_to
+from optimized import activation, gemm, preprocess, reorder
 
 DEV = "cuda"
 CFG = TimingConfig(warmup_ms=30, rep_ms=120)
@@ -334,7 +336,12 @@ REORDER_TILES = [  # TILE_ELEMS, NUM_WARPS, MAX_BLOCK_H (the first is the defaul
 # (2048, 2, 2048), (2048, 4, 2048), (4096, 4, 4096) and (8192, 8, 8192) were all slower for post
 # under EP8 (41-95 us against 39) and no faster for pre (within 1%); dropped from the sweep.
 # post_reorder's slot columns per load group (0: all K loads unconditional, the eighth session's kernel)
-POST_GROUPS = (0, 1, 2, 4, 8)
+POST_GROUPS = (0, 4)   # ninth session: 1, 2 and 8 lost to 4 everywhere
+# tenth session: pre_reorder loading its token tile beside the slot ids instead of after them (every
+# token read): all local 147.6 us, the same as after (147.6-148.4 at every tile above); dropped
+# tenth session: one token row per program with its K slots as scalars, each local slot's row loaded
+# under a uniform branch (70 registers against 126), at row blocks of 1,024-8,192 and 2-8 warps:
+# EP8 38.0-43.6 us (grouped: 38.4), all local 136.6-154.9 (134.3), T=256 EP8 9.4-13.1 (9.2); dropped
 # H200, fifth session: row tiles visited in a strided order and programs working through 2-16
 # tiles each (ids checked at once, empty spans skipped) were both tried for silu under EP8 and
 # neither beat one tile per program (22 us); both were dropped.
@@ -404,46 +411,20 @@ def reorder_section(ceil, gen):
 
 
 @triton.jit
-def _zero_rows_kernel(out_ptr, ids_ptr, T, H, K, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, READ_IDS: tl.constexpr):
+def _zero_rows_kernel(out_ptr, ids_ptr, T, H, K, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, READ_IDS: tl.constexpr,
+                      SHUFFLED: tl.constexpr = False):
     """out[rows, cols] = 0 for one [ROWS, BLOCK_H] tile; with READ_IDS the store waits for a load of
-    the rows' first id (whose value is never negative), like post_reorder's stores."""
+    the rows' first id (whose value is never negative), like post_reorder's stores; SHUFFLED: the
+    tile's rows are ids[rows] (a permutation of [0, T)), not rows."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < T
+    if SHUFFLED:
+        rows = tl.load(ids_ptr + rows, mask=rmask, other=0).to(tl.int64)
     if READ_IDS:
         rmask = rmask & (tl.load(ids_ptr + rows * K, mask=rmask, other=0) >= 0)
     zero = tl.zeros([ROWS, BLOCK_H], dtype=out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], zero, mask=rmask[:, None] & (cols < H)[None, :])
-
-
-@triton.jit
-def _silu_persistent_skip_kernel(gu_ptr, out_ptr, ids_ptr, M, I, start_expert, end_expert, ROWS: tl.constexpr,
-                                 BLOCK_I: tl.constexpr, STAGES: tl.constexpr, INTERP: tl.constexpr):
-    """silu_and_mul (no scales) as a persistent loop over row tiles (pid, pid + P, ...) whose ids load
-    ahead (STAGES); a tile with a local row does all its column blocks, one without skips them by a
-    branch (the eighth session's drafts masked them instead and lost 3x). Experiment (ninth session)."""
-    for rt in tl.range(tl.program_id(0), tl.cdiv(M, ROWS), tl.num_programs(0), num_stages=STAGES):
-        rows = rt * ROWS + tl.arange(0, ROWS).to(tl.int64)
-        e = tl.load(ids_ptr + rows, mask=rows < M, other=-1)
-        local = (rows < M) & (e >= start_expert) & (e <= end_expert)
-        if tl.max(local.to(tl.int32), axis=0) > 0:
-            for c0 in range(0, I, BLOCK_I):
-                cols = c0 + tl.arange(0, BLOCK_I)
-                m2 = local[:, None] & (cols < I)[None, :]
-                in_off = rows[:, None] * (2 * I) + cols[None, :]
-                gate = tl.load(gu_ptr + in_off, mask=m2, other=0.0).to(tl.float32)
-                up = tl.load(gu_ptr + in_off + I, mask=m2, other=0.0).to(tl.float32)
-                a = gate / (1.0 + tl.exp(-gate))
-                o = round_to(a, gu_ptr.dtype.element_ty, INTERP) * up
-                tl.store(out_ptr + rows[:, None] * I + cols[None, :], cast_out(o, out_ptr.dtype.element_ty, INTERP),
-                         mask=m2)
-
-
-def _silu_persistent_skip(gu, out, ids, start, end, per_sm, stages, rows, block_i, warps):
-    M, I = out.shape
-    nprog = max(1, min(triton.cdiv(M, rows), per_sm * (gemm._sm_count(gu.device.index) if gu.is_cuda else 4)))
-    _silu_persistent_skip_kernel[(nprog,)](gu, out, ids, M, I, start, end, ROWS=rows, BLOCK_I=block_i, STAGES=stages,
-                                           INTERP=_config.is_interpreter(), num_warps=warps)
 
 
 def ep_skip_section(ceil, gen):
@@ -472,21 +453,8 @@ def ep_skip_section(ceil, gen):
         record("ep_skip", f"silu T{T} I{I}", name, lambda: activation.silu_and_mul(g, d, 2 * I, r, None, a, b),
                max(n_rows, 1) * row_bytes / gbps * 1e6, graph=True,
                note=f"{n_rows} rows; floor = their bytes at copy bandwidth")
-    # the persistent loop that skips a tile without a local row by a branch (ninth session's
-    # experiment): programs per SM, stages, rows per tile, column block, warps
-    di_ref = di.clone()
-    activation.silu_and_mul(gu, di_ref, 2 * I, sorted_ids, None, s, e)
-    block_i = min(1024, triton.next_power_of_2(I))
-    for per_sm, stages, rows, warps in ((4, 2, 4, 4), (8, 2, 4, 4), (8, 3, 4, 4), (16, 2, 4, 4), (8, 2, 8, 8),
-                                        (8, 2, 2, 4), (16, 2, 2, 2)) if DEV == "cuda" else ((4, 2, 4, 4),):
-        di_x = di_ref.clone()
-        di_x[lo:hi] = 0
-        _silu_persistent_skip(gu, di_x, sorted_ids, s, e, per_sm, stages, rows, block_i, warps)
-        same = bool(torch.equal(di_x[lo:hi], di_ref[lo:hi]))
-        for name, (g, d, r, (a, b)), n_rows in variants:
-            record("ep_skip", f"silu T{T} I{I}", f"{name}, persistent skip {per_sm}/SM s{stages} rows {rows} w{warps}",
-                   lambda: _silu_persistent_skip(g, d, r, a, b, per_sm, stages, rows, block_i, warps),
-                   max(n_rows, 1) * row_bytes / gbps * 1e6, graph=True, note=f"same bits as ours: {same}")
+    # (ninth session: a persistent silu that skips empty row tiles by a branch cut the "no local row"
+    # scan from 15.0 to 9.4 us but not the routed case; refuted, its kernel is in git at 6ba0250)
     down = torch.randn(T * K, H, device=DEV, generator=gen).to(torch.bfloat16)
     out = torch.empty(T, H, device=DEV, dtype=torch.bfloat16)
     w = torch.rand(T, K, device=DEV, generator=gen)
@@ -499,24 +467,13 @@ def ep_skip_section(ceil, gen):
                        lambda: reorder.post_reorder(down, out, src2dst, ids, w, a, b, K, H),
                        _ep_bytes(ids, a, b, H, I)["post"] / gbps * 1e6, graph=True,
                        note=f"{slots} local slots; floor = their rows read + every output row written")
-    # each EP8 op's bytes moved by one torch copy launch: how far a kernel of that size gets from the
+    # each EP8 op's bytes moved by one copy kernel: how far a kernel of that size gets from the
     # 1 GiB copy's rate at all (launch, ramp and tail)
     ep8_bytes = _ep_bytes(ids, s, e, H, I)
     for op in ("silu", "post", "pre"):
         moved = ep8_bytes[op]
-        record("ep_skip", f"{op} T{T} EP8 bytes", f"torch copy of the same {moved / 1e6:.1f} MB",
+        record("ep_skip", f"{op} T{T} EP8 bytes", f"copy kernel of the same {moved / 1e6:.1f} MB",
                copy_moving(moved, DEV), moved / gbps * 1e6, graph=True, note="floor = the same bytes at the 1 GiB copy's rate")
-    # the silu copy again, timed alone and interleaved with silu itself as the bench does (ninth
-    # session: this section's copies took ~1.4x the bench's of the same bytes; which setting does it)
-    silu_copy = copy_moving(ep8_bytes["silu"], DEV)
-    silu_call = lambda: activation.silu_and_mul(gu, di, 2 * I, sorted_ids, None, s, e)
-    replays = [_replayable(c) for c in (silu_copy, silu_call)]
-    for order, ws in (("alone", [Workload("copy", (replays[0],))]),
-                      ("interleaved with silu", [Workload("copy", (replays[0],)), Workload("silu", (replays[1],))])):
-        run = run_interleaved(ws, DEV, CFG)
-        for workload, times in zip(ws, run.times_ms):
-            print(f"ep_skip    silu bytes copy {order:24s} {workload.name:5s} {Stats.of(times).median_ms * 1e3:8.1f} us",
-                  flush=True)
     # the write-only part against the card's own write-only rate (torch's fill of the same output)
     zero_floor = T * H * 2 / gbps * 1e6
     record("ep_skip", f"post T{T} H{H}", "torch out.zero_()", out.zero_, zero_floor, graph=True,
@@ -539,6 +496,49 @@ def ep_skip_section(ceil, gen):
                    zero_floor, graph=True)
 
 
+# ----------------------------------------------------------------------------- copies
+
+COPY_SIZES_MB = (50.9, 118.1, 1073.7)   # silu's and post's EP8 bytes at T=4096, and the ceiling's 1 GiB
+
+
+def copies_section(ceil, gen):
+    """Copies and stores against which the data-movement kernels are read.
+
+    Each size is copied by ``dst.copy_(src)`` (a driver memcpy; a memcpy node when captured) and by
+    timing.copy_moving (``src * 1``, an elementwise kernel on the SMs), eager and graph. Tenth
+    session: the memcpy took 23.8 / 48.3 us (graph) for 50.9 / 118 MB against 17.8 / 33.2 for the
+    kernel, fresh or after 1.9 GB of allocations or 3 s of load, with or without the L2 flush; that
+    was the ninth session's 1.4x between this script's copies and the bench's. Then the write rate:
+    pre_reorder's all-local output (469.8 MB) zeroed by torch and by Triton tiles of 2-16 KB per
+    program, rows in order and in a random order (pre_reorder writes each token to K scattered rows)."""
+    T, K, H = (REORDER_SHAPE[k] for k in "TKH")
+    gbps = ceil.copy_gbps * 1e9
+    for mb in COPY_SIZES_MB if DEV == "cuda" else COPY_SIZES_MB[:1]:
+        n = int(mb * 1e6)
+        src = torch.empty(max(1, n // 4), dtype=torch.int16, device=DEV).random_()
+        dst = torch.empty_like(src)
+        for name, call in (("dst.copy_(src), memcpy", functools.partial(dst.copy_, src)),
+                           ("copy kernel (timing.copy_moving)", copy_moving(n, DEV))):
+            for graph in (False, True):
+                record("copies", f"{mb:.1f} MB", f"{name}, {'graph' if graph else 'eager'}", call, n / gbps * 1e6,
+                       graph=graph, note="floor = the same bytes at the 1 GiB copy's rate")
+        del src, dst
+    big = torch.empty(T * K, H, device=DEV, dtype=torch.bfloat16)
+    write_floor = big.numel() * 2 / gbps * 1e6
+    case = f"write {big.numel() * 2 / 1e6:.1f} MB"
+    record("copies", case, "torch zero_()", big.zero_, write_floor, graph=True,
+           note="floor = the same bytes at the 1 GiB copy's rate")
+    order = torch.randperm(T * K, device=DEV, generator=gen).to(torch.int32)
+    for tile, warps, block_h in ((1024, 2, 1024), (4096, 4, 4096), (8192, 8, 8192)):
+        rows_per = max(1, tile // block_h)
+        grid = (triton.cdiv(T * K, rows_per), triton.cdiv(H, block_h))
+        for shuffled in (False, True):
+            record("copies", case, f"triton zero store, tile {tile} warps {warps}{', rows shuffled' if shuffled else ''}",
+                   lambda: _zero_rows_kernel[grid](big, order, T * K, H, 1, ROWS=rows_per, BLOCK_H=block_h,
+                                                   READ_IDS=False, SHUFFLED=shuffled, num_warps=warps),
+                   write_floor, graph=True)
+
+
 # ----------------------------------------------------------------------------- preprocess
 
 PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS, USE_PDL (the module's default first)
@@ -551,12 +551,26 @@ PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS, USE
 
 def preprocess_section(ceil, gen):
     E = 256
+    # one launch (one program, or blocks of 64 that each histogram all ids) against three, where one
+    # launch may do; the tenth session's figures are beside preprocess.ONE_LAUNCH_MAX
+    for T in ((16, 64, 128, 256) if DEV == "cuda" else (4,)):
+        ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
+        variants = [("three launches", dict(ONE_LAUNCH_MAX=0, ONE_LAUNCH_MAX_INTERP=0)),
+                    ("one launch, one program", dict(ONE_LAUNCH_MAX=4096, ONE_LAUNCH_MAX_INTERP=4096, ONE_BLOCK_MAX=4096,
+                                                     ONE_BLOCK_MAX_INTERP=4096)),
+                    ("one launch, blocks of 64", dict(ONE_LAUNCH_MAX=4096, ONE_LAUNCH_MAX_INTERP=4096, ONE_BLOCK_MAX=0,
+                                                      ONE_BLOCK_MAX_INTERP=0, ONE_LAUNCH_BLOCK=64))]
+        for name, knobs in variants:
+            with _knobs(preprocess, **knobs):
+                for graph in (True, False):
+                    record("preprocess", f"T{T} K8 E{E}", f"{name}, {'graph' if graph else 'eager'}",
+                           lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=graph, note="floor = 15 us target")
     knobs = ("TARGET_BLOCKS", "SCAN_COLS", "SCAN_WARPS", "SCATTER_WARPS", "USE_PDL")
     for T in ((128, 4096, 16384) if DEV == "cuda" else (8,)):
         ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
         case = f"T{T} K8 E{E}"
         for plan in PREPROCESS_PLANS:
-            with _knobs(preprocess, **dict(zip(knobs, plan))):
+            with _knobs(preprocess, ONE_LAUNCH_MAX=0, ONE_LAUNCH_MAX_INTERP=0, **dict(zip(knobs, plan))):
                 record("preprocess", case, "blocks {} scan cols {} w{} scatter w{} pdl {}".format(*plan),
                        lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
         # device time per kernel
@@ -578,7 +592,7 @@ def preprocess_section(ceil, gen):
 
 def _smoke():
     """Shrink every section to a few tiny cases on the CPU (TRITON_INTERPRET=1 must be set)."""
-    global DEV, CFG, TILES_16, TILES_FP8, PREPROCESS_PLANS
+    global DEV, CFG, TILES_16, TILES_FP8, PREPROCESS_PLANS, COPY_SIZES_MB
     DEV = "cpu"
     CFG = TimingConfig(warmup_ms=1, rep_ms=1, min_rounds=2)
     for k in list(GEMM_SHAPES):
@@ -588,12 +602,13 @@ def _smoke():
     for k in list(GEMM_EP_CASES):
         GEMM_EP_CASES[k] = dict(GEMM_EP_CASES[k], tokens=8, hidden=32, inter=32)
     EP_TILES[:] = EP_TILES[:1]
+    COPY_SIZES_MB = (0.05,)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess"],
-                    choices=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess"])
+    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess", "copies"],
+                    choices=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess", "copies"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--gemm-dtypes", nargs="+", choices=GEMM_DTYPES, default=GEMM_DTYPES,
                     help="the gemm section's operand dtypes")
@@ -611,7 +626,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for sec in args.section:
         {"gemm": gemm_section, "gemm_ep": gemm_ep_section, "reorder": reorder_section,
-         "ep_skip": ep_skip_section, "preprocess": preprocess_section}[sec](ceil, gen)
+         "ep_skip": ep_skip_section, "preprocess": preprocess_section, "copies": copies_section}[sec](ceil, gen)
         print(f"--- {sec} done at {time.time() - t0:.0f} s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
