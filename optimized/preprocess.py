@@ -266,10 +266,11 @@ class _Plan(NamedTuple):
     block: int          # slots per block
     nblk: int
     warps: int          # of the histogram / scatter / one-launch programs
-    scan_cols: int      # buckets per column-scan program
-    scan_rows: int      # histogram rows per column-scan step
-    pdl: bool           # programmatic dependent launch of the scan and the scatter
     use_sort: bool      # tl.sort in the block order (else the interpreter's pairwise rank)
+    padded: int = 0     # one launch: the ids each program reads (== block: a single program)
+    scan_cols: int = 0  # three launches: buckets per column-scan program
+    scan_rows: int = 0  # three launches: histogram rows per column-scan step
+    pdl: bool = False   # three launches: programmatic dependent launch of the scan and the scatter
 
 
 def _knobs():
@@ -279,6 +280,7 @@ def _knobs():
 
 @functools.lru_cache(maxsize=512)
 def _plan_for(n: int, num_experts: int, deepep: bool, device_index: int, knobs: tuple) -> _Plan:
+    # ``knobs`` (the module's values, _knobs()) only keys the cache: a sweep that sets them gets new plans
     interp = _config.is_interpreter()
     nbp = max(32, _config.next_pow2(num_experts + (2 if deepep else 1)))   # tl.histogram: power of 2, >= warp size
     use_sort = FORCE_SORT or not interp
@@ -286,7 +288,8 @@ def _plan_for(n: int, num_experts: int, deepep: bool, device_index: int, knobs: 
     if not deepep and n <= min(cap, MAX_BLOCK):
         block = max(32, _config.next_pow2(n)) if n <= one_block else ONE_LAUNCH_BLOCK
         warps = 8 if max(n, block) > 2048 else 4      # a program holds its block, and with several all n ids
-        return _Plan(True, nbp, block, triton.cdiv(n, block), warps, 0, 0, False, use_sort)
+        return _Plan(True, nbp, block, triton.cdiv(n, block), warps, use_sort,
+                     padded=max(block, _config.next_pow2(n)))
     block = min(MAX_BLOCK, max(MIN_BLOCK, _config.next_pow2(triton.cdiv(n, TARGET_BLOCKS))))
     if not use_sort:
         block = min(block, 512)  # the pairwise rank is BLOCK x BLOCK
@@ -295,8 +298,8 @@ def _plan_for(n: int, num_experts: int, deepep: bool, device_index: int, knobs: 
     scan_rows = max(1, min(_config.next_pow2(nblk), SCAN_ELEMS // scan_cols))
     pdl = (USE_PDL and gdc_wait is not None and not interp and device_index >= 0
            and _config.is_hopper_or_newer(device_index))
-    return _Plan(False, nbp, block, nblk, SCATTER_WARPS or (8 if block >= 2048 else 4), scan_cols, scan_rows, pdl,
-                 use_sort)
+    return _Plan(False, nbp, block, nblk, SCATTER_WARPS or (8 if block >= 2048 else 4), use_sort,
+                 scan_cols=scan_cols, scan_rows=scan_rows, pdl=pdl)
 
 
 def _plan(n: int, num_experts: int, deepep: bool, device_index: int = -1) -> _Plan:
@@ -313,7 +316,7 @@ def _sort_slots(topk_ids: torch.Tensor, num_experts: int, deepep: bool):
     if plan.one_launch:
         sorted_ids = torch.empty(n, dtype=flat.dtype, device=dev)
         _one_launch_kernel[(plan.nblk,)](flat, src2dst, sorted_ids, seg, n, num_experts, BLOCK=plan.block,
-                                         NP=max(plan.block, _config.next_pow2(n)), NBP=plan.nbp, USE_SORT=plan.use_sort,
+                                         NP=plan.padded, NBP=plan.nbp, USE_SORT=plan.use_sort,
                                          num_warps=plan.warps)
         return sorted_ids, src2dst, seg
     nbp, block, nblk = plan.nbp, plan.block, plan.nblk
