@@ -4,13 +4,14 @@ program (up to ONE_BLOCK_MAX slots) or several blocks (up to ONE_LAUNCH_MAX), th
 GPU's block order) and with the interpreter's pairwise rank, and checked against the reference
 through every probe of harness.runner.run_case."""
 import pytest
+import torch
 
 from harness.cases import CaseParams
 from harness.impls import load_implementation
 from harness.mutants import MUTANTS, implementation
 from harness.runner import Candidate, run_case
 from harness.specs import SPECS
-from optimized import preprocess
+from optimized import _config, preprocess
 
 SPEC = SPECS["ep_preprocess"]
 PATHS = {  # the module knobs that force each way (203-238 slots below; the GPU's and the interpreter's)
@@ -48,10 +49,30 @@ def test_each_path_matches_reference(path, sort, dtype, seed, device, moe_backen
     assert res.ok, f"{res.probe}: {res.message}"
 
 
-def test_default_caps_send_fuzzed_interpreter_sizes_down_both_paths():
+def test_default_caps_send_fuzzed_interpreter_sizes_down_all_three_ways():
     """The interpreter's fuzzed cases reach ~400 slots: its caps keep all three ways in every CI sweep."""
     assert 1 <= preprocess.ONE_BLOCK_MAX_INTERP < preprocess.ONE_LAUNCH_MAX_INTERP < 400
     assert preprocess.ONE_BLOCK_MAX <= preprocess.ONE_LAUNCH_MAX <= preprocess.MAX_BLOCK
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_out_of_range_ids_sort_last_in_every_way(path, device, moe_backend, monkeypatch):
+    """With value checks off (timing), ids outside [0, E) are memory-safe and sort after every valid
+    id, in slot order, and count in no segment: the dump bucket, in every way."""
+    E = 37
+    gen = torch.Generator(device=device).manual_seed(5)
+    flat = torch.randint(0, E, (29 * 7,), generator=gen, device=device)
+    flat[::9] = torch.tensor([E, -1, 2 ** 40, -(2 ** 40), E + 100], device=device).repeat(5)[:len(flat[::9])]
+    for name, value in dict(PATHS[path], FORCE_SORT=moe_backend == "cuda").items():
+        monkeypatch.setattr(preprocess, name, value)
+    monkeypatch.setattr(_config, "CHECK_VALUES", False)
+    sorted_ids, src2dst, seg = preprocess.ep_preprocess(flat.view(29, 7), E)
+    valid = (flat >= 0) & (flat < E)
+    order = torch.sort(torch.where(valid, flat, E), stable=True).indices      # the dump bucket E last
+    assert torch.equal(sorted_ids, flat[order])
+    assert torch.equal(src2dst[order].long(), torch.arange(len(flat), device=device))
+    want_seg = torch.tensor([int((flat[valid] < e).sum()) for e in range(E + 1)], device=device)
+    assert torch.equal(seg, want_seg)
 
 
 def test_one_launch_test_fires_on_an_inclusive_start_scan(device, monkeypatch):
