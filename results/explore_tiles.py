@@ -16,8 +16,14 @@ and quartiles), prints one line per variant and writes the records to --json:
 - preprocess: T*K = 1024 / 32768 / 131072 over 256 experts, block plan and scan tile, graph
   replay, and the device time of each of its three kernels (torch profiler);
 - copies: a memcpy and the bench's copy kernel at the EP8 ops' sizes and at 1 GiB, eager / graph;
-  the write rate at pre_reorder's all-local size, rows in order and shuffled.
-Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess copies] [--json F]
+  the write rate at pre_reorder's all-local size, rows in order and shuffled;
+- gemm_parts: the uniform DeepSeek GEMM shapes whole and as parts of their K loop (weight stream,
+  both streams, MMA alone, loads and MMA without the epilogue);
+- movement: pre_reorder's all-local traffic with one part changed at a time (destinations, reads,
+  cache hints, TMA stores) and silu over a compact span through TMA tiles.
+Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess copies movement
+       gemm_parts]
+       [--json F]
        (--smoke: every section at tiny sizes on the CPU, TRITON_INTERPRET=1; tests/test_explore_smoke.py runs it)
 """
 from __future__ import annotations
@@ -320,6 +326,89 @@ def gemm_ep_section(ceil, gen):
         torch.cuda.empty_cache() if DEV == "cuda" else None
 
 
+@triton.jit
+def _gemm_parts_kernel(a_desc, b_desc, sink_ptr, rows_per_group, N, Kd, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr, LOAD_A: tl.constexpr, LOAD_B: tl.constexpr, MMA: tl.constexpr,
+                       STAGES: tl.constexpr):
+    """One part of a uniform grouped GEMM's main loop at a time: program (m-tile, n-tile) runs the
+    K loop with TMA loads of its a tile (LOAD_A) and / or its group's b tile (LOAD_B) each step, and
+    the dot (MMA) on them; a part left out uses the first step's tile throughout. Without the dot
+    the tiles are summed (the stream alone); one float per program goes to sink (keeps it live)."""
+    row0 = tl.program_id(0) * BM
+    n_row = (row0 // rows_per_group) * N + tl.program_id(1) * BN     # row of b's [E*N, Kd] view
+    a = a_desc.load([row0, 0])
+    b = b_desc.load([n_row, 0])
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    part = tl.zeros([BM, BK], dtype=tl.float32)
+    for k in tl.range(0, Kd, BK, num_stages=STAGES):
+        if LOAD_A:
+            a = a_desc.load([row0, k])
+        if LOAD_B:
+            b = b_desc.load([n_row, k])
+        if MMA:
+            acc = tl.dot(a, b.T, acc)
+        else:
+            part += a.to(tl.float32)
+            acc += tl.sum(b.to(tl.float32), axis=1)[None, :]
+    tl.store(sink_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(acc, axis=1), axis=0)
+             + tl.sum(tl.sum(part, axis=1), axis=0))
+
+
+GEMM_PARTS_TILES = [(128, 128, 64, 4, 4), (128, 256, 64, 8, 3)]   # BM, BN, BK, warps, stages
+GEMM_STREAM_BOXES = [  # BN, BK, warps, stages
+    (128, 64, 4, 4), (128, 64, 4, 6), (128, 128, 4, 3), (128, 128, 4, 4), (256, 64, 8, 4), (256, 128, 8, 3),
+    (64, 128, 4, 6), (256, 64, 8, 6),
+]
+
+
+def gemm_parts_section(ceil, gen):
+    """Where the DeepSeek GEMM's time goes (eleventh session): the uniform gate_up and down shapes
+    (32 groups of 128 rows, one m-tile per group, so no padding) timed whole (ours, autotuned) and
+    as parts of the same K loop: the weight stream alone, both operand streams, the MMA alone on
+    tiles loaded once, and loads with MMA but no epilogue."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    for name in ("ds_gate_up", "ds_down"):
+        shape = GEMM_SHAPES[name]
+        G, M, N, Kd = shape
+        (a, b, c, *rest), kw = _gemm_inputs(shape, "bfloat16", gen)
+        floor = _gemm_floor(shape, ceil, "bfloat16")
+        w_us = G * N * Kd * 2 / (ceil.copy_gbps * 1e9) * 1e6
+        mma_us = 2 * M * N * Kd / (ceil.matmul_tflops * 1e12) * 1e6
+        case = f"{name} uniform (weights {w_us:.0f} us, MMA {mma_us:.0f} us at the ceilings)"
+        _fresh_tuners()
+        record("gemm_parts", case, "ours autotuned", lambda: gemm.grouped_gemm(a, b, c, *rest), floor)
+        for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
+            print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
+        sink = torch.empty(triton.cdiv(M, 16) * triton.cdiv(N, 16), device=DEV)
+        for bm, bn, bk, w, st in GEMM_PARTS_TILES if DEV == "cuda" else ((16, 16, 32, 1, 1),):
+            a_desc = TensorDescriptor(a, [M, Kd], [Kd, 1], [bm, bk])
+            b_desc = TensorDescriptor(b.view(G * N, Kd), [G * N, Kd], [Kd, 1], [bn, bk])
+            grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+            for part, (la, lb, mma) in (("weight stream alone", (False, True, False)),
+                                        ("a and weight streams", (True, True, False)),
+                                        ("MMA alone (tiles loaded once)", (False, False, True)),
+                                        ("loads and MMA, no epilogue", (True, True, True))):
+                record("gemm_parts", case, f"{part}, {bm}x{bn}x{bk} w{w} s{st}",
+                       lambda la=la, lb=lb, mma=mma: _gemm_parts_kernel[grid](
+                           a_desc, b_desc, sink, M // G, N, Kd, BM=bm, BN=bn, BK=bk, LOAD_A=la, LOAD_B=lb, MMA=mma,
+                           STAGES=st, num_warps=w), floor)
+        # the weight stream alone in other TMA boxes (BN x BK), against torch's read-only sum of the same
+        # weights: whether a wider or deeper box streams them faster than the GEMM's tiles do
+        record("gemm_parts", case, "torch b.sum() (reads the weights once)", lambda: b.sum(dtype=torch.float32),
+               w_us)
+        for bn, bk, w, st in GEMM_STREAM_BOXES if DEV == "cuda" else ((16, 32, 1, 1),):
+            bm = 64 if DEV == "cuda" else 16
+            a_desc = TensorDescriptor(a, [M, Kd], [Kd, 1], [bm, bk])
+            b_desc = TensorDescriptor(b.view(G * N, Kd), [G * N, Kd], [Kd, 1], [bn, bk])
+            grid = (G, triton.cdiv(N, bn))   # one program per (group, n-tile): rows_per_group = bm below
+            record("gemm_parts", case, f"weight stream alone, box {bn}x{bk} w{w} s{st}",
+                   lambda: _gemm_parts_kernel[grid](a_desc, b_desc, sink, bm, N, Kd, BM=bm, BN=bn, BK=bk,
+                                                    LOAD_A=False, LOAD_B=True, MMA=False, STAGES=st, num_warps=w),
+                   w_us)
+        a = b = c = rest = None
+        torch.cuda.empty_cache() if DEV == "cuda" else None
+
+
 # ----------------------------------------------------------------------------- reorder / silu
 
 def _routing(T, K, E, gen):
@@ -539,6 +628,171 @@ def copies_section(ceil, gen):
                    write_floor, graph=True)
 
 
+# ----------------------------------------------------------------------------- movement
+
+@triton.jit
+def _pre_probe_kernel(x_ptr, out_ptr, src2dst_ptr, T, H, TOPK: tl.constexpr, BLOCK_H: tl.constexpr,
+                      SEQUENTIAL: tl.constexpr, READ_X: tl.constexpr, LOAD_EVICT: tl.constexpr,
+                      STORE_MOD: tl.constexpr):
+    """pre_reorder's all-local traffic with one part changed at a time: one token row chunk per
+    program, written to its K slots' rows (src2dst, or t*K + k with SEQUENTIAL); READ_X off stores
+    zeros instead of the token (no reads); cache hints on the load / the stores."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cmask = cols < H
+    if READ_X:
+        x = tl.load(x_ptr + t * H + cols, mask=cmask, eviction_policy=LOAD_EVICT)
+    else:
+        x = tl.zeros([BLOCK_H], dtype=out_ptr.dtype.element_ty)
+    for k in tl.static_range(TOPK):
+        if SEQUENTIAL:
+            dst = t * TOPK + k
+        else:
+            dst = tl.load(src2dst_ptr + t * TOPK + k).to(tl.int64)
+        tl.store(out_ptr + dst * H + cols, x, mask=cmask, cache_modifier=STORE_MOD)
+
+
+@triton.jit
+def _mix_probe_kernel(x_ptr, out_ptr, sink_ptr, src2dst_ptr, T, H, TOPK: tl.constexpr, BLOCK_H: tl.constexpr,
+                      WRITES: tl.constexpr, READS: tl.constexpr):
+    """pre_reorder's reads and writes with no dependency between them: programs p = t*(K+1) + j in
+    dispatch order; j = 0 reads token t's chunk (READS) and keeps only its sum (a 4-byte sink
+    store), j = 1..K store zeros to slot t*K + j - 1's row (WRITES). So the same bytes in the same
+    interleaving, but no store waits for a load."""
+    p = tl.program_id(0)
+    t = (p // (TOPK + 1)).to(tl.int64)
+    j = p % (TOPK + 1)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cmask = cols < H
+    if j == 0:
+        if READS:
+            x = tl.load(x_ptr + t * H + cols, mask=cmask, other=0.0)
+            tl.store(sink_ptr + t * tl.num_programs(1) + tl.program_id(1), tl.sum(x.to(tl.float32), axis=0))
+    else:
+        if WRITES:
+            dst = tl.load(src2dst_ptr + t * TOPK + j - 1).to(tl.int64)
+            tl.store(out_ptr + dst * H + cols, tl.zeros([BLOCK_H], dtype=out_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _pre_probe_tma_kernel(x_desc, out_desc, src2dst_ptr, TOPK: tl.constexpr, BLOCK_H: tl.constexpr,
+                          TMA_LOAD: tl.constexpr, x_ptr, H):
+    """The same with the K row stores through a TMA descriptor of out ([T*K, H], block [1, BLOCK_H];
+    triton splits a block wider than 256 into several boxes); the token row through TMA too with
+    TMA_LOAD, else a plain load."""
+    t = tl.program_id(0)
+    c0 = tl.program_id(1) * BLOCK_H
+    if TMA_LOAD:
+        x = x_desc.load([t, c0])                                             # [1, BLOCK_H]
+    else:
+        cols = c0 + tl.arange(0, BLOCK_H)
+        x = tl.load(x_ptr + t.to(tl.int64) * H + cols, mask=cols < H)[None, :]
+    for k in tl.static_range(TOPK):
+        dst = tl.load(src2dst_ptr + t * TOPK + k)
+        out_desc.store([dst, c0], x)
+
+
+@triton.jit
+def _silu_probe_tma_kernel(gu_desc, out_desc, I, ROWS: tl.constexpr, BLOCK_I: tl.constexpr):
+    """silu_and_mul of a compact block of rows (every row local) through TMA loads and stores."""
+    r0 = tl.program_id(0) * ROWS
+    c0 = tl.program_id(1) * BLOCK_I
+    gate = gu_desc.load([r0, c0]).to(tl.float32)
+    up = gu_desc.load([r0, c0 + I]).to(tl.float32)
+    a = gate / (1.0 + tl.exp(-gate))
+    o = a.to(out_desc.dtype).to(tl.float32) * up
+    out_desc.store([r0, c0], o.to(out_desc.dtype))
+
+
+def _host_desc(t, block):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
+
+
+def movement_section(ceil, gen):
+    """Where pre_reorder's all-local time goes (84% of copy, eleventh session), one part of its
+    traffic changed at a time, and whether TMA moves it or silu's compact span: the same bytes
+    with sequential destinations, without the reads, with cache hints, with TMA stores (and loads),
+    each checked to write what pre_reorder writes (the variants that write the same rows)."""
+    T, K, E, H, I = (REORDER_SHAPE[k] for k in "TKEHI")
+    ids, sorted_ids, src2dst, seg = _routing(T, K, E, gen)
+    gbps = ceil.copy_gbps * 1e9
+    x = torch.randn(T, H, device=DEV, generator=gen).to(torch.bfloat16)
+    want = torch.zeros(T * K, H, device=DEV, dtype=torch.bfloat16)
+    reorder.pre_reorder(x, want, src2dst, ids, None, 0, E - 1, K, H)
+    out = torch.empty_like(want)
+    moved = (T + T * K) * H * 2
+    floor = moved / gbps * 1e6
+    case = f"pre T{T} all local {moved / 1e6:.1f} MB"
+    record("movement", case, "copy kernel of the same bytes", copy_moving(moved, DEV), floor, graph=True)
+    record("movement", case, "pre_reorder (default)", lambda: reorder.pre_reorder(x, out, src2dst, ids, None, 0, E - 1,
+                                                                                 K, H), floor, graph=True)
+
+    def same(call):
+        out.fill_(7)
+        call()
+        return "writes what pre_reorder writes" if torch.equal(out, want) else "DIFFERS from pre_reorder"
+
+    for block_h, warps in ((1024, 2), (2048, 4), (8192, 8)) if DEV == "cuda" else ((64, 1),):
+        grid = (T, triton.cdiv(H, block_h))
+        variants = [  # SEQUENTIAL, READ_X, LOAD_EVICT, STORE_MOD
+            ("probe as pre_reorder", False, True, "", ""),
+            ("sequential destinations", True, True, "", ""),
+            ("no reads (zeros to the same rows)", False, False, "", ""),
+            ("load evict_first", False, True, "evict_first", ""),
+            ("stores .cs (streaming)", False, True, "", ".cs"),
+            ("load evict_first, stores .cs", False, True, "evict_first", ".cs"),
+        ]
+        for name, seq, read, evict, mod in variants:
+            def call(seq=seq, read=read, evict=evict, mod=mod):
+                _pre_probe_kernel[grid](x, out, src2dst, T, H, TOPK=K, BLOCK_H=block_h, SEQUENTIAL=seq, READ_X=read,
+                                        LOAD_EVICT=evict, STORE_MOD=mod, num_warps=warps)
+            note = same(call) if (read and not seq) else ""
+            record("movement", case, f"{name}, block {block_h} w{warps}", call, floor, graph=True, note=note)
+        mix_grid = (T * (K + 1), triton.cdiv(H, block_h))
+        sink = torch.empty(T * mix_grid[1], device=DEV, dtype=torch.float32)
+        for name, writes, reads in (("reads and writes, no dependency", True, True), ("its reads alone", False, True),
+                                    ("its writes alone", True, False)):
+            record("movement", case, f"{name}, block {block_h} w{warps}",
+                   lambda writes=writes, reads=reads: _mix_probe_kernel[mix_grid](
+                       x, out, sink, src2dst, T, H, TOPK=K, BLOCK_H=block_h, WRITES=writes, READS=reads,
+                       num_warps=warps), floor, graph=True)
+        if gemm.TensorDescriptor is not None:   # (the interpreter emulates descriptors)
+            for tma_load in (False, True):
+                x_desc, o_desc = _host_desc(x, [1, block_h]), _host_desc(out, [1, block_h])
+
+                def call(tma_load=tma_load, x_desc=x_desc, o_desc=o_desc):
+                    _pre_probe_tma_kernel[grid](x_desc, o_desc, src2dst, TOPK=K, BLOCK_H=block_h, TMA_LOAD=tma_load,
+                                                x_ptr=x, H=H, num_warps=warps)
+                record("movement", case, f"TMA stores{', TMA load' if tma_load else ''}, block {block_h} w{warps}",
+                       call, floor, graph=True, note=same(call))
+    # silu over a compact span of local rows (the EP8 span's size): the grid kernel against TMA tiles
+    n = int(seg[64]) - int(seg[32])
+    gu = torch.randn(n, 2 * I, device=DEV, generator=gen).to(torch.bfloat16)
+    di = torch.empty(n, I, device=DEV, dtype=torch.bfloat16)
+    r = torch.full((n,), 40, device=DEV, dtype=torch.int32)
+    silu_bytes = n * 3 * I * 2
+    scase = f"silu {n} local rows {silu_bytes / 1e6:.1f} MB"
+    record("movement", scase, "copy kernel of the same bytes", copy_moving(silu_bytes, DEV), silu_bytes / gbps * 1e6,
+           graph=True)
+    record("movement", scase, "silu_and_mul (default)", lambda: activation.silu_and_mul(gu, di, 2 * I, r, None, 32, 63),
+           silu_bytes / gbps * 1e6, graph=True)
+    want_di = di.clone()
+    silu_tiles = ((4, 1024, 4), (8, 512, 4), (16, 256, 4), (8, 1024, 8), (32, 128, 4)) if DEV == "cuda" else ((8, 16, 1),)
+    if gemm.TensorDescriptor is not None:
+        for rows, block_i, warps in silu_tiles:
+            g_desc, o_desc = _host_desc(gu, [rows, block_i]), _host_desc(di, [rows, block_i])
+            grid = (triton.cdiv(n, rows), triton.cdiv(I, block_i))
+
+            def call(g_desc=g_desc, o_desc=o_desc, grid=grid, rows=rows, block_i=block_i, warps=warps):
+                _silu_probe_tma_kernel[grid](g_desc, o_desc, I, ROWS=rows, BLOCK_I=block_i, num_warps=warps)
+            di.fill_(7)
+            call()
+            note = "same bits as silu_and_mul" if torch.equal(di, want_di) else "DIFFERS from silu_and_mul"
+            record("movement", scase, f"TMA tiles {rows}x{block_i} w{warps}", call, silu_bytes / gbps * 1e6,
+                   graph=True, note=note)
+
+
 # ----------------------------------------------------------------------------- preprocess
 
 PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS, USE_PDL (the module's default first)
@@ -605,10 +859,14 @@ def _smoke():
     COPY_SIZES_MB = (0.05,)
 
 
+SECTIONS = {"gemm": gemm_section, "gemm_ep": gemm_ep_section, "reorder": reorder_section, "ep_skip": ep_skip_section,
+            "preprocess": preprocess_section, "copies": copies_section, "movement": movement_section,
+            "gemm_parts": gemm_parts_section}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", nargs="+", default=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess", "copies"],
-                    choices=["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess", "copies"])
+    ap.add_argument("--section", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     ap.add_argument("--json", default=None)
     ap.add_argument("--gemm-dtypes", nargs="+", choices=GEMM_DTYPES, default=GEMM_DTYPES,
                     help="the gemm section's operand dtypes")
@@ -625,8 +883,7 @@ def main(argv=None) -> int:
     print(ceil.describe(), "| torch", torch.__version__, "| triton", triton.__version__, flush=True)
     t0 = time.time()
     for sec in args.section:
-        {"gemm": gemm_section, "gemm_ep": gemm_ep_section, "reorder": reorder_section,
-         "ep_skip": ep_skip_section, "preprocess": preprocess_section, "copies": copies_section}[sec](ceil, gen)
+        SECTIONS[sec](ceil, gen)
         print(f"--- {sec} done at {time.time() - t0:.0f} s", flush=True)
     if args.json:
         with open(args.json, "w") as f:

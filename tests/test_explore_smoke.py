@@ -18,5 +18,5 @@ def test_explore_tiles_smoke_runs_every_section_without_a_failed_variant(tmp_pat
     failed = [line for line in proc.stdout.splitlines() if " FAILED " in line]
     assert not failed, "\n".join(failed)
     done = [line for line in proc.stdout.splitlines() if line.startswith("--- ") and line.split()[2] == "done"]
-    assert [line.split()[1] for line in done] == ["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess", "copies"], proc.stdout[-2000:]
+    assert [line.split()[1] for line in done] == ["gemm", "gemm_ep", "reorder", "ep_skip", "preprocess", "copies", "movement", "gemm_parts"], proc.stdout[-2000:]
     assert out.stat().st_size > 0
