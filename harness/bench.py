@@ -69,6 +69,8 @@ class BenchCase:
         if p.e_local != p.experts:
             parts.append(f"EP{p.experts // max(p.e_local, 1)}" if p.experts % max(p.e_local, 1) == 0
                          else f"experts {p.start_expert}..{p.end_expert}")
+        if p.dtype != DEFAULT_DTYPE.get(p.op, "bfloat16"):
+            parts.append(p.dtype)   # early in the label: the table cuts cases at 50 characters
         if p.op in ("pre_reorder", "post_reorder"):
             parts.append(f"H={p.hidden}")
         elif p.op in ("silu_and_mul", "gelu_and_mul"):

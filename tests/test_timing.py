@@ -386,6 +386,19 @@ def test_default_suite_is_the_anchor_shapes():
     assert max(c.params.tokens for c in small) <= bench.INTERPRETER_LIMITS["tokens"]
 
 
+def test_case_labels_name_a_dtype_other_than_the_ops_default_within_the_tables_width():
+    """The fp8 sweep times one shape in three dtypes: its rows must say which is which, inside the
+    50 characters the table keeps of a case."""
+    cases = bench.anchor_cases(["grouped_gemm", "ep_preprocess"], None, ["uniform"],
+                               ["bfloat16", "fp8_block", "int32", "int64"])
+    labels = {(c.params.op, c.params.dtype): c.label()[:50] for c in cases}
+    ds = [c for c in cases if c.params.op == "grouped_gemm" and c.params.dtype == "fp8_block"
+          and c.variant.endswith("gate_up") and c.params.experts == 256 and c.params.tokens == 4096]
+    assert ds and "fp8_block" in ds[0].label()[:50], ds
+    assert all(d not in labels[("grouped_gemm", "bfloat16")] for d in ("bfloat16", "fp8"))
+    assert "int32" not in labels[("ep_preprocess", "int32")] and "int64" in labels[("ep_preprocess", "int64")]
+
+
 class _Sub:
     """Stand-in for argparse's subparsers action: hands out one parser."""
 
