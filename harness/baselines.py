@@ -1,7 +1,7 @@
 """Plain-torch compositions to time our kernels against (ANCHORS.md's "plain torch" columns).
 
 Two built-in implementations use them: ``torch`` (a per-group ``torch.mm`` loop for the GEMM,
-argsort + bincount + cumsum + scatter for preprocessing, mask + index_copy_ for pre_reorder,
+argsort + bincount + cumsum + scatter for both preprocessings, mask + index_copy_ for pre_reorder,
 and the EP-rank forward chained from those and the references)
 and ``torch_grouped_mm`` (``torch._grouped_mm`` for the GEMM). They keep SGLang's signatures
 and the contract, validate metadata only (like a caller that trusts its inputs), and cover
@@ -30,6 +30,21 @@ def ep_preprocess(topk_ids: torch.Tensor, num_experts: int):
     seg_indptr = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)
     seg_indptr[1:] = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0)
     return reorder_topk_ids, src2dst, seg_indptr
+
+
+def deepep_preprocess(topk_ids: torch.Tensor, num_experts: int):
+    """The same composition with ids of -1 allowed: they sort first, and their count n_inv is
+    read on the host to drop them from reorder_topk_ids (as SGLang's)."""
+    validate_preprocess(topk_ids, num_experts, allow_invalid=True, check_values=False)
+    flat = topk_ids.reshape(-1)
+    reorder_topk_ids, order = torch.sort(flat, stable=True)
+    n_inv = int((flat < 0).sum())                                          # host sync
+    src2dst = torch.empty(flat.numel(), dtype=torch.int64, device=flat.device)
+    src2dst[order] = torch.arange(-n_inv, flat.numel() - n_inv, dtype=torch.int64, device=flat.device)
+    seg_indptr = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)
+    # ids of -1 land in bin 0, which is dropped
+    seg_indptr[1:] = torch.cumsum(torch.bincount(flat.long() + 1, minlength=num_experts + 1)[1:], 0)
+    return reorder_topk_ids[n_inv:], src2dst, seg_indptr
 
 
 def pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_id, end_expert_id, topk,
