@@ -298,14 +298,14 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "a2 = a2_desc.load([row0.to(tl.int32), k0])",
        "the second accumulator of a two-accumulator tile fed the tile's first rows instead of the BM "
        "rows after them (TMA path; only groups reaching past a tile's first BM rows show it)"),
-    _M("gemm_second_accumulator_stored_past_group", "grouped_gemm", "gemm",
-       "tail2 = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],",
-       "tail2 = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1],",
-       "the second accumulator's store clipped at the end of c instead of the group's last row: its "
-       "rows past the group overwrite the next group's rows (a race) or rows outside seg_indptr"),
+    _M("gemm_tail_stored_past_group", "grouped_gemm", "gemm",
+       "tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],",
+       "tail = tl.make_tensor_descriptor(c_ptr, shape=[(row_hi + 1).to(tl.int32), N], strides=[N, 1],",
+       "a group's last tile (either accumulator's) stored through a descriptor that ends one row past the "
+       "group: that row of the next group is overwritten (a race), or the row after c (a guard row)"),
     _M("gemm_fp8_scale_of_group", "grouped_gemm", "gemm",
-       "acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))",
-       "acc = acc * (tl.load(sa_ptr + g) * tl.load(sb_ptr + g))",
+       "acc = _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE)",
+       "acc = _tensor_scaled(acc, sa_ptr, sb_ptr, g, MODE)",
        "per-tensor fp8 scales of the wrong weight: indexed by the group instead of weight_indices[g]",
        dtypes=("fp8_tensor",)),
     _M("gemm_fp8_scale_divided", "grouped_gemm", "gemm",

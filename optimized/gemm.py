@@ -135,6 +135,31 @@ def _add_scaled(acc, part, sa, sb, SB_SCALAR: tl.constexpr):
 
 
 @triton.jit
+def _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE: tl.constexpr):
+    """MODE 1 (fp8 per tensor): acc * sa[e] * sb[e], weight e's two scales; other modes: acc as it is."""
+    if MODE == 1:
+        acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
+    return acc
+
+
+@triton.jit
+def _store_to_group_end(c_ptr, acc, r0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA: tl.constexpr,
+                        INTERP: tl.constexpr, ROWS: tl.constexpr, BN: tl.constexpr):
+    """c[r0 : r0 + ROWS, n0 : n0 + BN] = acc (cast) for the rows of the group, i.e. below row_hi;
+    the rows past it (the next group's) stay untouched. With TMA through a descriptor made on the
+    device whose rows end at row_hi, so that TMA clips the rest (a masked tl.store there, beside
+    the TMA store of whole tiles, made triton 3.6 wait for every wgmma of the K loop and spill:
+    results/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped)."""
+    c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
+    if USE_TMA:
+        tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
+                                         block_shape=[ROWS, BN])
+        tail.store([r0.to(tl.int32), n0], c)
+    else:
+        tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
+
+
+@triton.jit
 def _k_loop(
     # operands (pointers, or with USE_TMA descriptors; a2_desc: a with [BM2, BK] blocks)
     a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr,
@@ -309,15 +334,9 @@ def _grouped_gemm_kernel(
                                         BM, BN, BK, WS, BM2, True)
                     rows2 = row0 + BM + tl.arange(0, BM2)
                     rmask2 = rows2 < row_hi
-                    if MODE == 1:
-                        acc2 = acc2 * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
-                    if USE_TMA:
-                        tail2 = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
-                                                          block_shape=[BM2, BN])
-                        tail2.store([(row0 + BM).to(tl.int32), n0], cast_out(acc2, c_ptr.dtype.element_ty, INTERP))
-                    else:
-                        tl.store(c_ptr + rows2[:, None] * N + cols[None, :],
-                                 cast_out(acc2, c_ptr.dtype.element_ty, INTERP), mask=rmask2[:, None] & nmask[None, :])
+                    _store_to_group_end(c_ptr, _tensor_scaled(acc2, sa_ptr, sb_ptr, e, MODE), row0 + BM,
+                                        tl.where(rmask2, rows2, 0), rmask2, row_hi, cols, nmask, n0, N, USE_TMA, INTERP,
+                                        BM2, BN)
                 else:   # (the placeholder's name differs: a branch's names must keep their types)
                     acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols,
                                            nmask, e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
@@ -326,22 +345,16 @@ def _grouped_gemm_kernel(
                 acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
                                        e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
                                        BM, BN, BK, WS, BM2, False)
-            if MODE == 1:
-                acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))
-            c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
+            acc = _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE)
             if USE_TMA:
                 whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
                 if whole:
-                    c_desc.store([row0.to(tl.int32), n0], c)                       # clipped at N by TMA
-                else:
-                    # a group's last tile: a descriptor that ends at the group's last row, so
-                    # TMA clips the rows past it (a masked tl.store here made triton 3.6 wait for
-                    # every wgmma of the K loop and spill: results/compile_sm90.py)
-                    tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
-                                                     block_shape=[BM, BN])
-                    tail.store([row0.to(tl.int32), n0], c)
+                    c_desc.store([row0.to(tl.int32), n0], cast_out(acc, c_ptr.dtype.element_ty, INTERP))  # clipped at N
+                else:   # a group's last tile
+                    _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, INTERP,
+                                        BM, BN)
             else:
-                tl.store(c_ptr + rows[:, None] * N + cols[None, :], c, mask=rmask[:, None] & nmask[None, :])
+                _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, INTERP, BM, BN)
 
 
 def _set_tma_blocks(nargs):
