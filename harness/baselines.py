@@ -20,13 +20,19 @@ def _no_fp8(use_fp8_w8a8: bool) -> None:
         raise NotImplementedError("use_fp8_w8a8: the plain-torch baselines cover bf16/fp16/fp32 only")
 
 
+def _sorted_slots(flat: torch.Tensor, n_inv: int, index_dtype: torch.dtype):
+    """The flat ids sorted (stable) and src2dst: each slot's sorted position minus n_inv."""
+    reorder_topk_ids, order = torch.sort(flat, stable=True)
+    src2dst = torch.empty(flat.numel(), dtype=index_dtype, device=flat.device)
+    src2dst[order] = torch.arange(-n_inv, flat.numel() - n_inv, dtype=index_dtype, device=flat.device)
+    return reorder_topk_ids, src2dst
+
+
 def ep_preprocess(topk_ids: torch.Tensor, num_experts: int):
     """argsort + bincount + cumsum + scatter (stable, as SGLang's)."""
     validate_preprocess(topk_ids, num_experts, allow_invalid=False, check_values=False)
     flat = topk_ids.reshape(-1)
-    reorder_topk_ids, order = torch.sort(flat, stable=True)
-    src2dst = torch.empty(flat.numel(), dtype=torch.int32, device=flat.device)
-    src2dst[order] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
+    reorder_topk_ids, src2dst = _sorted_slots(flat, 0, torch.int32)
     seg_indptr = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)
     seg_indptr[1:] = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0)
     return reorder_topk_ids, src2dst, seg_indptr
@@ -37,10 +43,8 @@ def deepep_preprocess(topk_ids: torch.Tensor, num_experts: int):
     read on the host to drop them from reorder_topk_ids (as SGLang's)."""
     validate_preprocess(topk_ids, num_experts, allow_invalid=True, check_values=False)
     flat = topk_ids.reshape(-1)
-    reorder_topk_ids, order = torch.sort(flat, stable=True)
     n_inv = int((flat < 0).sum())                                          # host sync
-    src2dst = torch.empty(flat.numel(), dtype=torch.int64, device=flat.device)
-    src2dst[order] = torch.arange(-n_inv, flat.numel() - n_inv, dtype=torch.int64, device=flat.device)
+    reorder_topk_ids, src2dst = _sorted_slots(flat, n_inv, torch.int64)
     seg_indptr = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)
     # ids of -1 land in bin 0, which is dropped
     seg_indptr[1:] = torch.cumsum(torch.bincount(flat.long() + 1, minlength=num_experts + 1)[1:], 0)
