@@ -32,8 +32,8 @@ class CaseParams:
     experts: int               # E
     start_expert: int = 0      # this EP rank's first expert
     end_expert: int = -1       # ... and last (inclusive); -1 means E - 1
-    hidden: int = 64           # H (the GEMM's Kd for grouped_gemm)
-    inter: int = 32            # I (the GEMM's N for grouped_gemm; silu/gelu rows are 2I wide)
+    hidden: int = 64           # H (the GEMM's Kd)
+    inter: int = 32            # I (the GEMM's N; activation input rows are 2I wide)
     routing: str = "uniform"   # a key of ROUTINGS
     invalid_frac: float = 0.0  # share of slots set to -1 (deepep inputs)
     seed: int = 0

@@ -3,7 +3,7 @@
 N processes join a torch.distributed group (NCCL on CUDA, one GPU per rank; gloo on CPU).
 For each scenario every rank builds the SAME case from the seed (all E experts' weights,
 the tokens and the routing), keeps its own contiguous expert range (the first E % N ranks
-own one expert more), runs the implementation's ``ep_moe_forward`` for that range and times
+own one expert more), runs the implementation's EP forward (``FORWARD``) for that range and times
 it; an all-reduce sums the partial outputs in float32 and rank 0 compares the sum with
 ``reference.dense_moe_forward`` on the full weights (float64). The sweep covers an even
 split, an uneven split (E % N != 0), a routing that sends every token to rank 0's experts
@@ -31,6 +31,8 @@ import torch
 
 from .backend import describe
 from .cases import MODEL_SHAPES
+from .ops.moe import FORWARD
+from .specs import SPECS
 from .records import write_json
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
@@ -191,13 +193,13 @@ def plan_scenarios(config: WorldConfig) -> Tuple[Scenario, ...]:
 # ----------------------------------------------------------------------------- one case
 
 def build_world_case(config: WorldConfig, sc: Scenario, device) -> Dict[str, Any]:
-    """The full case (all E experts), identical on every rank: harness.specs.build_ep_moe on
+    """The full case (all E experts), identical on every rank: the forward record's builder on
     the whole expert range, seeded with ``config.seed``; for "rank0_only" the routing is then
     redrawn (seed + 1) inside rank 0's range, K distinct experts per token when it has K."""
     from .cases import CaseParams
-    from .specs import build_ep_moe
+    from .ops.moe import build_ep_moe
 
-    p = CaseParams(op="ep_moe_forward", dtype=config.dtype, tokens=sc.tokens, topk=config.topk,
+    p = CaseParams(op=FORWARD, dtype=config.dtype, tokens=sc.tokens, topk=config.topk,
                    experts=sc.experts, hidden=config.hidden, inter=config.inter,
                    routing="uniform" if sc.routing == "rank0_only" else sc.routing, seed=config.seed)
     args = dict(build_ep_moe(p, torch.device(device)).args)
@@ -213,7 +215,7 @@ def build_world_case(config: WorldConfig, sc: Scenario, device) -> Dict[str, Any
 
 
 def local_args(full: Dict[str, Any], start: int, end: int) -> Tuple[Any, ...]:
-    """ep_moe_forward's positional arguments for experts start..end (weights sliced, copied)."""
+    """The EP forward's positional arguments for experts start..end (weights sliced, copied)."""
     sl = slice(start, end + 1)
     cut = lambda t: None if t is None else t[sl].contiguous()  # noqa: E731
     return (full["hidden_states"], full["topk_ids"], full["topk_weights"], cut(full["w13"]), cut(full["w2"]),
@@ -264,11 +266,11 @@ def _timed(fn: Callable, args, device: torch.device, warmup: int, reps: int) -> 
             cfg.CHECK_VALUES = saved
 
 
-# The bound is harness/tolerance.py's normwise rule (the one `check` applies to ep_moe_forward),
+# The bound is harness/tolerance.py's normwise rule (the one `check` applies to the EP forward),
 # carried over to the sum over ranks:
 #     ||c - r|| <= FACTOR * ||l - r|| + U_OUT * sum_r ||l_r||,   reported relative to ||r||,
 # r: reference.dense_moe_forward in float64 on all E experts;
-# l: the same world run with the reference chain (each rank's reference.ep_moe_forward at the
+# l: the same world run with the reference chain (each rank's reference forward at the
 #    case's precision, partials l_r summed in float32 like c): the error that the precision
 #    itself makes on these inputs and this split; a candidate may be FACTOR times as far from r;
 # U_OUT * sum_r ||l_r||: each rank's partial is rounded once to the activation dtype before the
@@ -311,7 +313,7 @@ def _run_scenario(rank: int, config: WorldConfig, sc: Scenario, fn: Callable, de
     world_fingerprint = _fingerprint([full[k] for k in ("hidden_states", "topk_ids", "topk_weights", "w13", "w2",
                                                         "w13_scale", "w2_scale")])
     fingerprint = _fingerprint(args)
-    ref_partial = reference.ep_moe_forward(*args).float()                         # l_r
+    ref_partial = SPECS[FORWARD].reference(*args).float()                         # l_r
     error, time_ms = "", None
     partial = torch.zeros(T, H, dtype=torch.float32, device=device)
     try:
@@ -389,7 +391,7 @@ def _rank_main(rank: int, config: WorldConfig, port: int, folder: str) -> None:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.ranks))
             dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                     world_size=config.ranks, timeout=timedelta(seconds=config.timeout_s))
-        fn = load_implementation(config.impl).ops["ep_moe_forward"]
+        fn = load_implementation(config.impl).ops[FORWARD]
         results = []
         for sc in plan_scenarios(config):
             res = _run_scenario(rank, config, sc, fn, device, dist)
@@ -523,14 +525,14 @@ def format_table(report: WorldReport) -> str:
 def add_parser(sub):
     p = sub.add_parser("ep-world", help="run the EP MoE forward in a real multi-process world and check the sum",
                        description="Start N processes (torch.distributed: NCCL, one GPU each; gloo on CPU), each "
-                                   "owning E/N experts; each runs ep_moe_forward on the same tokens and routing, an "
+                                   "owning E/N experts; each runs the EP forward on the same tokens and routing, an "
                                    "all-reduce sums the partial outputs, and rank 0 compares the sum with the dense "
                                    "MoE reference. Sweeps an even split, an uneven split (E % N != 0), a routing "
                                    "where all ranks but rank 0 receive no tokens, T=1 and a bigger T. NVLink "
                                    "multicast is kept off in every process.")
     p.add_argument("--ranks", type=int, help="world size (default: every visible GPU; 2 on CPU)")
     p.add_argument("--impl", default="ours", help="implementation source (as for check): ours (default), reference, "
-                                                  "sglang:PATH.py, ep_moe_forward=PATH.py:function. Loading runs its code.")
+                                                  f"sglang:PATH.py, {FORWARD}=PATH.py:function. Loading runs its code.")
     p.add_argument("--preset", choices=sorted(MODEL_SHAPES),
                    help="model shape (E, K, H, I; SPEC.md); explicit --experts etc. override it. Every rank builds "
                         "all E experts' weights and rank 0 a float64 copy of the used ones: use --experts to take a "
@@ -572,7 +574,7 @@ def config_from_args(args, backend: str) -> WorldConfig:
 
 def main(args, backend: str) -> int:
     """Exit status: 0 when every scenario passed, 1 on any failure, 2 when the implementation
-    does not provide ep_moe_forward or the options cannot run."""
+    does not provide the EP forward or the options cannot run."""
     from .impls import load_implementation
 
     try:
@@ -582,9 +584,9 @@ def main(args, backend: str) -> int:
         print(f"ep-world: {exc}", file=sys.stderr)
         return 2
     impl = load_implementation(config.impl)  # fail early, in one process, on a bad source
-    if "ep_moe_forward" not in impl.ops:
-        print(f"ep-world: {impl.name} does not provide ep_moe_forward"
-              f"{': ' + impl.notes['ep_moe_forward'] if impl.notes.get('ep_moe_forward') else ''}", file=sys.stderr)
+    if FORWARD not in impl.ops:
+        print(f"ep-world: {impl.name} does not provide {FORWARD}"
+              f"{': ' + impl.notes[FORWARD] if impl.notes.get(FORWARD) else ''}", file=sys.stderr)
         return 2
     if config.ranks < 2:
         print("ep-world: one rank: only the even split runs (uneven and empty-rank scenarios need 2 or more)",

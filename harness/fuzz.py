@@ -26,14 +26,13 @@ SIZE_LIMITS = {
 PRIMES = (2, 3, 5, 7, 13, 31, 37, 127, 257, 509, 1021, 2039)
 ODD_HIDDEN = (1, 3, 7, 100, 129, 255, 257, 384, 513, 1000, 1025, 2049, 4095, 7168)
 PRESET_TOKENS = (1, 2, 7, 64, 127, 256, 1024)
-# The `large` preset (GPU only): buffers whose element offsets pass 2**31, where 32-bit index
-# arithmetic overflows (SGLang's pre_reorder faulted at T=40000, K=8, H=7168; ANCHORS.md).
-LARGE_SHAPES = {
-    "pre_reorder": dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64),     # gateup 2.29e9 elements
-    "post_reorder": dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64),    # down_output 2.29e9
-    "silu_and_mul": dict(tokens=36000, topk=8, experts=256, hidden=64, inter=4096),    # gateup 2.36e9
-}
 PRESETS = tuple(sorted(MODEL_SHAPES)) + ("large",)
+
+
+def large_shape_ops():
+    """The ops whose records give a `large` preset shape (offsets past 2**31 elements)."""
+    from .specs import SPECS
+    return [name for name, rec in SPECS.items() if rec.large_shape is not None]
 
 
 @st.composite
@@ -42,9 +41,9 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
     max_t = min(lim["tokens"], spec.max_tokens)
     max_h = min(lim["hidden"], spec.max_hidden)
     if preset == "large":
-        if spec.name not in LARGE_SHAPES or backend != "cuda":
-            raise ValueError(f"--preset large: only for {sorted(LARGE_SHAPES)} on the cuda backend")
-        shape = LARGE_SHAPES[spec.name]
+        if spec.large_shape is None or backend != "cuda":
+            raise ValueError(f"--preset large: only for {sorted(large_shape_ops())} on the cuda backend")
+        shape = spec.large_shape
         E, K, H, I, T = shape["experts"], shape["topk"], shape["hidden"], shape["inter"], shape["tokens"]
         start, end = draw(st.sampled_from([(0, E - 1), (0, E // 8 - 1), (E - E // 8, E - 1)]))
     elif preset in MODEL_SHAPES:
@@ -78,12 +77,11 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
         else:
             start = draw(st.integers(0, E - 1))
             end = draw(st.integers(start, E - 1))
-    if spec.name == "ep_moe_forward":
-        I = min(I, 192)
+    if spec.max_inter is not None:
+        I = min(I, spec.max_inter)
     routing = draw(st.sampled_from(["uniform", "skewed"] if preset == "large" else sorted(ROUTINGS)))
     invalid = 0.0
-    if spec.name in ("deepep_preprocess", "pre_reorder", "post_reorder", "silu_and_mul", "gelu_and_mul",
-                     "grouped_gemm"):
+    if spec.invalid_ids:
         invalid = 0.0 if preset == "large" else draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
     return CaseParams(op=spec.name, dtype=dtype, tokens=T, topk=K, experts=E, start_expert=start,
                       end_expert=end, hidden=H, inter=I, routing=routing, invalid_frac=invalid,

@@ -30,12 +30,12 @@ import os
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from .cases import CaseParams
-from .specs import SPECS, OpSpec, OutputSpec, Sample, is_fp8_dot, resolve_compare
+from .specs import SPECS, OpSpec, OutputSpec, Sample
 from .tolerance import compare_float
 
 GUARD_ROWS = 3
@@ -127,17 +127,13 @@ def poisoned_fresh_allocations():
 
 # ----------------------------------------------------------------------------- calling
 
-def _output_names(spec: OpSpec) -> List[str]:
-    return [o.where.split(":", 1)[1] for o in spec.outputs if o.where.startswith("arg:")]
-
-
 def _call(fn: Callable, sample: Sample, spec: OpSpec, args: Dict[str, Any], poison_fresh: bool):
     """Call fn on args with every output buffer replaced by a fresh guarded, poisoned one.
 
     Returns (outputs by name, guard storages by name)."""
     call_args = dict(args)
     storages = {}
-    for name in _output_names(spec):
+    for name in spec.output_buffers:
         storages[name], call_args[name] = guarded_buffer(args[name])
     ctx = poisoned_fresh_allocations() if poison_fresh else contextlib.nullcontext()
     with ctx:
@@ -146,10 +142,7 @@ def _call(fn: Callable, sample: Sample, spec: OpSpec, args: Dict[str, Any], pois
             torch.cuda.synchronize()
     if not isinstance(ret, (tuple, list)):
         ret = (ret,)
-    outputs = {}
-    for o in spec.outputs:
-        kind, key = o.where.split(":", 1)
-        outputs[o.name] = call_args[key] if kind == "arg" else ret[int(key)]
+    outputs = {o.name: o.where.fetch(call_args, ret) for o in spec.outputs}
     return outputs, storages
 
 
@@ -296,7 +289,7 @@ def reference_outputs(spec: OpSpec, sample: Sample) -> Expected:
     """Evaluate the reference on poisoned, guarded buffers, as a candidate is called."""
     params = sample.params
     lp, _ = _call(spec.reference, sample, spec, sample.args, poison_fresh=False)
-    needs_float = [o for o in spec.outputs if resolve_compare(o, params) in ("float", "normwise")]
+    needs_float = [o for o in spec.outputs if o.how(params) in ("float", "normwise")]
     f64: Dict[str, torch.Tensor] = {}
     mag: Dict[str, torch.Tensor] = {}
     if needs_float:
@@ -328,7 +321,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
     sample = spec.build(params, torch.device(device))
     expected = reference_outputs(spec, sample)
     snapshot = {k: v.clone() for k, v in sample.args.items()
-                if isinstance(v, torch.Tensor) and k not in _output_names(spec)}
+                if isinstance(v, torch.Tensor) and k not in spec.output_buffers}
     try:
         previous = _decoy_outputs(spec, candidate, sample, device, poison_fresh)
         runs = []
@@ -417,9 +410,9 @@ def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out
             raise ProbeFailure("exact", f"{out.name}: expected a tensor, got {type(cand).__name__}")
         if cand.shape != ref.shape:
             raise ProbeFailure("exact", f"{out.name}: expected shape {tuple(ref.shape)}, got {tuple(cand.shape)}")
-        how = resolve_compare(out, p)
+        how = out.how(p)
         written = None
-        if out.where.startswith("arg:"):
+        if out.where.is_arg:
             written = _check_poison_pattern(sample, out, cand, ref).view(ref.shape)
         if how == "src2dst" and candidate.order_free:
             _check_src2dst_order_free(sample, out, cand, ref_out)
@@ -432,7 +425,7 @@ def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out
         if written is None:
             written = torch.ones(ref.shape, dtype=torch.bool, device=ref.device)
         rep = compare_float(cand, ref64[out.name], ref, mag.get(out.name) if mag else None,
-                            out.reduction_len(p), is_fp8_dot(out, p), how == "normwise", written)
+                            out.reduction_len(p), out.is_fp8_dot(p), how == "normwise", written)
         details[out.name] = dataclasses.asdict(rep)
         if not rep.passed:
             where = locate(sample, out, tuple(cand.shape), rep.worst_flat_index) if rep.worst_flat_index >= 0 else {}
