@@ -37,6 +37,9 @@ class CaseParams:
     routing: str = "uniform"   # a key of ROUTINGS
     invalid_frac: float = 0.0  # share of slots set to -1 (deepep inputs)
     seed: int = 0
+    # dtype of the routing's index tensors that a later op takes (topk_ids, src2dst): SGLang's
+    # pipeline passes int32 (its preprocess emits int32 src2dst), other producers int64
+    index_dtype: str = "int32"
 
     def __post_init__(self):
         if self.end_expert == -1:
@@ -58,8 +61,9 @@ class CaseParams:
         ep = "" if (self.start_expert, self.end_expert) == (0, self.experts - 1) else \
             f"-ep{self.start_expert}..{self.end_expert}"
         inv = f"-inv{self.invalid_frac:g}" if self.invalid_frac else ""
+        idx = "" if self.index_dtype == "int32" else f"-{self.index_dtype}"
         return (f"{self.dtype}-T{self.tokens}-K{self.topk}-E{self.experts}{ep}-H{self.hidden}-I{self.inter}"
-                f"-{self.routing}{inv}-s{self.seed}")
+                f"-{self.routing}{inv}{idx}-s{self.seed}")
 
 
 # ----------------------------------------------------------------------------- routing

@@ -83,9 +83,12 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
     invalid = 0.0
     if spec.invalid_ids:
         invalid = 0.0 if preset == "large" else draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
+    # index tensors as their producers emit them: int32 (SGLang's pipeline; its int32 offset
+    # arithmetic is what the `large` preset exercises) or int64
+    index_dtype = "int32" if preset == "large" else draw(st.sampled_from(["int32", "int64"]))
     return CaseParams(op=spec.name, dtype=dtype, tokens=T, topk=K, experts=E, start_expert=start,
                       end_expert=end, hidden=H, inter=I, routing=routing, invalid_frac=invalid,
-                      seed=draw(st.integers(0, 2 ** 31 - 1)))
+                      seed=draw(st.integers(0, 2 ** 31 - 1)), index_dtype=index_dtype)
 
 
 def empty_batch_case(spec: OpSpec, dtype: str) -> CaseParams:

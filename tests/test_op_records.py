@@ -170,3 +170,19 @@ def test_new_op_bad_input_is_in_the_table(new_op):
     bad = SPECS[new_op].error_inputs[0]
     with pytest.raises(bad.error, match=bad.argument):
         load_implementation("ours").ops[new_op](*bad.breaks(valid_args(new_op, "float32")).values())
+
+
+@pytest.mark.parametrize("index_dtype", ["int32", "int64"])
+def test_fuzzer_draws_index_tensors_as_their_producers_emit_them(index_dtype, device):
+    """SGLang's pipeline hands pre_reorder the int32 src2dst its preprocess returns (where its
+    int32 offset arithmetic overflows); other producers give int64: the fuzzer draws both, and
+    the built case carries topk_ids and src2dst in the drawn dtype."""
+    import torch
+    from hypothesis import find, settings
+
+    from harness.fuzz import case_params
+    spec = SPECS["pre_reorder"]
+    p = find(case_params(spec, "bfloat16", "interpreter"), lambda c: c.index_dtype == index_dtype and c.tokens > 0,
+             settings=settings(database=None, max_examples=200))
+    args = spec.build(p, torch.device(device)).args
+    assert args["src2dst"].dtype == args["topk_ids"].dtype == getattr(torch, index_dtype)

@@ -21,7 +21,8 @@ KERNELS = "optimized.preprocess"
 
 
 def routing_tensors(topk_ids: torch.Tensor, p: CaseParams):
-    """Reference routing tensors of a case: (reorder_topk_ids, src2dst, seg_indptr, position_to_slot).
+    """Reference routing tensors of a case: (reorder_topk_ids, src2dst, seg_indptr, position_to_slot),
+    src2dst in the case's index dtype.
 
     With -1 slots (deepep), positions are counted after the invalid ones, as SGLang does."""
     if bool((topk_ids < 0).any()):
@@ -31,16 +32,17 @@ def routing_tensors(topk_ids: torch.Tensor, p: CaseParams):
         reorder = torch.cat([reorder, reorder.new_full((n_inv,), -1)])
     else:
         reorder, src2dst, seg = reference.ep_preprocess(topk_ids, p.experts)
-        src2dst = src2dst.to(torch.int64)
+    src2dst = src2dst.to(ID_DTYPES[p.index_dtype])
     pos_to_slot = torch.full((topk_ids.numel(),), -1, dtype=torch.int64, device=topk_ids.device)
     valid = src2dst >= 0
-    pos_to_slot[src2dst[valid]] = torch.nonzero(valid).flatten()
+    pos_to_slot[src2dst[valid].long()] = torch.nonzero(valid).flatten()
     return reorder, src2dst, seg, pos_to_slot
 
 
-def case_ids(p: CaseParams, gen, dtype=torch.int32, allow_invalid: bool = True) -> torch.Tensor:
-    """topk_ids [T, K] of a case in ``dtype`` (ids of -1 where the case draws them)."""
-    return make_topk_ids(p, gen, allow_invalid=allow_invalid).to(dtype)
+def case_ids(p: CaseParams, gen, dtype=None, allow_invalid: bool = True) -> torch.Tensor:
+    """topk_ids [T, K] of a case in ``dtype`` (default: the case's index dtype), ids of -1
+    where the case draws them."""
+    return make_topk_ids(p, gen, allow_invalid=allow_invalid).to(dtype or ID_DTYPES[p.index_dtype])
 
 
 def _build(p: CaseParams, device, *, allow_invalid: bool) -> Sample:
