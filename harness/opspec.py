@@ -70,6 +70,8 @@ class OutputSpec:
     reduction_len: terms summed per element (the tolerance's accumulation term).
     fp8_dot: the output is a product of fp8 operands when the case's dtype is fp8 (its partial
     sums get the fp8 tensor cores' accumulation allowance).
+    matmul: the output is a matrix product (a float32 one may have been computed from TF32
+    operands: the runner names that precision instead of failing by default).
     """
 
     name: str
@@ -78,6 +80,7 @@ class OutputSpec:
     rows: str
     reduction_len: Callable[[CaseParams], int] = lambda p: 0
     fp8_dot: bool = False
+    matmul: bool = False
 
     def how(self, p: CaseParams) -> str:
         """The comparison this case gets ("exact_or_float" resolved by the case's dtype)."""

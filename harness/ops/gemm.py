@@ -168,7 +168,8 @@ def _model_variants(shape: Mapping[str, int]):
 
 RECORDS = (
     OpSpec("grouped_gemm", reference.grouped_gemm, build_grouped_gemm,
-           (OutputSpec("c", buffer("c"), "float", "position", reduction_len=lambda p: p.hidden, fp8_dot=True),),
+           (OutputSpec("c", buffer("c"), "float", "position", reduction_len=lambda p: p.hidden, fp8_dot=True,
+                       matmul=True),),
            ("bfloat16", "float16", "float32", "fp8_tensor", "fp8_block"), KERNELS, grouped_gemm_cost,
            max_tokens=256, invalid_ids=True, bench_anchors=_ANCHORS,
            shape_label=lambda p: f"N={p.inter} Kd={p.hidden}", model_variants=_model_variants,
