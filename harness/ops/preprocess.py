@@ -177,6 +177,11 @@ MUTANTS = (
        "start = tl.cumsum(totals, axis=0)   # exclusive scan",
        "off-by-one in the segment bounds: the one-launch path takes the buckets' starts from the inclusive "
        "scan of the totals, so seg_indptr and every position are one expert late"),
+    _M("ep_host_sync", "ep_preprocess", KERNELS,
+       "plan = _plan(n, num_experts, deepep, flat.get_device())",
+       "plan = _plan(n if deepep else int((flat >= 0).sum()), num_experts, deepep, flat.get_device())",
+       "a host synchronisation in a capturable op: the slot count read back from the device (the same n for "
+       "valid ids), so the op can no longer be captured in a CUDA graph", backends=("cuda",)),
     _M("ep_routing_cached_by_shape", "ep_preprocess", KERNELS, "", "",
        "a result cached from a previous call: routing memoised on (shape, dtype, num_experts) and returned "
        "again for a new routing of the same shape", wrap=cache_by_shape),

@@ -173,6 +173,12 @@ MUTANTS = (
        "dst2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1).to(tl.int32)",
        "int32 destination offset: dst * H overflows once T*K*H passes 2**31 (SGLang's fault at T=40000, "
        "K=8, H=7168)", dtypes=("bfloat16",), backends=("cuda",), min_preset="large"),
+    _M("pre_reorder_src2dst_offset_in_its_dtype", "pre_reorder", KERNELS,
+       "dst2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1).to(tl.int64)",
+       "dst2 = tl.load(src2dst_ptr + slots, mask=m2, other=-1)",
+       "destination offsets computed in src2dst's own dtype: right for an int64 src2dst, an int32 overflow "
+       "for the int32 src2dst SGLang's preprocess returns (SGLang issue 4856)",
+       dtypes=("bfloat16",), backends=("cuda",), min_preset="large"),
     # --- post_reorder ---------------------------------------------------------------------
     _M("post_reorder_no_local_unwritten", "post_reorder", KERNELS,
        "mask=rmask[:, None] & cmask[None, :])",
