@@ -133,24 +133,32 @@ class SweepOutcome:
     failure: Optional[CaseResult]          # the shrunk failing case, if any
     first_failure: Optional[CaseResult]    # as first found, before shrinking
     worst: dict                            # largest max_abs_err seen, per output
+    rejected: int = 0                      # cases outside a precondition that the candidate refused
+    tf32: int = 0                          # passed cases whose float32 products passed at TF32 precision only
 
 
 def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
           seed: int, preset: Optional[str] = None, database_dir: Optional[str] = ".hypothesis/examples",
           shrink: bool = True, on_case: Optional[Callable[[CaseResult], None]] = None,
-          fixed_cases: bool = True) -> SweepOutcome:
+          fixed_cases: bool = True, require_ieee_fp32: bool = False) -> SweepOutcome:
     """Run up to n_cases Hypothesis-drawn cases; stop at the first failure and shrink it.
 
-    The three fixed cases (empty batch, aligned long groups, narrow rank) run first.
+    Cases are drawn within the record's preconditions that the candidate requires
+    (``candidate.requires``). The three fixed cases (empty batch, aligned long groups, narrow
+    rank) run first.
     Hypothesis does not shrink a failing explicit case, so when one of the sized ones (40-200
     tokens) fails, the drawn cases are swept again without them and their shrunk failure is
     reported, if they find one."""
-    state = {"passed": 0, "failing": False, "first": None, "worst": {}}
+    state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0}
+    requires = getattr(candidate, "requires", ())
 
     def run_one(params: CaseParams):
-        res = run_case(spec, candidate, params, device, impl_name)
-        if res.ok and not state["failing"]:
+        res = run_case(spec, candidate, params, device, impl_name, require_ieee_fp32=require_ieee_fp32)
+        if res.status == "rejected" and not state["failing"]:
+            state["rejected"] += 1
+        elif res.ok and not state["failing"]:
             state["passed"] += 1
+            state["tf32"] += any(rep.get("precision") == "tf32" for rep in res.details.values())
             for name, rep in res.details.items():
                 prev = state["worst"].get(name)
                 if prev is None or rep["max_abs_err"] > prev["max_abs_err"]:
@@ -166,12 +174,13 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     db = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
-    test = given(case_params(spec, dtype, backend, preset))(run_one)
-    sized = (aligned_long_groups_case(spec, dtype, backend), narrow_rank_case(spec, dtype, backend))
+    test = given(case_params(spec, dtype, backend, preset).map(lambda p: spec.fit(p, requires)))(run_one)
+    sized = tuple(spec.fit(c, requires) for c in (aligned_long_groups_case(spec, dtype, backend),
+                                                   narrow_rank_case(spec, dtype, backend)))
     if preset is None and fixed_cases:
         for case in reversed(sized):
             test = example(case)(test)
-        test = example(empty_batch_case(spec, dtype))(test)
+        test = example(spec.fit(empty_batch_case(spec, dtype), requires))(test)
     test = settings(max_examples=max(1, n_cases), deadline=None, database=db, phases=phases,
                     suppress_health_check=list(HealthCheck), print_blob=False, derandomize=False,
                     report_multiple_bugs=False)(test)
@@ -187,12 +196,14 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
             raise
         note = " [nondeterministic: this case passed when run again]"
         return SweepOutcome(state["passed"], dataclasses.replace(first, message=first.message + note), first,
-                            state["worst"])
+                            state["worst"], state["rejected"], state["tf32"])
     except _CaseFailed as exc:
         if shrink and fixed_cases and exc.result.params in {c.to_json() for c in sized}:
             again = sweep(spec, candidate, impl_name, dtype, backend, device, n_cases, seed, preset, database_dir,
-                          shrink, None, fixed_cases=False)
+                          shrink, None, fixed_cases=False, require_ieee_fp32=require_ieee_fp32)
             if again.failure is not None:
-                return SweepOutcome(state["passed"], again.failure, state["first"], state["worst"])
-        return SweepOutcome(state["passed"], exc.result, state["first"], state["worst"])
-    return SweepOutcome(state["passed"], None, None, state["worst"])
+                return SweepOutcome(state["passed"], again.failure, state["first"], state["worst"],
+                                    state["rejected"], state["tf32"])
+        return SweepOutcome(state["passed"], exc.result, state["first"], state["worst"], state["rejected"],
+                            state["tf32"])
+    return SweepOutcome(state["passed"], None, None, state["worst"], state["rejected"], state["tf32"])

@@ -36,7 +36,7 @@ import importlib.util
 import os
 import types
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from .loader import is_path as _is_path, load_module
 from .opspec import CHAINED, OpSpec, SglangBinding
@@ -57,13 +57,14 @@ class Implementation:
     order_free: FrozenSet[str] = frozenset()        # ops whose order within an expert is free
     nondeterministic: FrozenSet[str] = frozenset()  # ops exempt from the repeat-run probe
     notes: Mapping[str, str] = field(default_factory=dict)  # op -> why it is not provided
+    requires: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # op -> precondition ids it assumes
     source: str = ""                                # the source string it was loaded from
     # op -> how its last launch chose its tiles (e.g. the autotuner's pick), for bench records
     describe: Optional[Callable[[str], str]] = None
 
     def candidate(self, op: str) -> Candidate:
         return Candidate(self.ops[op], order_free=op in self.order_free,
-                         deterministic=op not in self.nondeterministic)
+                         deterministic=op not in self.nondeterministic, requires=tuple(self.requires.get(op, ())))
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -234,6 +235,7 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
     mod = load_module(target)
     ops: Dict[str, Callable] = {}
     notes: Dict[str, str] = {}
+    requires: Dict[str, Tuple[str, ...]] = {}
     for op, record in SPECS.items():
         binding = record.sglang
         if binding is None:
@@ -247,6 +249,7 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
             ops[op] = _adapt_kernel(obj, binding, block_size, op)
         else:
             ops[op] = _adapt_call(obj, op)
+        requires[op] = binding.requires
     for op, record in SPECS.items():
         if not record.composed_of:
             continue
@@ -258,7 +261,7 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
     for op in SPECS:
         if op not in ops:
             notes.setdefault(op, f"SGLang has no {op}")
-    return Implementation(name or f"sglang:{target}", ops, notes=notes, source=f"sglang:{target}")
+    return Implementation(name or f"sglang:{target}", ops, notes=notes, source=f"sglang:{target}", requires=requires)
 
 
 def function_impl(op: str, target: str, function: str) -> Implementation:
@@ -280,7 +283,8 @@ def _merge(name: str, parts: List[Implementation]) -> Implementation:
     return Implementation(name, ops,
                           order_free=frozenset(op for op, p in owner.items() if op in p.order_free),
                           nondeterministic=frozenset(op for op, p in owner.items() if op in p.nondeterministic),
-                          notes=notes, source=name)
+                          notes=notes, source=name,
+                          requires={op: p.requires[op] for op, p in owner.items() if op in p.requires})
 
 
 def load_implementation(source: str, block_size: Optional[int] = None) -> Implementation:

@@ -104,13 +104,29 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Precondition:
+    """An input contract that some implementations assume and reject otherwise (SGLang's fp8
+    block-wise GEMM asserts that Kd is a multiple of the quant block). ``holds(params)``: the case
+    meets it; ``fit(params)``: the nearest case that does (the fuzzer draws through it for a
+    candidate that requires it). A candidate's clean rejection of a case that breaks a
+    precondition is REJECTED, not FAILED."""
+
+    id: str
+    text: str
+    holds: Callable[[CaseParams], bool]
+    fit: Callable[[CaseParams], CaseParams]
+
+
+@dataclass(frozen=True)
 class SglangBinding:
     """How SGLang names and launches the op. ``names``: the module attributes to look for, first
     present wins. ``grid``: for a Triton kernel, its launch grid from our arguments, as SGLang's
-    EP layer launches it (None: SGLang calls a Python function, called with our signature)."""
+    EP layer launches it (None: SGLang calls a Python function, called with our signature).
+    ``requires``: ids of the record's preconditions that SGLang's implementation assumes."""
 
     names: Tuple[str, ...]
     grid: Optional[Callable[[Mapping[str, Any]], Tuple[int, ...]]] = None
+    requires: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,7 @@ class OpSpec:
     ids of other ranks' experts arrive as -1), the label of a case's shape, the layout a timed
     call uses (None: the fuzz case as built) and the op's variants inside a model shape.
     composed_of: the ops this one chains (its functions take ``ops=``, a namespace of them).
+    preconditions: input contracts some implementations assume (Precondition).
     capturable: one call can be captured in a CUDA graph (no host synchronisation).
     baselines: implementation name -> a torch composition to time against (harness.impls);
     CHAINED for a composed op: chained from that baseline's parts (references for the rest).
@@ -188,6 +205,7 @@ class OpSpec:
     composed_of: Tuple[str, ...] = ()
     capturable: bool = True
     error_inputs: Tuple[ErrorInput, ...] = ()
+    preconditions: Tuple[Precondition, ...] = ()
     baselines: Mapping[str, Callable] = field(default_factory=dict)
     selftest: bool = False
 
@@ -198,6 +216,16 @@ class OpSpec:
 
     def skip_reason(self, backend: str, dtype: str) -> Optional[str]:
         return self.skips.get((backend, dtype)) or self.skips.get((backend, "*"))
+
+    def broken_preconditions(self, p: CaseParams) -> Tuple[Precondition, ...]:
+        return tuple(c for c in self.preconditions if not c.holds(p))
+
+    def fit(self, p: CaseParams, requires) -> CaseParams:
+        """The case moved into the preconditions ``requires`` (ids) names."""
+        for c in self.preconditions:
+            if c.id in requires:
+                p = c.fit(p)
+        return p
 
     @property
     def output_buffers(self) -> Tuple[str, ...]:

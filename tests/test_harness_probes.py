@@ -342,3 +342,36 @@ def test_bf16_accumulation_fails_and_is_named(device):
     res = run_case(spec, Candidate(bf16_sum), p, device, "bf16acc")
     assert res.status == "failed" and res.probe == "tolerance", res.message
     assert "consistent with accumulating in bfloat16" in res.message, res.message
+
+
+# ----------------------------------------------------------------------------- preconditions
+
+def _asserts_k_aligned(a, b, c, *rest):
+    assert a.shape[1] % 128 == 0, "K must be divisible by the quant block"   # as SGLang's block-wise GEMM
+    reference.grouped_gemm(a, b, c, *rest)
+
+
+def test_rejection_outside_a_precondition_is_rejected_not_failed(device):
+    spec = SPECS["grouped_gemm"]
+    outside = CaseParams(op="grouped_gemm", dtype="fp8_block", tokens=6, topk=2, experts=4, hidden=7, inter=16,
+                         seed=1)
+    res = run_case(spec, Candidate(_asserts_k_aligned), outside, device, "sglang-like")
+    assert res.status == "rejected" and "Kd a multiple" in res.message, res.message
+    # the same assertion on an in-contract case is a failure
+    inside = CaseParams(op="grouped_gemm", dtype="fp8_block", tokens=6, topk=2, experts=4, hidden=128, inter=16,
+                        seed=1)
+
+    def always_asserts(*args):
+        raise AssertionError("K must be divisible by the quant block")
+    failed = run_case(spec, Candidate(always_asserts), inside, device, "broken")
+    assert failed.status == "failed" and failed.probe == "exception", failed.message
+
+
+def test_candidates_requiring_a_precondition_are_fuzzed_within_it(device):
+    spec = SPECS["grouped_gemm"]
+    cand = Candidate(_asserts_k_aligned, requires=("fp8_block_k_aligned",))
+    seen = []
+    out = sweep(spec, cand, "sglang-like", "fp8_block", "interpreter", device, n_cases=6, seed=0,
+                database_dir=None, on_case=lambda r: seen.append(r))
+    assert out.failure is None and out.rejected == 0 and out.passed >= 6
+    assert all(json.loads(r.params)["hidden"] % 128 == 0 for r in seen)

@@ -15,8 +15,8 @@ from reference._checks import FP8_DTYPE, FP8_MAX, validate_grouped_gemm
 from ..cases import CaseParams, make_generator, randn
 from ..costs import Cost, tensor_core_rate
 from ..mutants import Mutant
-from ..opspec import (BenchAnchor, ErrorInput, OpSpec, OutputSpec, Sample, SglangBinding, activation_dtype, buffer,
-                      is_fp8, set_arg)
+from ..opspec import (BenchAnchor, ErrorInput, OpSpec, OutputSpec, Precondition, Sample, SglangBinding,
+                      activation_dtype, buffer, is_fp8, set_arg)
 from .preprocess import case_ids, routing_tensors
 
 KERNELS = "optimized.gemm"
@@ -160,6 +160,14 @@ _ANCHORS = (
 )
 
 
+# SGLang's block-wise fp8 GEMM asserts that Kd is a multiple of the quant block's K; ours takes any Kd.
+K_BLOCK_ALIGNED = Precondition(
+    "fp8_block_k_aligned", f"fp8 block-wise: Kd a multiple of the quant block's {BLOCK_SHAPE[1]}",
+    holds=lambda p: p.dtype != "fp8_block" or p.hidden % BLOCK_SHAPE[1] == 0,
+    fit=lambda p: p if p.dtype != "fp8_block" else dataclasses.replace(
+        p, hidden=max(BLOCK_SHAPE[1], p.hidden // BLOCK_SHAPE[1] * BLOCK_SHAPE[1])))
+
+
 def _model_variants(shape: Mapping[str, int]):
     """The GEMM appears twice in a model: gate_up (N = 2I, Kd = H) and down (N = H, Kd = I)."""
     H, I = shape["hidden"], shape["inter"]
@@ -173,7 +181,8 @@ RECORDS = (
            ("bfloat16", "float16", "float32", "fp8_tensor", "fp8_block"), KERNELS, grouped_gemm_cost,
            max_tokens=256, invalid_ids=True, bench_anchors=_ANCHORS,
            shape_label=lambda p: f"N={p.inter} Kd={p.hidden}", model_variants=_model_variants,
-           timed_layout=production_layout, sglang=SglangBinding(("grouped_gemm_triton",)),
+           timed_layout=production_layout, preconditions=(K_BLOCK_ALIGNED,),
+           sglang=SglangBinding(("grouped_gemm_triton",), requires=(K_BLOCK_ALIGNED.id,)),
            error_inputs=(
                ErrorInput("bfloat16", set_arg("b", lambda a: a["b"][:, :, :-1].contiguous()), ValueError, "b"),
                ErrorInput("bfloat16", set_arg("c", lambda a: a["c"].float()), TypeError, "c"),
