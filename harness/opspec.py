@@ -175,6 +175,8 @@ class OpSpec:
     call uses (None: the fuzz case as built) and the op's variants inside a model shape.
     composed_of: the ops this one chains (its functions take ``ops=``, a namespace of them).
     preconditions: input contracts some implementations assume (Precondition).
+    row_context: more of what a failing output row means, for reports (the GEMM: the group and the
+    weight it multiplies by).
     capturable: one call can be captured in a CUDA graph (no host synchronisation).
     baselines: implementation name -> a torch composition to time against (harness.impls);
     CHAINED for a composed op: chained from that baseline's parts (references for the rest).
@@ -206,6 +208,7 @@ class OpSpec:
     capturable: bool = True
     error_inputs: Tuple[ErrorInput, ...] = ()
     preconditions: Tuple[Precondition, ...] = ()
+    row_context: Optional[Callable[[Sample, int], Dict[str, int]]] = None
     baselines: Mapping[str, Callable] = field(default_factory=dict)
     selftest: bool = False
 

@@ -202,7 +202,8 @@ def _float64_args(sample: Sample, abs_values: bool = False) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- locating
 
 def locate(sample: Sample, out: OutputSpec, shape, flat_index: int) -> Dict[str, int]:
-    """Map a flat element index of an output to row/col and token, slot, expert."""
+    """Map a flat element index of an output to row/col and token, slot, expert (and what the
+    op's record adds: the GEMM's group and weight)."""
     cols = 1
     for s in shape[1:]:
         cols *= s
@@ -222,6 +223,9 @@ def locate(sample: Sample, out: OutputSpec, shape, flat_index: int) -> Dict[str,
         where.update(slot=slot, token=slot // K, k=slot % K)
         if sample.topk_ids is not None:
             where["expert"] = int(sample.topk_ids.reshape(-1)[slot])
+    record = SPECS.get(sample.params.op)
+    if record is not None and record.row_context is not None:
+        where.update(record.row_context(sample, row))
     return where
 
 

@@ -375,3 +375,20 @@ def test_candidates_requiring_a_precondition_are_fuzzed_within_it(device):
                 database_dir=None, on_case=lambda r: seen.append(r))
     assert out.failure is None and out.rejected == 0 and out.passed >= 6
     assert all(json.loads(r.params)["hidden"] % 128 == 0 for r in seen)
+
+
+def test_gemm_failure_names_the_group_and_the_weight_used(device):
+    """A GEMM row is located by the weight it is multiplied by (b[weight_indices[g]]), not only by
+    the expert id of the slot behind it."""
+    p = CaseParams(op="grouped_gemm", dtype="float32", tokens=6, topk=2, experts=4, start_expert=1, end_expert=2,
+                   hidden=16, inter=8, seed=2)
+
+    def wrong_last_row(a, b, c, batch_size, wcm, seg_indptr, weight_indices, *rest):
+        reference.grouped_gemm(a, b, c, batch_size, wcm, seg_indptr, weight_indices, *rest)
+        c[int(seg_indptr[-1]) - 1] += 1.0
+
+    res = run_case(SPECS["grouped_gemm"], Candidate(wrong_last_row), p, device, "planted")
+    assert res.probe == "tolerance", res.message
+    where = res.details["where"]
+    seg = SPECS["grouped_gemm"].build(p, torch.device(device)).args
+    assert where["group"] == p.e_local - 1 and where["weight"] == int(seg["weight_indices"][-1]), where

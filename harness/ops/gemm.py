@@ -160,6 +160,15 @@ _ANCHORS = (
 )
 
 
+def gemm_row_context(sample: Sample, row: int):
+    """The group a row of c belongs to and the weight (b's index) it is multiplied by."""
+    seg = sample.args["seg_indptr"].to(torch.int64).cpu()
+    g = int(torch.searchsorted(seg, torch.tensor([row]), right=True)[0]) - 1
+    if not 0 <= g < int(sample.args["batch_size"]) or row >= int(seg[-1]):
+        return {"group": None}
+    return {"group": g, "weight": int(sample.args["weight_indices"][g])}
+
+
 # SGLang's block-wise fp8 GEMM asserts that Kd is a multiple of the quant block's K; ours takes any Kd.
 K_BLOCK_ALIGNED = Precondition(
     "fp8_block_k_aligned", f"fp8 block-wise: Kd a multiple of the quant block's {BLOCK_SHAPE[1]}",
@@ -181,7 +190,7 @@ RECORDS = (
            ("bfloat16", "float16", "float32", "fp8_tensor", "fp8_block"), KERNELS, grouped_gemm_cost,
            max_tokens=256, invalid_ids=True, bench_anchors=_ANCHORS,
            shape_label=lambda p: f"N={p.inter} Kd={p.hidden}", model_variants=_model_variants,
-           timed_layout=production_layout, preconditions=(K_BLOCK_ALIGNED,),
+           timed_layout=production_layout, preconditions=(K_BLOCK_ALIGNED,), row_context=gemm_row_context,
            sglang=SglangBinding(("grouped_gemm_triton",), requires=(K_BLOCK_ALIGNED.id,)),
            error_inputs=(
                ErrorInput("bfloat16", set_arg("b", lambda a: a["b"][:, :, :-1].contiguous()), ValueError, "b"),
