@@ -186,3 +186,10 @@ def test_fuzzer_draws_index_tensors_as_their_producers_emit_them(index_dtype, de
              settings=settings(database=None, max_examples=200))
     args = spec.build(p, torch.device(device)).args
     assert args["src2dst"].dtype == args["topk_ids"].dtype == getattr(torch, index_dtype)
+
+
+def test_the_suite_runs_outside_the_repository():
+    """conftest's session fixture: the harness's files (moe-failures/, .hypothesis/) land in a
+    temporary folder, not in the checkout."""
+    assert not os.path.realpath(os.getcwd()).startswith(os.path.realpath(REPO) + os.sep)
+    assert os.path.realpath(os.getcwd()) != os.path.realpath(REPO)
