@@ -58,13 +58,16 @@ class Implementation:
     nondeterministic: FrozenSet[str] = frozenset()  # ops exempt from the repeat-run probe
     notes: Mapping[str, str] = field(default_factory=dict)  # op -> why it is not provided
     requires: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # op -> precondition ids it assumes
+    # ops not meant for CUDA graphs (the references, the plain-torch baselines read values on the host)
+    host_side: FrozenSet[str] = frozenset()
     source: str = ""                                # the source string it was loaded from
     # op -> how its last launch chose its tiles (e.g. the autotuner's pick), for bench records
     describe: Optional[Callable[[str], str]] = None
 
     def candidate(self, op: str) -> Candidate:
         return Candidate(self.ops[op], order_free=op in self.order_free,
-                         deterministic=op not in self.nondeterministic, requires=tuple(self.requires.get(op, ())))
+                         deterministic=op not in self.nondeterministic, requires=tuple(self.requires.get(op, ())),
+                         graph=op not in self.host_side)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -133,7 +136,8 @@ def _attr(mod: types.ModuleType, dotted: str):
     return obj
 
 
-def _records_impl(name: str, function_of: Callable[[OpSpec], Optional[Callable]], describe=None) -> Implementation:
+def _records_impl(name: str, function_of: Callable[[OpSpec], Optional[Callable]], describe=None,
+                  host_side: bool = False) -> Implementation:
     """An implementation assembled from the op records: ``function_of(record)`` gives each op's
     function (None: not provided; CHAINED: a composed op chained from this implementation's
     parts, with the references for parts it lacks)."""
@@ -148,7 +152,8 @@ def _records_impl(name: str, function_of: Callable[[OpSpec], Optional[Callable]]
     for record in chained:
         ops[record.name] = compose(record, {o: ops.get(o, r.reference) for o, r in SPECS.items()})
     notes = {op: f"{name} has no {op}" for op in SPECS if op not in ops}
-    return Implementation(name, ops, notes=notes, source=name, describe=describe)
+    return Implementation(name, ops, notes=notes, source=name, describe=describe,
+                          host_side=frozenset(ops) if host_side else frozenset())
 
 
 def _our_kernel(record: OpSpec) -> Optional[Callable]:
@@ -161,7 +166,7 @@ def _ours() -> Implementation:
 
 
 def _baseline(name: str) -> Callable[[], Implementation]:
-    return lambda: _records_impl(name, lambda record: record.baselines.get(name))
+    return lambda: _records_impl(name, lambda record: record.baselines.get(name), host_side=True)
 
 
 def _baseline_names() -> List[str]:
@@ -170,7 +175,7 @@ def _baseline_names() -> List[str]:
 
 BUILTIN = {
     "ours": _ours,
-    "reference": lambda: _records_impl("reference", lambda record: record.reference),
+    "reference": lambda: _records_impl("reference", lambda record: record.reference, host_side=True),
 }
 # timing baselines, the torch compositions the records name (e.g. "torch", "torch_grouped_mm")
 BUILTIN.update({name: _baseline(name) for name in _baseline_names()})
@@ -284,7 +289,8 @@ def _merge(name: str, parts: List[Implementation]) -> Implementation:
                           order_free=frozenset(op for op, p in owner.items() if op in p.order_free),
                           nondeterministic=frozenset(op for op, p in owner.items() if op in p.nondeterministic),
                           notes=notes, source=name,
-                          requires={op: p.requires[op] for op, p in owner.items() if op in p.requires})
+                          requires={op: p.requires[op] for op, p in owner.items() if op in p.requires},
+                          host_side=frozenset(op for op, p in owner.items() if op in p.host_side))
 
 
 def load_implementation(source: str, block_size: Optional[int] = None) -> Implementation:

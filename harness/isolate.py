@@ -49,9 +49,17 @@ _FAULT_MARKERS = (
 )
 
 
+# CUDA errors of a stream capture (a host synchronisation or host read while capturing): the
+# capture is invalidated, the context is fine; the graph probe reports them as failures.
+_CAPTURE_MARKERS = ("stream is capturing", "during capture", "capture")
+
+
 def is_device_fault(exc: BaseException) -> bool:
-    """True for errors after which the device context is unusable (CUDA/HIP faults)."""
+    """True for errors after which the device context is unusable (CUDA/HIP faults); errors of
+    a CUDA graph capture are not."""
     text = f"{type(exc).__name__}: {exc}".lower()
+    if any(m in text for m in _CAPTURE_MARKERS):
+        return False
     return any(m in text for m in _FAULT_MARKERS)
 
 
@@ -77,13 +85,15 @@ def _write_crash(folder: str, message: str, tb: str):
 
 
 def _guard(fn: Callable, folder: str, cuda: bool) -> Callable:
-    """Synchronise after each call, so a device fault surfaces here, and leave at once on one."""
+    """Synchronise after each call, so a device fault surfaces here, and leave at once on one
+    (not while a CUDA graph is being captured: a synchronisation would break the capture)."""
     def guarded(*args, **kwargs):
         try:
             out = fn(*args, **kwargs)
             if cuda:
                 import torch
-                torch.cuda.synchronize()
+                if not torch.cuda.is_current_stream_capturing():
+                    torch.cuda.synchronize()
             return out
         except Exception as exc:
             if is_device_fault(exc):

@@ -364,6 +364,9 @@ class Candidate:
     order_free: bool = False      # order within an expert's segment is free (src2dst canonical form)
     deterministic: bool = True
     requires: Tuple[str, ...] = ()  # ids of the record's preconditions it assumes (the fuzzer draws within them)
+    # capture it in a CUDA graph where the op's record says the op is capturable (implementations
+    # meant for production; the references and plain-torch baselines read values on the host)
+    graph: bool = False
 
 
 def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_fresh: bool, what: str = ""):
@@ -419,7 +422,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                     continue
                 if a.shape != b.shape or not torch.equal(as_bits(a), as_bits(b)):
                     raise ProbeFailure("nondeterministic", f"{name}: two runs on the same inputs gave different bits")
-        if spec.capturable and torch.device(device).type == "cuda" and _on("graph"):
+        if candidate.graph and spec.capturable and torch.device(device).type == "cuda" and _on("graph"):
             _graph_probe(spec, candidate, params, device, require_ieee_fp32)
         return CaseResult(**base, status="passed", details=details)
     except ProbeFailure as f:

@@ -110,7 +110,7 @@ PLANTED = {
     "nondeterministic": ("ep_preprocess", "int64", alternating_order, {"order_free": True}, {}, None),
     "fresh_poison": ("ep_preprocess", "int64", lambda: empty_batch_seg_from_fresh_memory, {}, {"tokens": 0}, "cpu"),
     "decoy": ("ep_preprocess", "int64", lambda: cache_by_shape(reference.ep_preprocess), {}, {}, None),
-    "graph": ("ep_preprocess", "int64", lambda: host_sync, {}, {}, "cuda"),
+    "graph": ("ep_preprocess", "int64", lambda: host_sync, {"graph": True}, {}, "cuda"),
 }
 
 
