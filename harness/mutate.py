@@ -82,7 +82,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     from .fuzz import sweep
     from .impls import load_implementation
     from .mutants import MUTANTS, StalePatch, implementation
-    from .runner import Candidate, run_case
+    from .runner import run_case
     from .specs import SPECS
 
     t0 = time.time()
