@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 
 from ._checks import ACT_DTYPES, FP8_DTYPE, ID_DTYPES, check_id_range, check_int, check_tensor
-from .quant import (SCALE_DTYPES, ceil_to_ue8m0_exponent, pack_ue8m0_exponents, poisoned, quantize_groups,
-                    _check_bool, _check_float)
+from .quant import (ceil_to_ue8m0_exponent, check_bool, check_float, pack_ue8m0_exponents, poisoned,
+                    quantize_groups)
 
 DATA_DTYPES = ACT_DTYPES + (FP8_DTYPE,)
 SCALE_COPY_DTYPES = (torch.float32, torch.int32)
@@ -99,7 +99,7 @@ def _validate_scatter_common(recv_x, recv_x_scale, recv_topk, output_tensor, out
     check_tensor("output_index", output_index, dtypes=ID_DTYPES, shape=tuple(recv_topk.shape), device=dev)
     check_tensor("expert_start_loc", expert_start_loc, dtypes=ID_DTYPES, shape=(num_experts,), device=dev)
     check_tensor("m_indices", m_indices, dtypes=ID_DTYPES, ndim=1, device=dev)
-    _check_bool("scale_ue8m0", scale_ue8m0)
+    check_bool("scale_ue8m0", scale_ue8m0)
     check_int("quant_block_size", quant_block_size, lo=1)
     is_fp8 = recv_x_scale is not None and recv_x.dtype != torch.bfloat16
     if is_fp8:
@@ -309,7 +309,7 @@ def post_reorder_deepgemm(down_output, output, src2dst, topk_ids, topk_weights, 
     check_int("topk", topk, lo=1)
     check_int("num_tokens", num_tokens, lo=0)
     check_int("hidden_size", hidden_size, lo=0)
-    rsf = _check_float("routed_scaling_factor", routed_scaling_factor)
+    rsf = check_float("routed_scaling_factor", routed_scaling_factor)
     check_tensor("down_output", down_output, dtypes=ACT_DTYPES, ndim=2)
     dev = down_output.device
     if down_output.shape[1] != hidden_size:
@@ -423,8 +423,9 @@ def moe_ep_deepgemm_preprocess(topk_ids, num_local_experts, hidden_states, top_k
     - masked_m, src2dst = fused_moe_dispatch_index(topk_ids, E_local, m_max, expert_start).
     - gateup_input [E_local, m_max, H] of output_dtype: row r = src2dst[t*top_k + k] (as
       [e, j]) holds token t; rows j >= masked_m[e] unspecified (poison).
-    - fp8 output with UE8M0 (use_mxfp8 or deepgemm_scale_ue8m0): each token quantised per
-      group of block_k with power-of-two scales (H / block_k a multiple of 4);
+    - fp8 output with UE8M0 (use_mxfp8 or deepgemm_scale_ue8m0; SGLang's fused CUDA kernel
+      takes bf16 input only): each token quantised per group of block_k with power-of-two
+      scales (H / block_k a multiple of 4);
       gateup_input_scale int32 [E_local, m_max, H / block_k / 4], the transpose of an
       [E_local, G/4, m_max] buffer: packed UE8M0 bytes of the row.
     - fp8 output otherwise: per_token_group_quant_fp8(hidden_states, block_k) (float32
@@ -445,9 +446,9 @@ def moe_ep_deepgemm_preprocess(topk_ids, num_local_experts, hidden_states, top_k
     block_k = block_shape[1]
     if not isinstance(output_dtype, torch.dtype) or output_dtype not in DATA_DTYPES:
         raise TypeError(f"output_dtype: expected float8_e4m3fn or a float dtype, got {output_dtype!r}")
-    _check_bool("use_mxfp8", use_mxfp8)
-    _check_bool("deepgemm_scale_ue8m0", deepgemm_scale_ue8m0)
-    _check_bool("cap_m_max", cap_m_max)
+    check_bool("use_mxfp8", use_mxfp8)
+    check_bool("deepgemm_scale_ue8m0", deepgemm_scale_ue8m0)
+    check_bool("cap_m_max", cap_m_max)
     is_fp8 = output_dtype == FP8_DTYPE
     packed = is_fp8 and (use_mxfp8 or deepgemm_scale_ue8m0)
     if is_fp8 and hidden % block_k:

@@ -24,11 +24,9 @@ Conventions shared by every op here:
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-from ._checks import ACT_DTYPES, FP8_DTYPE, FP8_MAX, ID_DTYPES, acc_dtype, check_int, check_tensor
+from ._checks import ACT_DTYPES, FP8_DTYPE, ID_DTYPES, acc_dtype, check_int, check_tensor
 from .activation import ref_silu
 from .gemm import QUANT_EPS, per_token_group_quant_fp8
 from .reorder import cast_saturating
@@ -105,13 +103,13 @@ def _rows_below(masked_m: torch.Tensor, m_max: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_bool(name: str, v) -> bool:
+def check_bool(name: str, v) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
     return v
 
 
-def _check_float(name: str, v) -> float:
+def check_float(name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a float, got {type(v).__name__}")
     if v != v or v in (float("inf"), float("-inf")):
@@ -186,8 +184,8 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     and T = input's dtype:
     - gemm1_alpha == 0 (SiLU): y = T(T(silu(float32 gate)) * up) (SiLU rounded to T, then
       the product rounded to T).
-    - gemm1_alpha > 0 (gpt-oss SwiGLU): with L = gemm1_clamp_limit held in T,
-      g = min(gate, L), y = g * sigmoid(alpha * g) * T(clamp(up, -L, L) + 1), in float32.
+    - gemm1_alpha > 0 (gpt-oss SwiGLU), L = gemm1_clamp_limit: g = min(float32 gate, L),
+      u = T(clamp(up, -T(L), T(L)) + 1) (clamp and +1 in T), y = g * sigmoid(alpha * g) * u in float32.
     - each group of quant_group_size columns of y is quantised by the module's rule; with
       scale_ue8m0 its scale is rounded up to a power of two first.
     Scale layouts, chosen by output_scale's dtype:
@@ -204,9 +202,9 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     if n % quant_group_size:
         raise ValueError(f"quant_group_size: expected a divisor of the output width {n}, got {quant_group_size}")
     groups = n // quant_group_size
-    _check_bool("scale_ue8m0", scale_ue8m0)
-    gemm1_alpha = _check_float("gemm1_alpha", 0.0 if gemm1_alpha is None else gemm1_alpha)
-    gemm1_clamp_limit = _check_float("gemm1_clamp_limit", 0.0 if gemm1_clamp_limit is None else gemm1_clamp_limit)
+    check_bool("scale_ue8m0", scale_ue8m0)
+    gemm1_alpha = check_float("gemm1_alpha", 0.0 if gemm1_alpha is None else gemm1_alpha)
+    gemm1_clamp_limit = check_float("gemm1_clamp_limit", 0.0 if gemm1_clamp_limit is None else gemm1_clamp_limit)
     check_tensor("output_scale", output_scale, dtypes=SCALE_DTYPES, ndim=3, device=input.device, contiguous=False)
     packed = output_scale.dtype == torch.int32
     if packed:
@@ -336,7 +334,12 @@ def sglang_per_token_group_quant_fp8(x, group_size, eps=1e-10, column_major_scal
     """SGLang's ``sglang_per_token_group_quant_fp8`` (``per_token_group_quant_fp8`` on CUDA).
 
     x [..., M, K] bf16/fp16/fp32 (fp64 for exact evaluation), contiguous, ndim >= 2;
-    K % group_size == 0 (with fuse_silu_and_mul, K = 2N and the groups split N).
+    K % group_size == 0 (with fuse_silu_and_mul, K = 2N and the groups split N). SGLang's CUDA
+    kernel takes group sizes 16..256; a 2-D call with group_size == K and no option goes to
+    its per-token kernel instead, which the reference holds to the same rule. On other
+    platforms SGLang's ``per_token_group_quant_fp8`` is its Triton fallback
+    (``_per_token_group_quant_8bit_raw``: same rule, no fused SiLU, no masked_m; its UE8M0
+    path needs DeepGEMM).
     y = x, or with fuse_silu_and_mul (16-bit inputs only) y = T(T(silu(gate)) * up) for
     gate = x[..., :N], up = x[..., N:]. Each group of group_size columns of each row of y is
     quantised by the module's rule (eps must be 1e-10: SGLang's CUDA kernel bakes it in);
@@ -354,12 +357,12 @@ def sglang_per_token_group_quant_fp8(x, group_size, eps=1e-10, column_major_scal
     if x.dim() < 2:
         raise ValueError(f"x: expected at least 2 dimensions, got shape {tuple(x.shape)}")
     check_int("group_size", group_size, lo=1)
-    _check_float("eps", eps)
+    check_float("eps", eps)
     if eps != QUANT_EPS:
         raise ValueError(f"eps: expected {QUANT_EPS} (the amax floor SGLang's CUDA kernel bakes in), got {eps}")
     for name, flag in (("column_major_scales", column_major_scales), ("scale_tma_aligned", scale_tma_aligned),
                        ("scale_ue8m0", scale_ue8m0), ("fuse_silu_and_mul", fuse_silu_and_mul)):
-        _check_bool(name, flag)
+        check_bool(name, flag)
     k_in = x.shape[-1]
     if fuse_silu_and_mul:
         if x.dtype not in (torch.bfloat16, torch.float16, torch.float64):

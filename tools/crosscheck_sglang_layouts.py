@@ -271,7 +271,7 @@ def check_ep_scatter(ep, gen):
         @guarded("ep_scatter", case)
         def _():
             T, K, E, H = 37, 4, 5, 512
-            ids = routing(gen, T, K, E + first) 
+            ids = routing(gen, T, K, E + first)
             x = randn(gen, T, H).to(dtype)
             width = H // 128 if not ue8m0 else -(-(H // 128) // 4)
             xs = (torch.randint(0, 2 ** 30, (T, width), generator=gen, dtype=torch.int32) if sdtype == torch.int32
@@ -382,7 +382,7 @@ def check_small_helpers(ep, gen):
     @guarded("scale_expanded_rows_", "float32, column-major x")
     def _():
         x = randn(gen, 6, 9).t().contiguous().t()
-        w = torch.rand(9 if False else 6, generator=gen)
+        w = torch.rand(6, generator=gen)
         a, b = x.clone(), x.clone()
         ep.scale_expanded_rows_(a, w)
         ref_layout.scale_expanded_rows_(b, w)
@@ -412,12 +412,13 @@ def order_free_dispatch(op, case, up, ref, ids, first, num_experts, m_max):
         return record(op, case, "DIFFERS", f"masked_m {mm_up.tolist()} vs {mm_ref.tolist()}")
     flat = ids.reshape(-1).long() - first
     local = (flat >= 0) & (flat < num_experts)
-    if not torch.equal(s_up < 0, ~local):
-        return record(op, case, "DIFFERS", "src2dst: -1 pattern differs from the non-local slots")
-    for e in range(num_experts):
-        rows = torch.sort(s_up[local & (flat == e)].long()).values
-        if not torch.equal(rows, e * m_max + torch.arange(int(mm_ref[e]))):
-            return record(op, case, "DIFFERS", f"expert {e}: rows {rows.tolist()[:8]}")
+    for who, s2d in (("upstream", s_up), ("reference", s_ref)):
+        if not torch.equal(s2d < 0, ~local):
+            return record(op, case, "DIFFERS", f"{who} src2dst: -1 pattern differs from the non-local slots")
+        for e in range(num_experts):
+            rows = torch.sort(s2d[local & (flat == e)].long()).values
+            if not torch.equal(rows, e * m_max + torch.arange(int(mm_ref[e]))):
+                return record(op, case, "DIFFERS", f"{who} src2dst, expert {e}: rows {rows.tolist()[:8]}")
     record(op, case, "matches", "masked_m equal; each expert's rows are e*m_max + [0, masked_m)")
 
 
