@@ -17,6 +17,7 @@ import torch
 
 from ._checks import ACT_DTYPES, FP8_DTYPE, FP8_MAX, ID_DTYPES, acc_dtype, check_int, check_tensor
 from .activation import ref_silu
+from .permute import check_rows_addressed, validate_row_scatter
 from .quant import check_float
 from .reorder import cast_saturating
 
@@ -44,12 +45,7 @@ def _check_scalar_scale(name: str, scale, device) -> None:
 
 
 def _check_local_dst(src2dst, local, rows) -> None:
-    if bool(local.any()):
-        dst = src2dst.reshape(-1)[local.reshape(-1)]
-        lo, hi = int(dst.min()), int(dst.max())
-        if lo < 0 or hi >= rows:
-            raise ValueError(f"src2dst: expected values in [0, {rows - 1}] for every local slot, "
-                             f"got values from {lo} to {hi}")
+    check_rows_addressed("src2dst", src2dst, local, rows, "local slot")
 
 
 # --------------------------------------------------------------------------- indices
@@ -163,18 +159,9 @@ def pre_reorder_for_cutlass_moe(input, gateup_input, src2dst, topk_ids, a1_scale
     t >= num_tokens, write nothing: every other row of gateup_input is left as it was.
     Returns None.
     """
-    check_tensor("input", input, dtypes=ACT_DTYPES, ndim=2)
+    T, H = validate_row_scatter(input, gateup_input, src2dst, topk, hidden_size, ACT_DTYPES)
     dev = input.device
-    T, H = input.shape
-    check_int("topk", topk, lo=1)
-    check_int("hidden_size", hidden_size, lo=0)
-    if hidden_size != H:
-        raise ValueError(f"hidden_size: expected input.shape[1] = {H}, got {hidden_size}")
-    check_tensor("gateup_input", gateup_input, dtypes=OUT_DTYPES, ndim=2, device=dev)
-    if gateup_input.shape[1] != H:
-        raise ValueError(f"gateup_input: expected shape (*, {H}), got {tuple(gateup_input.shape)}")
     check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, shape=(T, topk), device=dev)
-    check_tensor("src2dst", src2dst, dtypes=ID_DTYPES, shape=(T * topk,), device=dev)
     check_int("num_local_experts", num_local_experts, lo=0)
     _check_num_tokens(num_tokens, T)
     if a1_scales is not None:

@@ -48,13 +48,29 @@ def _count_below(flat_ids: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     return (flat_ids.to(torch.int64)[None, :] < bounds.to(torch.int64)[:, None]).sum(dim=1)
 
 
-def _check_rows_addressed(name: str, src2dst: torch.Tensor, used: torch.Tensor, rows: int, what: str) -> None:
+def check_rows_addressed(name: str, src2dst: torch.Tensor, used: torch.Tensor, rows: int, what: str) -> None:
     """src2dst values at the ``used`` slots must address one of ``rows`` rows."""
     if bool(used.any()):
         dst = src2dst.reshape(-1)[used.reshape(-1)]
         lo, hi = int(dst.min()), int(dst.max())
         if lo < 0 or hi >= rows:
             raise ValueError(f"{name}: expected values in [0, {rows - 1}] for every {what}, got values from {lo} to {hi}")
+
+
+def validate_row_scatter(input, gateup_input, src2dst, topk, hidden_size, input_dtypes):
+    """Shared checks of the ops that copy token rows input [T, H] into gateup_input [*, H]
+    through src2dst [T*topk]; returns (T, H). gateup_input may have any float dtype."""
+    check_tensor("input", input, dtypes=input_dtypes, ndim=2)
+    T, H = input.shape
+    check_int("topk", topk, lo=1)
+    check_int("hidden_size", hidden_size, lo=0)
+    if hidden_size != H:
+        raise ValueError(f"hidden_size: expected input.shape[1] = {H}, got {hidden_size}")
+    check_tensor("gateup_input", gateup_input, dtypes=ROW_DTYPES, ndim=2, device=input.device)
+    if gateup_input.shape[1] != H:
+        raise ValueError(f"gateup_input: expected shape (*, {H}), got {tuple(gateup_input.shape)}")
+    check_tensor("src2dst", src2dst, dtypes=ID_DTYPES, shape=(T * topk,), device=input.device)
+    return T, H
 
 
 def check_src2dst_assignment(src2dst: torch.Tensor, topk_ids: torch.Tensor, expert_offsets: torch.Tensor) -> None:
@@ -195,7 +211,7 @@ def _validate_unpermute(inputs, output, src2dst, topk_ids, topk_weights, output_
                  device=dev)
     if output is not None:
         check_tensor(output_name, output, dtypes=(inputs.dtype,), shape=(T, inputs.shape[1]), device=dev)
-    _check_rows_addressed("src2dst", src2dst, src2dst >= 0, inputs.shape[0], "slot with src2dst >= 0 (a row of inputs)")
+    check_rows_addressed("src2dst", src2dst, src2dst >= 0, inputs.shape[0], "slot with src2dst >= 0 (a row of inputs)")
 
 
 def moe_unpermute(inputs, src2dst, topk_ids, topk_weights, routed_scaling_factor=None, outputs=None):
@@ -241,19 +257,9 @@ def deepep_permute_triton_kernel(input, gateup_input, src2dst, topk_ids, a1_scal
     Every other row of gateup_input is left as it was. Two slots naming the same row: the last
     k wins (SGLang: program order, k ascending); valid inputs never do. Returns None.
     """
-    check_tensor("input", input, dtypes=ROW_DTYPES, ndim=2)
-    dev = input.device
-    T, H = input.shape
-    check_int("topk", topk, lo=1)
-    check_int("hidden_size", hidden_size, lo=0)
-    if hidden_size != H:
-        raise ValueError(f"hidden_size: expected input.shape[1] = {H}, got {hidden_size}")
-    check_tensor("gateup_input", gateup_input, dtypes=ROW_DTYPES, ndim=2, device=dev)
-    if gateup_input.shape[1] != H:
-        raise ValueError(f"gateup_input: expected shape (*, {H}), got {tuple(gateup_input.shape)}")
-    check_tensor("src2dst", src2dst, dtypes=ID_DTYPES, shape=(T * topk,), device=dev)
-    _check_rows_addressed("src2dst", src2dst, src2dst >= 0, gateup_input.shape[0],
-                          "slot with src2dst >= 0 (a row of gateup_input)")
+    T, H = validate_row_scatter(input, gateup_input, src2dst, topk, hidden_size, ROW_DTYPES)
+    check_rows_addressed("src2dst", src2dst, src2dst >= 0, gateup_input.shape[0],
+                         "slot with src2dst >= 0 (a row of gateup_input)")
     rows = _cast_rows(input, gateup_input.dtype)
     dst = src2dst.view(T, topk).to(torch.int64)
     for k in range(topk):   # k ascending, the kernel's store order
@@ -376,7 +382,7 @@ def post_reorder_gated(down_output, output, src2dst, topk_ids, topk_weights, top
     check_tensor("src2dst", src2dst, dtypes=ID_DTYPES, shape=(T * topk,), device=dev)
     check_tensor("topk_weights", topk_weights, dtypes=(torch.float32,), shape=(T, topk), device=dev)
     routed = topk_ids >= 0
-    _check_rows_addressed("src2dst", src2dst, routed, down_output.shape[0],
+    check_rows_addressed("src2dst", src2dst, routed, down_output.shape[0],
                           "slot with topk_ids >= 0 (a row of down_output)")
     acc = acc_dtype(down_output)
     w = _input_dtype_weights(topk_weights, down_output.dtype, 1.0, acc)
