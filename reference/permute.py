@@ -303,7 +303,7 @@ def deepep_run_moe_deep_preprocess(topk_ids, num_experts):
     in [-n_neg, -1], routed ones a permutation of [0, T*K - n_neg)); seg_indptr [E+1] int64:
     seg_indptr[e] = routed slots with id < e (so [0] = 0 and [E] = T*K - n_neg). seg_indptr
     is a fresh tensor (SGLang subtracts out of place: no alias of the n_neg it read). On
-    SPEC.md section 2's domain (ids in [-1, E)) this equals reference.preprocess.deepep_preprocess.
+    SPEC.md section 2's domain (ids in [-1, E)) this equals the SPEC.md section 2 reference (reference.preprocess).
     """
     check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, ndim=2)
     check_int("num_experts", num_experts, lo=1)
