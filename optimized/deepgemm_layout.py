@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from reference._checks import ACT_DTYPES, ID_DTYPES, check_id_range, check_tensor
-from reference.deepgemm_layout import _check_counts, _validate_scatter_common
+from reference._checks import ID_DTYPES, check_id_range, check_tensor
+from reference.deepgemm_layout import _check_counts, _validate_scatter_common, validate_ep_gather
 
 from . import _config
 from ._tl import cast_out
@@ -155,22 +155,9 @@ def _gather_kernel(x_ptr, ids_ptr, w_ptr, index_ptr, out_ptr, H,
 def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor):
     """SGLang's ``ep_gather`` (reference.deepgemm_layout.ep_gather's contract). The input_index
     range check only under _config.check_values() (a host read)."""
-    check_tensor("input_tensor", input_tensor, dtypes=ACT_DTYPES, ndim=2)
-    dev = input_tensor.device
+    validate_ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor)
     rows, H = input_tensor.shape
-    if H % 128:
-        raise ValueError(f"input_tensor: expected a hidden size that is a multiple of 128, got shape "
-                         f"{tuple(input_tensor.shape)}")
-    check_tensor("output_tensor", output_tensor, dtypes=ACT_DTYPES, ndim=2, device=dev)
-    T = output_tensor.shape[0]
-    if output_tensor.shape[1] != H:
-        raise ValueError(f"output_tensor: expected shape ({T}, {H}), got {tuple(output_tensor.shape)}")
-    check_tensor("recv_topk_ids", recv_topk_ids, dtypes=ID_DTYPES, ndim=2, device=dev)
-    if recv_topk_ids.shape[0] != T:
-        raise ValueError(f"recv_topk_ids: expected {T} rows (output_tensor's), got shape {tuple(recv_topk_ids.shape)}")
-    K = recv_topk_ids.shape[1]
-    check_tensor("recv_topk_weight", recv_topk_weight, dtypes=ACT_DTYPES, shape=(T, K), device=dev)
-    check_tensor("input_index", input_index, dtypes=ID_DTYPES, shape=(T, K), device=dev)
+    T, K = recv_topk_ids.shape
     _config.reject_float64(input_tensor=input_tensor, output_tensor=output_tensor, recv_topk_weight=recv_topk_weight)
     if _config.check_values():
         counted = recv_topk_ids >= 0
