@@ -149,7 +149,7 @@ def _store_to_group_end(c_ptr, acc, r0, rows, rmask, row_hi, cols, nmask, n0, N,
     the rows past it (the next group's) stay untouched. With TMA through a descriptor made on the
     device whose rows end at row_hi, so that TMA clips the rest (a masked tl.store there, beside
     the TMA store of whole tiles, made triton 3.6 wait for every wgmma of the K loop and spill:
-    results/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped)."""
+    tools/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped)."""
     c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
     if USE_TMA:
         tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
@@ -471,7 +471,7 @@ def _sm_count(device_index: int) -> int:
 # is an upper bound on the tiles (cdiv(M, BM) + batch m-slots): under EP, a holds every slot of
 # the batch (T*K rows) and only this rank's share (1/8 at EP8) is in seg_indptr, so most
 # programs of an uncapped grid find no tile. Capping measured slower on the H200 (DeepSeek EP8
-# gate_up 840 -> 903-927 us at 1-4 per SM; results/explore_tiles.py --section gemm_ep): the
+# gate_up 840 -> 903-927 us at 1-4 per SM; tools/explore_tiles.py --section gemm_ep): the
 # empty programs cost little, the static tile loop more.
 MAX_PROGRAMS_PER_SM = 0
 

@@ -3,7 +3,7 @@
 For each op, back-to-back calls with one sync at the end: when the device work per call is
 shorter than the host work, the wall time per call is the host's. Reported per call, in us:
 the whole launcher, its argument validation alone, and the bare Triton kernel launch.
-Usage: PYTHONPATH=. python3 results/host_overhead.py [N_CALLS] [--preprocess]
+Usage: PYTHONPATH=. python3 tools/host_overhead.py [N_CALLS] [--preprocess]
 
 --preprocess: ep_preprocess's host time taken apart (validation, allocations, each launch, the
 torch composition the bench compares it with) and the cProfile entries of the whole call that

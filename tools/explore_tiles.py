@@ -21,7 +21,7 @@ and quartiles), prints one line per variant and writes the records to --json:
   both streams, MMA alone, loads and MMA without the epilogue);
 - movement: pre_reorder's all-local traffic with one part changed at a time (destinations, reads,
   cache hints, TMA stores) and silu over a compact span through TMA tiles.
-Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess copies movement
+Usage: PYTHONPATH=. python tools/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess copies movement
        gemm_parts]
        [--json F]
        (--smoke: every section at tiny sizes on the CPU, TRITON_INTERPRET=1; tests/test_explore_smoke.py runs it)
@@ -245,7 +245,7 @@ GEMM_EP_CASES = {  # name: CaseParams fields
 EP_TILES = [  # BM, BN, BK, warps, stages, persist, GROUP_M, BM2[, WS]
     # Sixth session: a group's last tile is stored through a descriptor made on the device (ending
     # at the group's last row) instead of a masked tl.store; with that, triton 3.6 issues every
-    # tile's wgmma asynchronously and spills nothing (results/compile_sm90.py), 8-warp tiles
+    # tile's wgmma asynchronously and spills nothing (tools/compile_sm90.py), 8-warp tiles
     # included. H200 after it, us, DeepSeek gate_up / down / Mixtral / decode:
     # 128x128x64 w4: 719 / 422 / 3,618 / 561; 128x256 w8 persistent: 655 / 356 / 3,095 / 532;
     # 128+64 x128 w4 s4: 627 / 357 / 3,358 / 554; 64+64 x256 w8 s4: 642 / 345 / 3,465 / 462.

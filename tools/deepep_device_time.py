@@ -1,7 +1,7 @@
 """Device time of deepep_preprocess per call (torch profiler, 20 calls; its kernels and copies), at
 T*K = 1,024 / 32,768 / 131,072 with 87.5% invalid slots. It cannot be captured in a CUDA graph (it
 reads n_inv on the host to size its output, as SGLang's does), so this stands for its graph time.
-Usage: PYTHONPATH=. python results/deepep_device_time.py (GPU only)."""
+Usage: PYTHONPATH=. python tools/deepep_device_time.py (GPU only)."""
 import torch
 from torch.profiler import ProfilerActivity, profile
 from optimized import _config, preprocess
