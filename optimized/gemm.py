@@ -11,9 +11,12 @@ past the real tile count exit at once.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import inspect
 import os
+from typing import Iterator, Optional
 
 import torch
 import triton
@@ -467,17 +470,84 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-# Grid cap of the configs without PERSIST, in programs per SM (0: no cap), for sweeps. The grid
-# is an upper bound on the tiles (cdiv(M, BM) + batch m-slots): under EP, a holds every slot of
+# Grid cap of the configs without PERSIST, in programs per SM (0: no cap), for sweeps (grid_cap()).
+# The grid is an upper bound on the tiles (cdiv(M, BM) + batch m-slots): under EP, a holds every slot of
 # the batch (T*K rows) and only this rank's share (1/8 at EP8) is in seg_indptr, so most
 # programs of an uncapped grid find no tile. Capping measured slower on the H200 (DeepSeek EP8
 # gate_up 840 -> 903-927 us at 1-4 per SM; tools/explore_tiles.py --section gemm_ep): the
 # empty programs cost little, the static tile loop more.
 MAX_PROGRAMS_PER_SM = 0
 
-# Off switch for A/B measurements (harness bench / results scripts) and a way out should a
+# Off switch for A/B measurements (harness bench, tools/: tma_allowed()) and a way out should a
 # triton release break descriptors: MOE_GEMM_TMA=0.
 USE_TMA = os.environ.get("MOE_GEMM_TMA", "1") not in ("0", "false", "False", "")
+
+
+# ----------------------------------------------------------------------------- public launch switches
+# (optimized/config.py lists the whole public launch/config API)
+
+# The @triton.jit kernel grouped_gemm launches, for compiling it ahead of time (tools/compile_sm90.py):
+# its parameters, constexprs included, are those of _grouped_gemm_kernel's signature and docstring.
+grouped_gemm_kernel = _grouped_gemm_kernel
+
+
+def tma_allowed(allowed: bool):
+    """Context manager: grouped_gemm takes TMA operands wherever they apply (True: the default,
+    unless MOE_GEMM_TMA=0) or the pointer path only (False), for the block."""
+    return _config.pinned_globals(globals(), USE_TMA=allowed)
+
+
+def grid_cap(programs_per_sm: int):
+    """Context manager: the grid of configs without PERSIST capped at ``programs_per_sm`` programs
+    per SM for the block (0: no cap, the default; on the GPU only), the tile loop covering the rest."""
+    return _config.pinned_globals(globals(), MAX_PROGRAMS_PER_SM=programs_per_sm)
+
+
+@dataclasses.dataclass
+class TilePin:
+    """What pinned_tile() pins: ``tile`` (a triton.Config of BM, BN, BK and optionally GROUP_M,
+    PERSIST, WS, BM2; num_warps, num_stages, maxnreg) and ``tma`` (None: TMA wherever it applies;
+    True: TMA, or ValueError for operands it cannot take; False: pointers). ``kernel``: what the
+    latest launch under the pin returned (on the GPU the compiled kernel, with n_regs and
+    n_spills), None before the first."""
+
+    tile: triton.Config
+    tma: Optional[bool] = None
+    kernel: object = None
+
+
+_TILE_PIN: Optional[TilePin] = None
+
+
+@contextlib.contextmanager
+def pinned_tile(tile: triton.Config, tma: Optional[bool] = None) -> Iterator[TilePin]:
+    """Context manager: every grouped_gemm launch in the block uses ``tile`` instead of an
+    autotuned, heuristic or interpreter tile, on the operand path ``tma`` asks for (see TilePin);
+    describe_last_launch() calls it "fixed". Yields the TilePin, whose ``kernel`` the launches
+    update. Validation and fp8 block-wise quantisation run as in any call."""
+    global _TILE_PIN
+    saved, _TILE_PIN = _TILE_PIN, TilePin(tile, tma)
+    try:
+        yield _TILE_PIN
+    finally:
+        _TILE_PIN = saved
+
+
+@contextlib.contextmanager
+def fresh_autotuning() -> Iterator[None]:
+    """Context manager: launches in the block autotune anew, through new autotuners that neither
+    read nor write triton's disk cache of timings, so every key is timed again (what a sweep of a
+    setting outside the autotune key, such as grid_cap, needs). On exit the block's autotuners are
+    dropped and the disk cache setting comes back: later launches autotune again, from the disk
+    cache where it holds their key."""
+    global _AUTOTUNE_DISK_CACHE
+    saved, _AUTOTUNE_DISK_CACHE = _AUTOTUNE_DISK_CACHE, {}
+    _tuner.cache_clear()
+    try:
+        yield
+    finally:
+        _AUTOTUNE_DISK_CACHE = saved
+        _tuner.cache_clear()
 
 
 def _descriptor_scratch(size: int, alignment: int, stream):
@@ -607,7 +677,11 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
             sb_n, sb_k, sa_k, config=None, use_tma=None):
     """Launch the GEMM kernel: autotuned (large), heuristic tile (small) or ``config`` (a
     triton.Config, for A/B measurements). ``use_tma`` None: TMA wherever it applies. Returns
-    what the launch returned (with ``config``, the compiled kernel: registers, spills)."""
+    what the launch returned (with ``config``, the compiled kernel: registers, spills). Under
+    pinned_tile() with no ``config``, the pin's tile and operand path."""
+    pin = _TILE_PIN if config is None else None
+    if pin is not None:
+        config, use_tma = pin.tile, pin.tma
     M, Kd = a.shape
     E_w, N, _ = b.shape
     interp = _config.is_interpreter()
@@ -647,7 +721,10 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
     path = "TMA" if descs is not None else "pointers"
     if config is not None:
         _LAST_LAUNCH = ("fixed", config, None, path)
-        return fixed(config)
+        kernel = fixed(config)
+        if pin is not None:
+            pin.kernel = kernel
+        return kernel
     elif interp or mode == MODE_FP8_BLOCK_GENERIC:
         # the interpreter cannot afford autotuning: one small tile, BK dividing bk when block-wise
         cfg = dict(_INTERP_CONFIG if interp else _GENERIC_CONFIG)
