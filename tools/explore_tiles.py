@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from harness import baselines
+from harness.specs import SPECS
 from harness.timing import TimingConfig, Workload, capture_graph, copy_moving, measure_ceilings, run_interleaved, Stats
 from optimized import activation, config, describe_last_launch, gemm, preprocess, reorder
 
@@ -70,6 +70,9 @@ class Record:
 
 
 RECORDS: List[Record] = []
+# the GEMM's plain-torch baselines, as the op's record names them: a per-group torch.mm loop, torch._grouped_mm
+TORCH_MM_LOOP = SPECS["grouped_gemm"].baselines["torch"]
+TORCH_GROUPED_MM = SPECS["grouped_gemm"].baselines["torch_grouped_mm"]
 
 
 def _replayable(call: Callable[[], object]) -> Callable[[], object]:
@@ -174,8 +177,8 @@ def gemm_section(ceil, gen):
             floor = _gemm_floor(shape, ceil, dtype)
             case = f"{name}:{dtype}"
             if dtype == "bfloat16":
-                record("gemm", case, "torch_loop", lambda: baselines.grouped_gemm(*args), floor)
-                record("gemm", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*args), floor)
+                record("gemm", case, "torch_loop", lambda: TORCH_MM_LOOP(*args), floor)
+                record("gemm", case, "torch_grouped_mm", lambda: TORCH_GROUPED_MM(*args), floor)
             for use_tma in (True, False):
                 with gemm.tma_allowed(use_tma):
                     record("gemm", case, f"ours_autotuned tma={use_tma}", lambda: gemm.grouped_gemm(*args, **kw),
@@ -243,7 +246,6 @@ TILE_CAPS = (0,)
 def gemm_ep_section(ceil, gen):
     from harness.bench import production_layout
     from harness.cases import CaseParams
-    from harness.specs import SPECS
     for name, fields in GEMM_EP_CASES.items():
         p = CaseParams(op="grouped_gemm", dtype="bfloat16", seed=1, **fields)
         args = production_layout(SPECS["grouped_gemm"].build(p, torch.device(DEV))).args
@@ -258,9 +260,9 @@ def gemm_ep_section(ceil, gen):
         case = f"{name} rows {hi - lo}/{M}"
         print(f"    {case}: groups {batch}, rows per group min {min(sizes)} max {max(sizes)}", flush=True)
         full = (a, b, c, batch, True, seg, widx)
-        record("gemm_ep", case, "torch_loop", lambda: baselines.grouped_gemm(*full), floor)
+        record("gemm_ep", case, "torch_loop", lambda: TORCH_MM_LOOP(*full), floor)
         c_torch = c[lo:hi].float().clone()   # what each tile's result is compared with (not a check)
-        record("gemm_ep", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*full), floor)
+        record("gemm_ep", case, "torch_grouped_mm", lambda: TORCH_GROUPED_MM(*full), floor)
         for cap in GRID_CAPS:
             # fresh autotuners: the grid cap is not part of the autotune key
             with gemm.fresh_autotuning(), gemm.grid_cap(cap):
