@@ -11,18 +11,18 @@ knobs:
 - ``config.value_checks(enabled)``: the launchers' value checks (a host sync) on or off.
 - ``gemm.tma_allowed(allowed)``: TMA operands wherever they apply, or the pointer path only.
 - ``gemm.grid_cap(programs_per_sm)``: the grid of non-persistent tiles capped per SM (0: none).
-- ``gemm.pinned_tile(tile, tma=None)``: every grouped_gemm launch with one tile config.
+- ``gemm.pinned_tile(tile, tma=None)``: every grouped GEMM launch with one tile config.
 - ``gemm.fresh_autotuning()``: autotune anew, without triton's disk cache.
 - ``gemm.grouped_gemm_kernel``: the @triton.jit kernel, for compiling it ahead of time.
-- ``preprocess.forced_way(way, block=None)``: ep_preprocess in one program, one launch of
-  blocks, or three launches.
+- ``preprocess.forced_way(way, block=None)``: the EP preprocess in one program, one launch
+  of blocks, or three launches.
 - ``preprocess.forced_sort(forced)``: the GPU's block order (tl.sort) under the interpreter too.
 - ``preprocess.pinned_plan(...)``: the three-launch path's blocks, scan tile, warps and PDL.
 - ``preprocess.launch_plan(...)``: the plan a call of that size takes under the current knobs.
 - ``preprocess.ep_preprocess_launches(...)``, ``reorder.pre_reorder_launch(...)``: a
   launcher's kernel launches as ``KernelLaunch`` records.
 - ``reorder.pinned_tiles(...)``, ``reorder.pinned_slot_group(size)``,
-  ``activation.pinned_tiles(...)``: tiles, warps and post_reorder's slot groups.
+  ``activation.pinned_tiles(...)``: tiles, warps and the combine's slot groups.
 - ``optimized.describe_last_launch(op)``: how the last launch of ``op`` chose its tiles.
 """
 from __future__ import annotations
