@@ -6,6 +6,7 @@ import sys
 from typing import List, Optional
 
 from .backend import BACKENDS, select_backend
+from .options import OptionError
 
 SUBCOMMANDS = ("check", "ep_world", "bench", "mutate")
 
@@ -30,8 +31,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         i = argv.index("--backend")
         argv = argv[i:i + 2] + argv[:i] + argv[i + 2:]
     args = parser.parse_args(argv)
-    backend = select_backend(args.backend)
-    return int(args.run(args, backend) or 0)
+    try:
+        backend = select_backend(args.backend)
+    except ValueError as exc:  # no GPU for --backend cuda
+        print(f"moe-harness: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.run(args, backend) or 0)
+    except OptionError as exc:  # a value that cannot run: one line, as argparse reports a bad flag
+        print(f"moe-harness {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

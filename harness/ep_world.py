@@ -31,14 +31,15 @@ import torch
 
 from .backend import describe
 from .cases import MODEL_SHAPES
+from .options import WORLD_DEFAULT_SHAPE, WORLD_DTYPES, WORLD_SCENARIO_KINDS, WorldConfig
 from .records import write_json
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
 # Set in the parent before spawning and again in every rank before init_process_group.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-SCENARIO_KINDS = ("even", "uneven", "empty")
-DTYPES = ("bfloat16", "fp8_block")
-DEFAULT_SHAPE = dict(experts=8, topk=2, hidden=128, inter=64)
+SCENARIO_KINDS = WORLD_SCENARIO_KINDS
+DTYPES = WORLD_DTYPES
+DEFAULT_SHAPE = WORLD_DEFAULT_SHAPE
 DEFAULT_TOKENS = {"cuda": (1, 512), "interpreter": (1, 16)}
 # After one rank dies, the others are stuck in a collective until its timeout: stop them sooner.
 _GRACE_AFTER_RANK_DIED_S = 15.0
@@ -50,26 +51,6 @@ def set_no_multicast_env() -> None:
 
 
 # ----------------------------------------------------------------------------- records
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Everything the ranks need; picklable (it crosses the spawn) and JSON-safe."""
-
-    ranks: int
-    backend: str                        # "cuda" (NCCL, GPU r for rank r) or "interpreter" (CPU, gloo)
-    impl: str = "ours"                  # an implementation source (harness.impls)
-    dtype: str = "bfloat16"             # bfloat16 | fp8_block (fp8 weights, block scales [128, 128])
-    experts: int = DEFAULT_SHAPE["experts"]
-    topk: int = DEFAULT_SHAPE["topk"]
-    hidden: int = DEFAULT_SHAPE["hidden"]
-    inter: int = DEFAULT_SHAPE["inter"]
-    tokens: Tuple[int, ...] = (1, 16)
-    scenarios: Tuple[str, ...] = SCENARIO_KINDS
-    seed: int = 0
-    warmup: int = 1
-    reps: int = 5
-    timeout_s: float = 600.0            # whole world, wall clock; also the collectives' timeout
-
 
 @dataclass(frozen=True)
 class Scenario:
@@ -178,8 +159,6 @@ def plan_scenarios(config: WorldConfig) -> Tuple[Scenario, ...]:
     out = []
     for T in config.tokens:
         for kind in config.scenarios:
-            if kind not in SCENARIO_KINDS:
-                raise ValueError(f"scenario: expected one of {SCENARIO_KINDS}, got {kind!r}")
             if N < 2 and kind != "even":
                 continue
             e, routing = {"even": (even, "uniform"), "uneven": (uneven, "skewed"),
@@ -430,31 +409,12 @@ def _stop(procs) -> None:
             p.join()
 
 
-def _check_config(config: WorldConfig) -> None:
-    if config.backend not in ("cuda", "interpreter"):
-        raise ValueError(f"backend: expected 'cuda' or 'interpreter', got {config.backend!r}")
-    if config.ranks < 1:
-        raise ValueError(f"--ranks: expected at least 1, got {config.ranks}")
-    if config.backend == "cuda" and torch.cuda.device_count() < config.ranks:
-        raise ValueError(f"--ranks: {config.ranks} ranks need {config.ranks} GPUs (one per rank), "
-                         f"torch sees {torch.cuda.device_count()}")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"--dtype: expected one of {DTYPES}, got {config.dtype!r}")
-    if not config.tokens or min(config.tokens) < 1:
-        raise ValueError(f"--tokens: expected positive token counts, got {config.tokens}")
-    for name in ("experts", "topk", "hidden", "inter"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name}: expected a positive integer, got {getattr(config, name)}")
-    plan_scenarios(config)
-
-
 def run_world(config: WorldConfig, environment: Optional[Dict[str, str]] = None) -> WorldReport:
     """Spawn ``config.ranks`` processes, run the sweep, return rank 0's report.
 
     Never hangs past ``config.timeout_s``: ranks still running then are terminated and the
     report says so. A rank that dies (its traceback is in the report's error) fails the world.
-    ValueError for a config that cannot run (more ranks than GPUs, E < N, ...)."""
-    _check_config(config)
+    (WorldConfig validated itself when it was made: one GPU per rank, positive sizes.)"""
     set_no_multicast_env()  # inherited by the spawned ranks
     ctx = torch.multiprocessing.get_context("spawn")
     dist_backend = "nccl" if config.backend == "cuda" else "gloo"
@@ -547,10 +507,12 @@ def add_parser(sub):
                    help="bfloat16 (default) or fp8_block (fp8 weights with [128, 128] block scales)")
     p.add_argument("--scenario", nargs="+", choices=SCENARIO_KINDS, default=list(SCENARIO_KINDS),
                    help="scenario kinds to run (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every rank's inputs")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
-    p.add_argument("--reps", type=int, default=5, help="timed calls per rank; the median is reported (default 5)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole world (default 600)")
+    p.add_argument("--seed", type=int, default=WorldConfig.seed, help="seed of every rank's inputs")
+    p.add_argument("--warmup", type=int, default=WorldConfig.warmup, help="untimed calls before timing (default 1)")
+    p.add_argument("--reps", type=int, default=WorldConfig.reps,
+                   help="timed calls per rank; the median is reported (default 5)")
+    p.add_argument("--timeout", type=float, default=WorldConfig.timeout_s,
+                   help="seconds for the whole world (default 600)")
     p.add_argument("--json", help="write the report to this JSON file")
     p.set_defaults(run=main)
     return p
@@ -577,7 +539,6 @@ def main(args, backend: str) -> int:
 
     try:
         config = config_from_args(args, backend)
-        _check_config(config)
     except ValueError as exc:
         print(f"ep-world: {exc}", file=sys.stderr)
         return 2

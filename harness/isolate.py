@@ -33,11 +33,14 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from .cases import CaseParams
 from .check import Row, replay_command
 from .records import read_json, write_json
+
+if TYPE_CHECKING:
+    from .options import CheckOptions
 
 CRASH_EXIT = 87          # the child found a device fault (or a harness error) and wrote crash.json
 STARTUP_LIMIT_S = 300.0  # importing torch and starting up; not counted against the group's timeout
@@ -118,19 +121,18 @@ def child_main(job: dict):
     if job.get("gpu") is not None:
         import torch
         torch.cuda.set_device(job["gpu"])  # "cuda" means this card for everything the child makes
-    import argparse
-
     from . import check
     from .impls import load_implementation
+    from .options import CheckOptions
     from .specs import SPECS
 
-    args = argparse.Namespace(**job["options"])
-    single = CaseParams.from_json(args.case) if args.case else None
+    options = CheckOptions.from_dict(job["options"])
+    single = options.single_case()
     op, impl_src = job["op"], job["impl"]
     rows_path = os.path.join(folder, "rows.jsonl")
     progress.update(stage="loading")
     try:
-        impl = load_implementation(impl_src, block_size=getattr(args, "block_size", None))
+        impl = load_implementation(impl_src, block_size=options.block_size)
     except Exception as exc:  # a broken file is the implementation's failure, not the harness's
         if is_device_fault(exc):
             _write_crash(folder, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
@@ -151,7 +153,7 @@ def child_main(job: dict):
     for dtype in job["dtypes"]:
         progress.update(stage="running", dtype=dtype, params=None, n=0)
         try:
-            row = check.check_one(args, backend, impl, impl_src, op, dtype, single, spec=spec)
+            row = check.check_one(options, backend, impl, impl_src, op, dtype, single, spec=spec)
         except Exception as exc:  # a device fault outside the candidate, or a harness error
             kind = "" if is_device_fault(exc) else "harness error: "
             _write_crash(folder, f"{kind}{type(exc).__name__}: {exc}", traceback.format_exc(limit=12))
@@ -200,21 +202,14 @@ def _exit_reason(code: Optional[int], crash: Optional[dict]) -> str:
     return f"child process exited with status {code} before finishing"
 
 
-def _options(args) -> dict:
-    keys = ("cases", "seed", "preset", "case", "no_shrink", "block_size")
-    return {k: getattr(args, k, None) for k in keys} | {"no_shrink": bool(getattr(args, "no_shrink", False))}
-
-
-def run_group(args, backend: str, impl_src: str, op: str, dtypes: List[str], tick: Optional[Callable] = None,
-              timeout: Optional[float] = None, case_timeout: Optional[float] = None,
-              gpu: Optional[int] = None) -> List[Row]:
+def run_group(options: "CheckOptions", backend: str, impl_src: str, op: str, dtypes: List[str],
+              tick: Optional[Callable] = None, gpu: Optional[int] = None) -> List[Row]:
     """Check ``dtypes`` of one (implementation, op) in child processes; never raises for the
-    implementation's faults. ``timeout`` / ``case_timeout`` default to args.timeout / args.case_timeout.
-    ``gpu`` pins the children to that CUDA device."""
+    implementation's faults. options.timeout_s bounds the group, options.case_timeout_s one case
+    (0: no limit). ``gpu`` pins the children to that CUDA device."""
     from .impls import short_name
-    timeout = float(timeout if timeout is not None else getattr(args, "timeout", 1800.0) or 0) or None
-    case_timeout = float(case_timeout if case_timeout is not None else getattr(args, "case_timeout", 600.0) or 0) \
-        or None
+    timeout = float(options.timeout_s) or None
+    case_timeout = float(options.case_timeout_s) or None
     ctx = multiprocessing.get_context("spawn")
     name = short_name(impl_src)
     rows: List[Row] = []
@@ -223,8 +218,8 @@ def run_group(args, backend: str, impl_src: str, op: str, dtypes: List[str], tic
     while remaining:
         folder = tempfile.mkdtemp(prefix="moe-isolate-")
         try:
-            job = dict(impl=impl_src, op=op, dtypes=remaining, backend=backend, options=_options(args), folder=folder,
-                       gpu=gpu)
+            job = dict(impl=impl_src, op=op, dtypes=remaining, backend=backend, options=options.to_dict(),
+                       folder=folder, gpu=gpu)
             proc = ctx.Process(target=child_main, args=(job,), name=f"moe-check-{op}")
             proc.start()
             outcome, reason, used = _wait(proc, folder, budget, case_timeout, tick, timeout)

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from .backend import describe, device_of
+from .options import MutateOptions
 from .records import read_json, write_json
 
 if TYPE_CHECKING:
@@ -337,13 +338,14 @@ def add_parser(sub):
                                    "cannot be loaded.")
     p.add_argument("--op", nargs="+", help="only the mutants of these ops")
     p.add_argument("--mutant", nargs="+", metavar="NAME", help="only these mutants")
-    p.add_argument("--cases", type=int, default=30, help="fuzzed cases per mutant and dtype (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the case generator (default 0)")
+    p.add_argument("--cases", type=int, default=MutateOptions.cases,
+                   help="fuzzed cases per mutant and dtype (default 30)")
+    p.add_argument("--seed", type=int, default=MutateOptions.seed, help="seed of the case generator (default 0)")
     p.add_argument("--jobs", type=int, default=None,
                    help="mutants run at a time, each in its own child process (default: the CPU count, at "
                         "most 4; on cuda they share the GPU; mutants needing --preset large run last, one at a time)")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
-    p.add_argument("--case-timeout", type=float, default=600.0,
+    p.add_argument("--case-timeout", type=float, default=MutateOptions.case_timeout_s,
                    help="seconds one case may make no progress before the mutant counts as hung (default 600)")
     p.add_argument("--json", help="write the results to this JSON file (rewritten as each mutant finishes: "
                                   "'complete' and 'pending' say how far a run got)")
@@ -354,16 +356,17 @@ def add_parser(sub):
     return p
 
 
-def select(ops: Optional[List[str]], mutants: Optional[List[str]]) -> List[str]:
-    """Names of the catalogue's mutants after --op / --mutant (SystemExit for unknown names)."""
-    from .mutants import CATALOGUE, MUTANTS
-    from .specs import SPECS
-    for op in ops or []:
-        if op not in SPECS:
-            raise SystemExit(f"--op: expected one of {sorted(SPECS)}, got {op!r}")
-    for name in mutants or []:
-        if name not in MUTANTS:
-            raise SystemExit(f"--mutant: no mutant {name!r}; see moe-harness mutate --list")
+def options_from_args(args) -> MutateOptions:
+    """The parsed command line as MutateOptions (OptionError for a value that cannot run)."""
+    return MutateOptions(ops=args.op, mutants=args.mutant, cases=args.cases, seed=args.seed, jobs=args.jobs,
+                         shrink=not args.no_shrink, case_timeout_s=args.case_timeout, json_path=args.json,
+                         list_only=args.list, quiet=args.quiet)
+
+
+def select(options: MutateOptions) -> List[str]:
+    """Names of the catalogue's mutants that the options' ops and mutants select, in catalogue order."""
+    from .mutants import CATALOGUE
+    ops, mutants = options.ops, options.mutants
     return [m.name for m in CATALOGUE if (not ops or m.op in ops) and (not mutants or m.name in mutants)]
 
 
@@ -428,21 +431,26 @@ def _list(names: List[str]) -> int:
     return 1 if stale else 0
 
 
-def _write_json(path: str, info: dict, args, results: List[MutantResult], pending: List[str], backend: str) -> None:
+def _write_json(path: str, info: dict, options: MutateOptions, results: List[MutantResult], pending: List[str],
+                backend: str) -> None:
     """The JSON record: ``complete`` is False and ``pending`` names the mutants not yet finished
     while the run goes on, so a run cut short by a time limit still leaves every verdict it reached."""
-    write_json(path, {"environment": info, "cases": args.cases, "seed": args.seed, "complete": not pending,
+    write_json(path, {"environment": info, "cases": options.cases, "seed": options.seed, "complete": not pending,
                       "pending": pending, "summary": summary(results, backend),
                       "mutants": [asdict(r) for r in results]})
 
 
 def main(args, backend: str) -> int:
-    names = select(args.op, args.mutant)
-    if args.list:
+    return run_command(options_from_args(args), backend)
+
+
+def run_command(options: MutateOptions, backend: str) -> int:
+    names = select(options)
+    if options.list_only:
         return _list(names)
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
-    jobs = args.jobs or max(1, min(4, os.cpu_count() or 1))
+    jobs = options.jobs or max(1, min(4, os.cpu_count() or 1))
     tty = sys.stderr.isatty()
     t0, lock = time.time(), threading.Lock()
     done: List[MutantResult] = []
@@ -451,10 +459,10 @@ def main(args, backend: str) -> int:
         with lock:  # results arrive from the worker threads
             done.append(res)
             killed = sum(r.verdict == "KILLED" for r in done)
-            if args.json:
+            if options.json_path:
                 finished = {r.name for r in done}
-                _write_json(args.json, info, args, done, [n for n in names if n not in finished], backend)
-            if args.quiet:
+                _write_json(options.json_path, info, options, done, [n for n in names if n not in finished], backend)
+            if options.quiet:
                 return
             head = f"[{time.time() - t0:6.1f}s] {len(done):3d}/{len(names)} mutants, {killed} killed"
             if tty:  # one line, rewritten
@@ -463,14 +471,15 @@ def main(args, backend: str) -> int:
                 sys.stderr.write(f"{head}: {res.name} {res.verdict}\n")
             sys.stderr.flush()
 
-    if args.json:  # an empty record first: a run killed before any verdict still says what was pending
-        _write_json(args.json, info, args, [], list(names), backend)
-    results = run_mutants(names, backend, args.cases, args.seed, shrink=not args.no_shrink, jobs=jobs,
-                          case_timeout=args.case_timeout or None, on_result=tick)
-    if tty and not args.quiet:
+    if options.json_path:  # an empty record first: a run killed before any verdict still says what was pending
+        _write_json(options.json_path, info, options, [], list(names), backend)
+    results = run_mutants(names, backend, options.cases, options.seed, shrink=options.shrink, jobs=jobs,
+                          case_timeout=options.case_timeout_s or None, on_result=tick)
+    if tty and not options.quiet:
         sys.stderr.write("\n")
     print(format_table(results))
-    print(summary(results, backend) + f" in {time.time() - t0:.0f} s ({args.cases} cases per dtype, seed {args.seed})")
-    if args.json:  # the final record, in catalogue order
-        _write_json(args.json, info, args, results, [], backend)
+    print(summary(results, backend) + f" in {time.time() - t0:.0f} s ({options.cases} cases per dtype, "
+          f"seed {options.seed})")
+    if options.json_path:  # the final record, in catalogue order
+        _write_json(options.json_path, info, options, results, [], backend)
     return 1 if failed(results) else 0

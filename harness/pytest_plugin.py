@@ -75,12 +75,26 @@ def pytest_configure(config):
             _select(config)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
+    try:
+        config.moe_options = _options(config)
+    except ValueError as exc:  # harness.options.OptionError: a bad --cases, --moe-impl, ...
+        raise pytest.UsageError(str(exc)) from None
     if config.moe_backend == "cuda" and os.environ.get("PYTEST_XDIST_WORKER"):
         from harness.gpus import pin_this_process
         pin_this_process()  # `pytest -n N`: worker gwI runs on GPU I modulo the visible count
     for line in ("gpu: needs a CUDA device", "slow: long-running sweep",
                  "conformance: an implementation against the references (harness.specs.SPECS)"):
         config.addinivalue_line("markers", line)
+
+
+def _options(config):
+    """The conformance tests' CheckOptions, from the session's options (validated here, once)."""
+    from harness.options import CheckOptions
+    timeout = config.getoption("moe_timeout")
+    return CheckOptions(impls=config.getoption("moe_impl") or ["ours"], cases=config.getoption("cases"),
+                        seed=config.getoption("seed"), block_size=config.getoption("moe_block_size"),
+                        isolate=config.getoption("moe_isolate"), timeout_s=timeout, case_timeout_s=timeout,
+                        quiet=True)
 
 
 def pytest_report_header(config):
@@ -135,11 +149,8 @@ class MoeRunner:
         return _select(self.config)
 
     def options(self):
-        import argparse
-        c = self.config
-        return argparse.Namespace(cases=c.getoption("cases"), seed=c.getoption("seed"), preset=None, case=None,
-                                  no_shrink=False, block_size=c.getoption("moe_block_size"), dtype=None,
-                                  timeout=c.getoption("moe_timeout"), case_timeout=c.getoption("moe_timeout"))
+        """The session's harness.options.CheckOptions (built and validated in pytest_configure)."""
+        return self.config.moe_options
 
     def implementation(self, source: str):
         """The loaded implementation (cached per session); its load error fails the test."""
@@ -148,11 +159,12 @@ class MoeRunner:
     def check(self, target: MoeTarget):
         """Check one target; returns harness.check.Row (status passed/FAILED/CRASHED/...)."""
         from harness.check import check_one
-        args = self.options()
-        if self.config.getoption("moe_isolate"):
+        options = self.options()
+        if options.isolate:
             from harness.isolate import run_group
-            return run_group(args, self.backend, target.impl, target.op, [target.dtype])[0]
-        return check_one(args, self.backend, self.implementation(target.impl), target.impl, target.op, target.dtype)
+            return run_group(options, self.backend, target.impl, target.op, [target.dtype])[0]
+        return check_one(options, self.backend, self.implementation(target.impl), target.impl, target.op,
+                         target.dtype)
 
 
 @pytest.fixture(scope="session")
