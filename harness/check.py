@@ -1,7 +1,10 @@
-"""``moe-harness check``: prove implementations equal to the references on fuzzed routings."""
+"""``moe-harness check``: prove implementations equal to the references on fuzzed routings.
+
+The engine of the command (its command line is harness.commands.check): ``run_check`` checks
+what a CheckOptions selects, in this process or in isolated children (harness.isolate), and
+``run_command`` prints the table and writes the JSON record."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import sys
@@ -11,7 +14,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .backend import describe, device_of
 from .cases import CaseParams
-from .fuzz import PRESETS
 from .options import CheckOptions, gpu_count
 from .records import write_json
 
@@ -38,54 +40,6 @@ class Row:
 
 def replay_command(impl: str, backend: str, params_json: str) -> str:
     return f"moe-harness check --backend {backend} --impl {shlex.quote(impl)} --case {shlex.quote(params_json)}"
-
-
-def add_parser(sub):
-    p = sub.add_parser("check", help="fuzz every op of the chosen implementations against the references",
-                       description="Fuzz routings and compare implementations with the references, probing "
-                                   "unwritten outputs, writes out of bounds, modified inputs and nondeterminism.")
-    p.add_argument("--op", nargs="+", help="ops to check (default: all)")
-    from .impls import SOURCE_HELP
-    p.add_argument("--impl", nargs="+", default=list(CheckOptions.impls), help=SOURCE_HELP)
-    p.add_argument("--block-size", type=int, help="BLOCK_SIZE that sglang: raw kernels are launched with "
-                                                  "(default: 512, as SGLang's EP layer)")
-    p.add_argument("--dtype", nargs="+", help="dtypes to check (default: every dtype of each op)")
-    p.add_argument("--cases", type=int, default=CheckOptions.cases,
-                   help="fuzzed cases per op, implementation and dtype")
-    p.add_argument("--seed", type=int, default=CheckOptions.seed, help="seed of the case generator")
-    p.add_argument("--preset", choices=PRESETS,
-                   help="fix the model shape (SPEC.md); 'large' (GPU): buffers past 2**31 elements")
-    p.add_argument("--case", help="run exactly this case (the JSON of a replay command)")
-    p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=CheckOptions.isolate,
-                   help="run each (implementation, op) in a child process, so that a GPU fault, a segmentation "
-                        "fault or a hang is reported as CRASHED and the run goes on (default: on)")
-    p.add_argument("--timeout", type=float, default=CheckOptions.timeout_s,
-                   help="seconds one (implementation, op) group may run in its child process (default 1800)")
-    p.add_argument("--case-timeout", type=float, default=CheckOptions.case_timeout_s,
-                   help="seconds one case may run before the child is taken for hung (default 600; 0: no limit)")
-    p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="child processes at once (default: one per GPU); above that, each (implementation, op, "
-                        "dtype) gets its own child, spread round-robin over the GPUs")
-    p.add_argument("--chunk", type=int, default=CheckOptions.chunk, metavar="N",
-                   help="split each (implementation, op, dtype) sweep into child processes of N cases each, with "
-                        "seeds derived from --seed and the chunk's index, merged into one row; the cases depend on "
-                        "--chunk, not on --gpus or --jobs (default 0: one sweep of --cases per row; needs --isolate)")
-    p.add_argument("--gpus", default=CheckOptions.gpus, metavar="N|all",
-                   help="spread the (implementation, op) groups over N GPUs (or all), one child process per "
-                        "GPU at a time; same cases, report and exit status as on one GPU (needs --isolate)")
-    p.set_defaults(run=main)
-    return p
-
-
-def options_from_args(args) -> CheckOptions:
-    """The parsed command line as CheckOptions (OptionError for a value that cannot run)."""
-    return CheckOptions(ops=args.op, impls=args.impl, dtypes=args.dtype, cases=args.cases, seed=args.seed,
-                        preset=args.preset, case=args.case, shrink=not args.no_shrink, block_size=args.block_size,
-                        isolate=args.isolate, timeout_s=args.timeout, case_timeout_s=args.case_timeout,
-                        jobs=args.jobs, chunk=args.chunk, gpus=args.gpus, json_path=args.json, quiet=args.quiet)
 
 
 def _progress(enabled: bool):
@@ -285,24 +239,21 @@ def format_failures(rows: List[Row]) -> str:
     return "\n".join(out)
 
 
-def main(args, backend: str) -> int:
-    return run_command(options_from_args(args), backend)
-
-
 def run_command(options: CheckOptions, backend: str) -> int:
+    """Run the check command: the environment line, the table, the failures and the JSON record
+    (rewritten as groups finish). Exit status 0 only when nothing failed."""
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
     t0 = time.perf_counter()
-    on_rows = None
-    if options.json_path:
-        done_rows: List[Row] = []
+    done_rows: List[Row] = []
 
-        def on_rows(rows_done):
-            done_rows.extend(rows_done)
-            write_json(options.json_path, {"environment": info, "complete": False,
-                                           "wall_s": round(time.perf_counter() - t0, 1),
-                                           "rows": [asdict(r) for r in merge_chunks(done_rows)]})
-    rows = run_check(options, backend, on_rows=on_rows)
+    def record_partial(rows_done: List[Row]) -> None:
+        """The JSON record so far (``complete`` False): a run cut short keeps the rows it reached."""
+        done_rows.extend(rows_done)
+        write_json(options.json_path, {"environment": info, "complete": False,
+                                       "wall_s": round(time.perf_counter() - t0, 1),
+                                       "rows": [asdict(r) for r in merge_chunks(done_rows)]})
+    rows = run_check(options, backend, on_rows=record_partial if options.json_path else None)
     wall = time.perf_counter() - t0
     cases = sum(r.run for r in rows)
     throughput = {"cases": cases, "wall_s": round(wall, 1), "cases_per_minute": round(60 * cases / max(wall, 1e-9), 1),

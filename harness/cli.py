@@ -1,14 +1,16 @@
-"""The ``moe-harness`` command. Subcommands live in their own modules and register here."""
+"""The ``moe-harness`` command: the top-level parser and the dispatch to a subcommand's front end
+(harness.commands), which builds the command's options and calls the engine. A value that
+cannot run (harness.options.OptionError) is reported in one line with exit status 2."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import List, Optional
 
 from .backend import BACKENDS, select_backend
+from .commands import COMMAND_MODULES
 from .options import OptionError
-
-SUBCOMMANDS = ("check", "ep_world", "bench", "mutate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS,
                         help="cuda (default when a GPU is visible) or interpreter (TRITON_INTERPRET=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    import importlib
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"harness.{name}").add_parser(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"harness.commands.{name}").add_parser(sub)
     return parser
 
 

@@ -30,17 +30,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .backend import describe
-from .cases import MODEL_SHAPES
-from .options import WORLD_DEFAULT_SHAPE, WORLD_DTYPES, WORLD_SCENARIO_KINDS, WorldConfig
+from .options import WorldConfig
 from .records import write_json
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
 # Set in the parent before spawning and again in every rank before init_process_group.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-SCENARIO_KINDS = WORLD_SCENARIO_KINDS
-DTYPES = WORLD_DTYPES
-DEFAULT_SHAPE = WORLD_DEFAULT_SHAPE
-DEFAULT_TOKENS = {"cuda": (1, 512), "interpreter": (1, 16)}
 # After one rank dies, the others are stuck in a collective until its timeout: stop them sooner.
 _GRACE_AFTER_RANK_DIED_S = 15.0
 
@@ -459,7 +454,7 @@ def run_world(config: WorldConfig, environment: Optional[Dict[str, str]] = None)
                                       error="; ".join(errors)))
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- the command
 
 def format_table(report: WorldReport) -> str:
     """One line per scenario: split (experts per rank), slots routed to each rank, each rank's
@@ -480,68 +475,12 @@ def format_table(report: WorldReport) -> str:
     return "\n".join(lines)
 
 
-def add_parser(sub):
-    p = sub.add_parser("ep-world", help="run the EP MoE forward in a real multi-process world and check the sum",
-                       description="Start N processes (torch.distributed: NCCL, one GPU each; gloo on CPU), each "
-                                   "owning E/N experts; each runs ep_moe_forward on the same tokens and routing, an "
-                                   "all-reduce sums the partial outputs, and rank 0 compares the sum with the dense "
-                                   "MoE reference. Sweeps an even split, an uneven split (E % N != 0), a routing "
-                                   "where all ranks but rank 0 receive no tokens, T=1 and a bigger T. NVLink "
-                                   "multicast is kept off in every process.")
-    p.add_argument("--ranks", type=int, help="world size (default: every visible GPU; 2 on CPU)")
-    p.add_argument("--impl", default="ours", help="implementation source (as for check): ours (default), reference, "
-                                                  "sglang:PATH.py, ep_moe_forward=PATH.py:function. Loading runs its code.")
-    p.add_argument("--preset", choices=sorted(MODEL_SHAPES),
-                   help="model shape (E, K, H, I; SPEC.md); explicit --experts etc. override it. Every rank builds "
-                        "all E experts' weights and rank 0 a float64 copy of the used ones: use --experts to take a "
-                        "slice of deepseek-v3")
-    p.add_argument("--experts", type=int, help=f"E (default {DEFAULT_SHAPE['experts']}); the even split uses the "
-                                                f"largest multiple of N <= E, the uneven one E or a neighbour of it")
-    p.add_argument("--topk", type=int, help=f"K (default {DEFAULT_SHAPE['topk']})")
-    p.add_argument("--hidden", type=int, help=f"H (default {DEFAULT_SHAPE['hidden']})")
-    p.add_argument("--inter", type=int, help=f"I (default {DEFAULT_SHAPE['inter']})")
-    p.add_argument("--tokens", type=int, nargs="+",
-                   help=f"token counts T (default {' '.join(map(str, DEFAULT_TOKENS['cuda']))} on GPU, "
-                        f"{' '.join(map(str, DEFAULT_TOKENS['interpreter']))} on CPU)")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16",
-                   help="bfloat16 (default) or fp8_block (fp8 weights with [128, 128] block scales)")
-    p.add_argument("--scenario", nargs="+", choices=SCENARIO_KINDS, default=list(SCENARIO_KINDS),
-                   help="scenario kinds to run (default: all)")
-    p.add_argument("--seed", type=int, default=WorldConfig.seed, help="seed of every rank's inputs")
-    p.add_argument("--warmup", type=int, default=WorldConfig.warmup, help="untimed calls before timing (default 1)")
-    p.add_argument("--reps", type=int, default=WorldConfig.reps,
-                   help="timed calls per rank; the median is reported (default 5)")
-    p.add_argument("--timeout", type=float, default=WorldConfig.timeout_s,
-                   help="seconds for the whole world (default 600)")
-    p.add_argument("--json", help="write the report to this JSON file")
-    p.set_defaults(run=main)
-    return p
-
-
-def config_from_args(args, backend: str) -> WorldConfig:
-    shape = dict(DEFAULT_SHAPE, **(MODEL_SHAPES[args.preset] if args.preset else {}))
-    for k in shape:
-        if getattr(args, k) is not None:
-            shape[k] = getattr(args, k)
-    if args.ranks is not None:
-        ranks = args.ranks
-    else:
-        ranks = torch.cuda.device_count() if backend == "cuda" else 2
-    return WorldConfig(ranks=ranks, backend=backend, impl=args.impl, dtype=args.dtype,
-                       tokens=tuple(args.tokens or DEFAULT_TOKENS[backend]), scenarios=tuple(args.scenario),
-                       seed=args.seed, warmup=args.warmup, reps=args.reps, timeout_s=args.timeout, **shape)
-
-
-def main(args, backend: str) -> int:
-    """Exit status: 0 when every scenario passed, 1 on any failure, 2 when the implementation
-    does not provide ep_moe_forward or the options cannot run."""
+def run_command(config: WorldConfig, json_path: Optional[str] = None) -> int:
+    """Run the ep-world command: the world, its table, the JSON report. Exit status: 0 when
+    every scenario passed, 1 on any failure, 2 when the implementation does not provide
+    ep_moe_forward."""
     from .impls import load_implementation
 
-    try:
-        config = config_from_args(args, backend)
-    except ValueError as exc:
-        print(f"ep-world: {exc}", file=sys.stderr)
-        return 2
     impl = load_implementation(config.impl)  # fail early, in one process, on a bad source
     if "ep_moe_forward" not in impl.ops:
         print(f"ep-world: {impl.name} does not provide ep_moe_forward"
@@ -550,12 +489,13 @@ def main(args, backend: str) -> int:
     if config.ranks < 2:
         print("ep-world: one rank: only the even split runs (uneven and empty-rank scenarios need 2 or more)",
               file=sys.stderr)
+    backend = config.backend
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()) +
           f" | world {config.ranks} x {'nccl' if backend == 'cuda' else 'gloo'} | impl {config.impl} | "
           f"E {config.experts} K {config.topk} H {config.hidden} I {config.inter} | seed {config.seed}")
     report = run_world(config, info)
     print(format_table(report))
-    if args.json:
-        write_json(args.json, report.to_dict())
+    if json_path:
+        write_json(json_path, report.to_dict())
     return 0 if report.passed else 1

@@ -279,6 +279,7 @@ class MutateOptions(_DictForm):
 WORLD_SCENARIO_KINDS = ("even", "uneven", "empty")
 WORLD_DTYPES = ("bfloat16", "fp8_block")
 WORLD_DEFAULT_SHAPE = dict(experts=8, topk=2, hidden=128, inter=64)
+WORLD_DEFAULT_TOKENS = {"cuda": (1, 512), "interpreter": (1, 16)}
 WORLD_BACKENDS = ("cuda", "interpreter")
 
 
