@@ -6,40 +6,17 @@ what a CheckOptions selects, in this process or in isolated children (harness.is
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .backend import describe, device_of
-from .cases import CaseParams
+from .backend import describe
+from .isolate import run_group
 from .options import CheckOptions, gpu_count
 from .records import write_json
-
-
-@dataclass
-class Row:
-    """One line of the summary table (JSON-safe)."""
-
-    op: str
-    impl: str
-    dtype: str
-    run: int = 0
-    passed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    status: str = "passed"      # passed | FAILED | skipped | not provided | CRASHED
-    reason: str = ""
-    worst: Dict[str, dict] = field(default_factory=dict)
-    failure: Optional[dict] = None
-    replay: str = ""
-    saved_inputs: str = ""
-    seconds: float = 0.0        # wall time of the sweep (cases per minute = 60 * run / seconds)
-
-
-def replay_command(impl: str, backend: str, params_json: str) -> str:
-    return f"moe-harness check --backend {backend} --impl {shlex.quote(impl)} --case {shlex.quote(params_json)}"
+from .report import Row, format_failures, format_table
+from .row_check import check_one
 
 
 def _progress(enabled: bool):
@@ -55,51 +32,6 @@ def _progress(enabled: bool):
         if enabled:
             sys.stderr.write("\n")
     return tick, done
-
-
-def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str, dtype: str,
-              single: Optional[CaseParams] = None, tick=None, spec=None) -> Row:
-    """Check one (implementation, op, dtype) in this process: a sweep of options.cases cases, or
-    the single case. ``spec`` replaces SPECS[op] (the isolation child records each case it builds)."""
-    from .fuzz import sweep
-    from .runner import run_case, save_failure
-    from .specs import SPECS
-
-    device = device_of(backend)
-    spec = spec or SPECS[op]
-    row = Row(op, impl.name, dtype)
-    if op not in impl.ops:
-        row.status, row.reason = "not provided", impl.notes.get(op, "")
-        return row
-    reason = spec.skip_reason(backend, dtype)
-    if reason:
-        row.status, row.reason, row.skipped = "skipped", reason, 1
-        return row
-    cand = impl.candidate(op)
-    t0 = time.perf_counter()
-    if single:
-        res = run_case(spec, cand, single, device, impl.name)
-        row.run, failure = 1, (None if res.ok else res)
-        row.passed = int(res.ok)
-        # a failure's details are the probe's (an error's, a mismatch's), not per-output errors
-        row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()} if res.ok else {}
-    else:
-        out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases, options.seed,
-                    preset=options.preset, shrink=options.shrink,
-                    on_case=(lambda r: tick(f"{r.op} {r.impl} {r.dtype}")) if tick else None)
-        failure = out.failure
-        row.passed, row.worst = out.passed, out.worst
-        row.run = out.passed + (1 if failure else 0)
-    row.seconds = round(time.perf_counter() - t0, 2)
-    if failure:
-        row.failed, row.status = 1, "FAILED"
-        row.failure = failure.to_dict()
-        row.replay = replay_command(impl_src, backend, failure.params)
-        try:
-            row.saved_inputs = save_failure(failure, spec, device)
-        except Exception as exc:  # saving is a convenience; never hide the failure
-            row.saved_inputs = f"(not saved: {exc})"
-    return row
 
 
 def run_check(options: CheckOptions, backend: str,
@@ -180,7 +112,6 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
     from concurrent.futures import ThreadPoolExecutor, as_completed
     from queue import Queue
 
-    from .isolate import run_group
     n = gpu_count(options.gpus, backend)
     jobs = options.jobs or n
     work = [(impl_src, op, list(options.dtypes_of(op))) for impl_src, op in groups]
@@ -211,32 +142,6 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
             for fut in as_completed(futures):
                 on_rows(fut.result())
         return merge_chunks([r for fut in futures for r in fut.result()])
-
-
-def format_table(rows: List[Row]) -> str:
-    head = f"{'op':<18} {'impl':<10} {'dtype':<10} {'run':>5} {'pass':>5} {'fail':>4} {'skip':>4}  {'worst |err|':>11}  status"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        worst = max((v["max_abs_err"] for v in r.worst.values()), default=None)
-        w = f"{worst:11.3g}" if worst is not None else f"{'exact' if r.passed else '-':>11}"
-        status = r.status + (f" ({r.reason})" if r.reason else "")
-        lines.append(f"{r.op:<18} {r.impl:<10} {r.dtype:<10} {r.run:>5} {r.passed:>5} {r.failed:>4} {r.skipped:>4}  "
-                     f"{w}  {status}")
-    return "\n".join(lines)
-
-
-def format_failures(rows: List[Row]) -> str:
-    out = []
-    for r in rows:
-        if not r.failure:
-            continue
-        f = r.failure
-        out.append(f"\n{r.status} {r.op} [{r.impl}, {r.dtype}] probe={f['probe']}\n  case: {f['params']}\n"
-                   f"  {f['message']}")
-        for ex in f["details"].get("first", [])[:5]:
-            out.append(f"    at {ex['where']}: candidate {ex['candidate']}, reference {ex['reference']}")
-        out.append(f"  replay: {r.replay}\n  inputs: {r.saved_inputs}")
-    return "\n".join(out)
 
 
 def run_command(options: CheckOptions, backend: str) -> int:

@@ -36,8 +36,9 @@ import traceback
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from .cases import CaseParams
-from .check import Row, replay_command
 from .records import read_json, write_json
+from .report import Row, replay_command
+from .row_check import check_one
 
 if TYPE_CHECKING:
     from .options import CheckOptions
@@ -121,7 +122,6 @@ def child_main(job: dict):
     if job.get("gpu") is not None:
         import torch
         torch.cuda.set_device(job["gpu"])  # "cuda" means this card for everything the child makes
-    from . import check
     from .impls import load_implementation
     from .options import CheckOptions
     from .specs import SPECS
@@ -153,7 +153,7 @@ def child_main(job: dict):
     for dtype in job["dtypes"]:
         progress.update(stage="running", dtype=dtype, params=None, n=0)
         try:
-            row = check.check_one(options, backend, impl, impl_src, op, dtype, single, spec=spec)
+            row = check_one(options, backend, impl, impl_src, op, dtype, single, spec=spec)
         except Exception as exc:  # a device fault outside the candidate, or a harness error
             kind = "" if is_device_fault(exc) else "harness error: "
             _write_crash(folder, f"{kind}{type(exc).__name__}: {exc}", traceback.format_exc(limit=12))

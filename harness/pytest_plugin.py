@@ -157,8 +157,8 @@ class MoeRunner:
         return _load(source, self.config.getoption("moe_block_size"))
 
     def check(self, target: MoeTarget):
-        """Check one target; returns harness.check.Row (status passed/FAILED/CRASHED/...)."""
-        from harness.check import check_one
+        """Check one target; returns harness.report.Row (status passed/FAILED/CRASHED/...)."""
+        from harness.row_check import check_one
         options = self.options()
         if options.isolate:
             from harness.isolate import run_group

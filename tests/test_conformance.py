@@ -8,7 +8,7 @@ Check your own kernels: ``pytest --pyargs tests.test_conformance --moe-impl sgla
 """
 import pytest
 
-from harness.check import format_failures
+from harness.report import format_failures
 from harness.specs import SPECS
 
 pytestmark = pytest.mark.conformance

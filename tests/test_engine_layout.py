@@ -40,3 +40,60 @@ def test_the_engine_imports_no_argparse():
     offenders = sorted(name for name, (tree, pkg) in modules.items() if name not in FRONT_ENDS
                        and any(n == "argparse" or n.startswith("argparse.") for n in _imported(name, tree, pkg)))
     assert not offenders, f"engine modules importing argparse: {offenders}"
+
+
+def _import_graph():
+    """{module: the harness modules it imports}, from import statements at any depth."""
+    modules = _modules()
+    graph = {}
+    for name, (tree, pkg) in modules.items():
+        deps = set()
+        for target in _imported(name, tree, pkg):
+            while target and target not in modules:   # `harness.report.Row` -> harness.report
+                target = target.rpartition(".")[0]
+            if target and target not in (name, "harness"):
+                deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def _cycle(graph):
+    """One import cycle as a list of modules (first == last), or None."""
+    state, path = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                return path[path.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_circle_in_the_harness():
+    """check runs rows through isolate; isolate (and the row and report modules both use) must
+    not import check back, even lazily inside a function."""
+    graph = _import_graph()
+    assert "harness.isolate" in graph["harness.check"]
+    for lower in ("harness.isolate", "harness.row_check", "harness.report"):
+        assert "harness.check" not in graph[lower], lower
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_planted_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert _cycle(graph) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None

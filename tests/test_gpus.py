@@ -41,7 +41,8 @@ def test_pin_without_cuda_does_nothing(monkeypatch):
 
 # ----------------------------------------------------------------------------- chunked sweeps
 
-from harness.check import CHUNK_SEED_STRIDE, Row, chunk_plan, merge_rows  # noqa: E402
+from harness.check import CHUNK_SEED_STRIDE, chunk_plan, merge_rows  # noqa: E402
+from harness.report import Row  # noqa: E402
 
 
 @pytest.mark.parametrize("cases,chunk,want", [(10, 0, [10]), (10, 10, [10]), (10, 4, [4, 4, 2]), (2000, 250, [250] * 8),
