@@ -37,6 +37,7 @@ from .cases import MODEL_SHAPES, CaseParams
 from .costs import Cost, Perf, cost_of, perf_of
 from .options import BENCH_MODES, BenchOptions
 from .records import write_json
+from .status import NOT_PROVIDED
 from .timing import (Ceilings, Comparison, GraphUnavailable, Stats, TimingConfig, Workload, capture_graph, compare,
                      copy_moving, measure_ceilings, plain_copy_gbps, run_interleaved, synchronize)
 
@@ -432,7 +433,7 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
     present = []
     for impl in impls:
         if p.op not in impl.ops:
-            rows[impl.name] = BenchRow(**base, impl=impl.name, status="not provided",
+            rows[impl.name] = BenchRow(**base, impl=impl.name, status=NOT_PROVIDED,
                                        message=impl.notes.get(p.op, "") if hasattr(impl, "notes") else "")
         else:
             present.append(impl)

@@ -17,6 +17,7 @@ from .options import CheckOptions, gpu_count
 from .records import write_json
 from .report import Row, format_failures, format_table
 from .row_check import check_one
+from .status import FAILING, NOTHING_CHECKED, exit_code, nothing_checked
 
 
 def _progress(enabled: bool):
@@ -91,7 +92,7 @@ def merge_rows(parts: List[Row]) -> Row:
         for name, w in part.worst.items():
             if name not in row.worst or w["max_abs_err"] > row.worst[name]["max_abs_err"]:
                 row.worst[name] = w
-    bad = [p for p in parts if p.status in ("FAILED", "CRASHED")]
+    bad = [p for p in parts if p.status in FAILING]
     pick = bad[0] if bad else first
     row.status, row.reason = pick.status, pick.reason
     row.failure, row.replay, row.saved_inputs = pick.failure, pick.replay, pick.saved_inputs
@@ -146,7 +147,8 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
 
 def run_command(options: CheckOptions, backend: str) -> int:
     """Run the check command: the environment line, the table, the failures and the JSON record
-    (rewritten as groups finish). Exit status 0 only when nothing failed."""
+    (rewritten as groups finish). Exit status (harness.status.exit_code): 0 only when nothing
+    failed and something was checked."""
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
     t0 = time.perf_counter()
@@ -170,4 +172,7 @@ def run_command(options: CheckOptions, backend: str) -> int:
     if options.json_path:
         write_json(options.json_path, {"environment": info, "complete": True, "throughput": throughput,
                                        "rows": [asdict(r) for r in rows]})
-    return 1 if any(r.status in ("FAILED", "CRASHED") for r in rows) else 0
+    statuses = [r.status for r in rows]
+    if nothing_checked(statuses):  # a green run that compared nothing is a false pass
+        print(f"moe-harness check: {NOTHING_CHECKED} ({len(rows)} row(s))", file=sys.stderr)
+    return exit_code(statuses)

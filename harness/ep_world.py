@@ -32,6 +32,7 @@ import torch
 from .backend import describe
 from .options import WorldConfig
 from .records import write_json
+from .status import FAILED, PASSED
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
 # Set in the parent before spawning and again in every rank before init_process_group.
@@ -369,7 +370,7 @@ def _rank_main(rank: int, config: WorldConfig, port: int, folder: str) -> None:
             res = _run_scenario(rank, config, sc, fn, device, dist)
             if res is not None:
                 results.append(res)
-                sys.stderr.write(f"ep-world: {res.name}: {'passed' if res.passed else 'FAILED'}\n")
+                sys.stderr.write(f"ep-world: {res.name}: {PASSED if res.passed else FAILED}\n")
                 # After every scenario: if a rank dies later, the finished ones are still reported.
                 report = dict(scenarios=[asdict(r) for r in results],
                               rank0_env={k: os.environ.get(k, "") for k in NO_MULTICAST_ENV})
@@ -467,7 +468,7 @@ def format_table(report: WorldReport) -> str:
         ms = "/".join("-" if r.time_ms is None else f"{r.time_ms:.3g}" for r in s.ranks)
         rel = "nonfinite" if s.rel_error is None else f"{s.rel_error:.2e}"
         bound = "-" if s.bound is None else f"{s.bound:.2e}"
-        status = "passed" if s.passed else f"FAILED ({s.reason})"
+        status = PASSED if s.passed else f"{FAILED} ({s.reason})"
         lines.append(f"{s.name:<16} {s.dtype:<9} {s.experts:>4} {s.tokens:>5} {s.split:<12} {slots:<18} "
                      f"{ms:<20} {rel:>9} {bound:>9}  {status}")
     if report.error:

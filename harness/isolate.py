@@ -39,6 +39,7 @@ from .cases import CaseParams
 from .records import read_json, write_json
 from .report import Row, replay_command
 from .row_check import check_one
+from .status import CASE_CRASHED, CASE_FAILED, CRASHED, FAILED, SKIPPED
 
 if TYPE_CHECKING:
     from .options import CheckOptions
@@ -140,9 +141,9 @@ def child_main(job: dict):
         from .impls import short_name
         with open(rows_path, "a") as fh:
             for dtype in job["dtypes"]:
-                row = Row(op, short_name(impl_src), dtype, status="FAILED", failed=1,
+                row = Row(op, short_name(impl_src), dtype, status=FAILED, failed=1,
                           reason=f"could not load the implementation: {type(exc).__name__}")
-                row.failure = dict(op=op, impl=row.impl, dtype=dtype, params="", status="failed", probe="load",
+                row.failure = dict(op=op, impl=row.impl, dtype=dtype, params="", status=CASE_FAILED, probe="load",
                                    message=f"{type(exc).__name__}: {exc}",
                                    details={"traceback": traceback.format_exc(limit=8)[-2000:]})
                 fh.write(json.dumps(dataclasses.asdict(row)) + "\n")
@@ -249,7 +250,7 @@ def run_group(options: "CheckOptions", backend: str, impl_src: str, op: str, dty
             remaining.remove(dtype)
         if outcome == "group_timeout" or not in_flight:
             for dtype in remaining:
-                rows.append(Row(op, name, dtype, status="skipped", skipped=1,
+                rows.append(Row(op, name, dtype, status=SKIPPED, skipped=1,
                                 reason=f"not run: {op} stopped after {reason}"))
             break
     order = {d: i for i, d in enumerate(dtypes)}
@@ -281,9 +282,9 @@ def _crashed_row(op, name, impl_src, backend, dtype, reason, stage, progress, cr
     tail_lines = _summarise_stderr(stderr)
     if tail_lines:
         message += "\n  child stderr (last lines):\n    " + "\n    ".join(tail_lines)
-    row = Row(op, name, dtype, run=n, passed=max(0, n - 1), failed=1 if params else 0, status="CRASHED",
+    row = Row(op, name, dtype, run=n, passed=max(0, n - 1), failed=1 if params else 0, status=CRASHED,
               reason=reason.splitlines()[0][:200])
-    row.failure = dict(op=op, impl=name, dtype=dtype, params=params or "", status="crashed",
+    row.failure = dict(op=op, impl=name, dtype=dtype, params=params or "", status=CASE_CRASHED,
                        probe="timeout" if reason.startswith("timeout") else "crash", message=message,
                        details={"stderr": stderr, "traceback": (crash or {}).get("traceback", ""),
                                 "stage": stage})

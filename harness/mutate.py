@@ -17,7 +17,8 @@ Verdicts:
   ERROR         the mutant could not be loaded, or its child died outside any case
   skipped       needs another backend (int32 overflows need the GPU and --preset large)
 
-The exit status is non-zero when any mutant is not KILLED (skipped ones aside).
+The exit status is non-zero when any mutant is not KILLED (skipped ones aside), and when every
+mutant was skipped (nothing was checked). The verdicts are defined in harness.status.
 """
 from __future__ import annotations
 
@@ -37,13 +38,14 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 from .backend import describe, device_of
 from .options import MutateOptions
 from .records import read_json, write_json
+from .status import (CASE_CRASHED, CASE_FAILED, CASE_PASSED, ERROR, INCONCLUSIVE, KILLED, NO_MUTANT_RAN, SKIPPED,
+                     STALE, SURVIVED, VERDICTS, VERDICTS_OK)
 
 if TYPE_CHECKING:
     from .mutants import Mutant
 
 STARTUP_LIMIT_S = 300.0
 LARGE_CASES = 2          # cases of a mutant that needs --preset large (each is several GB)
-_VERDICTS = ("KILLED", "SURVIVED", "INCONCLUSIVE", "STALE", "ERROR", "skipped")
 
 
 @dataclass
@@ -53,7 +55,7 @@ class MutantResult:
     name: str
     op: str
     description: str
-    verdict: str = "SURVIVED"
+    verdict: str = SURVIVED
     reason: str = ""             # why skipped / STALE / ERROR / how it crashed
     probe: Optional[str] = None  # the probe that fired (or "crash" / "timeout")
     dtype: Optional[str] = None
@@ -61,7 +63,7 @@ class MutantResult:
     first_case: str = ""         # ... as first found, before shrinking
     message: str = ""
     cases_run: int = 0
-    control: Optional[str] = None  # the unpatched kernels on the killing case: "passed" / "failed (<probe>)"
+    control: Optional[str] = None  # the unpatched kernels on the killing case: "passed" / "failed (<probe>): ..."
     seconds: float = 0.0
     swept: Dict[str, int] = field(default_factory=dict)  # dtype -> cases run (a prefix of that dtype's sweep)
     passed_cases: List[str] = field(default_factory=list)  # CaseParams JSON of every case the mutant passed
@@ -90,16 +92,16 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     m = MUTANTS[mutant] if isinstance(mutant, str) else mutant
     res = MutantResult(m.name, m.op, m.description)
     if backend not in m.backends:
-        res.verdict = "skipped"
+        res.verdict = SKIPPED
         res.reason = f"needs the {'/'.join(m.backends)} backend" + (f" (--preset {m.min_preset})" if m.min_preset else "")
         return res
     try:
         impl = implementation(m)
     except StalePatch as exc:
-        res.verdict, res.reason = "STALE", str(exc)
+        res.verdict, res.reason = STALE, str(exc)
         return res
     except Exception as exc:  # a mutant that does not even import is a broken catalogue entry
-        res.verdict, res.reason = "ERROR", f"could not load: {type(exc).__name__}: {exc}"
+        res.verdict, res.reason = ERROR, f"could not load: {type(exc).__name__}: {exc}"
         return res
     spec = SPECS[m.op]
     if progress is not None:
@@ -121,18 +123,18 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
         res.cases_run += res.swept[dtype]
         if out.failure:
             f = out.failure
-            res.verdict, res.probe, res.dtype, res.case, res.message = "KILLED", f.probe, dtype, f.params, f.message
+            res.verdict, res.probe, res.dtype, res.case, res.message = KILLED, f.probe, dtype, f.params, f.message
             res.first_case = out.first_failure.params if out.first_failure else f.params
             if progress is not None:
                 progress.update(stage="control", params=f.params)
             ours = load_implementation("ours").ops[m.op]
             ctl = run_case(SPECS[m.op], Candidate(wrap(ours)), CaseParams.from_json(f.params), device, "ours")
-            res.control = "passed" if ctl.ok else f"failed ({ctl.probe}): {ctl.message[:200]}"
+            res.control = CASE_PASSED if ctl.ok else f"{CASE_FAILED} ({ctl.probe}): {ctl.message[:200]}"
             if not ctl.ok:
-                res.verdict = "INCONCLUSIVE"
+                res.verdict = INCONCLUSIVE
             break
     if not dtypes:
-        res.verdict, res.reason = "skipped", f"no dtype of {m.op} runs on {backend}"
+        res.verdict, res.reason = SKIPPED, f"no dtype of {m.op} runs on {backend}"
     res.seconds = round(time.time() - t0, 2)
     return res
 
@@ -257,13 +259,13 @@ class _Child:
         res.reason = reason.splitlines()[0][:200]
         res.message = reason + ("\n  child stderr (last lines):\n    " + "\n    ".join(lines) if lines else "")
         if mine and prog.get("stage") == "control":  # the unpatched kernels died on the mutant's killing case
-            res.verdict, res.case, res.control = "INCONCLUSIVE", prog.get("params") or "", f"crashed: {res.reason}"
+            res.verdict, res.case, res.control = INCONCLUSIVE, prog.get("params") or "", f"{CASE_CRASHED}: {res.reason}"
         elif params and not (crash or {}).get("message", "").startswith("harness error"):  # the mutant crashed (or hung) the process inside a case: the harness caught it
-            res.verdict, res.probe = "KILLED", ("timeout" if kind == "timeout" else "crash")
+            res.verdict, res.probe = KILLED, ("timeout" if kind == "timeout" else "crash")
             res.dtype, res.case, res.first_case = prog.get("dtype"), params, params
             res.cases_run = int(prog.get("n") or 1)
         else:
-            res.verdict = "ERROR"
+            res.verdict = ERROR
             res.reason = f"child died outside a case ({prog.get('stage', 'starting')}): {res.reason}"
         return res
 
@@ -356,10 +358,10 @@ def format_table(results: List[MutantResult]) -> str:
             f"{'description':<60} message")
     lines = [head, "-" * len(head)]
     for r in results:
-        verdict = r.verdict if r.verdict != "skipped" else f"skipped({_cut(r.reason, 40)})"
+        verdict = r.verdict if r.verdict != SKIPPED else f"{SKIPPED}({_cut(r.reason, 40)})"
         case = _short_case(r.case) if r.case else "-"
-        msg = r.message if r.verdict in ("KILLED", "INCONCLUSIVE") else r.reason
-        if r.verdict == "INCONCLUSIVE":
+        msg = r.message if r.verdict in (KILLED, INCONCLUSIVE) else r.reason
+        if r.verdict == INCONCLUSIVE:
             msg = f"control {r.control}"
         lines.append(f"{r.name:<34} {r.op:<17} {verdict:<12} {(r.probe or '-'):<16} {_cut(case, 46):<46} "
                      f"{_cut(r.description, 60):<60} {_cut(msg, 90)}")
@@ -367,16 +369,16 @@ def format_table(results: List[MutantResult]) -> str:
 
 
 def summary(results: List[MutantResult], backend: str) -> str:
-    ran = [r for r in results if r.verdict != "skipped"]
-    killed = sum(r.verdict == "KILLED" for r in ran)
+    ran = [r for r in results if r.verdict != SKIPPED]
+    killed = sum(r.verdict == KILLED for r in ran)
     rate = 100.0 * killed / len(ran) if ran else 100.0
-    by = {v: sum(r.verdict == v for r in results) for v in _VERDICTS}
-    rest = ", ".join(f"{n} {v}" for v, n in by.items() if n and v != "KILLED")
+    by = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    rest = ", ".join(f"{n} {v}" for v, n in by.items() if n and v != KILLED)
     return f"killed {killed} / {len(ran)} mutants ({rate:.1f}%) on {backend}" + (f"; {rest}" if rest else "")
 
 
 def failed(results: List[MutantResult]) -> bool:
-    return any(r.verdict not in ("KILLED", "skipped") for r in results)
+    return any(r.verdict not in VERDICTS_OK for r in results)
 
 
 def _list(names: List[str]) -> int:
@@ -389,7 +391,7 @@ def _list(names: List[str]) -> int:
             try:
                 patched_source(m)
             except StalePatch:
-                state, stale = "STALE", stale + 1
+                state, stale = STALE, stale + 1
         where = f"{m.module}.py" + (f":{m.function}" if m.function else "")
         extra = "".join([f" dtypes={','.join(m.dtypes)}" if m.dtypes else "",
                          f" backends={','.join(m.backends)}" if m.backends != ("cuda", "interpreter") else "",
@@ -410,7 +412,8 @@ def _write_json(path: str, info: dict, options: MutateOptions, results: List[Mut
 
 def run_command(options: MutateOptions, backend: str) -> int:
     """Run the mutate command (or list the catalogue): progress, the table, the summary and the
-    JSON record (rewritten as each mutant finishes). Exit status 1 when a mutant is not KILLED."""
+    JSON record (rewritten as each mutant finishes). Exit status 1 when a mutant is neither KILLED
+    nor skipped, or when every mutant was skipped (nothing was checked)."""
     names = select(options)
     if options.list_only:
         return _list(names)
@@ -424,7 +427,7 @@ def run_command(options: MutateOptions, backend: str) -> int:
     def tick(res: MutantResult):
         with lock:  # results arrive from the worker threads
             done.append(res)
-            killed = sum(r.verdict == "KILLED" for r in done)
+            killed = sum(r.verdict == KILLED for r in done)
             if options.json_path:
                 finished = {r.name for r in done}
                 _write_json(options.json_path, info, options, done, [n for n in names if n not in finished], backend)
@@ -448,4 +451,7 @@ def run_command(options: MutateOptions, backend: str) -> int:
           f"seed {options.seed})")
     if options.json_path:  # the final record, in catalogue order
         _write_json(options.json_path, info, options, results, [], backend)
+    if not failed(results) and all(r.verdict == SKIPPED for r in results):
+        print(f"moe-harness mutate: {NO_MUTANT_RAN}", file=sys.stderr)
+        return 1
     return 1 if failed(results) else 0

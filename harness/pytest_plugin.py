@@ -17,6 +17,10 @@ Check your own kernels, from any directory:
 
 The backend is selected in pytest_load_initial_conftests / pytest_configure, before any
 test module (or conftest) imports triton. ``config.moe_backend`` holds the choice.
+
+A session whose conformance tests were all skipped (every op not provided by --moe-impl, or
+not computable on the backend) checked nothing: it exits non-zero with a line saying so
+(harness.status), as ``moe-harness check`` does.
 """
 from __future__ import annotations
 
@@ -79,6 +83,8 @@ def pytest_configure(config):
         config.moe_options = _options(config)
     except ValueError as exc:  # harness.options.OptionError: a bad --cases, --moe-impl, ...
         raise pytest.UsageError(str(exc)) from None
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller sees every worker's reports
+        config.pluginmanager.register(ConformanceTally(), "moe-harness-conformance-tally")
     if config.moe_backend == "cuda" and os.environ.get("PYTEST_XDIST_WORKER"):
         from harness.gpus import pin_this_process
         pin_this_process()  # `pytest -n N`: worker gwI runs on GPU I modulo the visible count
@@ -165,6 +171,37 @@ class MoeRunner:
             return run_group(options, self.backend, target.impl, target.op, [target.dtype])[0]
         return check_one(options, self.backend, self.implementation(target.impl), target.impl, target.op,
                          target.dtype)
+
+
+class ConformanceTally:
+    """Counts the session's conformance tests that compared something (passed or failed) and
+    those skipped; a session with conformance tests and none of the first kind fails."""
+
+    def __init__(self):
+        self.checked = 0
+        self.skipped = 0
+
+    def pytest_runtest_logreport(self, report):
+        if "conformance" not in report.keywords:
+            return
+        if report.skipped:
+            self.skipped += 1
+        elif report.when == "call":
+            self.checked += 1
+
+    @property
+    def nothing_checked(self) -> bool:
+        return self.skipped > 0 and self.checked == 0
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.nothing_checked and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.nothing_checked:
+            from harness.status import NOTHING_CHECKED
+            terminalreporter.write_line(f"moe-harness: {NOTHING_CHECKED} (all {self.skipped} conformance tests were "
+                                        f"skipped)", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")

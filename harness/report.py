@@ -8,6 +8,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from .status import PASSED
+
 
 @dataclass
 class Row:
@@ -20,7 +22,7 @@ class Row:
     passed: int = 0
     failed: int = 0
     skipped: int = 0
-    status: str = "passed"      # passed | FAILED | skipped | not provided | CRASHED
+    status: str = PASSED        # a row status of harness.status
     reason: str = ""
     worst: Dict[str, dict] = field(default_factory=dict)
     failure: Optional[dict] = None

@@ -11,6 +11,7 @@ from .backend import device_of
 from .cases import CaseParams
 from .options import CheckOptions
 from .report import Row, replay_command
+from .status import FAILED, NOT_PROVIDED, SKIPPED
 
 
 def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str, dtype: str,
@@ -25,11 +26,11 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
     spec = spec or SPECS[op]
     row = Row(op, impl.name, dtype)
     if op not in impl.ops:
-        row.status, row.reason = "not provided", impl.notes.get(op, "")
+        row.status, row.reason = NOT_PROVIDED, impl.notes.get(op, "")
         return row
     reason = spec.skip_reason(backend, dtype)
     if reason:
-        row.status, row.reason, row.skipped = "skipped", reason, 1
+        row.status, row.reason, row.skipped = SKIPPED, reason, 1
         return row
     cand = impl.candidate(op)
     t0 = time.perf_counter()
@@ -48,7 +49,7 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         row.run = out.passed + (1 if failure else 0)
     row.seconds = round(time.perf_counter() - t0, 2)
     if failure:
-        row.failed, row.status = 1, "FAILED"
+        row.failed, row.status = 1, FAILED
         row.failure = failure.to_dict()
         row.replay = replay_command(impl_src, backend, failure.params)
         try:

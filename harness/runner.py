@@ -36,6 +36,7 @@ import torch
 
 from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample, is_fp8_dot, resolve_compare
+from .status import CASE_FAILED, CASE_PASSED, CASE_SKIPPED
 from .tolerance import compare_float
 
 GUARD_ROWS = 3
@@ -51,14 +52,14 @@ class CaseResult:
     impl: str
     dtype: str
     params: str              # CaseParams.to_json()
-    status: str              # passed | failed | skipped | crashed
+    status: str              # CASE_PASSED | CASE_FAILED | CASE_SKIPPED | CASE_CRASHED (harness.status)
     probe: Optional[str] = None
     message: str = ""
     details: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.status in ("passed", "skipped")
+        return self.status in (CASE_PASSED, CASE_SKIPPED)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -357,9 +358,9 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                 a, b = runs[0][name], runs[1][name]
                 if a.shape != b.shape or not torch.equal(as_bits(a), as_bits(b)):
                     raise ProbeFailure("nondeterministic", f"{name}: two runs on the same inputs gave different bits")
-        return CaseResult(**base, status="passed", details=details)
+        return CaseResult(**base, status=CASE_PASSED, details=details)
     except ProbeFailure as f:
-        return CaseResult(**base, status="failed", probe=f.probe, message=f.message, details=f.details)
+        return CaseResult(**base, status=CASE_FAILED, probe=f.probe, message=f.message, details=f.details)
 
 
 # Cases with more tensor elements than this get no decoy call: the `large` preset's buffers

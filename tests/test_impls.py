@@ -226,3 +226,13 @@ def test_pytest_plugin_rejects_a_bad_option_value_before_any_test(tmp_path, back
     proc = _pytest_outside(tmp_path, backend, "--cases", "0")
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]    # pytest's usage error
     assert "--cases: expected a number of cases >= 1, got 0" in proc.stderr
+
+
+def test_pytest_plugin_fails_a_session_that_checked_nothing(tmp_path, backend):
+    """A file defining none of SGLang's names: every conformance test is skipped (not provided),
+    and the session must not pass."""
+    empty = tmp_path / "no_sglang_names.py"
+    empty.write_text("# defines none of SGLang's names\n")
+    proc = _pytest_outside(tmp_path, backend, "--moe-impl", f"sglang:{empty}")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "nothing was checked" in proc.stdout and " passed" not in proc.stdout
