@@ -23,28 +23,26 @@ mutant was skipped (nothing was checked). The verdicts are defined in harness.st
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
-import shutil
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from .backend import describe, device_of
 from .options import MutateOptions
-from .records import read_json, write_json
+from .records import write_json
 from .status import (CASE_CRASHED, CASE_FAILED, CASE_PASSED, ERROR, INCONCLUSIVE, KILLED, NO_MUTANT_RAN, SKIPPED,
                      STALE, SURVIVED, VERDICTS, VERDICTS_OK)
+from .supervise import (EXITED, MESSAGE, STARTUP_LIMIT_S, Child, Waited, enter_child, exit_on_error, guard,
+                        recording)
 
 if TYPE_CHECKING:
     from .mutants import Mutant
 
-STARTUP_LIMIT_S = 300.0
 LARGE_CASES = 2          # cases of a mutant that needs --preset large (each is several GB)
 
 
@@ -80,7 +78,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     """Sweep one mutant (a catalogue name, or a harness.mutants.Mutant) in this process (a
     fault of the mutant may end the process: the command runs this in a child).
     ``wrap_candidate`` wraps the called functions (device fault guard); ``progress``
-    (isolate._Progress) records the case in flight."""
+    (harness.supervise.Progress) records the case in flight."""
     from .cases import CaseParams
     from .fuzz import sweep
     from .impls import load_implementation
@@ -105,9 +103,8 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
         return res
     spec = SPECS[m.op]
     if progress is not None:
-        from .isolate import _recording
         progress.update(stage="running", mutant=m.name, dtype=None, params=None, n=0)
-        spec = dataclasses.replace(spec, build=_recording(spec.build, progress))
+        spec = dataclasses.replace(spec, build=recording(spec.build, progress))
     wrap = wrap_candidate or (lambda f: f)
     cand = Candidate(wrap(impl.ops[m.op]))
     device = device_of(backend)
@@ -141,24 +138,14 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
 
 # ----------------------------------------------------------------------------- child process
 
-def _child_main(conn, folder: str, backend: str, threads: int, gpu: Optional[int]):
+def _child_main(folder: str, conn, backend: str, threads: int, gpu: Optional[int]):
     """Child (spawned): run the mutants the parent sends, one at a time, until it sends None."""
-    err = open(os.path.join(folder, "stderr.txt"), "w", buffering=1)
-    os.dup2(err.fileno(), 2)  # C-level output too: faulthandler's traceback, CUDA's messages
-    os.dup2(err.fileno(), 1)  # kernels' prints must not garble the parent's table
-    sys.stdout = sys.stderr = err
-    import faulthandler
-    faulthandler.enable(file=err, all_threads=True)
-    from .backend import select_backend
-    backend = select_backend(backend)  # before anything imports triton
+    child = enter_child(folder, backend, gpu=gpu, threads=threads)
+    backend, progress = child.backend, child.progress
     import torch
-    torch.set_num_threads(max(1, threads))
-    if gpu is not None:
-        torch.cuda.set_device(gpu)
+
     from . import mutants
-    from .isolate import _guard, _Progress
     mutants._TMP["dir"] = tempfile.mkdtemp(prefix="src-", dir=folder)  # patched modules: gone with the folder
-    progress = _Progress(folder)
     cuda = backend == "cuda"
     conn.send("ready")
     while True:
@@ -170,98 +157,54 @@ def _child_main(conn, folder: str, backend: str, threads: int, gpu: Optional[int
             torch.cuda.empty_cache()  # what the previous mutant cached; `large` cases need most of the card
         try:
             res = run_mutant(job["mutant"], backend, job["cases"], job["seed"], job["shrink"],
-                             wrap_candidate=lambda f: _guard(f, folder, cuda), progress=progress)
+                             wrap_candidate=lambda f: guard(f, folder, cuda), progress=progress)
         except Exception as exc:  # a device fault outside the candidate, or a harness error
-            from .isolate import CRASH_EXIT, _write_crash, is_device_fault
-            kind = "" if is_device_fault(exc) else "harness error: "
-            _write_crash(folder, f"{kind}{type(exc).__name__}: {exc}", traceback.format_exc(limit=12))
-            os._exit(CRASH_EXIT)
+            exit_on_error(folder, exc)
         progress.update(stage="idle", mutant=None, params=None)
         conn.send(asdict(res))
-    err.flush()
+    child.stderr.flush()
 
 
-class _Child:
-    """One spawned child and the folder it reports through."""
+class _Worker:
+    """One persistent child that runs mutants sent over a pipe (harness.supervise.Child)."""
 
     def __init__(self, backend: str, threads: int, gpu: Optional[int]):
-        self.folder = tempfile.mkdtemp(prefix="moe-mutate-")
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_child_main, args=(child_conn, self.folder, backend, threads, gpu),
-                                name="moe-mutate", daemon=True)
-        self.proc.start()
-        child_conn.close()
-        self.ready = False
+        self.child = Child(_child_main, (backend, threads, gpu), name="moe-mutate", prefix="moe-mutate-", pipe=True,
+                           daemon=True)
 
-    def _recv(self, limit: float, progress_timeout: Optional[float]):
-        """The next message, or ("dead", reason) / ("timeout", reason)."""
-        t0 = last_change = time.monotonic()
-        last_key = None
-        path = os.path.join(self.folder, "progress.json")
-        while True:
-            try:
-                if self.conn.poll(0.1):
-                    return "msg", self.conn.recv()
-            except (EOFError, OSError):
-                pass
-            now = time.monotonic()
-            if not self.proc.is_alive():
-                try:  # the message may have arrived just before the exit
-                    if self.conn.poll(0):
-                        return "msg", self.conn.recv()
-                except (EOFError, OSError):
-                    pass
-                return "dead", None
-            prog = read_json(path) or {}
-            key = (prog.get("mutant"), prog.get("dtype"), prog.get("n"), prog.get("stage"))
-            if key != last_key:
-                last_key, last_change = key, now
-            if limit and now - t0 > limit:
-                return "timeout", f"timeout after {limit:g} s (the child did not start)"
-            if progress_timeout and now - last_change > progress_timeout:
-                return "timeout", f"timeout after {progress_timeout:g} s (one case made no progress)"
+    @property
+    def alive(self) -> bool:
+        return self.child.alive
 
     def run(self, job: dict, case_timeout: Optional[float]) -> MutantResult:
         """Send one mutant; return its result, or a crash / timeout result (the child is then gone)."""
         m = job["mutant"]
         t0 = time.time()
-        if not self.ready:
-            kind, msg = self._recv(STARTUP_LIMIT_S, None)
-            if kind != "msg":
-                return self._died(m, t0, kind, msg)
-            self.ready = True
-        self.conn.send(job)
-        kind, msg = self._recv(0, case_timeout)
-        if kind == "msg":
-            return MutantResult(**msg)
-        return self._died(m, t0, kind, msg)
+        if not self.child.started:  # its "ready"
+            waited = self.child.wait(startup_s=STARTUP_LIMIT_S)
+            if waited.kind != MESSAGE:
+                return self._died(m, t0, waited)
+        self.child.send(job)
+        waited = self.child.wait(stall_s=case_timeout)
+        if waited.kind == MESSAGE:
+            return MutantResult(**waited.message)
+        return self._died(m, t0, waited)
 
-    def _died(self, m, t0: float, kind: str, reason: Optional[str]) -> MutantResult:
-        from .isolate import _exit_reason, _summarise_stderr
-        if kind == "timeout":
-            self.proc.kill()
-        self.proc.join(10)
-        prog = read_json(os.path.join(self.folder, "progress.json")) or {}
-        crash = read_json(os.path.join(self.folder, "crash.json"))
-        if kind == "dead":
-            reason = _exit_reason(self.proc.exitcode, crash)
-        try:
-            with open(os.path.join(self.folder, "stderr.txt"), errors="replace") as fh:
-                stderr = fh.read()[-4000:]
-        except OSError:
-            stderr = ""
+    def _died(self, m, t0: float, waited: Waited) -> MutantResult:
+        death = self.child.death(waited)
         self.close()
+        prog = death.progress
         res = MutantResult(m.name, m.op, m.description, seconds=round(time.time() - t0, 2))
         mine = prog.get("mutant") == m.name
         params = prog.get("params") if mine and prog.get("stage") == "running" else None
-        lines = _summarise_stderr(stderr)
-        res.reason = reason.splitlines()[0][:200]
-        res.message = reason + ("\n  child stderr (last lines):\n    " + "\n    ".join(lines) if lines else "")
+        res.reason = death.reason.splitlines()[0][:200]
+        res.message = death.report()
         if mine and prog.get("stage") == "control":  # the unpatched kernels died on the mutant's killing case
-            res.verdict, res.case, res.control = INCONCLUSIVE, prog.get("params") or "", f"{CASE_CRASHED}: {res.reason}"
-        elif params and not (crash or {}).get("message", "").startswith("harness error"):  # the mutant crashed (or hung) the process inside a case: the harness caught it
-            res.verdict, res.probe = KILLED, ("timeout" if kind == "timeout" else "crash")
+            res.verdict, res.case = INCONCLUSIVE, prog.get("params") or ""
+            res.control = f"{CASE_CRASHED}: {res.reason}"
+        elif params and not death.harness_error:
+            # the mutant crashed (or hung) the process inside a case: the harness caught it
+            res.verdict, res.probe = KILLED, ("crash" if waited.kind == EXITED else "timeout")
             res.dtype, res.case, res.first_case = prog.get("dtype"), params, params
             res.cases_run = int(prog.get("n") or 1)
         else:
@@ -270,16 +213,7 @@ class _Child:
         return res
 
     def close(self):
-        if self.proc.is_alive():
-            try:
-                self.conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
-            self.proc.join(10)
-            if self.proc.is_alive():
-                self.proc.kill()
-                self.proc.join(10)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.child.close()
 
 
 def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, seed: int, shrink: bool = True,
@@ -306,14 +240,14 @@ def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, s
                         return
                     m = pending.popleft()
                 if child is None:
-                    child = _Child(backend, threads, gpu)
+                    child = _Worker(backend, threads, gpu)
                 job = dict(mutant=m, cases=cases, seed=seed, shrink=shrink)
                 if _large(m):
                     with large_lock:
                         res = child.run(job, case_timeout)
                 else:
                     res = child.run(job, case_timeout)
-                if not child.proc.is_alive():
+                if not child.alive:
                     child = None
                 with lock:
                     results[m.name] = res
