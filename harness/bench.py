@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import torch
 from .backend import describe, device_of
 from .cases import MODEL_SHAPES, CaseParams
 from .costs import Cost, Perf, cost_of, perf_of
+from .loader import load_file_module
 from .options import BENCH_MODES, BenchOptions
 from .records import write_json
 from .status import NOT_PROVIDED
@@ -210,24 +210,6 @@ def _git(repo: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True)
 
 
-def import_package_as(alias: str, package_dir: Path):
-    """Import the package at ``package_dir`` under the module name ``alias`` (its relative
-    imports resolve inside it), so that two versions of one package live in one process."""
-    if alias in sys.modules:
-        return sys.modules[alias]
-    spec = importlib.util.spec_from_file_location(alias, package_dir / "__init__.py",
-                                                  submodule_search_locations=[str(package_dir)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[alias] = mod                        # Triton looks kernels' modules up by name
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        for name in [n for n in sys.modules if n == alias or n.startswith(alias + ".")]:
-            del sys.modules[name]
-        raise
-    return mod
-
-
 def load_revision(rev: str, repo: Path = REPO_ROOT):
     """optimized/ as it is at git revision ``rev``: checked out into a temporary worktree and
     imported as its own package. Returns (Implementation named ``ours@REV``, cleanup)."""
@@ -253,7 +235,8 @@ def load_revision(rev: str, repo: Path = REPO_ROOT):
         pkg = tree / "optimized"
         if not (pkg / "__init__.py").is_file():
             raise BaselineError(f"--baseline {rev!r}: revision {sha[:10]} has no optimized/ package")
-        mod = import_package_as(f"_moe_baseline_{sha[:12]}", pkg)
+        # Its own package name (relative imports resolve inside it): two versions of optimized/ in one process.
+        mod = load_file_module(f"_moe_baseline_{sha[:12]}", pkg / "__init__.py", package=True)
         ops = {op: getattr(mod, op) for op in SPECS if callable(getattr(mod, op, None))}
         notes = {op: f"optimized/ at {rev} has no {op}" for op in SPECS if op not in ops}
         return Implementation(f"ours@{rev}", ops, notes=notes), cleanup

@@ -44,13 +44,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import importlib.util
 import os
-import sys
 import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+from .loader import load_file_module
 from .runner import Candidate
 from .specs import SPECS
 
@@ -154,35 +153,19 @@ def short_name(source: str) -> str:
 
 # ----------------------------------------------------------------------------- loading
 
-_FILE_MODULES: Dict[str, types.ModuleType] = {}
-
-
 def load_module(target: str) -> types.ModuleType:
-    """Import a dotted module name, or execute a local .py file as a module (cached by real path).
+    """Import a dotted module name, or execute a local .py file as a module (harness.loader;
+    one module per real path, named after it).
 
     The file's folder is appended to sys.path so that it can import its own helpers."""
     if not _is_path(target):
         return importlib.import_module(target)
     path = os.path.realpath(os.path.expanduser(target))
-    if path in _FILE_MODULES:
-        return _FILE_MODULES[path]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{target}: no such file")
     stem = os.path.splitext(os.path.basename(path))[0]
     name = f"_moe_ext_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    folder = os.path.dirname(path)
-    if folder not in sys.path:
-        sys.path.append(folder)
-    sys.modules[name] = mod  # Triton and pickling look kernels' modules up by name
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    _FILE_MODULES[path] = mod
-    return mod
+    return load_file_module(name, path, extend_sys_path=True)
 
 
 def _attr(mod: types.ModuleType, dotted: str):

@@ -32,14 +32,14 @@ import atexit
 import dataclasses
 import functools
 import importlib
-import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 import types
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
+
+from .loader import load_file_module
 
 OPTIMIZED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "optimized")
 # What each op's mutated function is called in its module.
@@ -362,7 +362,6 @@ def patched_source(mutant: Mutant, source: Optional[str] = None) -> str:
 
 
 _TMP: Dict[str, str] = {}
-_LOADED: Dict[str, types.ModuleType] = {}
 
 
 def _tmp_dir() -> str:
@@ -373,28 +372,15 @@ def _tmp_dir() -> str:
 
 
 def load_patched_module(mutant: Mutant) -> types.ModuleType:
-    """Import the patched module as ``optimized._mutant_<name>`` from a file (cached per process).
+    """Import the patched module as ``optimized._mutant_<name>`` from a file (harness.loader;
+    cached per process by that name).
 
     The file lives as long as the process: Triton's @jit reads kernel source through
     ``inspect`` (and its interpreter re-parses it), which needs a real file."""
-    if mutant.name in _LOADED:
-        return _LOADED[mutant.name]
     source = patched_source(mutant)
     importlib.import_module("optimized")  # the parent package, for the module's relative imports
-    name = f"optimized._mutant_{mutant.name}"
-    path = os.path.join(_tmp_dir(), f"_mutant_{mutant.name}.py")
-    with open(path, "w") as fh:
-        fh.write(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # Triton (and pickling) look kernels' modules up by name
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    _LOADED[mutant.name] = mod
-    return mod
+    return load_file_module(f"optimized._mutant_{mutant.name}", os.path.join(_tmp_dir(), f"_mutant_{mutant.name}.py"),
+                            source=source)
 
 
 def mutated_functions(mutant: Mutant) -> Dict[str, Callable]:

@@ -97,3 +97,16 @@ def test_the_cycle_finder_finds_a_planted_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert _cycle(graph) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_only_the_loader_runs_files_as_modules():
+    """impls (a user's file), bench (a revision's optimized/) and mutants (a patched module)
+    all go through harness.loader.load_file_module."""
+    modules = _modules()
+    runners = sorted(name for name, (tree, _) in modules.items()
+                     if any(isinstance(node, ast.Attribute) and node.attr in ("spec_from_file_location", "exec_module")
+                            for node in ast.walk(tree)))
+    assert runners == ["harness.loader"]
+    for caller in ("harness.impls", "harness.bench", "harness.mutants"):
+        tree, pkg = modules[caller]
+        assert "harness.loader.load_file_module" in set(_imported(caller, tree, pkg)), caller

@@ -1,0 +1,57 @@
+"""Run a file as a module: the one way the harness imports code from a path.
+
+Three callers: a user's kernels file (harness.impls, ``sglang:PATH.py``), optimized/ as it
+is at another git revision (harness.bench, ``--baseline REV``) and a mutant's patched
+module (harness.mutants). Each module is registered in sys.modules under its name before
+its code runs: Triton (and pickling) look a kernel's module up by name, and a package's
+relative imports need it. The name is the cache: callers derive it from what they load
+(the file's path, the revision, the mutant), and a second load returns the module as it is.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from typing import Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def load_file_module(name: str, path: PathLike, *, source: Optional[str] = None, package: bool = False,
+                     extend_sys_path: bool = False) -> types.ModuleType:
+    """Execute the file at ``path`` as the module ``name`` and return it.
+
+    ``source``: the module's text, written to ``path`` first (a module made at run time:
+    Triton's @jit reads kernel source through ``inspect``, which needs a real file).
+    ``package``: ``path`` is a package's ``__init__.py``; its folder is searched for the
+    package's submodules. ``extend_sys_path``: append the file's folder to sys.path, so that
+    the file can import its own helpers. A name inside a package (``optimized._mutant_x``)
+    resolves its relative imports in that package, which must be imported already.
+
+    A module already registered as ``name`` is returned without running anything. When the
+    file raises, ``name`` and its submodules leave sys.modules and the error propagates."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"name: expected a module name, got {name!r}")
+    if name in sys.modules:
+        return sys.modules[name]
+    path = os.fspath(path)
+    if source is not None:
+        with open(path, "w") as fh:
+            fh.write(source)
+    folder = os.path.dirname(os.path.abspath(path))
+    spec = importlib.util.spec_from_file_location(name, path,
+                                                  submodule_search_locations=[folder] if package else None)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path}: not a Python source file that can be loaded as module {name!r}")
+    if extend_sys_path and folder not in sys.path:
+        sys.path.append(folder)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+            del sys.modules[loaded]
+        raise
+    return mod
