@@ -5,6 +5,7 @@ and prints the backend and versions in the session header."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import zlib
 from importlib.metadata import entry_points
 
@@ -21,6 +22,17 @@ def _plugin_installed() -> bool:
 
 pytest_plugins = [] if _plugin_installed() or importlib.util.find_spec("harness.pytest_plugin") is None \
     else ["harness.pytest_plugin"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _in_a_temporary_directory(tmp_path_factory):
+    """The suite runs in a fresh folder: what the harness writes beside the working directory
+    (moe-failures/, the .hypothesis example database) neither stays behind nor replays into a
+    later run, so a run does not depend on earlier runs."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
 
 
 @pytest.fixture

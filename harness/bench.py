@@ -47,7 +47,6 @@ DECODE_TOKENS = (1, 64)
 PREFILL_TOKENS = (1024, 4096)
 PRESET_ROUTINGS = ("uniform", "skewed")
 PRESET_EP = {"deepseek-v3": 8}                  # EP ranks per preset (SPEC.md: DeepSeek at EP 8..64)
-DEFAULT_DTYPE = {"ep_preprocess": "int32", "deepep_preprocess": "int32"}   # SGLang's topk_ids dtype
 INTERPRETER_LIMITS = dict(tokens=16, hidden=128, inter=128)
 NOT_REPRESENTATIVE = ("NOTE: interpreter backend: Triton kernels run in Python on the CPU and sizes are shrunk "
                       "(T <= {tokens}, H <= {hidden}, I <= {inter}); these timings are not representative of any GPU."
@@ -62,25 +61,22 @@ class BenchCase:
 
     params: CaseParams
     suite: str          # "anchors" or a MODEL_SHAPES name
-    variant: str = ""   # e.g. "gate_up" / "down" for grouped_gemm
+    variant: str = ""   # e.g. "gate_up" / "down" for the GEMM
 
     def label(self, with_tokens: bool = True) -> str:
+        from .specs import SPECS
         p = self.params
+        record = SPECS[p.op]
         parts = [f"T={p.tokens}"] if with_tokens else []
         parts += [f"K={p.topk}", f"E={p.experts}"]
         if p.e_local != p.experts:
             parts.append(f"EP{p.experts // max(p.e_local, 1)}" if p.experts % max(p.e_local, 1) == 0
                          else f"experts {p.start_expert}..{p.end_expert}")
-        if p.dtype != DEFAULT_DTYPE.get(p.op, "bfloat16"):
+        if p.dtype != record.bench_dtype:
             parts.append(p.dtype)   # early in the label: the table cuts cases at 50 characters
-        if p.op in ("pre_reorder", "post_reorder"):
-            parts.append(f"H={p.hidden}")
-        elif p.op in ("silu_and_mul", "gelu_and_mul"):
-            parts.append(f"I={p.inter}")
-        elif p.op == "grouped_gemm":
-            parts.append(f"N={p.inter} Kd={p.hidden}")
-        elif p.op == "ep_moe_forward":
-            parts.append(f"H={p.hidden} I={p.inter}")
+        shape = record.shape_label(p)
+        if shape:
+            parts.append(shape)
         if p.invalid_frac:
             parts.append(f"inv={p.invalid_frac:g}")
         if p.routing != "uniform":
@@ -90,84 +86,59 @@ class BenchCase:
         return " ".join(parts)
 
 
-def _dtypes_for(op: str, requested: Optional[Sequence[str]]) -> List[str]:
-    from .specs import SPECS
+def _dtypes_for(record, requested: Optional[Sequence[str]]) -> List[str]:
     if requested:
-        return [d for d in requested if d in SPECS[op].dtypes]
-    return [DEFAULT_DTYPE.get(op, "bfloat16")]
+        return [d for d in requested if d in record.dtypes]
+    return [record.bench_dtype]
 
 
-def _op_shapes(op: str, shape: Mapping[str, int]) -> List[Tuple[str, Dict[str, int]]]:
-    """(variant, hidden/inter) of an op inside a model: the GEMM appears twice (gate_up, down)."""
-    H, I = shape["hidden"], shape["inter"]
-    if op == "grouped_gemm":
-        return [("gate_up", dict(hidden=H, inter=2 * I)), ("down", dict(hidden=I, inter=H))]
-    return [("", dict(hidden=H, inter=I))]
+def _rank_params(record, dtype: str, tokens: int, topk: int, experts: int, last_local: int, ep: int,
+                 routing: str, seed: int, **shape) -> CaseParams:
+    """A bench case of one EP rank holding experts 0..last_local of ``experts`` (``ep`` ranks),
+    seen as the op's record says its rank sees the routing (bench_routing)."""
+    whole = record.bench_routing in ("all", "dispatched")
+    return CaseParams(op=record.name, dtype=dtype, tokens=tokens, topk=topk, experts=experts, start_expert=0,
+                      end_expert=experts - 1 if whole else last_local, routing=routing,
+                      invalid_frac=(1.0 - 1.0 / ep) if record.bench_routing == "dispatched" else 0.0, seed=seed,
+                      **shape)
 
 
 def preset_cases(preset: str, ops: Sequence[str], tokens: Sequence[int], routings: Sequence[str],
                  dtypes: Optional[Sequence[str]], seed: int = 0) -> List[BenchCase]:
     """A model's shapes (SPEC.md) at the given token counts and routings, on one EP rank."""
+    from .specs import SPECS
     shape = MODEL_SHAPES[preset]
     E, K = shape["experts"], shape["topk"]
     ep = PRESET_EP.get(preset, 1)
-    end = E // ep - 1
     cases = []
     for op in ops:
-        deepep = op == "deepep_preprocess"
-        for dtype in _dtypes_for(op, dtypes):
-            for variant, hi in _op_shapes(op, shape):
+        record = SPECS[op]
+        for dtype in _dtypes_for(record, dtypes):
+            for variant, hi in record.model_variants(shape):
                 for T in tokens:
                     for routing in routings:
-                        p = CaseParams(op=op, dtype=dtype, tokens=T, topk=K, experts=E,
-                                       start_expert=0, end_expert=E - 1 if op == "ep_preprocess" or deepep else end,
-                                       routing=routing, invalid_frac=(1.0 - 1.0 / ep) if deepep else 0.0,
-                                       seed=seed, **hi)
+                        p = _rank_params(record, dtype, T, K, E, E // ep - 1, ep, routing, seed, **hi)
                         cases.append(BenchCase(p, preset, variant))
     return cases
 
 
-# ANCHORS.md's shapes (op, T, K, E, last local expert or None for all, hidden, inter, variant).
-_DS = MODEL_SHAPES["deepseek-v3"]
-_ANCHORS = (
-    ("ep_preprocess", 128, 8, 256, None, 64, 32, ""),
-    ("ep_preprocess", 4096, 8, 256, None, 64, 32, ""),
-    ("ep_preprocess", 16384, 8, 256, None, 64, 32, ""),
-    ("ep_preprocess", 4096, 2, 8, None, 64, 32, ""),
-    ("pre_reorder", 4096, 8, 256, None, 7168, 32, ""),
-    ("pre_reorder", 4096, 8, 256, 31, 7168, 32, ""),
-    ("pre_reorder", 256, 8, 256, 31, 7168, 32, ""),
-    ("post_reorder", 4096, 8, 256, None, 7168, 32, ""),
-    ("post_reorder", 4096, 8, 256, 31, 7168, 32, ""),
-    ("post_reorder", 256, 8, 256, 31, 7168, 32, ""),
-    # grouped GEMM (groups, M_total, N, Kd): 32 local experts of 256 with T*K/8 = M_total local rows.
-    ("grouped_gemm", 4096, 8, 256, 31, 7168, 4096, "DeepSeek-V3 EP8 gate_up"),
-    ("grouped_gemm", 4096, 8, 256, 31, 2048, 7168, "DeepSeek-V3 EP8 down"),
-    ("grouped_gemm", 4096, 2, 8, None, 4096, 28672, "Mixtral gate_up"),
-    ("grouped_gemm", 256, 8, 256, 31, 7168, 4096, "decode-sized"),
-    # Not in ANCHORS.md: one DeepSeek-V3 EP8 prefill case each, so every op is timed.
-    ("deepep_preprocess", 4096, 8, 256, None, 64, 32, "DeepSeek-V3 EP8"),
-    ("silu_and_mul", 4096, 8, 256, 31, _DS["hidden"], _DS["inter"], "DeepSeek-V3 EP8"),
-    ("gelu_and_mul", 4096, 8, 256, 31, _DS["hidden"], _DS["inter"], "DeepSeek-V3 EP8"),
-    ("ep_moe_forward", 4096, 8, 256, 31, _DS["hidden"], _DS["inter"], "DeepSeek-V3 EP8"),
-)
-
-
 def anchor_cases(ops: Sequence[str], tokens: Optional[Sequence[int]], routings: Sequence[str],
                  dtypes: Optional[Sequence[str]], seed: int = 0) -> List[BenchCase]:
-    """The default suite: ANCHORS.md's shapes (token counts replaced by ``tokens`` if given)."""
+    """The default suite: each record's bench anchors (ANCHORS.md's shapes; token counts
+    replaced by ``tokens`` if given)."""
+    from .specs import SPECS
     cases = []
-    for op, T, K, E, last, H, I, variant in _ANCHORS:
-        if op not in ops:
-            continue
-        deepep = op == "deepep_preprocess"
-        for dtype in _dtypes_for(op, dtypes):
-            for t in (tokens or (T,)):
-                for routing in routings:
-                    p = CaseParams(op=op, dtype=dtype, tokens=t, topk=K, experts=E, start_expert=0,
-                                   end_expert=E - 1 if last is None else last, hidden=H, inter=I, routing=routing,
-                                   invalid_frac=0.875 if deepep else 0.0, seed=seed)
-                    cases.append(BenchCase(p, "anchors", variant))
+    for op in ops:
+        record = SPECS[op]
+        for anchor in record.bench_anchors:
+            last = anchor.experts - 1 if anchor.last_local is None else anchor.last_local
+            for dtype in _dtypes_for(record, dtypes):
+                for t in (tokens or (anchor.tokens,)):
+                    for routing in routings:
+                        # a DeepEP rank of the anchors' EP8 receives 1/8 of the ids
+                        p = _rank_params(record, dtype, t, anchor.topk, anchor.experts, last, 8, routing, seed,
+                                         hidden=anchor.hidden, inter=anchor.inter)
+                        cases.append(BenchCase(p, "anchors", anchor.variant))
     return cases
 
 
@@ -330,12 +301,7 @@ class BenchRow:
 # ----------------------------------------------------------------------------- one case
 
 def _outputs_of(spec, sample, returned) -> Dict[str, Any]:
-    ret = returned if isinstance(returned, (tuple, list)) else (returned,)
-    out = {}
-    for o in spec.outputs:
-        kind, key = o.where.split(":", 1)
-        out[o.name] = sample.args[key] if kind == "arg" else (ret[int(key)] if int(key) < len(ret) else None)
-    return out
+    return {o.name: o.where.fetch(sample.args, returned) for o in spec.outputs}
 
 
 def _error_text(exc: BaseException) -> str:
@@ -358,8 +324,13 @@ class _Verifier:
         try:
             compare_outputs(self.spec, candidate, self.sample, dict(final), self.expected)
         except ProbeFailure as f:
-            return "wrong", (f"the last timed call, on fresh inputs, gave a wrong answer (cached result or "
-                             f"skipped work?): {f.probe}: {f.message}")
+            # what the failure suggests: elements never written point at skipped work, a wholly
+            # different exact answer at a result kept from an earlier call; a float error over
+            # the tolerance is just that (moe-harness check finds its minimal case)
+            hint = {"unwritten": " (skipped work?)", "exact": " (a result cached from an earlier call?)",
+                    "tolerance": " (over the tolerance: run moe-harness check on this op)"}.get(f.probe, "")
+            return "wrong", (f"the last timed call, on fresh inputs, gave a wrong answer{hint}: {f.probe}: "
+                             f"{f.message}")
         for name, after in final.items():
             before = snapshot.get(name)
             if isinstance(after, torch.Tensor) and (before is None or before.shape != after.shape or
@@ -370,21 +341,11 @@ class _Verifier:
 
 
 def production_layout(sample):
-    """A grouped_gemm sample as SGLang's EP layer calls it: this rank's weights in group order
-    (weight_indices = arange). The case builder's permuted, padded weight table is a correctness
-    fuzz; timed as such it would charge a baseline that cannot index weights (torch._grouped_mm)
-    a gather of every weight per call. Other ops' samples are returned as they are."""
-    if sample.params.op != "grouped_gemm":
-        return sample
-    args = dict(sample.args)
-    wi = args["weight_indices"]
-    order = wi.to(torch.int64)
-    args["b"] = args["b"].index_select(0, order).contiguous()                 # [E_local, N, Kd]
-    for name in ("scale_a", "scale_b"):   # per-expert scales (fp8 per tensor; block-wise scale_b)
-        if args[name] is not None and args[name].dim() >= 1 and args[name].shape[0] == sample.args["b"].shape[0]:
-            args[name] = args[name].index_select(0, order).contiguous()
-    args["weight_indices"] = torch.arange(wi.numel(), dtype=wi.dtype, device=wi.device)
-    return dataclasses.replace(sample, args=args)
+    """The sample in the layout a timed call uses: the op record's ``timed_layout`` (e.g. the
+    grouped GEMM's weights in group order, as SGLang's EP layer calls it), else as built."""
+    from .specs import SPECS
+    layout = SPECS[sample.params.op].timed_layout
+    return sample if layout is None else layout(sample)
 
 
 COPY_WORKLOAD = "<copy of the same bytes>"   # not a name an implementation source can take
@@ -438,7 +399,7 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
     cost = cost_of(p, first.args)
     sets = [first] + [production_layout(spec.build(p, dev)) for _ in range(n - 1)]
     arg_tuples = [tuple(s.args.values()) for s in sets]
-    out_args = [o.where.split(":", 1)[1] for o in spec.outputs if o.where.startswith("arg:")]
+    out_args = list(spec.output_buffers)
 
     fresh = production_layout(spec.build(dataclasses.replace(p, seed=p.seed + fresh_seed_offset), dev))
     for name, v in fresh.args.items():
@@ -732,7 +693,8 @@ def run_selftest(options: BenchOptions, modes: Sequence[str], backend: str, devi
                             # a CPU's copy bandwidth is not the question here: reported, not judged
                             ("PASS" if abs(rel) <= 0.10 else "FAIL") if backend == "cuda" else "SKIP"))
 
-    op = (options.ops or ["post_reorder"])[0]
+    from .specs import SPECS
+    op = (options.ops or [next(name for name, rec in SPECS.items() if rec.selftest)])[0]
     case = selftest_case(op, backend)
     impl = load_implementation((options.impls or ["ours"])[0])
     if op not in impl.ops:

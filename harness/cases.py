@@ -32,11 +32,14 @@ class CaseParams:
     experts: int               # E
     start_expert: int = 0      # this EP rank's first expert
     end_expert: int = -1       # ... and last (inclusive); -1 means E - 1
-    hidden: int = 64           # H (the GEMM's Kd for grouped_gemm)
-    inter: int = 32            # I (the GEMM's N for grouped_gemm; silu/gelu rows are 2I wide)
+    hidden: int = 64           # H (the GEMM's Kd)
+    inter: int = 32            # I (the GEMM's N; activation input rows are 2I wide)
     routing: str = "uniform"   # a key of ROUTINGS
     invalid_frac: float = 0.0  # share of slots set to -1 (deepep inputs)
     seed: int = 0
+    # dtype of the routing's index tensors that a later op takes (topk_ids, src2dst): SGLang's
+    # pipeline passes int32 (its preprocess emits int32 src2dst), other producers int64
+    index_dtype: str = "int32"
 
     def __post_init__(self):
         if self.end_expert == -1:
@@ -58,8 +61,9 @@ class CaseParams:
         ep = "" if (self.start_expert, self.end_expert) == (0, self.experts - 1) else \
             f"-ep{self.start_expert}..{self.end_expert}"
         inv = f"-inv{self.invalid_frac:g}" if self.invalid_frac else ""
+        idx = "" if self.index_dtype == "int32" else f"-{self.index_dtype}"
         return (f"{self.dtype}-T{self.tokens}-K{self.topk}-E{self.experts}{ep}-H{self.hidden}-I{self.inter}"
-                f"-{self.routing}{inv}-s{self.seed}")
+                f"-{self.routing}{inv}{idx}-s{self.seed}")
 
 
 # ----------------------------------------------------------------------------- routing

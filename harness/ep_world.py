@@ -3,7 +3,7 @@
 N processes join a torch.distributed group (NCCL on CUDA, one GPU per rank; gloo on CPU).
 For each scenario every rank builds the SAME case from the seed (all E experts' weights,
 the tokens and the routing), keeps its own contiguous expert range (the first E % N ranks
-own one expert more), runs the implementation's ``ep_moe_forward`` for that range and times
+own one expert more), runs the implementation's EP forward (``FORWARD``) for that range and times
 it; an all-reduce sums the partial outputs in float32 and rank 0 compares the sum with
 ``reference.dense_moe_forward`` on the full weights (float64). The sweep covers an even
 split, an uneven split (E % N != 0), a routing that sends every token to rank 0's experts
@@ -30,8 +30,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .backend import describe
+from .ops.moe import FORWARD
 from .options import WorldConfig
 from .records import write_json
+from .specs import SPECS
 from .status import FAILED, PASSED
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
@@ -166,13 +168,13 @@ def plan_scenarios(config: WorldConfig) -> Tuple[Scenario, ...]:
 # ----------------------------------------------------------------------------- one case
 
 def build_world_case(config: WorldConfig, sc: Scenario, device) -> Dict[str, Any]:
-    """The full case (all E experts), identical on every rank: harness.specs.build_ep_moe on
+    """The full case (all E experts), identical on every rank: the forward record's builder on
     the whole expert range, seeded with ``config.seed``; for "rank0_only" the routing is then
     redrawn (seed + 1) inside rank 0's range, K distinct experts per token when it has K."""
     from .cases import CaseParams
-    from .specs import build_ep_moe
+    from .ops.moe import build_ep_moe
 
-    p = CaseParams(op="ep_moe_forward", dtype=config.dtype, tokens=sc.tokens, topk=config.topk,
+    p = CaseParams(op=FORWARD, dtype=config.dtype, tokens=sc.tokens, topk=config.topk,
                    experts=sc.experts, hidden=config.hidden, inter=config.inter,
                    routing="uniform" if sc.routing == "rank0_only" else sc.routing, seed=config.seed)
     args = dict(build_ep_moe(p, torch.device(device)).args)
@@ -188,7 +190,7 @@ def build_world_case(config: WorldConfig, sc: Scenario, device) -> Dict[str, Any
 
 
 def local_args(full: Dict[str, Any], start: int, end: int) -> Tuple[Any, ...]:
-    """ep_moe_forward's positional arguments for experts start..end (weights sliced, copied)."""
+    """The EP forward's positional arguments for experts start..end (weights sliced, copied)."""
     sl = slice(start, end + 1)
     cut = lambda t: None if t is None else t[sl].contiguous()  # noqa: E731
     return (full["hidden_states"], full["topk_ids"], full["topk_weights"], cut(full["w13"]), cut(full["w2"]),
@@ -239,11 +241,11 @@ def _timed(fn: Callable, args, device: torch.device, warmup: int, reps: int) -> 
             cfg.CHECK_VALUES = saved
 
 
-# The bound is harness/tolerance.py's normwise rule (the one `check` applies to ep_moe_forward),
+# The bound is harness/tolerance.py's normwise rule (the one `check` applies to the EP forward),
 # carried over to the sum over ranks:
 #     ||c - r|| <= FACTOR * ||l - r|| + U_OUT * sum_r ||l_r||,   reported relative to ||r||,
 # r: reference.dense_moe_forward in float64 on all E experts;
-# l: the same world run with the reference chain (each rank's reference.ep_moe_forward at the
+# l: the same world run with the reference chain (each rank's reference forward at the
 #    case's precision, partials l_r summed in float32 like c): the error that the precision
 #    itself makes on these inputs and this split; a candidate may be FACTOR times as far from r;
 # U_OUT * sum_r ||l_r||: each rank's partial is rounded once to the activation dtype before the
@@ -286,7 +288,7 @@ def _run_scenario(rank: int, config: WorldConfig, sc: Scenario, fn: Callable, de
     world_fingerprint = _fingerprint([full[k] for k in ("hidden_states", "topk_ids", "topk_weights", "w13", "w2",
                                                         "w13_scale", "w2_scale")])
     fingerprint = _fingerprint(args)
-    ref_partial = reference.ep_moe_forward(*args).float()                         # l_r
+    ref_partial = SPECS[FORWARD].reference(*args).float()                         # l_r
     error, time_ms = "", None
     partial = torch.zeros(T, H, dtype=torch.float32, device=device)
     try:
@@ -364,7 +366,7 @@ def _rank_main(rank: int, config: WorldConfig, port: int, folder: str) -> None:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.ranks))
             dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                     world_size=config.ranks, timeout=timedelta(seconds=config.timeout_s))
-        fn = load_implementation(config.impl).ops["ep_moe_forward"]
+        fn = load_implementation(config.impl).ops[FORWARD]
         results = []
         for sc in plan_scenarios(config):
             res = _run_scenario(rank, config, sc, fn, device, dist)
@@ -478,14 +480,14 @@ def format_table(report: WorldReport) -> str:
 
 def run_command(config: WorldConfig, json_path: Optional[str] = None) -> int:
     """Run the ep-world command: the world, its table, the JSON report. Exit status: 0 when
-    every scenario passed, 1 on any failure, 2 when the implementation does not provide
-    ep_moe_forward."""
+    every scenario passed, 1 on any failure, 2 when the implementation does not provide the
+    EP forward."""
     from .impls import load_implementation
 
     impl = load_implementation(config.impl)  # fail early, in one process, on a bad source
-    if "ep_moe_forward" not in impl.ops:
-        print(f"ep-world: {impl.name} does not provide ep_moe_forward"
-              f"{': ' + impl.notes['ep_moe_forward'] if impl.notes.get('ep_moe_forward') else ''}", file=sys.stderr)
+    if FORWARD not in impl.ops:
+        print(f"ep-world: {impl.name} does not provide {FORWARD}"
+              f"{': ' + impl.notes[FORWARD] if impl.notes.get(FORWARD) else ''}", file=sys.stderr)
         return 2
     if config.ranks < 2:
         print("ep-world: one rank: only the even split runs (uneven and empty-rank scenarios need 2 or more)",

@@ -26,14 +26,13 @@ SIZE_LIMITS = {
 PRIMES = (2, 3, 5, 7, 13, 31, 37, 127, 257, 509, 1021, 2039)
 ODD_HIDDEN = (1, 3, 7, 100, 129, 255, 257, 384, 513, 1000, 1025, 2049, 4095, 7168)
 PRESET_TOKENS = (1, 2, 7, 64, 127, 256, 1024)
-# The `large` preset (GPU only): buffers whose element offsets pass 2**31, where 32-bit index
-# arithmetic overflows (SGLang's pre_reorder faulted at T=40000, K=8, H=7168; ANCHORS.md).
-LARGE_SHAPES = {
-    "pre_reorder": dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64),     # gateup 2.29e9 elements
-    "post_reorder": dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64),    # down_output 2.29e9
-    "silu_and_mul": dict(tokens=36000, topk=8, experts=256, hidden=64, inter=4096),    # gateup 2.36e9
-}
 PRESETS = tuple(sorted(MODEL_SHAPES)) + ("large",)
+
+
+def large_shape_ops():
+    """The ops whose records give a `large` preset shape (offsets past 2**31 elements)."""
+    from .specs import SPECS
+    return [name for name, rec in SPECS.items() if rec.large_shape is not None]
 
 
 @st.composite
@@ -42,9 +41,9 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
     max_t = min(lim["tokens"], spec.max_tokens)
     max_h = min(lim["hidden"], spec.max_hidden)
     if preset == "large":
-        if spec.name not in LARGE_SHAPES or backend != "cuda":
-            raise ValueError(f"--preset large: only for {sorted(LARGE_SHAPES)} on the cuda backend")
-        shape = LARGE_SHAPES[spec.name]
+        if spec.large_shape is None or backend != "cuda":
+            raise ValueError(f"--preset large: only for {sorted(large_shape_ops())} on the cuda backend")
+        shape = spec.large_shape
         E, K, H, I, T = shape["experts"], shape["topk"], shape["hidden"], shape["inter"], shape["tokens"]
         start, end = draw(st.sampled_from([(0, E - 1), (0, E // 8 - 1), (E - E // 8, E - 1)]))
     elif preset in MODEL_SHAPES:
@@ -78,16 +77,18 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
         else:
             start = draw(st.integers(0, E - 1))
             end = draw(st.integers(start, E - 1))
-    if spec.name == "ep_moe_forward":
-        I = min(I, 192)
+    if spec.max_inter is not None:
+        I = min(I, spec.max_inter)
     routing = draw(st.sampled_from(["uniform", "skewed"] if preset == "large" else sorted(ROUTINGS)))
     invalid = 0.0
-    if spec.name in ("deepep_preprocess", "pre_reorder", "post_reorder", "silu_and_mul", "gelu_and_mul",
-                     "grouped_gemm"):
+    if spec.invalid_ids:
         invalid = 0.0 if preset == "large" else draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
+    # index tensors as their producers emit them: int32 (SGLang's pipeline; its int32 offset
+    # arithmetic is what the `large` preset exercises) or int64
+    index_dtype = "int32" if preset == "large" else draw(st.sampled_from(["int32", "int64"]))
     return CaseParams(op=spec.name, dtype=dtype, tokens=T, topk=K, experts=E, start_expert=start,
                       end_expert=end, hidden=H, inter=I, routing=routing, invalid_frac=invalid,
-                      seed=draw(st.integers(0, 2 ** 31 - 1)))
+                      seed=draw(st.integers(0, 2 ** 31 - 1)), index_dtype=index_dtype)
 
 
 def empty_batch_case(spec: OpSpec, dtype: str) -> CaseParams:
@@ -132,24 +133,32 @@ class SweepOutcome:
     failure: Optional[CaseResult]          # the shrunk failing case, if any
     first_failure: Optional[CaseResult]    # as first found, before shrinking
     worst: dict                            # largest max_abs_err seen, per output
+    rejected: int = 0                      # cases outside a precondition that the candidate refused
+    tf32: int = 0                          # passed cases whose float32 products passed at TF32 precision only
 
 
 def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
           seed: int, preset: Optional[str] = None, database_dir: Optional[str] = ".hypothesis/examples",
           shrink: bool = True, on_case: Optional[Callable[[CaseResult], None]] = None,
-          fixed_cases: bool = True) -> SweepOutcome:
+          fixed_cases: bool = True, require_ieee_fp32: bool = False) -> SweepOutcome:
     """Run up to n_cases Hypothesis-drawn cases; stop at the first failure and shrink it.
 
-    The three fixed cases (empty batch, aligned long groups, narrow rank) run first.
+    Cases are drawn within the record's preconditions that the candidate requires
+    (``candidate.requires``). The three fixed cases (empty batch, aligned long groups, narrow
+    rank) run first.
     Hypothesis does not shrink a failing explicit case, so when one of the sized ones (40-200
     tokens) fails, the drawn cases are swept again without them and their shrunk failure is
     reported, if they find one."""
-    state = {"passed": 0, "failing": False, "first": None, "worst": {}}
+    state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0}
+    requires = getattr(candidate, "requires", ())
 
     def run_one(params: CaseParams):
-        res = run_case(spec, candidate, params, device, impl_name)
-        if res.ok and not state["failing"]:
+        res = run_case(spec, candidate, params, device, impl_name, require_ieee_fp32=require_ieee_fp32)
+        if res.status == "rejected" and not state["failing"]:
+            state["rejected"] += 1
+        elif res.ok and not state["failing"]:
             state["passed"] += 1
+            state["tf32"] += any(rep.get("precision") == "tf32" for rep in res.details.values())
             for name, rep in res.details.items():
                 prev = state["worst"].get(name)
                 if prev is None or rep["max_abs_err"] > prev["max_abs_err"]:
@@ -165,12 +174,13 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     db = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
-    test = given(case_params(spec, dtype, backend, preset))(run_one)
-    sized = (aligned_long_groups_case(spec, dtype, backend), narrow_rank_case(spec, dtype, backend))
+    test = given(case_params(spec, dtype, backend, preset).map(lambda p: spec.fit(p, requires)))(run_one)
+    sized = tuple(spec.fit(c, requires) for c in (aligned_long_groups_case(spec, dtype, backend),
+                                                   narrow_rank_case(spec, dtype, backend)))
     if preset is None and fixed_cases:
         for case in reversed(sized):
             test = example(case)(test)
-        test = example(empty_batch_case(spec, dtype))(test)
+        test = example(spec.fit(empty_batch_case(spec, dtype), requires))(test)
     test = settings(max_examples=max(1, n_cases), deadline=None, database=db, phases=phases,
                     suppress_health_check=list(HealthCheck), print_blob=False, derandomize=False,
                     report_multiple_bugs=False)(test)
@@ -186,12 +196,14 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
             raise
         note = " [nondeterministic: this case passed when run again]"
         return SweepOutcome(state["passed"], dataclasses.replace(first, message=first.message + note), first,
-                            state["worst"])
+                            state["worst"], state["rejected"], state["tf32"])
     except _CaseFailed as exc:
         if shrink and fixed_cases and exc.result.params in {c.to_json() for c in sized}:
             again = sweep(spec, candidate, impl_name, dtype, backend, device, n_cases, seed, preset, database_dir,
-                          shrink, None, fixed_cases=False)
+                          shrink, None, fixed_cases=False, require_ieee_fp32=require_ieee_fp32)
             if again.failure is not None:
-                return SweepOutcome(state["passed"], again.failure, state["first"], state["worst"])
-        return SweepOutcome(state["passed"], exc.result, state["first"], state["worst"])
-    return SweepOutcome(state["passed"], None, None, state["worst"])
+                return SweepOutcome(state["passed"], again.failure, state["first"], state["worst"],
+                                    state["rejected"], state["tf32"])
+        return SweepOutcome(state["passed"], exc.result, state["first"], state["worst"], state["rejected"],
+                            state["tf32"])
+    return SweepOutcome(state["passed"], None, None, state["worst"], state["rejected"], state["tf32"])

@@ -9,31 +9,20 @@ One syntax everywhere (``moe-harness check --impl``, ``pytest --moe-impl``):
 ``sglang:TARGET``
     TARGET is a path to a ``.py`` file or a dotted module name (for example
     ``sglang.srt.layers.moe.ep_moe.kernels``). The module may define any of SGLang's names;
-    each one present is adapted to our op signature, the others are "not provided":
-
-    ==========================================  =====================================
-    SGLang name                                  op
-    ==========================================  =====================================
-    ``run_moe_ep_preproess(topk_ids, E)``        ep_preprocess
-    ``deepep_run_moe_deep_preprocess(...)``      deepep_preprocess
-    ``pre_reorder_triton_kernel``  grid (T,)     pre_reorder
-    ``silu_and_mul_triton_kernel`` grid (M,)     silu_and_mul
-    ``gelu_and_mul_triton_kernel`` grid (M,)     gelu_and_mul
-    ``post_reorder_triton_kernel`` grid (T,)     post_reorder
-    ``grouped_gemm_triton(a, b, c, ...)``        grouped_gemm
-    ==========================================  =====================================
-
-    Raw kernels are launched exactly as SGLang's EP layer launches them, with BLOCK_SIZE
-    from ``--block-size`` (default: the call's BLOCK_SIZE, 512); an empty grid is not
-    launched. A name bound to a plain function (not a Triton kernel) is called with our
-    op signature instead. ``ep_moe_forward`` is composed from the module's pieces, chained
-    as SGLang's EP layer chains them, when all of them are present.
+    each op record's SGLang binding (harness/ops/, ``sglang=``) names what to look for, and
+    each name present is adapted to our op signature; ops whose names are absent are
+    "not provided". Raw kernels are launched exactly as SGLang's EP layer launches them, on
+    the record's grid, with BLOCK_SIZE from ``--block-size`` (default: the call's
+    BLOCK_SIZE, 512); an empty grid is not launched. A name bound to a plain function (not a
+    Triton kernel) is called with our op signature instead. A composed op (the EP forward)
+    is chained from the module's pieces, as SGLang's EP layer chains them, when all of them
+    are present.
 ``OP=module:function`` or ``OP=path.py:function``
     One function with our signature (reference/) for op OP.
 
 Several sources combine into one implementation when joined by commas, applied left to
 right, a later source replacing an op of an earlier one:
-``pre_reorder=a.py:f,post_reorder=b.py:g`` or ``sglang:k.py,grouped_gemm=mine.py:gemm``.
+``opA=a.py:f,opB=b.py:g`` or ``sglang:k.py,opB=mine.py:g``.
 Ops that no part provides are "not provided".
 
 Loading a file or module RUNS ITS CODE, with your privileges. Nothing is ever loaded from
@@ -42,14 +31,15 @@ the network: TARGET must be a local file or an importable module.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
+import importlib.util
 import os
 import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from .loader import load_file_module
+from .loader import is_path as _is_path, load_module
+from .opspec import CHAINED, OpSpec, SglangBinding
 from .runner import Candidate
 from .specs import SPECS
 
@@ -57,20 +47,6 @@ SOURCE_HELP = ("implementation sources: 'ours' (default), 'reference', 'sglang:P
                "(a module with SGLang's kernel names), 'OP=PATH.py:function' or 'OP=module:function' (one function "
                "with our signature); join sources with ',' to combine them into one implementation. Loading a "
                "file or module runs its code; nothing is loaded from the network.")
-
-# SGLang's names, in the order the adapter looks for them (first present wins).
-SGLANG_NAMES: Dict[str, Tuple[str, ...]] = {
-    "ep_preprocess": ("run_moe_ep_preproess", "run_moe_ep_preprocess"),  # SGLang's spelling first
-    "deepep_preprocess": ("deepep_run_moe_deep_preprocess",),
-    "pre_reorder": ("pre_reorder_triton_kernel",),
-    "silu_and_mul": ("silu_and_mul_triton_kernel",),
-    "gelu_and_mul": ("gelu_and_mul_triton_kernel",),
-    "post_reorder": ("post_reorder_triton_kernel",),
-    "grouped_gemm": ("grouped_gemm_triton",),
-}
-# What ep_moe_forward is composed of (gelu_and_mul only when the case asks for GELU).
-_FORWARD_PARTS = ("ep_preprocess", "pre_reorder", "grouped_gemm", "silu_and_mul", "post_reorder")
-
 
 @dataclass(frozen=True)
 class Implementation:
@@ -81,13 +57,17 @@ class Implementation:
     order_free: FrozenSet[str] = frozenset()        # ops whose order within an expert is free
     nondeterministic: FrozenSet[str] = frozenset()  # ops exempt from the repeat-run probe
     notes: Mapping[str, str] = field(default_factory=dict)  # op -> why it is not provided
+    requires: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # op -> precondition ids it assumes
+    # ops not meant for CUDA graphs (the references, the plain-torch baselines read values on the host)
+    host_side: FrozenSet[str] = frozenset()
     source: str = ""                                # the source string it was loaded from
     # op -> how its last launch chose its tiles (e.g. the autotuner's pick), for bench records
     describe: Optional[Callable[[str], str]] = None
 
     def candidate(self, op: str) -> Candidate:
         return Candidate(self.ops[op], order_free=op in self.order_free,
-                         deterministic=op not in self.nondeterministic)
+                         deterministic=op not in self.nondeterministic, requires=tuple(self.requires.get(op, ())),
+                         graph=op not in self.host_side)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -100,10 +80,6 @@ class SourcePart:
     target: str          # builtin name, module path/name
     op: str = ""         # for "function"
     function: str = ""   # for "function": attribute path inside the module
-
-
-def _is_path(target: str) -> bool:
-    return target.endswith(".py") or os.sep in target or "/" in target
 
 
 def parse_source(source: str) -> List[SourcePart]:
@@ -153,21 +129,6 @@ def short_name(source: str) -> str:
 
 # ----------------------------------------------------------------------------- loading
 
-def load_module(target: str) -> types.ModuleType:
-    """Import a dotted module name, or execute a local .py file as a module (harness.loader;
-    one module per real path, named after it).
-
-    The file's folder is appended to sys.path so that it can import its own helpers."""
-    if not _is_path(target):
-        return importlib.import_module(target)
-    path = os.path.realpath(os.path.expanduser(target))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{target}: no such file")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    name = f"_moe_ext_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
-    return load_file_module(name, path, extend_sys_path=True)
-
-
 def _attr(mod: types.ModuleType, dotted: str):
     obj = mod
     for piece in dotted.split("."):
@@ -175,27 +136,49 @@ def _attr(mod: types.ModuleType, dotted: str):
     return obj
 
 
-def _module_impl(name: str, module_name: str) -> Implementation:
-    mod = importlib.import_module(module_name)
-    ops: Dict[str, Callable] = {op: getattr(mod, op) for op in SPECS if hasattr(mod, op)}
-    notes = {op: f"{module_name} has no {op}" for op in SPECS if op not in ops}
-    return Implementation(name, ops, notes=notes, source=name, describe=getattr(mod, "describe_last_launch", None))
+def _records_impl(name: str, function_of: Callable[[OpSpec], Optional[Callable]], describe=None,
+                  host_side: bool = False) -> Implementation:
+    """An implementation assembled from the op records: ``function_of(record)`` gives each op's
+    function (None: not provided; CHAINED: a composed op chained from this implementation's
+    parts, with the references for parts it lacks)."""
+    ops: Dict[str, Callable] = {}
+    chained = []
+    for op, record in SPECS.items():
+        fn = function_of(record)
+        if fn is CHAINED:
+            chained.append(record)
+        elif fn is not None:
+            ops[op] = fn
+    for record in chained:
+        ops[record.name] = compose(record, {o: ops.get(o, r.reference) for o, r in SPECS.items()})
+    notes = {op: f"{name} has no {op}" for op in SPECS if op not in ops}
+    return Implementation(name, ops, notes=notes, source=name, describe=describe,
+                          host_side=frozenset(ops) if host_side else frozenset())
 
 
-def _grouped_mm_impl() -> Implementation:
-    from .baselines import grouped_gemm_grouped_mm
-    notes = {op: "torch_grouped_mm provides grouped_gemm only" for op in SPECS if op != "grouped_gemm"}
-    return Implementation("torch_grouped_mm", {"grouped_gemm": grouped_gemm_grouped_mm}, notes=notes,
-                          source="torch_grouped_mm")
+def _our_kernel(record: OpSpec) -> Optional[Callable]:
+    return getattr(load_module(record.kernel_module), record.name, None)
+
+
+def _ours() -> Implementation:
+    describe = getattr(importlib.import_module("optimized"), "describe_last_launch", None)
+    return _records_impl("ours", _our_kernel, describe)
+
+
+def _baseline(name: str) -> Callable[[], Implementation]:
+    return lambda: _records_impl(name, lambda record: record.baselines.get(name), host_side=True)
+
+
+def _baseline_names() -> List[str]:
+    return sorted({b for record in SPECS.values() for b in record.baselines})
 
 
 BUILTIN = {
-    "ours": lambda: _module_impl("ours", "optimized"),
-    "reference": lambda: _module_impl("reference", "reference"),
-    # timing baselines (harness/baselines.py): plain torch, and torch._grouped_mm
-    "torch": lambda: _module_impl("torch", "harness.baselines"),
-    "torch_grouped_mm": _grouped_mm_impl,
+    "ours": _ours,
+    "reference": lambda: _records_impl("reference", lambda record: record.reference, host_side=True),
 }
+# timing baselines, the torch compositions the records name (e.g. "torch", "torch_grouped_mm")
+BUILTIN.update({name: _baseline(name) for name in _baseline_names()})
 
 
 # ----------------------------------------------------------------------------- SGLang adapter
@@ -209,58 +192,47 @@ def _block(block_size: Optional[int], given: int) -> int:
     return int(block_size) if block_size else int(given)
 
 
-def _adapt_pre_reorder(kernel, block_size):
-    def pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_id, end_expert_id, topk,
-                    hidden_size, BLOCK_SIZE=512):
-        T = input.shape[0]
-        if T:  # SGLang launches grid (T,); an empty grid is not a launch
-            kernel[(T,)](input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_id, end_expert_id, topk,
-                         hidden_size, BLOCK_SIZE=_block(block_size, BLOCK_SIZE))
-    return pre_reorder
+def _adapt_kernel(kernel, binding: SglangBinding, block_size: Optional[int], op: str) -> Callable:
+    """Our signature -> SGLang's raw kernel, launched as its EP layer launches it: every
+    argument in our order, BLOCK_SIZE by keyword (``block_size`` replaces the call's), on the
+    record's grid; an empty grid is not a launch."""
+    def launch(*args):
+        named = dict(zip(_parameters(op), args))
+        grid = binding.grid(named)
+        if all(grid):
+            block = named.pop("BLOCK_SIZE", 512)
+            kernel[grid](*named.values(), BLOCK_SIZE=_block(block_size, block))
+    launch.__name__ = op
+    return launch
 
 
-def _adapt_act(kernel, block_size, op):
-    def act_and_mul(gateup_output, down_input, hidden_size, reorder_topk_ids, scales, start_expert_id,
-                    end_expert_id, BLOCK_SIZE=512):
-        M = gateup_output.shape[0]
-        if M:
-            kernel[(M,)](gateup_output, down_input, hidden_size, reorder_topk_ids, scales, start_expert_id,
-                         end_expert_id, BLOCK_SIZE=_block(block_size, BLOCK_SIZE))
-    act_and_mul.__name__ = op
-    return act_and_mul
-
-
-def _adapt_post_reorder(kernel, block_size):
-    def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_expert_id, end_expert_id, topk,
-                     hidden_size, BLOCK_SIZE=512):
-        T = output.shape[0]
-        if T:
-            kernel[(T,)](down_output, output, src2dst, topk_ids, topk_weights, start_expert_id, end_expert_id,
-                         topk, hidden_size, BLOCK_SIZE=_block(block_size, BLOCK_SIZE))
-    return post_reorder
+def _parameters(op: str) -> List[str]:
+    import inspect
+    return list(inspect.signature(SPECS[op].reference).parameters)
 
 
 def _adapt_call(fn, op):
-    """Functions (preprocess, grouped_gemm) are called positionally, as SGLang calls them."""
+    """Functions (the preprocessings, the GEMM) are called positionally, as SGLang calls them."""
     def call(*args):
         return fn(*args)
     call.__name__ = op
     return call
 
 
-def _compose_forward(ops: Mapping[str, Callable]) -> Callable:
-    """ep_moe_forward chained from the adapted ops (reference.ep_moe_forward's ``ops`` hook)."""
-    from reference.moe import ep_moe_forward as chain
+def compose(record: OpSpec, parts: Mapping[str, Callable]) -> Callable:
+    """A composed op (record.composed_of) chained from ``parts``: the record's reference is the
+    chain, called with an ``ops`` namespace of the parts (e.g. the EP forward from the adapted
+    pieces of an SGLang file). A part missing from ``parts`` raises when the chain reaches it."""
+    def _missing(name):
+        def missing(*_a, **_k):
+            raise NotImplementedError(f"{name} is not provided")
+        return missing
+    ns = types.SimpleNamespace(**{op: parts.get(op) or _missing(op) for op in SPECS})
 
-    def _missing(*_a, **_k):
-        raise NotImplementedError("gelu_and_mul_triton_kernel is not provided")
-    ns = types.SimpleNamespace(**{op: ops.get(op, _missing) for op in _FORWARD_PARTS + ("gelu_and_mul",)})
-
-    def ep_moe_forward(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id, end_expert_id,
-                       activation="silu", w13_scale=None, w2_scale=None, block_shape=None):
-        return chain(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id, end_expert_id,
-                     activation, w13_scale, w2_scale, block_shape, ops=ns)
-    return ep_moe_forward
+    def composed(*args):
+        return record.reference(*args, ops=ns)
+    composed.__name__ = record.name
+    return composed
 
 
 def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[str] = None) -> Implementation:
@@ -268,26 +240,33 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
     mod = load_module(target)
     ops: Dict[str, Callable] = {}
     notes: Dict[str, str] = {}
-    for op, names in SGLANG_NAMES.items():
-        found = next((n for n in names if hasattr(mod, n)), None)
+    requires: Dict[str, Tuple[str, ...]] = {}
+    for op, record in SPECS.items():
+        binding = record.sglang
+        if binding is None:
+            continue
+        found = next((n for n in binding.names if hasattr(mod, n)), None)
         if found is None:
-            notes[op] = f"{target} defines no {names[0]}"
+            notes[op] = f"{target} defines no {binding.names[0]}"
             continue
         obj = getattr(mod, found)
-        if not _is_kernel(obj) or op in ("ep_preprocess", "deepep_preprocess", "grouped_gemm"):
-            ops[op] = _adapt_call(obj, op)
-        elif op == "pre_reorder":
-            ops[op] = _adapt_pre_reorder(obj, block_size)
-        elif op == "post_reorder":
-            ops[op] = _adapt_post_reorder(obj, block_size)
+        if _is_kernel(obj) and binding.grid is not None:
+            ops[op] = _adapt_kernel(obj, binding, block_size, op)
         else:
-            ops[op] = _adapt_act(obj, block_size, op)
-    missing = [p for p in _FORWARD_PARTS if p not in ops]
-    if missing:
-        notes["ep_moe_forward"] = f"composed from {', '.join(_FORWARD_PARTS)}; missing {', '.join(missing)}"
-    else:
-        ops["ep_moe_forward"] = _compose_forward(ops)
-    return Implementation(name or f"sglang:{target}", ops, notes=notes, source=f"sglang:{target}")
+            ops[op] = _adapt_call(obj, op)
+        requires[op] = binding.requires
+    for op, record in SPECS.items():
+        if not record.composed_of:
+            continue
+        missing = [p for p in record.composed_of if p not in ops]
+        if missing:
+            notes[op] = f"composed from {', '.join(record.composed_of)}; missing {', '.join(missing)}"
+        else:
+            ops[op] = compose(record, ops)
+    for op in SPECS:
+        if op not in ops:
+            notes.setdefault(op, f"SGLang has no {op}")
+    return Implementation(name or f"sglang:{target}", ops, notes=notes, source=f"sglang:{target}", requires=requires)
 
 
 def function_impl(op: str, target: str, function: str) -> Implementation:
@@ -309,7 +288,9 @@ def _merge(name: str, parts: List[Implementation]) -> Implementation:
     return Implementation(name, ops,
                           order_free=frozenset(op for op, p in owner.items() if op in p.order_free),
                           nondeterministic=frozenset(op for op, p in owner.items() if op in p.nondeterministic),
-                          notes=notes, source=name)
+                          notes=notes, source=name,
+                          requires={op: p.requires[op] for op, p in owner.items() if op in p.requires},
+                          host_side=frozenset(op for op, p in owner.items() if op in p.host_side))
 
 
 def load_implementation(source: str, block_size: Optional[int] = None) -> Implementation:

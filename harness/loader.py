@@ -1,14 +1,18 @@
-"""Run a file as a module: the one way the harness imports code from a path.
+"""Loading code by name or by file: the one place the harness runs a file as a module.
 
-Three callers: a user's kernels file (harness.impls, ``sglang:PATH.py``), optimized/ as it
-is at another git revision (harness.bench, ``--baseline REV``) and a mutant's patched
-module (harness.mutants). Each module is registered in sys.modules under its name before
-its code runs: Triton (and pickling) look a kernel's module up by name, and a package's
-relative imports need it. The name is the cache: callers derive it from what they load
-(the file's path, the revision, the mutant), and a second load returns the module as it is.
+Used for implementation sources (a user's kernel file), op modules outside the package
+(harness.ops), the kernel modules mutants patch, and optimized/ as it is at another git
+revision (``bench --baseline REV``). ``load_file_module`` is the one function that runs a
+file: it registers the module in sys.modules under its name before its code runs (Triton
+and pickling look a kernel's module up by name, and a package's relative imports need it),
+and the name is the cache: callers derive it from what they load (the file's path, the
+revision, the mutant), and a second load returns the module as it is. Imports nothing of the
+harness, so any module may use it at import time.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
 import os
 import sys
@@ -16,6 +20,11 @@ import types
 from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def is_path(target: str) -> bool:
+    """Whether ``target`` names a file (a .py path) rather than a dotted module."""
+    return target.endswith(".py") or os.sep in target or "/" in target
 
 
 def load_file_module(name: str, path: PathLike, *, source: Optional[str] = None, package: bool = False,
@@ -55,3 +64,17 @@ def load_file_module(name: str, path: PathLike, *, source: Optional[str] = None,
             del sys.modules[loaded]
         raise
     return mod
+
+
+def load_module(target: str, name: Optional[str] = None) -> types.ModuleType:
+    """Import a dotted module name, or execute a local .py file as a module (one module per
+    real path: ``name`` chooses its module name, else one derived from the path). The file's
+    folder is appended to sys.path so that it can import its own helpers."""
+    if not is_path(target):
+        return importlib.import_module(target)
+    path = os.path.realpath(os.path.expanduser(target))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{target}: no such file")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return load_file_module(name or f"_moe_ext_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}", path,
+                            extend_sys_path=True)

@@ -83,7 +83,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     from .fuzz import sweep
     from .impls import load_implementation
     from .mutants import MUTANTS, StalePatch, implementation
-    from .runner import Candidate, run_case
+    from .runner import run_case
     from .specs import SPECS
 
     t0 = time.time()
@@ -106,7 +106,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
         progress.update(stage="running", mutant=m.name, dtype=None, params=None, n=0)
         spec = dataclasses.replace(spec, build=recording(spec.build, progress))
     wrap = wrap_candidate or (lambda f: f)
-    cand = Candidate(wrap(impl.ops[m.op]))
+    cand = dataclasses.replace(impl.candidate(m.op), fn=wrap(impl.ops[m.op]))
     device = device_of(backend)
     dtypes = [d for d in (m.dtypes or spec.dtypes) if d in spec.dtypes and not spec.skip_reason(backend, d)]
     n = min(cases, LARGE_CASES) if _large(m) else cases
@@ -124,8 +124,9 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
             res.first_case = out.first_failure.params if out.first_failure else f.params
             if progress is not None:
                 progress.update(stage="control", params=f.params)
-            ours = load_implementation("ours").ops[m.op]
-            ctl = run_case(SPECS[m.op], Candidate(wrap(ours)), CaseParams.from_json(f.params), device, "ours")
+            ours = load_implementation("ours")
+            control = dataclasses.replace(ours.candidate(m.op), fn=wrap(ours.ops[m.op]))
+            ctl = run_case(SPECS[m.op], control, CaseParams.from_json(f.params), device, "ours")
             res.control = CASE_PASSED if ctl.ok else f"{CASE_FAILED} ({ctl.probe}): {ctl.message[:200]}"
             if not ctl.ok:
                 res.verdict = INCONCLUSIVE

@@ -184,9 +184,9 @@ class CheckOptions(_DictForm):
             return (self.single_case().op,)
         if self.ops:
             return self.ops
-        from .fuzz import LARGE_SHAPES
+        from .fuzz import large_shape_ops
         from .specs import SPECS
-        return tuple(LARGE_SHAPES) if self.preset == "large" else tuple(SPECS)
+        return tuple(large_shape_ops()) if self.preset == "large" else tuple(SPECS)
 
     def dtypes_of(self, op: str) -> Tuple[str, ...]:
         """The dtypes of ``op`` this run checks (``dtypes`` filters, ``case`` fixes one)."""

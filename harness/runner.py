@@ -14,12 +14,25 @@ allocations inside the candidate poisoned too. A case fails on the first probe t
   order_free        src2dst breaks the invariants (for implementations whose order is free)
   tolerance         a float output is further from the float64 reference than the rule allows
   nondeterministic  the two runs gave different bits
+  graph             (GPU, ops whose record says capturable) the call could not be captured in
+                    a CUDA graph, or the graph replayed on new inputs gave a wrong answer
 
-Before the two runs the candidate is called once on a decoy: the same case with another
-seed (same shapes, other values and routing). An implementation that returns a result
-cached from an earlier call (memoised on shapes, a static buffer handed out again) then
-fails on the very first case instead of only when a sweep happens to repeat a shape; its
-failure message says when the outputs are bit for bit the decoy's (right) answer.
+Two more probes act on every call rather than on outputs: ``fresh_poison`` fills the
+candidate's own fresh allocations (torch.empty & co.) with poison, so a read of scratch it
+never wrote is a deterministic failure, not a lucky zero; ``decoy`` calls the candidate once,
+before the two runs, on a decoy: the same case with another seed (same shapes, other values
+and routing). An implementation that returns a result cached from an earlier call (memoised
+on shapes, a static buffer handed out again) then fails on the very first case instead of
+only when a sweep happens to repeat a shape; its failure message says when the outputs are
+bit for bit the decoy's (right) answer.
+
+Every probe can be switched off (``probes_switched_off``), for the harness's own tests: each
+probe has a test that a planted bug fails with that probe on and gets past it with it off.
+
+A float output over its tolerance is also checked against the precision a kernel may have
+used instead: TF32 operands for a float32 matrix product (reported as passing at TF32
+precision unless IEEE float32 is required), or partial sums kept in a 16-bit dtype (still a
+failure, named as such with its distance from the float32-accumulation bound).
 """
 from __future__ import annotations
 
@@ -30,16 +43,19 @@ import os
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
 from .cases import CaseParams
-from .specs import SPECS, OpSpec, OutputSpec, Sample, is_fp8_dot, resolve_compare
-from .status import CASE_FAILED, CASE_PASSED, CASE_SKIPPED
-from .tolerance import compare_float
+from .specs import SPECS, OpSpec, OutputSpec, Sample
+from .status import CASE_FAILED, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
+from .tolerance import UNIT_ROUNDOFF, compare_float
 
 GUARD_ROWS = 3
+PROBES = ("exception", "input_modified", "guard", "untouched", "unwritten", "exact", "order_free", "tolerance",
+          "nondeterministic", "graph", "fresh_poison", "decoy")
+_SWITCHED_OFF: set = set()
 INT_POISON = {torch.int32: -0x5A5A5A5A, torch.int64: -0x5A5A5A5A5A5A5A5A}
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -52,14 +68,14 @@ class CaseResult:
     impl: str
     dtype: str
     params: str              # CaseParams.to_json()
-    status: str              # CASE_PASSED | CASE_FAILED | CASE_SKIPPED | CASE_CRASHED (harness.status)
+    status: str              # CASE_PASSED | CASE_FAILED | CASE_REJECTED | CASE_SKIPPED | CASE_CRASHED
     probe: Optional[str] = None
     message: str = ""
     details: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.status in (CASE_PASSED, CASE_SKIPPED)
+        return self.status in (CASE_PASSED, CASE_SKIPPED, CASE_REJECTED)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,14 +87,39 @@ class ProbeFailure(Exception):
         self.probe, self.message, self.details = probe, message, details or {}
 
 
+@contextlib.contextmanager
+def probes_switched_off(*probes: str):
+    """Run with these probes off (see the module docstring); for the harness's own tests."""
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        raise ValueError(f"probes_switched_off: expected probes among {PROBES}, got {unknown}")
+    added = set(probes) - _SWITCHED_OFF
+    _SWITCHED_OFF.update(added)
+    try:
+        yield
+    finally:
+        _SWITCHED_OFF.difference_update(added)
+
+
+def _on(probe: str) -> bool:
+    return probe not in _SWITCHED_OFF
+
+
 # ----------------------------------------------------------------------------- poison
 
+# NaNs with a payload no arithmetic produces (a kernel's own NaN is 0x7FC0.. or its sign flip),
+# so that "still holds the poison" and "wrote a NaN" are told apart; fp8 e4m3 has one NaN.
+NAN_POISON_BITS = {torch.float64: 0x7FF5A5A5A5A5A5A5, torch.float32: 0x7FA5A5A5, torch.float16: 0x7D5A,
+                   torch.bfloat16: 0x7FA5, torch.float8_e4m3fn: 0x7F}
+
+
 def fill_poison(t: torch.Tensor) -> torch.Tensor:
-    """NaN for floats (0x7F for fp8 e4m3), a fixed sentinel for integers."""
-    if t.dtype == torch.float8_e4m3fn:
-        t.view(torch.uint8).fill_(0x7F)
-    elif t.is_floating_point():
-        t.fill_(float("nan"))
+    """A NaN with a distinct payload for floats (NAN_POISON_BITS), a fixed sentinel for integers."""
+    if t.is_floating_point():
+        bits = NAN_POISON_BITS[t.dtype]
+        view = _INT_VIEW[t.element_size()]
+        signed = bits - (1 << (8 * t.element_size())) if bits >= 1 << (8 * t.element_size() - 1) else bits
+        t.view(view).fill_(signed)
     else:
         t.fill_(INT_POISON.get(t.dtype, -1))
     return t
@@ -128,29 +169,22 @@ def poisoned_fresh_allocations():
 
 # ----------------------------------------------------------------------------- calling
 
-def _output_names(spec: OpSpec) -> List[str]:
-    return [o.where.split(":", 1)[1] for o in spec.outputs if o.where.startswith("arg:")]
-
-
 def _call(fn: Callable, sample: Sample, spec: OpSpec, args: Dict[str, Any], poison_fresh: bool):
     """Call fn on args with every output buffer replaced by a fresh guarded, poisoned one.
 
     Returns (outputs by name, guard storages by name)."""
     call_args = dict(args)
     storages = {}
-    for name in _output_names(spec):
+    for name in spec.output_buffers:
         storages[name], call_args[name] = guarded_buffer(args[name])
-    ctx = poisoned_fresh_allocations() if poison_fresh else contextlib.nullcontext()
+    ctx = poisoned_fresh_allocations() if poison_fresh and _on("fresh_poison") else contextlib.nullcontext()
     with ctx:
         ret = fn(*call_args.values())
         if any(isinstance(v, torch.Tensor) and v.is_cuda for v in args.values()):
             torch.cuda.synchronize()
     if not isinstance(ret, (tuple, list)):
         ret = (ret,)
-    outputs = {}
-    for o in spec.outputs:
-        kind, key = o.where.split(":", 1)
-        outputs[o.name] = call_args[key] if kind == "arg" else ret[int(key)]
+    outputs = {o.name: o.where.fetch(call_args, ret) for o in spec.outputs}
     return outputs, storages
 
 
@@ -169,7 +203,8 @@ def _float64_args(sample: Sample, abs_values: bool = False) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- locating
 
 def locate(sample: Sample, out: OutputSpec, shape, flat_index: int) -> Dict[str, int]:
-    """Map a flat element index of an output to row/col and token, slot, expert."""
+    """Map a flat element index of an output to row/col and token, slot, expert (and what the
+    op's record adds: the GEMM's group and weight)."""
     cols = 1
     for s in shape[1:]:
         cols *= s
@@ -189,6 +224,9 @@ def locate(sample: Sample, out: OutputSpec, shape, flat_index: int) -> Dict[str,
         where.update(slot=slot, token=slot // K, k=slot % K)
         if sample.topk_ids is not None:
             where["expert"] = int(sample.topk_ids.reshape(-1)[slot])
+    record = SPECS.get(sample.params.op)
+    if record is not None and record.row_context is not None:
+        where.update(record.row_context(sample, row))
     return where
 
 
@@ -207,6 +245,8 @@ def _scalar(x: torch.Tensor):
 # ----------------------------------------------------------------------------- probes
 
 def _check_guards(storages: Dict[str, torch.Tensor]):
+    if not _on("guard"):
+        return
     for name, st in storages.items():
         pb = poison_bits(st.dtype, st.device)
         for label, part in (("before", st[:GUARD_ROWS]), ("after", st[-GUARD_ROWS:])):
@@ -223,19 +263,21 @@ def _check_poison_pattern(sample, out: OutputSpec, cand: torch.Tensor, ref: torc
     ref_untouched = (as_bits(ref) == pb).reshape(-1)
     cand_untouched = (as_bits(cand) == pb).reshape(-1)
     written_wrongly = torch.nonzero(ref_untouched & ~cand_untouched).flatten()
-    if written_wrongly.numel():
+    if written_wrongly.numel() and _on("untouched"):
         raise ProbeFailure("untouched", f"{out.name}: {written_wrongly.numel()} element(s) that the contract leaves "
                                         f"alone were written",
                            {"output": out.name, "first": _mismatch_examples(sample, out, cand, ref, written_wrongly)})
     unwritten = torch.nonzero(~ref_untouched & cand_untouched).flatten()
-    if unwritten.numel():
+    if unwritten.numel() and _on("unwritten"):
         raise ProbeFailure("unwritten", f"{out.name}: {unwritten.numel()} element(s) the contract defines were "
-                                        f"not written",
+                                        f"not written (they still hold the poison)",
                            {"output": out.name, "first": _mismatch_examples(sample, out, cand, ref, unwritten)})
     return ~ref_untouched
 
 
 def _check_exact(sample, out, cand, ref):
+    if not _on("exact"):
+        return
     if cand.shape != ref.shape or cand.dtype != ref.dtype:
         raise ProbeFailure("exact", f"{out.name}: expected shape {tuple(ref.shape)} dtype {ref.dtype}, got "
                                     f"shape {tuple(cand.shape)} dtype {cand.dtype}", {"output": out.name})
@@ -249,6 +291,8 @@ def _check_exact(sample, out, cand, ref):
 def _check_src2dst_order_free(sample, out, cand, ref_outputs):
     """Canonical form: every valid slot lands in its expert's segment, positions form a
     permutation, and -1 slots take [-n_inv, -1] (deepep)."""
+    if not _on("order_free"):
+        return
     flat = sample.topk_ids.reshape(-1).to(torch.int64)
     reorder = ref_outputs["reorder_topk_ids"].to(torch.int64)
     valid = flat >= 0
@@ -297,7 +341,7 @@ def reference_outputs(spec: OpSpec, sample: Sample) -> Expected:
     """Evaluate the reference on poisoned, guarded buffers, as a candidate is called."""
     params = sample.params
     lp, _ = _call(spec.reference, sample, spec, sample.args, poison_fresh=False)
-    needs_float = [o for o in spec.outputs if resolve_compare(o, params) in ("float", "normwise")]
+    needs_float = [o for o in spec.outputs if o.how(params) in ("float", "normwise")]
     f64: Dict[str, torch.Tensor] = {}
     mag: Dict[str, torch.Tensor] = {}
     if needs_float:
@@ -320,32 +364,51 @@ class Candidate:
     fn: Callable
     order_free: bool = False      # order within an expert's segment is free (src2dst canonical form)
     deterministic: bool = True
+    requires: Tuple[str, ...] = ()  # ids of the record's preconditions it assumes (the fuzzer draws within them)
+    # capture it in a CUDA graph where the op's record says the op is capturable (implementations
+    # meant for production; the references and plain-torch baselines read values on the host)
+    graph: bool = False
+
+
+def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_fresh: bool, what: str = ""):
+    """One call of the candidate on guarded, poisoned outputs; its exception is the
+    ``exception`` probe's failure (with the candidate's own frames), unless that probe is off,
+    when the outputs it left are compared as they are."""
+    try:
+        return _call(candidate.fn, sample, spec, sample.args, poison_fresh)
+    except Exception as exc:  # a candidate's exception is a failure of this case
+        if _on("exception"):
+            raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}{what}",
+                               {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
+        call_args = dict(sample.args)
+        storages = {}
+        for name in spec.output_buffers:
+            storages[name], call_args[name] = guarded_buffer(sample.args[name])
+        return {o.name: o.where.fetch(call_args, None) for o in spec.outputs}, storages
 
 
 def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, impl_name: str = "?",
-             poison_fresh: bool = True) -> CaseResult:
-    """Run every probe on one case; never raises for a candidate's fault."""
+             poison_fresh: bool = True, require_ieee_fp32: bool = False) -> CaseResult:
+    """Run every probe on one case; never raises for a candidate's fault. ``require_ieee_fp32``:
+    a float32 matrix product within TF32's error but not float32's fails (default: passes,
+    marked as TF32 precision)."""
     base = dict(op=spec.name, impl=impl_name, dtype=params.dtype, params=params.to_json())
     sample = spec.build(params, torch.device(device))
     expected = reference_outputs(spec, sample)
     snapshot = {k: v.clone() for k, v in sample.args.items()
-                if isinstance(v, torch.Tensor) and k not in _output_names(spec)}
+                if isinstance(v, torch.Tensor) and k not in spec.output_buffers}
     try:
-        previous = _decoy_outputs(spec, candidate, sample, device, poison_fresh)
+        previous = _decoy_outputs(spec, candidate, sample, device, poison_fresh) if _on("decoy") else None
         runs = []
         for attempt in range(2):
-            try:
-                outputs, storages = _call(candidate.fn, sample, spec, sample.args, poison_fresh)
-            except Exception as exc:  # a candidate's exception is a failure of this case
-                raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}",
-                                   {"traceback": traceback.format_exc(limit=6)[-2000:]}) from None
+            outputs, storages = _call_candidate(candidate, sample, spec, poison_fresh)
             for name, snap in snapshot.items():
-                if not torch.equal(as_bits(sample.args[name]), as_bits(snap)):
+                if _on("input_modified") and not torch.equal(as_bits(sample.args[name]), as_bits(snap)):
                     raise ProbeFailure("input_modified", f"{name}: the candidate modified this input")
             _check_guards(storages)
             runs.append(outputs)
         try:
-            details = compare_outputs(spec, candidate, sample, runs[0], expected)
+            details = compare_outputs(spec, candidate, sample, runs[0], expected, require_ieee_fp32)
         except ProbeFailure as f:
             if previous is not None and _same_bits(runs[0], previous) and \
                     _passes(spec, candidate, _decoy(spec, params, device), previous):
@@ -353,13 +416,23 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                 f.message += (" [every output is bit-identical to the previous call's, the right answer for other "
                               "inputs of the same shapes: a result cached from an earlier call?]")
             raise
-        if candidate.deterministic:
+        if candidate.deterministic and _on("nondeterministic"):
             for name in runs[0]:
                 a, b = runs[0][name], runs[1][name]
+                if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+                    continue
                 if a.shape != b.shape or not torch.equal(as_bits(a), as_bits(b)):
                     raise ProbeFailure("nondeterministic", f"{name}: two runs on the same inputs gave different bits")
+        if candidate.graph and spec.capturable and torch.device(device).type == "cuda" and _on("graph"):
+            _graph_probe(spec, candidate, params, device, require_ieee_fp32)
         return CaseResult(**base, status=CASE_PASSED, details=details)
     except ProbeFailure as f:
+        broken = spec.broken_preconditions(params)
+        if f.probe == "exception" and broken:
+            # out of contract for some implementations: a clean refusal is not a wrong answer
+            return CaseResult(**base, status=CASE_REJECTED, probe=f.probe,
+                              message=f"rejected a case outside the precondition {broken[0].text!r}: {f.message}",
+                              details=f.details)
         return CaseResult(**base, status=CASE_FAILED, probe=f.probe, message=f.message, details=f.details)
 
 
@@ -381,12 +454,9 @@ def _decoy_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, device, p
     if tensor_elements(sample) > DECOY_MAX_ELEMENTS:
         return None
     decoy = _decoy(spec, sample.params, device)
-    try:
-        outputs, _ = _call(candidate.fn, decoy, spec, decoy.args, poison_fresh)
-    except Exception as exc:  # the decoy is a valid case too
-        raise ProbeFailure("exception", f"{type(exc).__name__}: {exc} (on the decoy call: the case with seed "
-                                        f"{decoy.params.seed})",
-                           {"traceback": traceback.format_exc(limit=6)[-2000:]}) from None
+    outputs, _ = _call_candidate(candidate, decoy, spec, poison_fresh,
+                                 f" (on the decoy call: the same case with seed {decoy.params.seed}, run first so "
+                                 f"that a result cached from an earlier call shows on this case)")
     return {k: v.clone() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
 
 
@@ -405,10 +475,61 @@ def _same_bits(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> bool:
                                     for k in a)
 
 
+# The graph probe's new inputs: a seed whose case has the same shapes (the GEMM builder's
+# weight table has e_local + 1 + seed % 3 entries, so seed + 1 would not fit the captured buffers).
+GRAPH_SEED_OFFSET = 3
+
+
+def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device, require_ieee_fp32: bool) -> None:
+    """Capture one call in a CUDA graph, replay it on new inputs written into the captured
+    buffers (outputs poisoned again), and compare; SGLang captures its decode steps, so an op
+    that synchronises with the host, or bakes its inputs into the capture, breaks there."""
+    sample = spec.build(params, torch.device(device))
+    fresh = spec.build(dataclasses.replace(params, seed=(params.seed + GRAPH_SEED_OFFSET) % 2 ** 31),
+                       torch.device(device))
+    call_args = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in sample.args.items()}
+    storages = {}
+    for name in spec.output_buffers:
+        storages[name], call_args[name] = guarded_buffer(sample.args[name])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):   # a warm-up call off the capture: compilation, autotuning, lazy state
+        candidate.fn(*call_args.values())
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            returned = candidate.fn(*call_args.values())
+    except Exception as exc:
+        torch.cuda.synchronize()
+        raise ProbeFailure("graph", f"the call could not be captured in a CUDA graph, which the op's record says it "
+                                    f"can be (a host synchronisation, or a host read of a device value?): "
+                                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                           {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
+    for name, value in fresh.args.items():
+        if name in storages:
+            fill_poison(storages[name])
+        elif isinstance(value, torch.Tensor):
+            if value.shape != call_args[name].shape:
+                return  # a case whose shapes depend on its seed: nothing to replay into
+            call_args[name].copy_(value)
+    graph.replay()
+    torch.cuda.synchronize()
+    _check_guards(storages)
+    outputs = {o.name: o.where.fetch(call_args, returned) for o in spec.outputs}
+    try:
+        compare_outputs(spec, candidate, fresh, outputs, reference_outputs(spec, fresh), require_ieee_fp32)
+    except ProbeFailure as f:
+        raise ProbeFailure("graph", f"the CUDA graph replayed on new inputs (seed {fresh.params.seed}) gave a wrong "
+                                    f"answer ({f.probe}): {f.message}", f.details) from None
+
+
 def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out: Dict[str, torch.Tensor],
-                    expected: Expected) -> Dict[str, Any]:
+                    expected: Expected, require_ieee_fp32: bool = False) -> Dict[str, Any]:
     """Compare a candidate's outputs with the reference's; raises ProbeFailure on the first
-    violation, returns the float error reports (JSON-safe) otherwise."""
+    violation, returns the float error reports (JSON-safe) otherwise (a report whose
+    ``precision`` is "tf32" passed only at TF32 precision)."""
     p = sample.params
     ref_out, ref64, mag = expected.lp, expected.f64, expected.mag
     details: Dict[str, Any] = {}
@@ -418,9 +539,9 @@ def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out
             raise ProbeFailure("exact", f"{out.name}: expected a tensor, got {type(cand).__name__}")
         if cand.shape != ref.shape:
             raise ProbeFailure("exact", f"{out.name}: expected shape {tuple(ref.shape)}, got {tuple(cand.shape)}")
-        how = resolve_compare(out, p)
+        how = out.how(p)
         written = None
-        if out.where.startswith("arg:"):
+        if out.where.is_arg:
             written = _check_poison_pattern(sample, out, cand, ref).view(ref.shape)
         if how == "src2dst" and candidate.order_free:
             _check_src2dst_order_free(sample, out, cand, ref_out)
@@ -433,16 +554,55 @@ def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out
         if written is None:
             written = torch.ones(ref.shape, dtype=torch.bool, device=ref.device)
         rep = compare_float(cand, ref64[out.name], ref, mag.get(out.name) if mag else None,
-                            out.reduction_len(p), is_fp8_dot(out, p), how == "normwise", written)
+                            out.reduction_len(p), out.is_fp8_dot(p), how == "normwise", written)
         details[out.name] = dataclasses.asdict(rep)
-        if not rep.passed:
+        explained = ""
+        if not rep.passed and how == "float":
+            explained, tf32 = _explain_precision(out, p, cand, ref64[out.name], ref, mag.get(out.name) if mag else None,
+                                                 written, rep)
+            if tf32 and not require_ieee_fp32:
+                details[out.name]["precision"] = "tf32"
+                continue
+        if not rep.passed and _on("tolerance"):
             where = locate(sample, out, tuple(cand.shape), rep.worst_flat_index) if rep.worst_flat_index >= 0 else {}
             raise ProbeFailure("tolerance",
                                f"{out.name}: {rep.n_over} of {rep.n_checked} element(s) over tolerance; max |err| "
                                f"{rep.max_abs_err:.3g}, mean {rep.mean_abs_err:.3g}; worst at {where}: candidate "
                                f"{rep.worst_candidate:.6g}, reference {rep.worst_reference:.6g}, bound "
-                               f"{rep.worst_bound:.3g}", {"output": out.name, **details[out.name], "where": where})
+                               f"{rep.worst_bound:.3g}{explained}",
+                               {"output": out.name, **details[out.name], "where": where})
     return details
+
+
+# The unit roundoff of TF32 operands (10 stored mantissa bits): a float32 product whose inputs
+# are rounded to TF32 errs by up to 2 * TF32_ROUNDOFF of |a| * |b| per term.
+TF32_ROUNDOFF = 2.0 ** -11
+_LOW_ACCUMULATORS = (torch.bfloat16, torch.float16)
+
+
+def _explain_precision(out: OutputSpec, p: CaseParams, cand, ref64, ref_lp, mag, written, rep):
+    """(a sentence naming the precision the error is consistent with, whether it is TF32's) for a
+    float output over its tolerance: TF32 operands (a float32 matrix product), or partial sums
+    kept in a 16-bit dtype; ("", False) when neither explains it."""
+    L = out.reduction_len(p)
+    if mag is None or L <= 0:
+        return "", False
+    times = (abs(rep.worst_candidate - rep.worst_reference) / rep.worst_bound) if rep.worst_bound > 0 else float("inf")
+    if out.matmul and cand.dtype == torch.float32:
+        tf32 = compare_float(cand, ref64, ref_lp, mag, L, False, False, written, operand_roundoff=TF32_ROUNDOFF)
+        if tf32.passed:
+            return (f" [within TF32 precision (inputs rounded to 10 mantissa bits): {times:.3g}x the IEEE float32 "
+                    f"bound]"), True
+    for acc in _LOW_ACCUMULATORS:
+        if UNIT_ROUNDOFF[acc] <= UNIT_ROUNDOFF.get(cand.dtype, 0.0) * 0.5:
+            continue
+        low = compare_float(cand, ref64, ref_lp, mag, L, out.is_fp8_dot(p), False, written,
+                            accumulation=L * UNIT_ROUNDOFF[acc])
+        if low.passed:
+            name = str(acc).replace("torch.", "")
+            return (f" [consistent with accumulating in {name}: {times:.3g}x the float32-accumulation bound; the "
+                    f"contract asks for float32 accumulation]"), False
+    return "", False
 
 
 # ----------------------------------------------------------------------------- artefacts

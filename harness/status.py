@@ -22,7 +22,7 @@ FAILED = "FAILED"
 CRASHED = "CRASHED"
 SKIPPED = "skipped"
 NOT_PROVIDED = "not provided"
-# Reserved for upcoming work; nothing reports them yet.
+# Reserved for upcoming work: no row reports them yet (a case record can be rejected already).
 REJECTED = "REJECTED"
 UNBINDABLE = "UNBINDABLE"
 NOT_COMPUTABLE = "NOT_COMPUTABLE"
@@ -58,6 +58,7 @@ CASE_PASSED = PASSED
 CASE_FAILED = FAILED.lower()
 CASE_CRASHED = CRASHED.lower()
 CASE_SKIPPED = SKIPPED
+CASE_REJECTED = REJECTED.lower()
 
 # ----------------------------------------------------------------------------- mutant verdicts
 

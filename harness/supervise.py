@@ -45,12 +45,19 @@ _FAULT_MARKERS = (
     "hip error", "cudaerror",
 )
 
+# CUDA errors of a stream capture (a host synchronisation or host read while capturing): the
+# capture is invalidated, the context is fine; the graph probe reports them as failures.
+_CAPTURE_MARKERS = ("stream is capturing", "during capture", "capture")
+
 _PROGRESS, _CRASH, _STDERR = "progress.json", "crash.json", "stderr.txt"
 
 
 def is_device_fault(exc: BaseException) -> bool:
-    """True for errors after which the device context is unusable (CUDA/HIP faults)."""
+    """True for errors after which the device context is unusable (CUDA/HIP faults); errors of
+    a CUDA graph capture are not."""
     text = f"{type(exc).__name__}: {exc}".lower()
+    if any(m in text for m in _CAPTURE_MARKERS):
+        return False
     return any(m in text for m in _FAULT_MARKERS)
 
 
@@ -119,13 +126,15 @@ def exit_on_error(folder: str, exc: BaseException) -> None:
 
 def guard(fn: Callable, folder: str, cuda: bool) -> Callable:
     """``fn`` synchronised after each call, so that a device fault surfaces in it, and the child
-    left at once on one; other exceptions pass through (the runner reports them)."""
+    left at once on one (not while a CUDA graph is being captured: a synchronisation would break
+    the capture); other exceptions pass through (the runner reports them)."""
     def guarded(*args, **kwargs):
         try:
             out = fn(*args, **kwargs)
             if cuda:
                 import torch
-                torch.cuda.synchronize()
+                if not torch.cuda.is_current_stream_capturing():
+                    torch.cuda.synchronize()
             return out
         except Exception as exc:
             if is_device_fault(exc):

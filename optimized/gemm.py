@@ -673,3 +673,6 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
             _TUNE_TIMINGS[key] = timings
         # getattr: a triton without these attributes loses the description, never the launch
         _LAST_LAUNCH = ("autotuned", getattr(tuner, "best_config", None), _TUNE_TIMINGS.get(key), path)
+
+
+__all__ = ["grouped_gemm", "per_token_group_quant_fp8"]

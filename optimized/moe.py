@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import types
 
+from reference.moe import ACTIVATION_OPS, CHAIN_OPS
 from reference.moe import ep_moe_forward as _reference_chain
 
-from .activation import gelu_and_mul, silu_and_mul
-from .gemm import grouped_gemm
-from .preprocess import ep_preprocess
-from .reorder import post_reorder, pre_reorder
+from . import activation, gemm, preprocess, reorder
 
-OPS = types.SimpleNamespace(
-    ep_preprocess=ep_preprocess, pre_reorder=pre_reorder, grouped_gemm=grouped_gemm,
-    silu_and_mul=silu_and_mul, gelu_and_mul=gelu_and_mul, post_reorder=post_reorder,
-)
+
+def _our_op(name: str):
+    return next(getattr(m, name) for m in (preprocess, reorder, gemm, activation) if hasattr(m, name))
+
+
+OPS = types.SimpleNamespace(**{name: _our_op(name) for name in CHAIN_OPS + tuple(ACTIVATION_OPS.values())})
 
 
 def ep_moe_forward(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id,
@@ -31,3 +31,6 @@ def ep_moe_forward(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, 
     return _reference_chain(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id,
                             end_expert_id, activation=activation, w13_scale=w13_scale, w2_scale=w2_scale,
                             block_shape=block_shape, ops=OPS if ops is None else ops)
+
+
+__all__ = ["ep_moe_forward"]

@@ -371,3 +371,6 @@ def deepep_preprocess(topk_ids: torch.Tensor, num_experts: int):
     if topk_ids.numel() == 0:
         return _empty_result(topk_ids, num_experts, torch.int64)
     return _sort_slots(topk_ids, num_experts, deepep=True)
+
+
+__all__ = ["ep_preprocess", "deepep_preprocess"]

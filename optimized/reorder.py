@@ -199,3 +199,6 @@ def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_exp
         TOPK=topk, KP=_config.next_pow2(topk), ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(),
         SLOT_GROUP=POST_SLOT_GROUP, num_warps=NUM_WARPS)
     return None
+
+
+__all__ = ["pre_reorder", "post_reorder"]

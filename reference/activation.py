@@ -57,3 +57,6 @@ def gelu_and_mul(gateup_output, down_input, hidden_size, reorder_topk_ids, scale
     """SGLang's ``gelu_and_mul_triton_kernel`` without its grid (see act_and_mul; GELU is tanh-approximated)."""
     act_and_mul("gelu", gateup_output, down_input, hidden_size, reorder_topk_ids, scales,
                 start_expert_id, end_expert_id, BLOCK_SIZE)
+
+
+__all__ = ["silu_and_mul", "gelu_and_mul"]

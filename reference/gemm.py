@@ -66,3 +66,6 @@ def grouped_gemm(a, b, c, batch_size, weight_column_major, seg_indptr, weight_in
             out = out * (scale_a[e] * scale_b[e])
         c[lo:hi] = out.to(c.dtype)
     return c
+
+
+__all__ = ["grouped_gemm", "per_token_group_quant_fp8"]

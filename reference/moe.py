@@ -8,6 +8,11 @@ from ._checks import ACT_DTYPES, FP8_DTYPE, check_expert_range, check_int, check
 from .activation import ACTIVATIONS
 from .gemm import expand_block_scales, per_token_group_quant_fp8
 
+# The ops ep_moe_forward chains, in order, and the activation op each ``activation`` takes:
+# an ``ops`` namespace handed to it holds these names.
+CHAIN_OPS = ("ep_preprocess", "pre_reorder", "grouped_gemm", "silu_and_mul", "post_reorder")
+ACTIVATION_OPS = {"silu": "silu_and_mul", "gelu": "gelu_and_mul"}
+
 
 def _validate_moe(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, start_expert_id,
                   end_expert_id, activation, w13_scale, w2_scale, block_shape):
@@ -47,9 +52,8 @@ def ep_moe_forward(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, 
     [E_local, H, I] for the experts start_expert_id..end_expert_id. With block_shape
     [bn, bk], w13/w2 are fp8 e4m3 with block scales w13_scale / w2_scale and activations
     are quantised per token group inside grouped_gemm. ``ops`` is a namespace holding
-    ep_preprocess, pre_reorder, grouped_gemm, silu_and_mul, gelu_and_mul and
-    post_reorder (default: the references). Returns output [T, H]: the sum over this
-    rank's experts of w[t, k] * MLP_e(x[t]).
+    CHAIN_OPS and the activation op of ``activation`` (default: the references). Returns
+    output [T, H]: the sum over this rank's experts of w[t, k] * MLP_e(x[t]).
     """
     e_local = _validate_moe(hidden_states, topk_ids, topk_weights, w13, w2, num_experts,
                             start_expert_id, end_expert_id, activation, w13_scale, w2_scale, block_shape)
@@ -70,7 +74,7 @@ def ep_moe_forward(hidden_states, topk_ids, topk_weights, w13, w2, num_experts, 
     ops.grouped_gemm(gateup_input, w13, gateup_output, e_local, True, seg_local, weight_indices,
                      fp8, None, w13_scale, block_shape)
     down_input = torch.empty(T * K, two_i // 2, device=dev, dtype=dtype)           # [T*K, I]
-    act = ops.silu_and_mul if activation == "silu" else ops.gelu_and_mul
+    act = getattr(ops, ACTIVATION_OPS[activation])
     act(gateup_output, down_input, two_i, reorder_topk_ids, None, start_expert_id, end_expert_id)
     down_output = torch.empty(T * K, H, device=dev, dtype=dtype)                   # [T*K, H]
     ops.grouped_gemm(down_input, w2, down_output, e_local, True, seg_local, weight_indices,

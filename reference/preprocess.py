@@ -43,3 +43,6 @@ def deepep_preprocess(topk_ids: torch.Tensor, num_experts: int):
     n_inv = int((topk_ids < 0).sum())
     # Out of place on purpose: seg_indptr must not alias what n_inv was read from.
     return sorted_ids[n_inv:].clone(), pos.to(torch.int64) - n_inv, lower - n_inv
+
+
+__all__ = ["ep_preprocess", "deepep_preprocess"]

@@ -58,3 +58,6 @@ def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_exp
         term = down_output[dst[:, k]].to(acc.dtype) * topk_weights[:, k, None].to(acc.dtype)
         acc += torch.where(local[:, k, None], term, 0.0)
     output.copy_(acc.to(output.dtype))
+
+
+__all__ = ["pre_reorder", "post_reorder"]

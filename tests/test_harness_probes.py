@@ -173,7 +173,8 @@ def test_error_just_below_tolerance_passes_and_just_above_fails(seed, device, fa
         got = (c[written][0].double() - c64[written][0]).abs() / bound[0]
         assert abs(float(got) - factor) < 0.01, float(got)
 
-    res = run_case(spec, Candidate(off_by_factor), p, device, "edge")
+    # IEEE float32 required: otherwise an error this size passes as TF32 precision (test below)
+    res = run_case(spec, Candidate(off_by_factor), p, device, "edge", require_ieee_fp32=True)
     assert (res.status == "passed") == passes, res.message
     if not passes:
         assert res.probe == "tolerance"
@@ -290,3 +291,104 @@ def test_large_case_float64_reference_on_the_host_still_catches_errors(seed, dev
         output.mul_(1.05)
     res = run_case(spec, Candidate(off_by_a_bit), p, device)
     assert res.probe == "tolerance", res.message
+
+
+# ----------------------------------------------------------------------------- precision named
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32 (10 stored mantissa bits, round to nearest even), as float64."""
+    bits = x.float().contiguous().view(torch.int32)
+    rounded = (bits + 0xFFF + ((bits >> 13) & 1)) & ~0x1FFF
+    return rounded.view(torch.float32).double()
+
+
+def test_tf32_matmul_passes_as_tf32_unless_ieee_is_required(device):
+    """Triton's default float32 dot uses TF32: a correct upstream kernel must not be FAILED for
+    it, but the row says so, and --require-ieee-fp32 makes it a failure that names TF32."""
+    p = CaseParams(op="grouped_gemm", dtype="float32", tokens=40, topk=3, experts=5, start_expert=1, end_expert=3,
+                   hidden=300, inter=48, routing="skewed", seed=11)
+    spec = SPECS["grouped_gemm"]
+
+    def tf32_gemm(a, b, c, *rest):
+        c64 = torch.empty(c.shape, dtype=torch.float64, device=c.device)
+        reference.grouped_gemm(_tf32(a), _tf32(b), c64, *rest)
+        rows = slice(int(rest[2][0]), int(rest[2][-1]))
+        c[rows] = c64[rows].float()
+
+    default = run_case(spec, Candidate(tf32_gemm), p, device, "tf32")
+    assert default.status == "passed" and default.details["c"].get("precision") == "tf32", default.message
+    strict = run_case(spec, Candidate(tf32_gemm), p, device, "tf32", require_ieee_fp32=True)
+    assert strict.status == "failed" and strict.probe == "tolerance" and "TF32" in strict.message, strict.message
+    exact = run_case(spec, Candidate(reference.grouped_gemm), p, device, "ref")
+    assert exact.status == "passed" and "precision" not in exact.details["c"]
+
+
+def test_bf16_accumulation_fails_and_is_named(device):
+    """SGLang's post_reorder sums its K terms in bf16: a failure by our contract, named as such."""
+    p = CaseParams(op="post_reorder", dtype="bfloat16", tokens=30, topk=8, experts=8, hidden=64, inter=8,
+                   routing="uniform", seed=5)
+    spec = SPECS["post_reorder"]
+
+    def bf16_sum(down_output, output, src2dst, topk_ids, topk_weights, start, end, topk, hidden_size, BLOCK_SIZE=512):
+        acc = torch.zeros(output.shape, dtype=torch.bfloat16, device=output.device)
+        for k in range(topk):
+            e = topk_ids[:, k]
+            local = (e >= start) & (e <= end)
+            rows = down_output[src2dst.view(-1, topk)[:, k].clamp_min(0).long()]
+            term = (rows.float() * topk_weights[:, k:k + 1]).to(torch.bfloat16)
+            acc = torch.where(local[:, None], (acc.float() + term.float()).to(torch.bfloat16), acc)
+        output.copy_(acc)
+
+    res = run_case(spec, Candidate(bf16_sum), p, device, "bf16acc")
+    assert res.status == "failed" and res.probe == "tolerance", res.message
+    assert "consistent with accumulating in bfloat16" in res.message, res.message
+
+
+# ----------------------------------------------------------------------------- preconditions
+
+def _asserts_k_aligned(a, b, c, *rest):
+    assert a.shape[1] % 128 == 0, "K must be divisible by the quant block"   # as SGLang's block-wise GEMM
+    reference.grouped_gemm(a, b, c, *rest)
+
+
+def test_rejection_outside_a_precondition_is_rejected_not_failed(device):
+    spec = SPECS["grouped_gemm"]
+    outside = CaseParams(op="grouped_gemm", dtype="fp8_block", tokens=6, topk=2, experts=4, hidden=7, inter=16,
+                         seed=1)
+    res = run_case(spec, Candidate(_asserts_k_aligned), outside, device, "sglang-like")
+    assert res.status == "rejected" and "Kd a multiple" in res.message, res.message
+    # the same assertion on an in-contract case is a failure
+    inside = CaseParams(op="grouped_gemm", dtype="fp8_block", tokens=6, topk=2, experts=4, hidden=128, inter=16,
+                        seed=1)
+
+    def always_asserts(*args):
+        raise AssertionError("K must be divisible by the quant block")
+    failed = run_case(spec, Candidate(always_asserts), inside, device, "broken")
+    assert failed.status == "failed" and failed.probe == "exception", failed.message
+
+
+def test_candidates_requiring_a_precondition_are_fuzzed_within_it(device):
+    spec = SPECS["grouped_gemm"]
+    cand = Candidate(_asserts_k_aligned, requires=("fp8_block_k_aligned",))
+    seen = []
+    out = sweep(spec, cand, "sglang-like", "fp8_block", "interpreter", device, n_cases=6, seed=0,
+                database_dir=None, on_case=lambda r: seen.append(r))
+    assert out.failure is None and out.rejected == 0 and out.passed >= 6
+    assert all(json.loads(r.params)["hidden"] % 128 == 0 for r in seen)
+
+
+def test_gemm_failure_names_the_group_and_the_weight_used(device):
+    """A GEMM row is located by the weight it is multiplied by (b[weight_indices[g]]), not only by
+    the expert id of the slot behind it."""
+    p = CaseParams(op="grouped_gemm", dtype="float32", tokens=6, topk=2, experts=4, start_expert=1, end_expert=2,
+                   hidden=16, inter=8, seed=2)
+
+    def wrong_last_row(a, b, c, batch_size, wcm, seg_indptr, weight_indices, *rest):
+        reference.grouped_gemm(a, b, c, batch_size, wcm, seg_indptr, weight_indices, *rest)
+        c[int(seg_indptr[-1]) - 1] += 1.0
+
+    res = run_case(SPECS["grouped_gemm"], Candidate(wrong_last_row), p, device, "planted")
+    assert res.probe == "tolerance", res.message
+    where = res.details["where"]
+    seg = SPECS["grouped_gemm"].build(p, torch.device(device)).args
+    assert where["group"] == p.e_local - 1 and where["weight"] == int(seg["weight_indices"][-1]), where

@@ -1,7 +1,6 @@
 """Running a file as a module (harness.loader), the one loader behind a user's kernels file
 (impls), a git revision's optimized/ (bench --baseline) and a mutant's patched module."""
 import sys
-import textwrap
 
 import pytest
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import reference
-from harness.specs import BLOCK_SHAPE, _quantize_weight_blockwise
+from harness.ops.gemm import BLOCK_SHAPE, quantize_weight_blockwise
 
 T, K, E, H, I = 9, 3, 6, 48, 24
 # Every way of cutting 0..E-1 into contiguous ranks is covered by these cut sets.
@@ -25,7 +25,7 @@ def _model(gen, fp8):
     w2 = torch.randn(E, H, I, generator=gen, device=gen.device) / math.sqrt(I)
     if fp8:
         block = [16, 16]
-        (w13, s13), (w2, s2) = _quantize_weight_blockwise(w13, gen, block), _quantize_weight_blockwise(w2, gen, block)
+        (w13, s13), (w2, s2) = quantize_weight_blockwise(w13, block), quantize_weight_blockwise(w2, block)
         return ids, w, x, w13, w2, dict(w13_scale=s13, w2_scale=s2, block_shape=block)
     return ids, w, x, w13.bfloat16(), w2.bfloat16(), {}
 

@@ -7,6 +7,7 @@ import torch
 
 from .. import ep_world
 from ..cases import MODEL_SHAPES
+from ..ops.moe import FORWARD
 from ..options import WORLD_DEFAULT_SHAPE as DEFAULT_SHAPE
 from ..options import WORLD_DEFAULT_TOKENS as DEFAULT_TOKENS
 from ..options import WORLD_DTYPES as DTYPES
@@ -17,14 +18,14 @@ from ..options import WorldConfig
 def add_parser(sub):
     p = sub.add_parser("ep-world", help="run the EP MoE forward in a real multi-process world and check the sum",
                        description="Start N processes (torch.distributed: NCCL, one GPU each; gloo on CPU), each "
-                                   "owning E/N experts; each runs ep_moe_forward on the same tokens and routing, an "
+                                   "owning E/N experts; each runs the EP forward on the same tokens and routing, an "
                                    "all-reduce sums the partial outputs, and rank 0 compares the sum with the dense "
                                    "MoE reference. Sweeps an even split, an uneven split (E % N != 0), a routing "
                                    "where all ranks but rank 0 receive no tokens, T=1 and a bigger T. NVLink "
                                    "multicast is kept off in every process.")
     p.add_argument("--ranks", type=int, help="world size (default: every visible GPU; 2 on CPU)")
     p.add_argument("--impl", default="ours", help="implementation source (as for check): ours (default), reference, "
-                                                  "sglang:PATH.py, ep_moe_forward=PATH.py:function. Loading runs its code.")
+                                                  f"sglang:PATH.py, {FORWARD}=PATH.py:function. Loading runs its code.")
     p.add_argument("--preset", choices=sorted(MODEL_SHAPES),
                    help="model shape (E, K, H, I; SPEC.md); explicit --experts etc. override it. Every rank builds "
                         "all E experts' weights and rank 0 a float64 copy of the used ones: use --experts to take a "
@@ -69,7 +70,7 @@ def config_from_args(args, backend: str) -> WorldConfig:
 
 def main(args, backend: str) -> int:
     """Exit status: 0 when every scenario passed, 1 on any failure, 2 when the implementation
-    does not provide ep_moe_forward or the options cannot run."""
+    does not provide the EP forward or the options cannot run."""
     try:
         config = config_from_args(args, backend)
     except ValueError as exc:  # harness.options.OptionError
