@@ -1,7 +1,7 @@
 """Triton kernels for SGLang's expert-parallel MoE ops (same names, arguments and
 semantics as ``reference``; see SPEC.md). Launchers validate with reference._checks,
 reject float64, skip empty launches and never sync the host (except value checks, see
-_config.CHECK_VALUES, and deepep_preprocess's data-dependent output length). Each family
+_config.CHECK_VALUES, and the DeepEP preprocess's data-dependent output length). Each family
 module lists its ops in ``__all__``.
 """
 from . import activation, gemm, moe, preprocess, reorder

@@ -98,7 +98,7 @@ def check_block_size(BLOCK_SIZE) -> None:
 
 
 def validate_preprocess(topk_ids, num_experts, *, allow_invalid: bool, check_values: bool = True) -> None:
-    """ep_preprocess (ids in [0, E)) and deepep_preprocess (ids in [-1, E))."""
+    """The preprocessings' ids: in [0, E), or in [-1, E) with allow_invalid (DeepEP: -1 is a dropped slot)."""
     check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, ndim=2)
     check_int("num_experts", num_experts, lo=1)
     if check_values:

@@ -585,3 +585,8 @@ def masked_slab_to_expand(input_tensor, psum_num_recv_tokens_per_expert, total_e
             rows = (rows.to(acc) * weights[start:start + count, None].to(acc)).to(input_tensor.dtype)
         out[start:start + count] = rows
     return out
+
+
+__all__ = ["ep_scatter", "ep_scatter_from_psum", "fill_m_indices_from_psum", "ep_gather", "post_reorder_deepgemm",
+           "scale_expanded_rows_", "get_tma_aligned_size", "tma_align_input_scale", "fused_moe_dispatch_index",
+           "moe_ep_deepgemm_preprocess", "expand_to_masked_slab", "masked_slab_to_expand"]

@@ -403,3 +403,8 @@ def sglang_per_token_group_quant_fp8(x, group_size, eps=1e-10, column_major_scal
     output_q[live] = q
     output_s[live] = pack_ue8m0_exponents(ceil_to_ue8m0_exponent(scale)) if packed else scale
     return output_q, output_s
+
+
+__all__ = ["silu_and_mul_masked_fwd", "silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_per_tensor_quant_fwd",
+           "fp8_per_token_to_per_tensor_quant_triton", "sglang_per_token_group_quant_fp8",
+           "create_per_token_group_quant_fp8_output_scale"]
