@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -33,14 +32,17 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 
 from .backend import describe, device_of
-from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
+from .cases import MODEL_SHAPES, CaseParams
 from .costs import Cost, Perf, cost_of, perf_of
+from .loader import load_file_module
+from .options import BENCH_MODES, BenchOptions
 from .records import write_json
+from .status import NOT_PROVIDED
 from .timing import (Ceilings, Comparison, GraphUnavailable, Stats, TimingConfig, Workload, capture_graph, compare,
                      copy_moving, measure_ceilings, plain_copy_gbps, run_interleaved, synchronize)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODES = ("eager", "graph")
+MODES = BENCH_MODES
 DECODE_TOKENS = (1, 64)
 PREFILL_TOKENS = (1024, 4096)
 PRESET_ROUTINGS = ("uniform", "skewed")
@@ -147,20 +149,18 @@ def shrink_for_interpreter(case: BenchCase) -> BenchCase:
         p, tokens=min(p.tokens, lim["tokens"]), hidden=min(p.hidden, lim["hidden"]), inter=min(p.inter, lim["inter"])))
 
 
-def select_cases(args, backend: str) -> List[BenchCase]:
+def select_cases(options: BenchOptions, backend: str) -> List[BenchCase]:
+    """The cases the options select (shrunk on the interpreter), each once, in suite order."""
     from .specs import SPECS
-    ops = list(args.op or SPECS)
-    for op in ops:
-        if op not in SPECS:
-            raise ValueError(f"--op: expected one of {sorted(SPECS)}, got {op!r}")
-    preset = args.preset or "anchors"
+    ops = list(options.ops or SPECS)
+    preset = options.preset or "anchors"
     if preset == "anchors":
-        routings = args.routing or ("uniform",)    # ANCHORS.md measured uniform routing
-        cases = anchor_cases(ops, args.tokens, routings, args.dtype, args.seed)
+        routings = options.routings or ("uniform",)    # ANCHORS.md measured uniform routing
+        cases = anchor_cases(ops, options.tokens, routings, options.dtypes, options.seed)
     else:
-        routings = args.routing or PRESET_ROUTINGS
-        cases = preset_cases(preset, ops, args.tokens or DECODE_TOKENS + PREFILL_TOKENS, routings, args.dtype,
-                             args.seed)
+        routings = options.routings or PRESET_ROUTINGS
+        cases = preset_cases(preset, ops, options.tokens or DECODE_TOKENS + PREFILL_TOKENS, routings, options.dtypes,
+                             options.seed)
     if backend != "cuda":
         cases = [shrink_for_interpreter(c) for c in cases]
     seen, unique = set(), []
@@ -179,24 +179,6 @@ class BaselineError(ValueError):
 
 def _git(repo: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True)
-
-
-def import_package_as(alias: str, package_dir: Path):
-    """Import the package at ``package_dir`` under the module name ``alias`` (its relative
-    imports resolve inside it), so that two versions of one package live in one process."""
-    if alias in sys.modules:
-        return sys.modules[alias]
-    spec = importlib.util.spec_from_file_location(alias, package_dir / "__init__.py",
-                                                  submodule_search_locations=[str(package_dir)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[alias] = mod                        # Triton looks kernels' modules up by name
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        for name in [n for n in sys.modules if n == alias or n.startswith(alias + ".")]:
-            del sys.modules[name]
-        raise
-    return mod
 
 
 def load_revision(rev: str, repo: Path = REPO_ROOT):
@@ -224,7 +206,8 @@ def load_revision(rev: str, repo: Path = REPO_ROOT):
         pkg = tree / "optimized"
         if not (pkg / "__init__.py").is_file():
             raise BaselineError(f"--baseline {rev!r}: revision {sha[:10]} has no optimized/ package")
-        mod = import_package_as(f"_moe_baseline_{sha[:12]}", pkg)
+        # Its own package name (relative imports resolve inside it): two versions of optimized/ in one process.
+        mod = load_file_module(f"_moe_baseline_{sha[:12]}", pkg / "__init__.py", package=True)
         ops = {op: getattr(mod, op) for op in SPECS if callable(getattr(mod, op, None))}
         notes = {op: f"optimized/ at {rev} has no {op}" for op in SPECS if op not in ops}
         return Implementation(f"ours@{rev}", ops, notes=notes), cleanup
@@ -394,7 +377,7 @@ def time_case(case: BenchCase, impls: Sequence, device, config: TimingConfig, ce
     present = []
     for impl in impls:
         if p.op not in impl.ops:
-            rows[impl.name] = BenchRow(**base, impl=impl.name, status="not provided",
+            rows[impl.name] = BenchRow(**base, impl=impl.name, status=NOT_PROVIDED,
                                        message=impl.notes.get(p.op, "") if hasattr(impl, "notes") else "")
         else:
             present.append(impl)
@@ -696,9 +679,10 @@ def selftest_case(op: str, backend: str) -> BenchCase:
     return case if backend == "cuda" else shrink_for_interpreter(case)
 
 
-def run_selftest(args, backend: str, device, config: TimingConfig, ceilings: Ceilings
-                 ) -> Tuple[List[SelfCheck], List[BenchRow]]:
-    """The 'Done when' checks of the bench method, in one go."""
+def run_selftest(options: BenchOptions, modes: Sequence[str], backend: str, device, config: TimingConfig,
+                 ceilings: Ceilings) -> Tuple[List[SelfCheck], List[BenchRow]]:
+    """The 'Done when' checks of the bench method, in one go, on the first of options.ops and
+    options.impls, timed in ``modes``."""
     from .impls import load_implementation
     checks: List[SelfCheck] = []
     plain = plain_copy_gbps(device, ceilings.copy_bytes)
@@ -710,14 +694,14 @@ def run_selftest(args, backend: str, device, config: TimingConfig, ceilings: Cei
                             ("PASS" if abs(rel) <= 0.10 else "FAIL") if backend == "cuda" else "SKIP"))
 
     from .specs import SPECS
-    op = (args.op or [next(name for name, rec in SPECS.items() if rec.selftest)])[0]
+    op = (options.ops or [next(name for name, rec in SPECS.items() if rec.selftest)])[0]
     case = selftest_case(op, backend)
-    impl = load_implementation((args.impl or ["ours"])[0])
+    impl = load_implementation((options.impls or ["ours"])[0])
     if op not in impl.ops:
         impl = load_implementation("reference")
     fn = impl.ops[op]
     a = dataclasses.replace(impl, name=f"{impl.name}:A")
-    modes = [m for m in (args.modes or MODES)]
+    modes = list(modes)
     rows: List[BenchRow] = []
 
     def run(candidates, baseline, run_modes=modes):
@@ -776,44 +760,13 @@ def format_selfchecks(checks: Sequence[SelfCheck]) -> str:
 
 # ----------------------------------------------------------------------------- command
 
-def add_parser(sub):
-    from .specs import SPECS
-    p = sub.add_parser("bench", help="time implementations (eager and CUDA graph), A/B against a baseline",
-                       description="Time implementations on model-shaped cases with L2 flushed between interleaved "
-                                   "repetitions, in eager mode and CUDA-graph replay; report medians and quartiles, "
-                                   "GB/s, TFLOP/s and share of the card's measured ceilings, the speedup against "
-                                   "--baseline with a bootstrap 95%% CI, and whether the timed outputs were right.")
-    p.add_argument("--op", nargs="+", help=f"ops to time (default: all): {', '.join(SPECS)}")
-    p.add_argument("--impl", nargs="+", default=["ours"],
-                   help="implementation sources to time (default: ours); see moe-harness check --help")
-    p.add_argument("--preset", choices=("anchors",) + tuple(sorted(MODEL_SHAPES)),
-                   help="anchors (default): the shapes of ANCHORS.md; a model name: its shapes at decode (1, 64) and "
-                        "prefill (1024, 4096) tokens, uniform and skewed routing (DeepSeek-V3 on one rank of EP8)")
-    p.add_argument("--tokens", nargs="+", type=int, help="token counts (replace the preset's)")
-    p.add_argument("--dtype", nargs="+", help="dtypes (default: int32 ids for preprocess, bfloat16 otherwise)")
-    p.add_argument("--routing", nargs="+", choices=sorted(ROUTINGS), help="routings (replace the preset's)")
-    p.add_argument("--baseline", help="git revision (its optimized/, from a temporary worktree; 'git:REV' forces it) "
-                                      "or implementation source to compare against, A/B in this process")
-    p.add_argument("--modes", nargs="+", choices=MODES, help="timing modes (default: eager graph)")
-    p.add_argument("--warmup-ms", type=float, default=25.0, help="warm-up time per case and mode (default 25)")
-    p.add_argument("--rep-ms", type=float, default=100.0, help="measured time per case and mode (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cases and of the bootstrap")
-    p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--plot", help="write a PNG of time against tokens (needs matplotlib)")
-    p.add_argument("--selftest", action="store_true",
-                   help="check the method itself: copy ceiling vs a plain torch copy, A/B against itself and "
-                        "against a slowed copy, cheating candidates flagged (uses the first --op and --impl)")
-    p.set_defaults(run=main)
-    return p
-
-
-def timing_config(args, backend: str) -> TimingConfig:
+def timing_config(options: BenchOptions, backend: str) -> TimingConfig:
     if backend != "cuda":      # each interpreted call is slow; a few rounds show that it runs
-        rounds = 20 if args.selftest else 3    # the self-test's verdicts need MIN_PAIRS_FOR_VERDICT pairs
+        rounds = 20 if options.selftest else 3    # the self-test's verdicts need MIN_PAIRS_FOR_VERDICT pairs
         return TimingConfig(warmup_ms=0.0, rep_ms=0.0, min_rounds=rounds, max_rounds=rounds, estimate_rounds=1,
-                            n_boot=500, seed=args.seed)
-    rep = max(args.rep_ms, 300.0) if args.selftest else args.rep_ms
-    return TimingConfig(warmup_ms=args.warmup_ms, rep_ms=rep, seed=args.seed)
+                            n_boot=500, seed=options.seed)
+    rep = max(options.rep_ms, 300.0) if options.selftest else options.rep_ms
+    return TimingConfig(warmup_ms=options.warmup_ms, rep_ms=rep, seed=options.seed)
 
 
 def _progress(text: str) -> None:
@@ -823,57 +776,56 @@ def _progress(text: str) -> None:
         sys.stderr.flush()
 
 
-def _load_impls(args) -> Tuple[list, Optional[str], Callable[[], None]]:
+def _load_impls(options: BenchOptions) -> Tuple[list, Optional[str], Callable[[], None]]:
     """(implementations, baseline name or None, cleanup); the baseline comes first.
     Raises ValueError (BaselineError included) with a message for the user."""
     from .impls import load_implementation
     impls: list = []
-    for src in args.impl:
+    for src in options.impls:
         try:
             impl = load_implementation(src)
         except ValueError as exc:
             raise ValueError(f"--impl {src!r}: {exc}") from None
         if impl.name not in {i.name for i in impls}:
             impls.append(impl)
-    if not args.baseline:
+    if not options.baseline:
         return impls, None, lambda: None
     try:
-        base_impl, cleanup = resolve_baseline(args.baseline)
+        base_impl, cleanup = resolve_baseline(options.baseline)
     except BaselineError:
         raise
     except Exception as exc:  # the revision's code failed to import: the user's to see, not a traceback
-        raise BaselineError(f"--baseline {args.baseline!r}: loading it failed: {_error_text(exc)}") from None
+        raise BaselineError(f"--baseline {options.baseline!r}: loading it failed: {_error_text(exc)}") from None
     return [base_impl] + [i for i in impls if i.name != base_impl.name], base_impl.name, cleanup
 
 
-def main(args, backend: str) -> int:
+def run_command(options: BenchOptions, backend: str) -> int:
     """Run the bench command; 0 when every timed output was right (and, with --selftest,
-    every self-check passed), 1 otherwise, 2 for a bad selection, --impl or --baseline."""
+    every self-check passed), 1 otherwise, 2 for a bad --impl or --baseline."""
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
     representative = backend == "cuda"
     if not representative:
         print(NOT_REPRESENTATIVE)
     device = device_of(backend)
-    config = timing_config(args, backend)
-    modes = tuple(args.modes or MODES)
+    config = timing_config(options, backend)
+    modes = tuple(options.modes or MODES)
     if not representative and "graph" in modes:
         print("graph mode needs a CUDA device: eager only")
         modes = tuple(m for m in modes if m != "graph") or ("eager",)
-    args.modes = list(modes)
     report: Dict[str, Any] = {"environment": info, "representative": representative, "config": asdict(config)}
     with value_checks_off() as apply_value_checks_off:
         cleanup: Callable[[], None] = lambda: None
         try:
-            if not args.selftest:
-                cases = select_cases(args, backend)
-                impls, baseline_name, cleanup = _load_impls(args)
+            if not options.selftest:
+                cases = select_cases(options, backend)
+                impls, baseline_name, cleanup = _load_impls(options)
                 apply_value_checks_off()          # the packages just imported have their own switch
             ceilings = measure_ceilings(device, config)
             print(ceilings.describe())
             report["ceilings"] = asdict(ceilings)
-            if args.selftest:
-                checks, rows = run_selftest(args, backend, device, config, ceilings)
+            if options.selftest:
+                checks, rows = run_selftest(options, modes, backend, device, config, ceilings)
                 print(format_header(None))
                 for r in rows:
                     print(format_row(r))
@@ -892,8 +844,8 @@ def main(args, backend: str) -> int:
                     for r in got:
                         print(format_row(r), flush=True)
                     rows.extend(got)
-                    if args.json:  # after every case: a run cut short keeps the rows it timed
-                        write_json(args.json, {**report, "complete": False, "pending": len(cases) - k - 1,
+                    if options.json_path:  # after every case: a run cut short keeps the rows it timed
+                        write_json(options.json_path, {**report, "complete": False, "pending": len(cases) - k - 1,
                                                "rows": [asdict(r) for r in rows]})
                 notes = format_notes(rows)
                 if notes:
@@ -902,8 +854,8 @@ def main(args, backend: str) -> int:
                     print("no case matches the selection (--op / --dtype)")
                 report.update(rows=[asdict(r) for r in rows])
                 code = 1 if any(r.failed for r in rows) else 0
-                if args.plot:
-                    print(write_plot(rows, args.plot))
+                if options.plot_path:
+                    print(write_plot(rows, options.plot_path))
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -911,6 +863,6 @@ def main(args, backend: str) -> int:
             cleanup()
     if not representative:
         print(NOT_REPRESENTATIVE)
-    if args.json:
-        write_json(args.json, {**report, "complete": True, "pending": 0})
+    if options.json_path:
+        write_json(options.json_path, {**report, "complete": True, "pending": 0})
     return code

@@ -1,13 +1,16 @@
-"""The ``moe-harness`` command. Subcommands live in their own modules and register here."""
+"""The ``moe-harness`` command: the top-level parser and the dispatch to a subcommand's front end
+(harness.commands), which builds the command's options and calls the engine. A value that
+cannot run (harness.options.OptionError) is reported in one line with exit status 2."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import List, Optional
 
 from .backend import BACKENDS, select_backend
-
-SUBCOMMANDS = ("check", "ep_world", "bench", "mutate")
+from .commands import COMMAND_MODULES
+from .options import OptionError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,9 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS,
                         help="cuda (default when a GPU is visible) or interpreter (TRITON_INTERPRET=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    import importlib
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"harness.{name}").add_parser(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"harness.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -30,8 +32,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         i = argv.index("--backend")
         argv = argv[i:i + 2] + argv[:i] + argv[i + 2:]
     args = parser.parse_args(argv)
-    backend = select_backend(args.backend)
-    return int(args.run(args, backend) or 0)
+    try:
+        backend = select_backend(args.backend)
+    except ValueError as exc:  # no GPU for --backend cuda
+        print(f"moe-harness: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.run(args, backend) or 0)
+    except OptionError as exc:  # a value that cannot run: one line, as argparse reports a bad flag
+        print(f"moe-harness {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,18 +30,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .backend import describe
-from .cases import MODEL_SHAPES
 from .ops.moe import FORWARD
-from .specs import SPECS
+from .options import WorldConfig
 from .records import write_json
+from .specs import SPECS
+from .status import FAILED, PASSED
 from .tolerance import FACTOR, UNIT_ROUNDOFF
 
 # Set in the parent before spawning and again in every rank before init_process_group.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-SCENARIO_KINDS = ("even", "uneven", "empty")
-DTYPES = ("bfloat16", "fp8_block")
-DEFAULT_SHAPE = dict(experts=8, topk=2, hidden=128, inter=64)
-DEFAULT_TOKENS = {"cuda": (1, 512), "interpreter": (1, 16)}
 # After one rank dies, the others are stuck in a collective until its timeout: stop them sooner.
 _GRACE_AFTER_RANK_DIED_S = 15.0
 
@@ -52,26 +49,6 @@ def set_no_multicast_env() -> None:
 
 
 # ----------------------------------------------------------------------------- records
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Everything the ranks need; picklable (it crosses the spawn) and JSON-safe."""
-
-    ranks: int
-    backend: str                        # "cuda" (NCCL, GPU r for rank r) or "interpreter" (CPU, gloo)
-    impl: str = "ours"                  # an implementation source (harness.impls)
-    dtype: str = "bfloat16"             # bfloat16 | fp8_block (fp8 weights, block scales [128, 128])
-    experts: int = DEFAULT_SHAPE["experts"]
-    topk: int = DEFAULT_SHAPE["topk"]
-    hidden: int = DEFAULT_SHAPE["hidden"]
-    inter: int = DEFAULT_SHAPE["inter"]
-    tokens: Tuple[int, ...] = (1, 16)
-    scenarios: Tuple[str, ...] = SCENARIO_KINDS
-    seed: int = 0
-    warmup: int = 1
-    reps: int = 5
-    timeout_s: float = 600.0            # whole world, wall clock; also the collectives' timeout
-
 
 @dataclass(frozen=True)
 class Scenario:
@@ -180,8 +157,6 @@ def plan_scenarios(config: WorldConfig) -> Tuple[Scenario, ...]:
     out = []
     for T in config.tokens:
         for kind in config.scenarios:
-            if kind not in SCENARIO_KINDS:
-                raise ValueError(f"scenario: expected one of {SCENARIO_KINDS}, got {kind!r}")
             if N < 2 and kind != "even":
                 continue
             e, routing = {"even": (even, "uniform"), "uneven": (uneven, "skewed"),
@@ -397,7 +372,7 @@ def _rank_main(rank: int, config: WorldConfig, port: int, folder: str) -> None:
             res = _run_scenario(rank, config, sc, fn, device, dist)
             if res is not None:
                 results.append(res)
-                sys.stderr.write(f"ep-world: {res.name}: {'passed' if res.passed else 'FAILED'}\n")
+                sys.stderr.write(f"ep-world: {res.name}: {PASSED if res.passed else FAILED}\n")
                 # After every scenario: if a rank dies later, the finished ones are still reported.
                 report = dict(scenarios=[asdict(r) for r in results],
                               rank0_env={k: os.environ.get(k, "") for k in NO_MULTICAST_ENV})
@@ -432,31 +407,12 @@ def _stop(procs) -> None:
             p.join()
 
 
-def _check_config(config: WorldConfig) -> None:
-    if config.backend not in ("cuda", "interpreter"):
-        raise ValueError(f"backend: expected 'cuda' or 'interpreter', got {config.backend!r}")
-    if config.ranks < 1:
-        raise ValueError(f"--ranks: expected at least 1, got {config.ranks}")
-    if config.backend == "cuda" and torch.cuda.device_count() < config.ranks:
-        raise ValueError(f"--ranks: {config.ranks} ranks need {config.ranks} GPUs (one per rank), "
-                         f"torch sees {torch.cuda.device_count()}")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"--dtype: expected one of {DTYPES}, got {config.dtype!r}")
-    if not config.tokens or min(config.tokens) < 1:
-        raise ValueError(f"--tokens: expected positive token counts, got {config.tokens}")
-    for name in ("experts", "topk", "hidden", "inter"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name}: expected a positive integer, got {getattr(config, name)}")
-    plan_scenarios(config)
-
-
 def run_world(config: WorldConfig, environment: Optional[Dict[str, str]] = None) -> WorldReport:
     """Spawn ``config.ranks`` processes, run the sweep, return rank 0's report.
 
     Never hangs past ``config.timeout_s``: ranks still running then are terminated and the
     report says so. A rank that dies (its traceback is in the report's error) fails the world.
-    ValueError for a config that cannot run (more ranks than GPUs, E < N, ...)."""
-    _check_config(config)
+    (WorldConfig validated itself when it was made: one GPU per rank, positive sizes.)"""
     set_no_multicast_env()  # inherited by the spawned ranks
     ctx = torch.multiprocessing.get_context("spawn")
     dist_backend = "nccl" if config.backend == "cuda" else "gloo"
@@ -501,7 +457,7 @@ def run_world(config: WorldConfig, environment: Optional[Dict[str, str]] = None)
                                       error="; ".join(errors)))
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- the command
 
 def format_table(report: WorldReport) -> str:
     """One line per scenario: split (experts per rank), slots routed to each rank, each rank's
@@ -514,7 +470,7 @@ def format_table(report: WorldReport) -> str:
         ms = "/".join("-" if r.time_ms is None else f"{r.time_ms:.3g}" for r in s.ranks)
         rel = "nonfinite" if s.rel_error is None else f"{s.rel_error:.2e}"
         bound = "-" if s.bound is None else f"{s.bound:.2e}"
-        status = "passed" if s.passed else f"FAILED ({s.reason})"
+        status = PASSED if s.passed else f"{FAILED} ({s.reason})"
         lines.append(f"{s.name:<16} {s.dtype:<9} {s.experts:>4} {s.tokens:>5} {s.split:<12} {slots:<18} "
                      f"{ms:<20} {rel:>9} {bound:>9}  {status}")
     if report.error:
@@ -522,67 +478,12 @@ def format_table(report: WorldReport) -> str:
     return "\n".join(lines)
 
 
-def add_parser(sub):
-    p = sub.add_parser("ep-world", help="run the EP MoE forward in a real multi-process world and check the sum",
-                       description="Start N processes (torch.distributed: NCCL, one GPU each; gloo on CPU), each "
-                                   "owning E/N experts; each runs the EP forward on the same tokens and routing, an "
-                                   "all-reduce sums the partial outputs, and rank 0 compares the sum with the dense "
-                                   "MoE reference. Sweeps an even split, an uneven split (E % N != 0), a routing "
-                                   "where all ranks but rank 0 receive no tokens, T=1 and a bigger T. NVLink "
-                                   "multicast is kept off in every process.")
-    p.add_argument("--ranks", type=int, help="world size (default: every visible GPU; 2 on CPU)")
-    p.add_argument("--impl", default="ours", help="implementation source (as for check): ours (default), reference, "
-                                                  f"sglang:PATH.py, {FORWARD}=PATH.py:function. Loading runs its code.")
-    p.add_argument("--preset", choices=sorted(MODEL_SHAPES),
-                   help="model shape (E, K, H, I; SPEC.md); explicit --experts etc. override it. Every rank builds "
-                        "all E experts' weights and rank 0 a float64 copy of the used ones: use --experts to take a "
-                        "slice of deepseek-v3")
-    p.add_argument("--experts", type=int, help=f"E (default {DEFAULT_SHAPE['experts']}); the even split uses the "
-                                                f"largest multiple of N <= E, the uneven one E or a neighbour of it")
-    p.add_argument("--topk", type=int, help=f"K (default {DEFAULT_SHAPE['topk']})")
-    p.add_argument("--hidden", type=int, help=f"H (default {DEFAULT_SHAPE['hidden']})")
-    p.add_argument("--inter", type=int, help=f"I (default {DEFAULT_SHAPE['inter']})")
-    p.add_argument("--tokens", type=int, nargs="+",
-                   help=f"token counts T (default {' '.join(map(str, DEFAULT_TOKENS['cuda']))} on GPU, "
-                        f"{' '.join(map(str, DEFAULT_TOKENS['interpreter']))} on CPU)")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16",
-                   help="bfloat16 (default) or fp8_block (fp8 weights with [128, 128] block scales)")
-    p.add_argument("--scenario", nargs="+", choices=SCENARIO_KINDS, default=list(SCENARIO_KINDS),
-                   help="scenario kinds to run (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every rank's inputs")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
-    p.add_argument("--reps", type=int, default=5, help="timed calls per rank; the median is reported (default 5)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole world (default 600)")
-    p.add_argument("--json", help="write the report to this JSON file")
-    p.set_defaults(run=main)
-    return p
-
-
-def config_from_args(args, backend: str) -> WorldConfig:
-    shape = dict(DEFAULT_SHAPE, **(MODEL_SHAPES[args.preset] if args.preset else {}))
-    for k in shape:
-        if getattr(args, k) is not None:
-            shape[k] = getattr(args, k)
-    if args.ranks is not None:
-        ranks = args.ranks
-    else:
-        ranks = torch.cuda.device_count() if backend == "cuda" else 2
-    return WorldConfig(ranks=ranks, backend=backend, impl=args.impl, dtype=args.dtype,
-                       tokens=tuple(args.tokens or DEFAULT_TOKENS[backend]), scenarios=tuple(args.scenario),
-                       seed=args.seed, warmup=args.warmup, reps=args.reps, timeout_s=args.timeout, **shape)
-
-
-def main(args, backend: str) -> int:
-    """Exit status: 0 when every scenario passed, 1 on any failure, 2 when the implementation
-    does not provide the EP forward or the options cannot run."""
+def run_command(config: WorldConfig, json_path: Optional[str] = None) -> int:
+    """Run the ep-world command: the world, its table, the JSON report. Exit status: 0 when
+    every scenario passed, 1 on any failure, 2 when the implementation does not provide the
+    EP forward."""
     from .impls import load_implementation
 
-    try:
-        config = config_from_args(args, backend)
-        _check_config(config)
-    except ValueError as exc:
-        print(f"ep-world: {exc}", file=sys.stderr)
-        return 2
     impl = load_implementation(config.impl)  # fail early, in one process, on a bad source
     if FORWARD not in impl.ops:
         print(f"ep-world: {impl.name} does not provide {FORWARD}"
@@ -591,12 +492,13 @@ def main(args, backend: str) -> int:
     if config.ranks < 2:
         print("ep-world: one rank: only the even split runs (uneven and empty-rank scenarios need 2 or more)",
               file=sys.stderr)
+    backend = config.backend
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()) +
           f" | world {config.ranks} x {'nccl' if backend == 'cuda' else 'gloo'} | impl {config.impl} | "
           f"E {config.experts} K {config.topk} H {config.hidden} I {config.inter} | seed {config.seed}")
     report = run_world(config, info)
     print(format_table(report))
-    if args.json:
-        write_json(args.json, report.to_dict())
+    if json_path:
+        write_json(json_path, report.to_dict())
     return 0 if report.passed else 1

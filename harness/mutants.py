@@ -37,7 +37,7 @@ import types
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-from .loader import exec_file_as_module
+from .loader import load_file_module
 
 
 class StalePatch(ValueError):
@@ -138,7 +138,6 @@ def patched_source(mutant: Mutant, source: Optional[str] = None) -> str:
 
 
 _TMP: Dict[str, str] = {}
-_LOADED: Dict[str, types.ModuleType] = {}
 
 
 def _tmp_dir() -> str:
@@ -154,24 +153,18 @@ def _original(module: str) -> types.ModuleType:
 
 
 def load_patched_module(mutant: Mutant) -> types.ModuleType:
-    """Import the patched module as ``<its package>._mutant_<name>`` from a file (cached per process).
+    """Import the patched module as ``<its package>._mutant_<name>`` from a file (harness.loader;
+    cached per process by that name).
 
     The file lives as long as the process: Triton's @jit reads kernel source through
     ``inspect`` (and its interpreter re-parses it), which needs a real file."""
-    if mutant.name in _LOADED:
-        return _LOADED[mutant.name]
     source = patched_source(mutant)
     original = _original(mutant.module)
     package = original.__name__.rpartition(".")[0] if original.__spec__ and original.__spec__.parent else ""
     if package:
         importlib.import_module(package)  # the parent package, for the module's relative imports
     name = f"{package}._mutant_{mutant.name}" if package else f"_moe_mutant_{mutant.name}"
-    path = os.path.join(_tmp_dir(), f"_mutant_{mutant.name}.py")
-    with open(path, "w") as fh:
-        fh.write(source)
-    mod = exec_file_as_module(path, name, add_folder_to_path=False)
-    _LOADED[mutant.name] = mod
-    return mod
+    return load_file_module(name, os.path.join(_tmp_dir(), f"_mutant_{mutant.name}.py"), source=source)
 
 
 def mutated_functions(mutant: Mutant) -> Dict[str, Callable]:

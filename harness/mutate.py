@@ -17,32 +17,33 @@ Verdicts:
   ERROR         the mutant could not be loaded, or its child died outside any case
   skipped       needs another backend (int32 overflows need the GPU and --preset large)
 
-The exit status is non-zero when any mutant is not KILLED (skipped ones aside).
+The exit status is non-zero when any mutant is not KILLED (skipped ones aside), and when every
+mutant was skipped (nothing was checked). The verdicts are defined in harness.status.
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
-import shutil
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from .backend import describe, device_of
-from .records import read_json, write_json
+from .options import MutateOptions
+from .records import write_json
+from .status import (CASE_CRASHED, CASE_FAILED, CASE_PASSED, ERROR, INCONCLUSIVE, KILLED, NO_MUTANT_RAN, SKIPPED,
+                     STALE, SURVIVED, VERDICTS, VERDICTS_OK)
+from .supervise import (EXITED, MESSAGE, STARTUP_LIMIT_S, Child, Waited, enter_child, exit_on_error, guard,
+                        recording)
 
 if TYPE_CHECKING:
     from .mutants import Mutant
 
-STARTUP_LIMIT_S = 300.0
 LARGE_CASES = 2          # cases of a mutant that needs --preset large (each is several GB)
-_VERDICTS = ("KILLED", "SURVIVED", "INCONCLUSIVE", "STALE", "ERROR", "skipped")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class MutantResult:
     name: str
     op: str
     description: str
-    verdict: str = "SURVIVED"
+    verdict: str = SURVIVED
     reason: str = ""             # why skipped / STALE / ERROR / how it crashed
     probe: Optional[str] = None  # the probe that fired (or "crash" / "timeout")
     dtype: Optional[str] = None
@@ -60,7 +61,7 @@ class MutantResult:
     first_case: str = ""         # ... as first found, before shrinking
     message: str = ""
     cases_run: int = 0
-    control: Optional[str] = None  # the unpatched kernels on the killing case: "passed" / "failed (<probe>)"
+    control: Optional[str] = None  # the unpatched kernels on the killing case: "passed" / "failed (<probe>): ..."
     seconds: float = 0.0
     swept: Dict[str, int] = field(default_factory=dict)  # dtype -> cases run (a prefix of that dtype's sweep)
     passed_cases: List[str] = field(default_factory=list)  # CaseParams JSON of every case the mutant passed
@@ -77,7 +78,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     """Sweep one mutant (a catalogue name, or a harness.mutants.Mutant) in this process (a
     fault of the mutant may end the process: the command runs this in a child).
     ``wrap_candidate`` wraps the called functions (device fault guard); ``progress``
-    (isolate._Progress) records the case in flight."""
+    (harness.supervise.Progress) records the case in flight."""
     from .cases import CaseParams
     from .fuzz import sweep
     from .impls import load_implementation
@@ -89,22 +90,21 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     m = MUTANTS[mutant] if isinstance(mutant, str) else mutant
     res = MutantResult(m.name, m.op, m.description)
     if backend not in m.backends:
-        res.verdict = "skipped"
+        res.verdict = SKIPPED
         res.reason = f"needs the {'/'.join(m.backends)} backend" + (f" (--preset {m.min_preset})" if m.min_preset else "")
         return res
     try:
         impl = implementation(m)
     except StalePatch as exc:
-        res.verdict, res.reason = "STALE", str(exc)
+        res.verdict, res.reason = STALE, str(exc)
         return res
     except Exception as exc:  # a mutant that does not even import is a broken catalogue entry
-        res.verdict, res.reason = "ERROR", f"could not load: {type(exc).__name__}: {exc}"
+        res.verdict, res.reason = ERROR, f"could not load: {type(exc).__name__}: {exc}"
         return res
     spec = SPECS[m.op]
     if progress is not None:
-        from .isolate import _recording
         progress.update(stage="running", mutant=m.name, dtype=None, params=None, n=0)
-        spec = dataclasses.replace(spec, build=_recording(spec.build, progress))
+        spec = dataclasses.replace(spec, build=recording(spec.build, progress))
     wrap = wrap_candidate or (lambda f: f)
     cand = dataclasses.replace(impl.candidate(m.op), fn=wrap(impl.ops[m.op]))
     device = device_of(backend)
@@ -120,43 +120,33 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
         res.cases_run += res.swept[dtype]
         if out.failure:
             f = out.failure
-            res.verdict, res.probe, res.dtype, res.case, res.message = "KILLED", f.probe, dtype, f.params, f.message
+            res.verdict, res.probe, res.dtype, res.case, res.message = KILLED, f.probe, dtype, f.params, f.message
             res.first_case = out.first_failure.params if out.first_failure else f.params
             if progress is not None:
                 progress.update(stage="control", params=f.params)
             ours = load_implementation("ours")
             control = dataclasses.replace(ours.candidate(m.op), fn=wrap(ours.ops[m.op]))
             ctl = run_case(SPECS[m.op], control, CaseParams.from_json(f.params), device, "ours")
-            res.control = "passed" if ctl.ok else f"failed ({ctl.probe}): {ctl.message[:200]}"
+            res.control = CASE_PASSED if ctl.ok else f"{CASE_FAILED} ({ctl.probe}): {ctl.message[:200]}"
             if not ctl.ok:
-                res.verdict = "INCONCLUSIVE"
+                res.verdict = INCONCLUSIVE
             break
     if not dtypes:
-        res.verdict, res.reason = "skipped", f"no dtype of {m.op} runs on {backend}"
+        res.verdict, res.reason = SKIPPED, f"no dtype of {m.op} runs on {backend}"
     res.seconds = round(time.time() - t0, 2)
     return res
 
 
 # ----------------------------------------------------------------------------- child process
 
-def _child_main(conn, folder: str, backend: str, threads: int, gpu: Optional[int]):
+def _child_main(folder: str, conn, backend: str, threads: int, gpu: Optional[int]):
     """Child (spawned): run the mutants the parent sends, one at a time, until it sends None."""
-    err = open(os.path.join(folder, "stderr.txt"), "w", buffering=1)
-    os.dup2(err.fileno(), 2)  # C-level output too: faulthandler's traceback, CUDA's messages
-    os.dup2(err.fileno(), 1)  # kernels' prints must not garble the parent's table
-    sys.stdout = sys.stderr = err
-    import faulthandler
-    faulthandler.enable(file=err, all_threads=True)
-    from .backend import select_backend
-    backend = select_backend(backend)  # before anything imports triton
+    child = enter_child(folder, backend, gpu=gpu, threads=threads)
+    backend, progress = child.backend, child.progress
     import torch
-    torch.set_num_threads(max(1, threads))
-    if gpu is not None:
-        torch.cuda.set_device(gpu)
+
     from . import mutants
-    from .isolate import _guard, _Progress
     mutants._TMP["dir"] = tempfile.mkdtemp(prefix="src-", dir=folder)  # patched modules: gone with the folder
-    progress = _Progress(folder)
     cuda = backend == "cuda"
     conn.send("ready")
     while True:
@@ -168,116 +158,63 @@ def _child_main(conn, folder: str, backend: str, threads: int, gpu: Optional[int
             torch.cuda.empty_cache()  # what the previous mutant cached; `large` cases need most of the card
         try:
             res = run_mutant(job["mutant"], backend, job["cases"], job["seed"], job["shrink"],
-                             wrap_candidate=lambda f: _guard(f, folder, cuda), progress=progress)
+                             wrap_candidate=lambda f: guard(f, folder, cuda), progress=progress)
         except Exception as exc:  # a device fault outside the candidate, or a harness error
-            from .isolate import CRASH_EXIT, _write_crash, is_device_fault
-            kind = "" if is_device_fault(exc) else "harness error: "
-            _write_crash(folder, f"{kind}{type(exc).__name__}: {exc}", traceback.format_exc(limit=12))
-            os._exit(CRASH_EXIT)
+            exit_on_error(folder, exc)
         progress.update(stage="idle", mutant=None, params=None)
         conn.send(asdict(res))
-    err.flush()
+    child.stderr.flush()
 
 
-class _Child:
-    """One spawned child and the folder it reports through."""
+class _Worker:
+    """One persistent child that runs mutants sent over a pipe (harness.supervise.Child)."""
 
     def __init__(self, backend: str, threads: int, gpu: Optional[int]):
-        self.folder = tempfile.mkdtemp(prefix="moe-mutate-")
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_child_main, args=(child_conn, self.folder, backend, threads, gpu),
-                                name="moe-mutate", daemon=True)
-        self.proc.start()
-        child_conn.close()
-        self.ready = False
+        self.child = Child(_child_main, (backend, threads, gpu), name="moe-mutate", prefix="moe-mutate-", pipe=True,
+                           daemon=True)
 
-    def _recv(self, limit: float, progress_timeout: Optional[float]):
-        """The next message, or ("dead", reason) / ("timeout", reason)."""
-        t0 = last_change = time.monotonic()
-        last_key = None
-        path = os.path.join(self.folder, "progress.json")
-        while True:
-            try:
-                if self.conn.poll(0.1):
-                    return "msg", self.conn.recv()
-            except (EOFError, OSError):
-                pass
-            now = time.monotonic()
-            if not self.proc.is_alive():
-                try:  # the message may have arrived just before the exit
-                    if self.conn.poll(0):
-                        return "msg", self.conn.recv()
-                except (EOFError, OSError):
-                    pass
-                return "dead", None
-            prog = read_json(path) or {}
-            key = (prog.get("mutant"), prog.get("dtype"), prog.get("n"), prog.get("stage"))
-            if key != last_key:
-                last_key, last_change = key, now
-            if limit and now - t0 > limit:
-                return "timeout", f"timeout after {limit:g} s (the child did not start)"
-            if progress_timeout and now - last_change > progress_timeout:
-                return "timeout", f"timeout after {progress_timeout:g} s (one case made no progress)"
+    @property
+    def alive(self) -> bool:
+        return self.child.alive
 
     def run(self, job: dict, case_timeout: Optional[float]) -> MutantResult:
         """Send one mutant; return its result, or a crash / timeout result (the child is then gone)."""
         m = job["mutant"]
         t0 = time.time()
-        if not self.ready:
-            kind, msg = self._recv(STARTUP_LIMIT_S, None)
-            if kind != "msg":
-                return self._died(m, t0, kind, msg)
-            self.ready = True
-        self.conn.send(job)
-        kind, msg = self._recv(0, case_timeout)
-        if kind == "msg":
-            return MutantResult(**msg)
-        return self._died(m, t0, kind, msg)
+        if not self.child.started:  # its "ready"
+            waited = self.child.wait(startup_s=STARTUP_LIMIT_S)
+            if waited.kind != MESSAGE:
+                return self._died(m, t0, waited)
+        self.child.send(job)
+        waited = self.child.wait(stall_s=case_timeout)
+        if waited.kind == MESSAGE:
+            return MutantResult(**waited.message)
+        return self._died(m, t0, waited)
 
-    def _died(self, m, t0: float, kind: str, reason: Optional[str]) -> MutantResult:
-        from .isolate import _exit_reason, _summarise_stderr
-        if kind == "timeout":
-            self.proc.kill()
-        self.proc.join(10)
-        prog = read_json(os.path.join(self.folder, "progress.json")) or {}
-        crash = read_json(os.path.join(self.folder, "crash.json"))
-        if kind == "dead":
-            reason = _exit_reason(self.proc.exitcode, crash)
-        try:
-            with open(os.path.join(self.folder, "stderr.txt"), errors="replace") as fh:
-                stderr = fh.read()[-4000:]
-        except OSError:
-            stderr = ""
+    def _died(self, m, t0: float, waited: Waited) -> MutantResult:
+        death = self.child.death(waited)
         self.close()
+        prog = death.progress
         res = MutantResult(m.name, m.op, m.description, seconds=round(time.time() - t0, 2))
         mine = prog.get("mutant") == m.name
         params = prog.get("params") if mine and prog.get("stage") == "running" else None
-        lines = _summarise_stderr(stderr)
-        res.reason = reason.splitlines()[0][:200]
-        res.message = reason + ("\n  child stderr (last lines):\n    " + "\n    ".join(lines) if lines else "")
+        res.reason = death.reason.splitlines()[0][:200]
+        res.message = death.report()
         if mine and prog.get("stage") == "control":  # the unpatched kernels died on the mutant's killing case
-            res.verdict, res.case, res.control = "INCONCLUSIVE", prog.get("params") or "", f"crashed: {res.reason}"
-        elif params and not (crash or {}).get("message", "").startswith("harness error"):  # the mutant crashed (or hung) the process inside a case: the harness caught it
-            res.verdict, res.probe = "KILLED", ("timeout" if kind == "timeout" else "crash")
+            res.verdict, res.case = INCONCLUSIVE, prog.get("params") or ""
+            res.control = f"{CASE_CRASHED}: {res.reason}"
+        elif params and not death.harness_error:
+            # the mutant crashed (or hung) the process inside a case: the harness caught it
+            res.verdict, res.probe = KILLED, ("crash" if waited.kind == EXITED else "timeout")
             res.dtype, res.case, res.first_case = prog.get("dtype"), params, params
             res.cases_run = int(prog.get("n") or 1)
         else:
-            res.verdict = "ERROR"
+            res.verdict = ERROR
             res.reason = f"child died outside a case ({prog.get('stage', 'starting')}): {res.reason}"
         return res
 
     def close(self):
-        if self.proc.is_alive():
-            try:
-                self.conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
-            self.proc.join(10)
-            if self.proc.is_alive():
-                self.proc.kill()
-                self.proc.join(10)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.child.close()
 
 
 def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, seed: int, shrink: bool = True,
@@ -304,14 +241,14 @@ def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, s
                         return
                     m = pending.popleft()
                 if child is None:
-                    child = _Child(backend, threads, gpu)
+                    child = _Worker(backend, threads, gpu)
                 job = dict(mutant=m, cases=cases, seed=seed, shrink=shrink)
                 if _large(m):
                     with large_lock:
                         res = child.run(job, case_timeout)
                 else:
                     res = child.run(job, case_timeout)
-                if not child.proc.is_alive():
+                if not child.alive:
                     child = None
                 with lock:
                     results[m.name] = res
@@ -331,40 +268,10 @@ def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, s
 
 # ----------------------------------------------------------------------------- command
 
-def add_parser(sub):
-    p = sub.add_parser("mutate", help="run the check against every mutant of our kernels (harness/mutants.py)",
-                       description="Run the check against deliberately broken variants of optimized/ and report "
-                                   "which the harness kills. Exit status 1 when a mutant survives, is stale or "
-                                   "cannot be loaded.")
-    p.add_argument("--op", nargs="+", help="only the mutants of these ops")
-    p.add_argument("--mutant", nargs="+", metavar="NAME", help="only these mutants")
-    p.add_argument("--cases", type=int, default=30, help="fuzzed cases per mutant and dtype (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the case generator (default 0)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="mutants run at a time, each in its own child process (default: the CPU count, at "
-                        "most 4; on cuda they share the GPU; mutants needing --preset large run last, one at a time)")
-    p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
-    p.add_argument("--case-timeout", type=float, default=600.0,
-                   help="seconds one case may make no progress before the mutant counts as hung (default 600)")
-    p.add_argument("--json", help="write the results to this JSON file (rewritten as each mutant finishes: "
-                                  "'complete' and 'pending' say how far a run got)")
-    p.add_argument("--list", action="store_true", help="list the catalogue (and whether each patch applies), run nothing")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress (a line rewritten on a terminal, a line per mutant in a log)")
-    p.set_defaults(run=main)
-    return p
-
-
-def select(ops: Optional[List[str]], mutants: Optional[List[str]]) -> List[str]:
-    """Names of the catalogue's mutants after --op / --mutant (SystemExit for unknown names)."""
-    from .mutants import CATALOGUE, MUTANTS
-    from .specs import SPECS
-    for op in ops or []:
-        if op not in SPECS:
-            raise SystemExit(f"--op: expected one of {sorted(SPECS)}, got {op!r}")
-    for name in mutants or []:
-        if name not in MUTANTS:
-            raise SystemExit(f"--mutant: no mutant {name!r}; see moe-harness mutate --list")
+def select(options: MutateOptions) -> List[str]:
+    """Names of the catalogue's mutants that the options' ops and mutants select, in catalogue order."""
+    from .mutants import CATALOGUE
+    ops, mutants = options.ops, options.mutants
     return [m.name for m in CATALOGUE if (not ops or m.op in ops) and (not mutants or m.name in mutants)]
 
 
@@ -386,10 +293,10 @@ def format_table(results: List[MutantResult]) -> str:
             f"{'description':<60} message")
     lines = [head, "-" * len(head)]
     for r in results:
-        verdict = r.verdict if r.verdict != "skipped" else f"skipped({_cut(r.reason, 40)})"
+        verdict = r.verdict if r.verdict != SKIPPED else f"{SKIPPED}({_cut(r.reason, 40)})"
         case = _short_case(r.case) if r.case else "-"
-        msg = r.message if r.verdict in ("KILLED", "INCONCLUSIVE") else r.reason
-        if r.verdict == "INCONCLUSIVE":
+        msg = r.message if r.verdict in (KILLED, INCONCLUSIVE) else r.reason
+        if r.verdict == INCONCLUSIVE:
             msg = f"control {r.control}"
         lines.append(f"{r.name:<34} {r.op:<17} {verdict:<12} {(r.probe or '-'):<16} {_cut(case, 46):<46} "
                      f"{_cut(r.description, 60):<60} {_cut(msg, 90)}")
@@ -397,16 +304,16 @@ def format_table(results: List[MutantResult]) -> str:
 
 
 def summary(results: List[MutantResult], backend: str) -> str:
-    ran = [r for r in results if r.verdict != "skipped"]
-    killed = sum(r.verdict == "KILLED" for r in ran)
+    ran = [r for r in results if r.verdict != SKIPPED]
+    killed = sum(r.verdict == KILLED for r in ran)
     rate = 100.0 * killed / len(ran) if ran else 100.0
-    by = {v: sum(r.verdict == v for r in results) for v in _VERDICTS}
-    rest = ", ".join(f"{n} {v}" for v, n in by.items() if n and v != "KILLED")
+    by = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    rest = ", ".join(f"{n} {v}" for v, n in by.items() if n and v != KILLED)
     return f"killed {killed} / {len(ran)} mutants ({rate:.1f}%) on {backend}" + (f"; {rest}" if rest else "")
 
 
 def failed(results: List[MutantResult]) -> bool:
-    return any(r.verdict not in ("KILLED", "skipped") for r in results)
+    return any(r.verdict not in VERDICTS_OK for r in results)
 
 
 def _list(names: List[str]) -> int:
@@ -419,7 +326,7 @@ def _list(names: List[str]) -> int:
             try:
                 patched_source(m)
             except StalePatch:
-                state, stale = "STALE", stale + 1
+                state, stale = STALE, stale + 1
         where = f"{m.module}.py" + (f":{m.function}" if m.function else "")
         extra = "".join([f" dtypes={','.join(m.dtypes)}" if m.dtypes else "",
                          f" backends={','.join(m.backends)}" if m.backends != ("cuda", "interpreter") else "",
@@ -429,21 +336,25 @@ def _list(names: List[str]) -> int:
     return 1 if stale else 0
 
 
-def _write_json(path: str, info: dict, args, results: List[MutantResult], pending: List[str], backend: str) -> None:
+def _write_json(path: str, info: dict, options: MutateOptions, results: List[MutantResult], pending: List[str],
+                backend: str) -> None:
     """The JSON record: ``complete`` is False and ``pending`` names the mutants not yet finished
     while the run goes on, so a run cut short by a time limit still leaves every verdict it reached."""
-    write_json(path, {"environment": info, "cases": args.cases, "seed": args.seed, "complete": not pending,
+    write_json(path, {"environment": info, "cases": options.cases, "seed": options.seed, "complete": not pending,
                       "pending": pending, "summary": summary(results, backend),
                       "mutants": [asdict(r) for r in results]})
 
 
-def main(args, backend: str) -> int:
-    names = select(args.op, args.mutant)
-    if args.list:
+def run_command(options: MutateOptions, backend: str) -> int:
+    """Run the mutate command (or list the catalogue): progress, the table, the summary and the
+    JSON record (rewritten as each mutant finishes). Exit status 1 when a mutant is neither KILLED
+    nor skipped, or when every mutant was skipped (nothing was checked)."""
+    names = select(options)
+    if options.list_only:
         return _list(names)
     info = describe(backend)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
-    jobs = args.jobs or max(1, min(4, os.cpu_count() or 1))
+    jobs = options.jobs or max(1, min(4, os.cpu_count() or 1))
     tty = sys.stderr.isatty()
     t0, lock = time.time(), threading.Lock()
     done: List[MutantResult] = []
@@ -451,11 +362,11 @@ def main(args, backend: str) -> int:
     def tick(res: MutantResult):
         with lock:  # results arrive from the worker threads
             done.append(res)
-            killed = sum(r.verdict == "KILLED" for r in done)
-            if args.json:
+            killed = sum(r.verdict == KILLED for r in done)
+            if options.json_path:
                 finished = {r.name for r in done}
-                _write_json(args.json, info, args, done, [n for n in names if n not in finished], backend)
-            if args.quiet:
+                _write_json(options.json_path, info, options, done, [n for n in names if n not in finished], backend)
+            if options.quiet:
                 return
             head = f"[{time.time() - t0:6.1f}s] {len(done):3d}/{len(names)} mutants, {killed} killed"
             if tty:  # one line, rewritten
@@ -464,14 +375,18 @@ def main(args, backend: str) -> int:
                 sys.stderr.write(f"{head}: {res.name} {res.verdict}\n")
             sys.stderr.flush()
 
-    if args.json:  # an empty record first: a run killed before any verdict still says what was pending
-        _write_json(args.json, info, args, [], list(names), backend)
-    results = run_mutants(names, backend, args.cases, args.seed, shrink=not args.no_shrink, jobs=jobs,
-                          case_timeout=args.case_timeout or None, on_result=tick)
-    if tty and not args.quiet:
+    if options.json_path:  # an empty record first: a run killed before any verdict still says what was pending
+        _write_json(options.json_path, info, options, [], list(names), backend)
+    results = run_mutants(names, backend, options.cases, options.seed, shrink=options.shrink, jobs=jobs,
+                          case_timeout=options.case_timeout_s or None, on_result=tick)
+    if tty and not options.quiet:
         sys.stderr.write("\n")
     print(format_table(results))
-    print(summary(results, backend) + f" in {time.time() - t0:.0f} s ({args.cases} cases per dtype, seed {args.seed})")
-    if args.json:  # the final record, in catalogue order
-        _write_json(args.json, info, args, results, [], backend)
+    print(summary(results, backend) + f" in {time.time() - t0:.0f} s ({options.cases} cases per dtype, "
+          f"seed {options.seed})")
+    if options.json_path:  # the final record, in catalogue order
+        _write_json(options.json_path, info, options, results, [], backend)
+    if not failed(results) and all(r.verdict == SKIPPED for r in results):
+        print(f"moe-harness mutate: {NO_MUTANT_RAN}", file=sys.stderr)
+        return 1
     return 1 if failed(results) else 0

@@ -17,6 +17,10 @@ Check your own kernels, from any directory:
 
 The backend is selected in pytest_load_initial_conftests / pytest_configure, before any
 test module (or conftest) imports triton. ``config.moe_backend`` holds the choice.
+
+A session whose conformance tests were all skipped (every op not provided by --moe-impl, or
+not computable on the backend) checked nothing: it exits non-zero with a line saying so
+(harness.status), as ``moe-harness check`` does.
 """
 from __future__ import annotations
 
@@ -75,12 +79,28 @@ def pytest_configure(config):
             _select(config)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
+    try:
+        config.moe_options = _options(config)
+    except ValueError as exc:  # harness.options.OptionError: a bad --cases, --moe-impl, ...
+        raise pytest.UsageError(str(exc)) from None
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller sees every worker's reports
+        config.pluginmanager.register(ConformanceTally(), "moe-harness-conformance-tally")
     if config.moe_backend == "cuda" and os.environ.get("PYTEST_XDIST_WORKER"):
         from harness.gpus import pin_this_process
         pin_this_process()  # `pytest -n N`: worker gwI runs on GPU I modulo the visible count
     for line in ("gpu: needs a CUDA device", "slow: long-running sweep",
                  "conformance: an implementation against the references (harness.specs.SPECS)"):
         config.addinivalue_line("markers", line)
+
+
+def _options(config):
+    """The conformance tests' CheckOptions, from the session's options (validated here, once)."""
+    from harness.options import CheckOptions
+    timeout = config.getoption("moe_timeout")
+    return CheckOptions(impls=config.getoption("moe_impl") or ["ours"], cases=config.getoption("cases"),
+                        seed=config.getoption("seed"), block_size=config.getoption("moe_block_size"),
+                        isolate=config.getoption("moe_isolate"), timeout_s=timeout, case_timeout_s=timeout,
+                        quiet=True)
 
 
 def pytest_report_header(config):
@@ -135,24 +155,53 @@ class MoeRunner:
         return _select(self.config)
 
     def options(self):
-        import argparse
-        c = self.config
-        return argparse.Namespace(cases=c.getoption("cases"), seed=c.getoption("seed"), preset=None, case=None,
-                                  no_shrink=False, block_size=c.getoption("moe_block_size"), dtype=None,
-                                  timeout=c.getoption("moe_timeout"), case_timeout=c.getoption("moe_timeout"))
+        """The session's harness.options.CheckOptions (built and validated in pytest_configure)."""
+        return self.config.moe_options
 
     def implementation(self, source: str):
         """The loaded implementation (cached per session); its load error fails the test."""
         return _load(source, self.config.getoption("moe_block_size"))
 
     def check(self, target: MoeTarget):
-        """Check one target; returns harness.check.Row (status passed/FAILED/CRASHED/...)."""
-        from harness.check import check_one
-        args = self.options()
-        if self.config.getoption("moe_isolate"):
+        """Check one target; returns harness.report.Row (status passed/FAILED/CRASHED/...)."""
+        from harness.row_check import check_one
+        options = self.options()
+        if options.isolate:
             from harness.isolate import run_group
-            return run_group(args, self.backend, target.impl, target.op, [target.dtype])[0]
-        return check_one(args, self.backend, self.implementation(target.impl), target.impl, target.op, target.dtype)
+            return run_group(options, self.backend, target.impl, target.op, [target.dtype])[0]
+        return check_one(options, self.backend, self.implementation(target.impl), target.impl, target.op,
+                         target.dtype)
+
+
+class ConformanceTally:
+    """Counts the session's conformance tests that compared something (passed or failed) and
+    those skipped; a session with conformance tests and none of the first kind fails."""
+
+    def __init__(self):
+        self.checked = 0
+        self.skipped = 0
+
+    def pytest_runtest_logreport(self, report):
+        if "conformance" not in report.keywords:
+            return
+        if report.skipped:
+            self.skipped += 1
+        elif report.when == "call":
+            self.checked += 1
+
+    @property
+    def nothing_checked(self) -> bool:
+        return self.skipped > 0 and self.checked == 0
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.nothing_checked and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.nothing_checked:
+            from harness.status import NOTHING_CHECKED
+            terminalreporter.write_line(f"moe-harness: {NOTHING_CHECKED} (all {self.skipped} conformance tests were "
+                                        f"skipped)", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ import torch
 from .canonical import OrderFreeViolation, canonicalise
 from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
+from .status import CASE_FAILED, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
 from .tolerance import UNIT_ROUNDOFF, compare_float
 
 GUARD_ROWS = 3
@@ -69,14 +70,14 @@ class CaseResult:
     impl: str
     dtype: str
     params: str              # CaseParams.to_json()
-    status: str              # passed | failed | skipped | crashed
+    status: str              # CASE_PASSED | CASE_FAILED | CASE_REJECTED | CASE_SKIPPED | CASE_CRASHED
     probe: Optional[str] = None
     message: str = ""
     details: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.status in ("passed", "skipped", "rejected")
+        return self.status in (CASE_PASSED, CASE_SKIPPED, CASE_REJECTED)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -436,15 +437,15 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                     raise ProbeFailure("nondeterministic", f"{name}: two runs on the same inputs gave different bits")
         if candidate.graph and spec.capturable and torch.device(device).type == "cuda" and _on("graph"):
             _graph_probe(spec, candidate, params, device, require_ieee_fp32)
-        return CaseResult(**base, status="passed", details=details)
+        return CaseResult(**base, status=CASE_PASSED, details=details)
     except ProbeFailure as f:
         broken = spec.broken_preconditions(params)
         if f.probe == "exception" and broken:
             # out of contract for some implementations: a clean refusal is not a wrong answer
-            return CaseResult(**base, status="rejected", probe=f.probe,
+            return CaseResult(**base, status=CASE_REJECTED, probe=f.probe,
                               message=f"rejected a case outside the precondition {broken[0].text!r}: {f.message}",
                               details=f.details)
-        return CaseResult(**base, status="failed", probe=f.probe, message=f.message, details=f.details)
+        return CaseResult(**base, status=CASE_FAILED, probe=f.probe, message=f.message, details=f.details)
 
 
 # Cases with more tensor elements than this get no decoy call: the `large` preset's buffers

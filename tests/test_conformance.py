@@ -8,8 +8,9 @@ Check your own kernels: ``pytest --pyargs tests.test_conformance --moe-impl sgla
 """
 import pytest
 
-from harness.check import format_failures
+from harness.report import format_failures
 from harness.specs import SPECS
+from harness.status import NOT_PROVIDED, PYTEST_OUTCOME
 
 pytestmark = pytest.mark.conformance
 
@@ -22,12 +23,11 @@ def test_conformance(moe_target, moe_runner):
     if not moe_runner.config.getoption("moe_isolate"):
         impl = moe_runner.implementation(moe_target.impl)
         if moe_target.op not in impl.ops:
-            pytest.skip(f"not provided: {impl.notes.get(moe_target.op, '')}")
+            pytest.skip(f"{NOT_PROVIDED}: {impl.notes.get(moe_target.op, '')}")
     row = moe_runner.check(moe_target)
-    if row.status == "not provided":
-        pytest.skip(f"not provided: {row.reason}")
-    if row.status == "skipped":
-        pytest.skip(row.reason)
-    if row.status != "passed":
+    outcome = PYTEST_OUTCOME[row.status]
+    if outcome == "skipped":
+        pytest.skip(f"{NOT_PROVIDED}: {row.reason}" if row.status == NOT_PROVIDED else row.reason)
+    if outcome == "failed":
         pytest.fail(format_failures([row]).strip() or f"{row.status}: {row.reason}", pytrace=False)
     assert row.passed >= 1, "no case ran"

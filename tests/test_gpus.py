@@ -41,7 +41,8 @@ def test_pin_without_cuda_does_nothing(monkeypatch):
 
 # ----------------------------------------------------------------------------- chunked sweeps
 
-from harness.check import CHUNK_SEED_STRIDE, Row, chunk_plan, merge_rows  # noqa: E402
+from harness.check import CHUNK_SEED_STRIDE, chunk_plan, merge_rows  # noqa: E402
+from harness.report import Row  # noqa: E402
 
 
 @pytest.mark.parametrize("cases,chunk,want", [(10, 0, [10]), (10, 10, [10]), (10, 4, [4, 4, 2]), (2000, 250, [250] * 8),
@@ -72,18 +73,16 @@ def test_merge_rows_adds_counts_keeps_worst_and_the_failure():
 
 def test_chunked_check_gives_the_same_rows_for_any_number_of_jobs(tmp_path, monkeypatch):
     """--chunk fixes the cases; --jobs only changes how many children run them at once."""
-    import argparse
-
     from harness.backend import select_backend
     from harness.check import run_check
+    from harness.options import CheckOptions
     monkeypatch.chdir(tmp_path)   # the children's Hypothesis database stays in the test's folder
     backend = select_backend(None)
     tables = []
     for jobs in (1, 3):
-        args = argparse.Namespace(op=["ep_preprocess"], impl=["reference"], dtype=["int32"], cases=6, chunk=2, seed=3,
-                                  preset=None, case=None, json=None, no_shrink=True, quiet=True, isolate=True,
-                                  timeout=600.0, case_timeout=0, jobs=jobs, gpus="1", block_size=None)
-        rows = run_check(args, backend)
+        options = CheckOptions(ops=["ep_preprocess"], impls=["reference"], dtypes=["int32"], cases=6, chunk=2, seed=3,
+                               shrink=False, quiet=True, isolate=True, case_timeout_s=0, jobs=jobs)
+        rows = run_check(options, backend)
         tables.append([(r.op, r.impl, r.dtype, r.run, r.passed, r.status) for r in rows])
     # 3 chunks x (2 drawn cases + the 3 fixed cases each sweep starts with)
     assert tables[0] == tables[1] == [("ep_preprocess", "reference", "int32", 15, 15, "passed")]
@@ -92,11 +91,6 @@ def test_chunked_check_gives_the_same_rows_for_any_number_of_jobs(tmp_path, monk
 @pytest.mark.parametrize("chunk,isolate,needle", [(-1, True, "expected a number of cases >= 0"),
                                                   (5, False, "needs --isolate")])
 def test_chunk_option_rejects_what_it_cannot_do(chunk, isolate, needle):
-    import argparse
-
-    from harness.check import run_check
-    args = argparse.Namespace(op=["ep_preprocess"], impl=["reference"], dtype=None, cases=10, chunk=chunk, seed=0,
-                              preset=None, case=None, json=None, no_shrink=True, quiet=True, isolate=isolate,
-                              jobs=None, gpus="1", block_size=None)
-    with pytest.raises(SystemExit, match="--chunk: .*" + needle):
-        run_check(args, "interpreter")
+    from harness.options import CheckOptions, OptionError
+    with pytest.raises(OptionError, match="--chunk: .*" + needle):
+        CheckOptions(ops=["ep_preprocess"], impls=["reference"], cases=10, chunk=chunk, isolate=isolate)

@@ -8,7 +8,7 @@ import torch
 
 import reference
 from harness.cases import CaseParams
-from harness.check import replay_command
+from harness.report import replay_command
 from harness.fuzz import sweep
 from harness.runner import Candidate, run_case
 from harness.specs import SPECS

@@ -8,7 +8,6 @@ kills the child (SIGSEGV under the interpreter, illegal address on a GPU) and is
 with the case and the replay command while the other ops of the same run pass; a hang is
 cut off by the timeout; a Python exception is FAILED, not CRASHED.
 """
-import argparse
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from harness.check import run_check
 from harness.impls import load_implementation, parse_source, short_name
-from harness.isolate import is_device_fault
+from harness.options import CheckOptions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -37,10 +36,10 @@ def backend(request):
 
 
 def _args(impls, ops, dtypes=None, cases=3, isolate=False, **kw):
-    ns = dict(impl=list(impls), op=list(ops), dtype=dtypes, cases=cases, seed=0, preset=None, case=None, json=None,
-              no_shrink=False, quiet=True, block_size=None, isolate=isolate, timeout=600.0, case_timeout=300.0)
-    ns.update(kw)
-    return argparse.Namespace(**ns)
+    fields = dict(impls=impls, ops=ops, dtypes=dtypes, cases=cases, quiet=True, isolate=isolate, timeout_s=600.0,
+                  case_timeout_s=300.0)
+    fields.update(kw)
+    return CheckOptions(**fields)
 
 
 def _by(rows):
@@ -126,13 +125,6 @@ def test_raw_kernels_launch_with_sglang_grid_and_block_size(tmp_path):
     assert launches == [("pre", (5,), 9, {"BLOCK_SIZE": 64}), ("silu", (7,), 7, {"BLOCK_SIZE": 64})]
 
 
-def test_device_fault_classification():
-    assert is_device_fault(RuntimeError("CUDA error: an illegal memory access was encountered"))
-    assert is_device_fault(RuntimeError("CUDA error: device-side assert triggered"))
-    assert not is_device_fault(RuntimeError("unsupported operation: more than one element of the written-to "
-                                            "tensor refers to a single memory location"))
-
-
 # ----------------------------------------------------------------------------- faults
 
 def test_planted_unwritten_rows_are_failed_with_probe_unwritten(backend):
@@ -165,7 +157,7 @@ def test_out_of_bounds_kernel_is_crashed_while_other_ops_pass(backend):
 def test_hang_is_cut_off_by_the_timeout(backend):
     t0 = time.time()
     rows = run_check(_args([f"ep_preprocess={MISBEHAVING}:sleeps"], ["ep_preprocess"], ["int32", "int64"],
-                           isolate=True, timeout=6.0, case_timeout=0), backend)
+                           isolate=True, timeout_s=6.0, case_timeout_s=0), backend)
     assert time.time() - t0 < 120
     first, second = rows
     assert first.status == "CRASHED" and first.reason.startswith("timeout after 6 s"), first
@@ -220,3 +212,19 @@ def test_pytest_plugin_reports_planted_fault_and_not_provided(tmp_path, backend)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "probe=unwritten" in proc.stdout and "replay: moe-harness check" in proc.stdout
     assert "not provided" in proc.stdout  # pre_reorder is skipped with the adapter's note
+
+
+def test_pytest_plugin_rejects_a_bad_option_value_before_any_test(tmp_path, backend):
+    proc = _pytest_outside(tmp_path, backend, "--cases", "0")
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]    # pytest's usage error
+    assert "--cases: expected a number of cases >= 1, got 0" in proc.stderr
+
+
+def test_pytest_plugin_fails_a_session_that_checked_nothing(tmp_path, backend):
+    """A file defining none of SGLang's names: every conformance test is skipped (not provided),
+    and the session must not pass."""
+    empty = tmp_path / "no_sglang_names.py"
+    empty.write_text("# defines none of SGLang's names\n")
+    proc = _pytest_outside(tmp_path, backend, "--moe-impl", f"sglang:{empty}")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "nothing was checked" in proc.stdout and " passed" not in proc.stdout

@@ -163,8 +163,8 @@ def test_mutate_command_table_json_and_exit_status(backend, tmp_path, capsys):
     assert main(["mutate", "--list", "--op", "post_reorder"]) == 0
     listed = capsys.readouterr().out
     assert "post_reorder_no_local_unwritten" in listed and "gemm_" not in listed
-    with pytest.raises(SystemExit):
-        main(["mutate", "--mutant", "no_such_mutant"])
+    assert main(["mutate", "--mutant", "no_such_mutant"]) == 2
+    assert "--mutant: no mutant 'no_such_mutant'" in capsys.readouterr().err
 
 
 def test_mutate_json_records_each_verdict_as_it_arrives(backend, tmp_path, capsys, monkeypatch):

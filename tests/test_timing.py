@@ -18,6 +18,7 @@ from harness import bench
 from harness.bench import BenchCase, BaselineError, load_revision, resolve_baseline, time_case
 from harness.cases import CaseParams
 from harness.costs import Cost, cost_of, perf_of
+from harness.options import BenchOptions
 from harness.impls import load_implementation
 from harness.timing import (FASTER, SLOWER, TOO_FEW, WITHIN_NOISE, Ceilings, Stats, TimingConfig, Workload,
                             bootstrap_ratio_ci, compare, quantile, round_order, run_interleaved, verdict)
@@ -376,13 +377,13 @@ def test_presets_cover_decode_and_prefill_on_one_ep8_rank():
 
 
 def test_default_suite_is_the_anchor_shapes():
-    args = bench.add_parser(_Sub()).parse_args([])
-    cases = bench.select_cases(args, "cuda")
+    options = BenchOptions()
+    cases = bench.select_cases(options, "cuda")
     got = {(c.params.op, c.params.tokens, c.params.topk, c.params.experts, c.params.e_local) for c in cases}
     assert ("ep_preprocess", 16384, 8, 256, 256) in got
     assert ("post_reorder", 256, 8, 256, 32) in got
     assert ("grouped_gemm", 4096, 2, 8, 8) in got
-    small = bench.select_cases(args, "interpreter")
+    small = bench.select_cases(options, "interpreter")
     assert max(c.params.tokens for c in small) <= bench.INTERPRETER_LIMITS["tokens"]
 
 
@@ -397,14 +398,6 @@ def test_case_labels_name_a_dtype_other_than_the_ops_default_within_the_tables_w
     assert ds and "fp8_block" in ds[0].label()[:50], ds
     assert all(d not in labels[("grouped_gemm", "bfloat16")] for d in ("bfloat16", "fp8"))
     assert "int32" not in labels[("ep_preprocess", "int32")] and "int64" in labels[("ep_preprocess", "int64")]
-
-
-class _Sub:
-    """Stand-in for argparse's subparsers action: hands out one parser."""
-
-    def add_parser(self, name, **kw):
-        import argparse
-        return argparse.ArgumentParser(prog=name)
 
 
 # ----------------------------------------------------------------------------- baselines

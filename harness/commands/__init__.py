@@ -1,0 +1,7 @@
+"""The front ends of ``moe-harness``: one module per subcommand, each with ``add_parser(sub)``
+(its flags), a function turning the parsed flags into the command's options object
+(harness.options) and ``main(args, backend)``, which builds that object and hands it to the
+engine module of the same name. Only these modules (and harness.cli) use argparse."""
+
+# Subcommand modules, in the order ``moe-harness --help`` lists them.
+COMMAND_MODULES = ("check", "ep_world", "bench", "mutate")

@@ -1,0 +1,60 @@
+"""``moe-harness check``: the command line of harness.check (flags -> CheckOptions)."""
+from __future__ import annotations
+
+import argparse
+
+from .. import check
+from ..fuzz import PRESETS
+from ..impls import SOURCE_HELP
+from ..options import CheckOptions
+
+
+def add_parser(sub):
+    p = sub.add_parser("check", help="fuzz every op of the chosen implementations against the references",
+                       description="Fuzz routings and compare implementations with the references, probing "
+                                   "unwritten outputs, writes out of bounds, modified inputs and nondeterminism.")
+    p.add_argument("--op", nargs="+", help="ops to check (default: all)")
+    p.add_argument("--impl", nargs="+", default=list(CheckOptions.impls), help=SOURCE_HELP)
+    p.add_argument("--block-size", type=int, help="BLOCK_SIZE that sglang: raw kernels are launched with "
+                                                  "(default: 512, as SGLang's EP layer)")
+    p.add_argument("--dtype", nargs="+", help="dtypes to check (default: every dtype of each op)")
+    p.add_argument("--cases", type=int, default=CheckOptions.cases,
+                   help="fuzzed cases per op, implementation and dtype")
+    p.add_argument("--seed", type=int, default=CheckOptions.seed, help="seed of the case generator")
+    p.add_argument("--preset", choices=PRESETS,
+                   help="fix the model shape (SPEC.md); 'large' (GPU): buffers past 2**31 elements")
+    p.add_argument("--case", help="run exactly this case (the JSON of a replay command)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=CheckOptions.isolate,
+                   help="run each (implementation, op) in a child process, so that a GPU fault, a segmentation "
+                        "fault or a hang is reported as CRASHED and the run goes on (default: on)")
+    p.add_argument("--timeout", type=float, default=CheckOptions.timeout_s,
+                   help="seconds one (implementation, op) group may run in its child process (default 1800)")
+    p.add_argument("--case-timeout", type=float, default=CheckOptions.case_timeout_s,
+                   help="seconds one case may run before the child is taken for hung (default 600; 0: no limit)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="child processes at once (default: one per GPU); above that, each (implementation, op, "
+                        "dtype) gets its own child, spread round-robin over the GPUs")
+    p.add_argument("--chunk", type=int, default=CheckOptions.chunk, metavar="N",
+                   help="split each (implementation, op, dtype) sweep into child processes of N cases each, with "
+                        "seeds derived from --seed and the chunk's index, merged into one row; the cases depend on "
+                        "--chunk, not on --gpus or --jobs (default 0: one sweep of --cases per row; needs --isolate)")
+    p.add_argument("--gpus", default=CheckOptions.gpus, metavar="N|all",
+                   help="spread the (implementation, op) groups over N GPUs (or all), one child process per "
+                        "GPU at a time; same cases, report and exit status as on one GPU (needs --isolate)")
+    p.set_defaults(run=main)
+    return p
+
+
+def options_from_args(args) -> CheckOptions:
+    """The parsed command line as CheckOptions (OptionError for a value that cannot run)."""
+    return CheckOptions(ops=args.op, impls=args.impl, dtypes=args.dtype, cases=args.cases, seed=args.seed,
+                        preset=args.preset, case=args.case, shrink=not args.no_shrink, block_size=args.block_size,
+                        isolate=args.isolate, timeout_s=args.timeout, case_timeout_s=args.case_timeout,
+                        jobs=args.jobs, chunk=args.chunk, gpus=args.gpus, json_path=args.json, quiet=args.quiet)
+
+
+def main(args, backend: str) -> int:
+    return check.run_command(options_from_args(args), backend)

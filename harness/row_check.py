@@ -1,0 +1,59 @@
+"""One row of the check in this process: an implementation's op in one dtype, swept over
+fuzzed cases (or run on one given case), its failure saved and given a replay command.
+
+The unit of work that harness.check runs in-process and harness.isolate runs in a child."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from .backend import device_of
+from .cases import CaseParams
+from .options import CheckOptions
+from .report import Row, replay_command
+from .status import FAILED, NOT_PROVIDED, SKIPPED
+
+
+def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str, dtype: str,
+              single: Optional[CaseParams] = None, tick=None, spec=None) -> Row:
+    """Check one (implementation, op, dtype) in this process: a sweep of options.cases cases, or
+    the single case. ``spec`` replaces SPECS[op] (the isolation child records each case it builds)."""
+    from .fuzz import sweep
+    from .runner import run_case, save_failure
+    from .specs import SPECS
+
+    device = device_of(backend)
+    spec = spec or SPECS[op]
+    row = Row(op, impl.name, dtype)
+    if op not in impl.ops:
+        row.status, row.reason = NOT_PROVIDED, impl.notes.get(op, "")
+        return row
+    reason = spec.skip_reason(backend, dtype)
+    if reason:
+        row.status, row.reason, row.skipped = SKIPPED, reason, 1
+        return row
+    cand = impl.candidate(op)
+    t0 = time.perf_counter()
+    if single:
+        res = run_case(spec, cand, single, device, impl.name)
+        row.run, failure = 1, (None if res.ok else res)
+        row.passed = int(res.ok)
+        # a failure's details are the probe's (an error's, a mismatch's), not per-output errors
+        row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()} if res.ok else {}
+    else:
+        out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases, options.seed,
+                    preset=options.preset, shrink=options.shrink,
+                    on_case=(lambda r: tick(f"{r.op} {r.impl} {r.dtype}")) if tick else None)
+        failure = out.failure
+        row.passed, row.worst = out.passed, out.worst
+        row.run = out.passed + (1 if failure else 0)
+    row.seconds = round(time.perf_counter() - t0, 2)
+    if failure:
+        row.failed, row.status = 1, FAILED
+        row.failure = failure.to_dict()
+        row.replay = replay_command(impl_src, backend, failure.params)
+        try:
+            row.saved_inputs = save_failure(failure, spec, device)
+        except Exception as exc:  # saving is a convenience; never hide the failure
+            row.saved_inputs = f"(not saved: {exc})"
+    return row
