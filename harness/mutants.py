@@ -278,8 +278,8 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "two programs writing the same rows (a race): a group's last m-tile also writes the next group's "
        "first rows, with its own weight"),
     _M("gemm_partial_sums_in_c_dtype", "grouped_gemm", "gemm",
-       "acc = _mma(a, b, acc, UPCAST)",
-       "acc = _mma(a, b, acc, UPCAST).to(a.dtype).to(tl.float32)  # partial sums in the input dtype",
+       "acc = _mma(a, b, acc)",
+       "acc = _mma(a, b, acc).to(a.dtype).to(tl.float32)  # partial sums in the input dtype",
        "accumulation in the input dtype: the running sum is rounded to a's dtype after every K block",
        dtypes=("bfloat16", "float16")),
     _M("gemm_tma_tile_row_from_group_end", "grouped_gemm", "gemm",
@@ -322,8 +322,8 @@ CATALOGUE: Tuple[Mutant, ...] = (
        "sb_ptrs = sb_ptr + e * SB_N * SB_K",
        "a tile inside one column block of b takes the scales of b's first column block", dtypes=("fp8_block",)),
     _M("gemm_quant_scale_not_reciprocal", "grouped_gemm", "gemm",
-       "q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty, INTERP)",
-       "q = cast_out(x * scale[:, None], q_ptr.dtype.element_ty, INTERP)",
+       "q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty)",
+       "q = cast_out(x * scale[:, None], q_ptr.dtype.element_ty)",
        "block-wise quantiser multiplies by the scale instead of dividing", dtypes=("fp8_block",)),
     # --- ep_moe_forward -------------------------------------------------------------------
     _M("moe_quant_seg_start_ignored", "ep_moe_forward", "gemm",

@@ -141,7 +141,7 @@ def main() -> None:
             row["validate_us"] = per_call_us(lambda: validate_pre_reorder(*args, check_values=False), n) - base
             row["kernel_launch_us"] = per_call_us(lambda: _pre_reorder_kernel[grid](
                 x, out, s2d, ids, x, T, H, args[5], args[6], TOPK=args[7], KP=args[7], HAS_SCALES=False, ROWS=r,
-                BLOCK_H=bh, INTERP=False, num_warps=2), n) - base
+                BLOCK_H=bh, num_warps=2), n) - base
             row["is_capturing_us"] = per_call_us(torch.cuda.is_current_stream_capturing, n) - base
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -59,6 +59,13 @@ class _Unpatched:
 unpatched = _Unpatched()
 
 
+def _stock_broken_on_39() -> bool:
+    """Some bf16 paths are wrong only in the stock interpreter of Triton 3.9 (the CI venv):
+    3.6 and 3.8 widen bf16 to float32 before tl.maximum/minimum and tl.cumsum."""
+    import triton
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+
+
 def _launch(kernel, n, *args, block=64, **meta):
     kernel[(max(1, -(-n // block)),)](*args, n, BLOCK=block, **meta)
 
@@ -146,7 +153,8 @@ def test_bf16_arithmetic_is_correctly_rounded(K, rng, op, n):
         _launch(K.binary_kernel, n, x, y, out, OP=code)
         return out
     assert _same(run(), ref).all()
-    if n >= 37:    # enough values that some are negative or need rounding
+    # enough values that some are negative or need rounding
+    if n >= 37 and (op not in ("MAX", "MIN") or _stock_broken_on_39()):
         with unpatched:
             assert not _same(run(), ref).all()
 
@@ -194,7 +202,7 @@ def test_sglang_style_silu_and_mul_in_bf16(K, rng, n):
 @pytest.mark.parametrize("shape", [(4, 16), (16, 64)])
 def test_bf16_reductions(K, rng, shape):
     """tl.sum and tl.cumsum over bf16 (reduced in bf16 by Triton's rules): within one bf16
-    rounding of the exact sum; the stock interpreter sums the bit patterns."""
+    rounding of the exact sum; the stock interpreter sums the bit patterns (tl.cumsum: on 3.9)."""
     R, C = shape
     x = _bf16(rng, R * C).reshape(R, C)
     exact = x.double().sum(dim=1)
@@ -203,9 +211,10 @@ def test_bf16_reductions(K, rng, shape):
         out = torch.empty(R, dtype=torch.float32)
         K.reduce_kernel[(1,)](x, out, R, C, op)
         assert ((out.double() - exact).abs() <= tol).all(), op
-        with unpatched:
-            K.reduce_kernel[(1,)](x, out, R, C, op)
-            assert not ((out.double() - exact).abs() <= tol).all(), op
+        if op == 0 or _stock_broken_on_39():
+            with unpatched:
+                K.reduce_kernel[(1,)](x, out, R, C, op)
+                assert not ((out.double() - exact).abs() <= tol).all(), op
     out = torch.empty(R, dtype=torch.float32)
     K.reduce_kernel[(1,)](x, out, R, C, 1)
     assert torch.equal(out, x.float().amax(dim=1))
