@@ -38,8 +38,9 @@ it does not concern to the original):
       fp16; see third_party/nvidia/lib/TritonNVIDIAGPUToLLVM/ElementwiseOpToLLVM.cpp) and
       what ``.satfinite`` means in the PTX ISA. Note torch's CPU cast to float8_e5m2 gives
       inf instead. e5m2 with rtz truncates (Triton goes through fp16 with rtz), overflow to
-      the largest finite value, inf stays inf; e4m3fn with rtz is rejected by Triton's NVIDIA
-      backend and raises InterpreterCannotCompute here. The other fp8 formats (fp8e4b15,
+      the largest finite value, inf stays inf; other rtz conversions to fp8 (to e4m3fn, or
+      from bf16/fp16) are rejected by Triton's NVIDIA backend and raise
+      InterpreterCannotCompute here. The other fp8 formats (fp8e4b15,
       fp8e4b8, fp8e5b16: legacy and AMD) raise InterpreterCannotCompute: the stock routine
       is wrong for them too and no GPU semantics were checked.
   InterpreterBuilder.create_dot
@@ -64,11 +65,13 @@ it does not concern to the original):
       InterpreterError(repr(exc))), so a harness sees their type and message.
 
 Checked against the interpreter sources of Triton 3.6.0 (the GPU image), 3.8.0 (what a fresh
-install gets with torch 2.14.1) and 3.9.0 (the CI venv): the replaced methods have the same
-role there; their argument lists differ between versions only where the new methods pass
-arguments through. ``patch_interpreter`` checks each attribute it replaces, and that bf16 and
-fp8 are still stored as raw uint16 / uint8 bits, and raises InterpreterPatchUnsupported naming
-the installed Triton version when one is missing.
+install gets with torch 2.14.1) and 3.9.0 (the CI venv), and tests/test_interpreter.py run
+with each: the replaced methods have the same role in all three; their argument lists differ
+(create_masked_load/store) only where the new methods pass arguments through. The stock
+interpreters differ in what they get wrong (3.6 and 3.8 widen bf16 for tl.maximum/minimum and
+tl.cumsum; 3.9 does not), never in what the patch computes. ``patch_interpreter`` checks each
+attribute it replaces, and that bf16 and fp8 are still stored as raw uint16 / uint8 bits, and
+raises InterpreterPatchUnsupported naming the installed Triton version when one is missing.
 """
 from __future__ import annotations
 
@@ -291,22 +294,18 @@ def _convert(src, dst_type, rtz: bool):
     sf, df = _fmt(src), _FORMATS.get(dst)
     if dst in _UNMODELLED:
         raise InterpreterCannotCompute(f"conversion to {dst}: this fp8 format is not modelled on the interpreter")
-    if sf is not None:
-        values = sf.decode(src.data)
-    elif src.data.dtype == np.bool_ or src.data.dtype.kind in "iu":
-        values = src.data.astype(np.float64)    # exact below 2**53, beyond any index a kernel computes
-    else:
-        values = src.data.astype(np.float64)
+    # float64 holds every bf16/fp8/fp16/fp32 value and every integer below 2**53 exactly, so
+    # the conversion below rounds once
+    values = sf.decode(src.data) if sf is not None else src.data.astype(np.float64)
     if df is not None:
-        if rtz and df.saturate_rne and df.name == "fp8e4nv":
-            raise InterpreterCannotCompute("float -> fp8e4nv rounding toward zero: Triton's NVIDIA backend "
-                                           "rejects it, so there is no GPU answer to reproduce")
+        if rtz and df.name != "bf16" and (df.name == "fp8e4nv" or src.dtype.scalar != tl.float32):
+            raise InterpreterCannotCompute(f"{src.dtype.scalar} -> {df.name} rounding toward zero: Triton's NVIDIA "
+                                           "backend rejects it (only float32 -> fp8e5 has an rtz lowering), so there "
+                                           "is no GPU answer to reproduce")
         return _handle(df.encode(values, rtz=rtz), dst)
     np_dtype = _TH._get_np_dtype(dst)
     with np.errstate(all="ignore"):
-        if np_dtype.kind == "f":
-            if rtz and np.dtype(np_dtype).itemsize < 8:
-                raise InterpreterCannotCompute(f"{sf.name} -> {dst} rounding toward zero is not modelled")
+        if np_dtype.kind == "f":   # widening, or bf16 -> fp16 (Triton allows no rtz for either)
             return _handle(values.astype(np_dtype), dst)
         if dst == tl.int1:
             return _handle(values != 0, dst)
@@ -390,9 +389,8 @@ class _Launch:
                 for i, a in enumerate(arg):
                     visit(f"{name}[{i}]", a)
                 return
-            base = getattr(arg, "base", None)
-            if base is not None and hasattr(base, "untyped_storage"):   # TensorWrapper, TensorDescriptor
-                arg = base
+            if not hasattr(arg, "untyped_storage"):      # TensorWrapper, TensorDescriptor: their base
+                arg = getattr(arg, "base", None)             # (a torch view's .base would lose its offset)
             if hasattr(arg, "untyped_storage"):
                 st = arg.untyped_storage()
                 if st.nbytes() and st.data_ptr() not in found:
@@ -494,7 +492,7 @@ def grid_call(self, *args, **kwargs):
         own = _own_error(exc)
         if own is None or own is exc:
             raise
-        raise own.with_traceback(None) from None
+        raise own from None   # its own traceback still ends in the kernel line that raised it
     finally:
         del _LAUNCHES[depth:]
 

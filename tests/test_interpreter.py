@@ -42,10 +42,7 @@ def rng(seed):
 
 
 class _Unpatched:
-    """``with unpatched():`` runs its body on the stock interpreter, then re-applies the patch."""
-
-    def __call__(self):
-        return self
+    """``with unpatched:`` runs its body on the stock interpreter, then re-applies the patch."""
 
     def __enter__(self):
         from harness.interpreter import unpatch_interpreter
@@ -316,8 +313,9 @@ def test_conversion_to_fp8_e5m2_saturates_like_the_gpu(K, rng):
 
 
 def test_rounding_toward_zero(K, rng):
-    """fp_downcast_rounding="rtz": bf16 and e5m2 truncate toward zero (overflow to the largest
-    finite value); e4m3fn with rtz has no GPU lowering and is not computable."""
+    """fp_downcast_rounding="rtz": float32 -> bf16 and -> e5m2 truncate toward zero (overflow to
+    the largest finite value); rtz to e4m3fn, or to fp8 from bf16, has no GPU lowering and is
+    not computable."""
     from harness.interpreter import InterpreterCannotCompute
     for dtype in (torch.bfloat16, torch.float8_e5m2):
         grid = _all_finite(dtype) if dtype == torch.float8_e5m2 else _bf16_grid(rng, 300)
@@ -332,8 +330,10 @@ def test_rounding_toward_zero(K, rng):
         _launch(K.cast_rtz_kernel, x.numel(), x, out)
         assert _same(out, want).all(), dtype
     x = torch.randn(16, generator=rng)
-    with pytest.raises(InterpreterCannotCompute, match="rounding toward zero"):
+    with pytest.raises(InterpreterCannotCompute, match="fp32 -> fp8e4nv rounding toward zero"):
         _launch(K.cast_rtz_kernel, 16, x, torch.empty(16, dtype=torch.float8_e4m3fn))
+    with pytest.raises(InterpreterCannotCompute, match="bf16 -> fp8e5 rounding toward zero"):
+        _launch(K.cast_rtz_kernel, 16, x.to(torch.bfloat16), torch.empty(16, dtype=torch.float8_e5m2))
 
 
 def test_integer_to_bf16(K, rng):
@@ -455,3 +455,15 @@ def test_harness_reports_the_sglang_one_block_past_store_with_the_case(tmp_path,
     assert "`gateup_input_ptr`" in msg
     assert '"op": "pre_reorder"' in row.failure["params"] and "--case" in row.replay
     assert row.saved_inputs and os.path.exists(row.saved_inputs), row.saved_inputs
+
+
+def test_offsets_are_counted_from_the_view_the_kernel_was_given(K, rng):
+    """An output that is a view into a larger storage (the harness's guard rows): the message
+    counts elements from the view's start and gives the storage's extent around it."""
+    from harness.interpreter import InterpreterOutOfBounds
+    x = _far(torch.randn(64, generator=rng))
+    storage = torch.zeros(16 + 64 + 8)
+    with pytest.raises(InterpreterOutOfBounds, match=r"the first is element 72 of `out_ptr` \(the nearest tensor "
+                                                     r"argument, \(64,\) torch.float32; its memory holds elements "
+                                                     r"-16 to 71 of that type\)"):
+        _launch(K.store_one_block_past_kernel, 64, x, storage[16:80], block=64)
