@@ -33,7 +33,6 @@ def _act_and_mul_kernel(
     M, I, start_expert, end_expert,
     # meta
     ACT: tl.constexpr, HAS_SCALES: tl.constexpr, ROWS: tl.constexpr, BLOCK_I: tl.constexpr,
-    INTERP: tl.constexpr,
 ):
     """out[m] = cast(round_in(act(gate)) * up * round_in(1/scale[e-start])) for rows m with a local id.
 
@@ -55,11 +54,11 @@ def _act_and_mul_kernel(
         # 0.5 x (1 + tanh(y)) == x * sigmoid(2y): same function, no cancellation for x << 0
         y = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
         a = gate / (1.0 + tl.exp(-2.0 * y))
-    o = round_to(a, gu_ptr.dtype.element_ty, INTERP) * up
+    o = round_to(a, gu_ptr.dtype.element_ty) * up
     if HAS_SCALES:
         inv = 1.0 / tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)
-        o = o * round_to(inv, gu_ptr.dtype.element_ty, INTERP)[:, None]
-    tl.store(out_ptr + rows[:, None] * I + cols[None, :], cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=m2)
+        o = o * round_to(inv, gu_ptr.dtype.element_ty)[:, None]
+    tl.store(out_ptr + rows[:, None] * I + cols[None, :], cast_out(o, out_ptr.dtype.element_ty), mask=m2)
 
 
 def _act_and_mul(activation, gateup_output, down_input, hidden_size, reorder_topk_ids, scales,
@@ -78,7 +77,7 @@ def _act_and_mul(activation, gateup_output, down_input, hidden_size, reorder_top
         gateup_output, down_input, reorder_topk_ids, scales if scales is not None else gateup_output,
         M, I, start_expert_id, end_expert_id,
         ACT=_ACT[activation], HAS_SCALES=scales is not None, ROWS=rows, BLOCK_I=block_i,
-        INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS)
     return None
 
 

@@ -128,7 +128,7 @@ def ep_scatter(recv_x, recv_x_scale, recv_topk, num_recv_tokens_per_expert, num_
 
 @triton.jit
 def _gather_kernel(x_ptr, ids_ptr, w_ptr, index_ptr, out_ptr, H,
-                   TOPK: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr, INTERP: tl.constexpr):
+                   TOPK: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
     """Program (t, column block): out[t, cols] = sum over counted k of x[index[t, k], cols] * w[t, k]."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -149,7 +149,7 @@ def _gather_kernel(x_ptr, ids_ptr, w_ptr, index_ptr, out_ptr, H,
         counted = cmask & ((cols * 0 + tl.sum(tl.where(pick & counted2, 1, 0), axis=0)) > 0)
         rows = tl.load(x_ptr + src * H + cols, mask=counted, other=0.0)
         acc += rows.to(tl.float32) * w
-    tl.store(out_ptr + t * H + cols, cast_out(acc, out_ptr.dtype.element_ty, INTERP), mask=cmask)
+    tl.store(out_ptr + t * H + cols, cast_out(acc, out_ptr.dtype.element_ty), mask=cmask)
 
 
 def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor):
@@ -167,6 +167,6 @@ def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output
         return None
     block_h = 1024 if H % 1024 == 0 else 128
     _gather_kernel[(T, H // block_h)](input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor, H,
-                                      TOPK=K, KP=_config.next_pow2(K), BLOCK_H=block_h, INTERP=_config.is_interpreter(),
+                                      TOPK=K, KP=_config.next_pow2(K), BLOCK_H=block_h,
                                       num_warps=NUM_WARPS)
     return None

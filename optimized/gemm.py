@@ -51,7 +51,6 @@ def _group_quant_kernel(
     M, Kd, G, GS, NSEG,
     # meta
     HAS_SEG: tl.constexpr, SEG_P: tl.constexpr, ROWS: tl.constexpr, BLOCK_G: tl.constexpr,
-    INTERP: tl.constexpr,
 ):
     """Row r, group g: s[r, g] = max(amax|x[r, g*GS:(g+1)*GS]|, eps) / 448; q = fp8(clamp(x / s)).
 
@@ -73,7 +72,7 @@ def _group_quant_kernel(
     x = tl.load(x_ptr + rows[:, None] * Kd + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=1)
     scale = tl.maximum(amax, 1e-10) / FP8_MAX
-    q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty, INTERP)
+    q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty)
     tl.store(q_ptr + rows[:, None] * Kd + cols[None, :], q, mask=m2)
     tl.store(s_ptr + rows * G + g, scale, mask=rmask)
 
@@ -92,7 +91,7 @@ def _quant(x: torch.Tensor, group_size: int, seg_indptr=None):
         x, q, s, seg_indptr if seg_indptr is not None else s,
         M, Kd, G, group_size, nseg,
         HAS_SEG=seg_indptr is not None, SEG_P=max(16, _config.next_pow2(nseg)), ROWS=rows, BLOCK_G=block_g,
-        INTERP=_config.is_interpreter(), num_warps=4)
+        num_warps=4)
     return q, s
 
 
@@ -114,12 +113,9 @@ MODE_PLAIN, MODE_FP8_TENSOR, MODE_FP8_BLOCK, MODE_FP8_BLOCK_GENERIC = 0, 1, 2, 3
 
 
 @triton.jit
-def _mma(a, b, acc, UPCAST: tl.constexpr):
-    """acc + a @ b in float32. float32 operands in IEEE precision (no tf32); UPCAST (the
-    interpreter, whose bf16/fp8 dots are wrong) computes every dot in float32."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    elif a.dtype == tl.float32:
+def _mma(a, b, acc):
+    """acc + a @ b in float32. float32 operands in IEEE precision (no tf32)."""
+    if a.dtype == tl.float32:
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
@@ -147,13 +143,13 @@ def _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE: tl.constexpr):
 
 @triton.jit
 def _store_to_group_end(c_ptr, acc, r0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA: tl.constexpr,
-                        INTERP: tl.constexpr, ROWS: tl.constexpr, BN: tl.constexpr):
+                        ROWS: tl.constexpr, BN: tl.constexpr):
     """c[r0 : r0 + ROWS, n0 : n0 + BN] = acc (cast) for the rows of the group, i.e. below row_hi;
     the rows past it (the next group's) stay untouched. With TMA through a descriptor made on the
     device whose rows end at row_hi, so that TMA clips the rest (a masked tl.store there, beside
     the TMA store of whole tiles, made triton 3.6 wait for every wgmma of the K loop and spill:
     tools/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped)."""
-    c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
+    c = cast_out(acc, c_ptr.dtype.element_ty)
     if USE_TMA:
         tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
                                          block_shape=[ROWS, BN])
@@ -172,7 +168,7 @@ def _k_loop(
     # sizes
     N, Kd, SB_N, SB_K, SA_K,
     # meta
-    MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
+    MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, USE_TMA: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WS: tl.constexpr, BM2: tl.constexpr,
     TWO: tl.constexpr,
 ):
@@ -233,11 +229,11 @@ def _k_loop(
                 sb_next = tl.load(sb_ptrs + kb_next)
             else:
                 sb_next = tl.load(sb_ptrs + kb_next, mask=nmask, other=0.0)
-            acc = _add_scaled(acc, _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST), sa, sb, QBN % BN == 0)
+            acc = _add_scaled(acc, _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32)), sa, sb, QBN % BN == 0)
             if TWO:
                 sa2 = sa2_next
                 sa2_next = tl.load(sa2_ptrs + kb_next, mask=rmask2, other=0.0)
-                acc2 = _add_scaled(acc2, _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32), UPCAST), sa2, sb,
+                acc2 = _add_scaled(acc2, _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32)), sa2, sb,
                                    QBN % BN == 0)
         elif MODE == 3:
             kabs = k0 + kk
@@ -247,9 +243,9 @@ def _k_loop(
                           mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a.to(tl.float32) * sa2, b.to(tl.float32) * sb2, acc, input_precision="ieee")
         else:
-            acc = _mma(a, b, acc, UPCAST)
+            acc = _mma(a, b, acc)
             if TWO:
-                acc2 = _mma(a2, b, acc2, UPCAST)
+                acc2 = _mma(a2, b, acc2)
     return acc, acc2
 
 
@@ -270,7 +266,7 @@ def _grouped_gemm_kernel(
     M_HINT, N_HINT, K_HINT,
     # meta
     MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, BATCH_P: tl.constexpr,
-    USE_TMA: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    USE_TMA: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, PERSIST: tl.constexpr,
     WS: tl.constexpr, BM2: tl.constexpr,
 ):
@@ -333,31 +329,31 @@ def _grouped_gemm_kernel(
             if BM2 > 0:
                 if row0 + BM < row_hi:   # the group has rows past the first BM: both accumulators
                     acc, acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
-                                        e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                        e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA,
                                         BM, BN, BK, WS, BM2, True)
                     rows2 = row0 + BM + tl.arange(0, BM2)
                     rmask2 = rows2 < row_hi
                     _store_to_group_end(c_ptr, _tensor_scaled(acc2, sa_ptr, sb_ptr, e, MODE), row0 + BM,
-                                        tl.where(rmask2, rows2, 0), rmask2, row_hi, cols, nmask, n0, N, USE_TMA, INTERP,
+                                        tl.where(rmask2, rows2, 0), rmask2, row_hi, cols, nmask, n0, N, USE_TMA,
                                         BM2, BN)
                 else:   # (the placeholder's name differs: a branch's names must keep their types)
                     acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols,
-                                           nmask, e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                           nmask, e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA,
                                            BM, BN, BK, WS, BM2, False)
             else:
                 acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
-                                       e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                       e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA,
                                        BM, BN, BK, WS, BM2, False)
             acc = _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE)
             if USE_TMA:
                 whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
                 if whole:
-                    c_desc.store([row0.to(tl.int32), n0], cast_out(acc, c_ptr.dtype.element_ty, INTERP))  # clipped at N
+                    c_desc.store([row0.to(tl.int32), n0], cast_out(acc, c_ptr.dtype.element_ty))  # clipped at N
                 else:   # a group's last tile
-                    _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, INTERP,
+                    _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA,
                                         BM, BN)
             else:
-                _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, INTERP, BM, BN)
+                _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, BM, BN)
 
 
 def _set_tma_blocks(nargs):
@@ -698,7 +694,7 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
             M, N, Kd, E_w, batch_size, sb_n, sb_k, sa_k,
             m_hint, _config.next_pow2(N), _config.next_pow2(Kd))
     meta = dict(MODE=mode, QBN=qbn, QBK=qbk, BATCH_P=max(16, _config.next_pow2(batch_size)),
-                USE_TMA=descs is not None, UPCAST=interp, INTERP=interp)
+                USE_TMA=descs is not None)
 
     def grid(META):
         # one program per possible tile (an upper bound: no host sync), capped at a few programs

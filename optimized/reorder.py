@@ -44,7 +44,6 @@ def _pre_reorder_kernel(
     T, H, start_expert, end_expert,
     # meta
     TOPK: tl.constexpr, KP: tl.constexpr, HAS_SCALES: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    INTERP: tl.constexpr,
 ):
     """out[src2dst[t*K+k]] = x[t] (scaled by 1/scales[e-start], cast) for every local slot.
 
@@ -70,7 +69,7 @@ def _pre_reorder_kernel(
         local = tl.sum(tl.where(pick & local2, 1, 0), axis=1) > 0
         if HAS_SCALES:
             inv = 1.0 / tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)  # [ROWS] fp32
-            val = cast_out(xf * inv[:, None], out_ptr.dtype.element_ty, INTERP)
+            val = cast_out(xf * inv[:, None], out_ptr.dtype.element_ty)
         else:
             val = x  # same dtype (the validator guarantees it): a plain copy, bit exact
         tl.store(out_ptr + dst[:, None] * H + cols[None, :], val, mask=local[:, None] & cmask[None, :])
@@ -101,7 +100,7 @@ def _post_reorder_kernel(
     # sizes
     T, H, start_expert, end_expert,
     # meta
-    TOPK: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, INTERP: tl.constexpr,
+    TOPK: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
     SLOT_GROUP: tl.constexpr,
 ):
     """out[t] = sum_k (local) down[src2dst[t*K+k]] * w[t, k] in float32, k in order; every row written."""
@@ -133,7 +132,7 @@ def _post_reorder_kernel(
                     if k0 + j < TOPK:
                         src, local, w = _slot_column(kk, k0 + j, src2, local2, w2)
                         acc += _slot_term(down_ptr, src, local, w, cols, cmask, H)
-    tl.store(out_ptr + rows[:, None] * H + cols[None, :], cast_out(acc, out_ptr.dtype.element_ty, INTERP),
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], cast_out(acc, out_ptr.dtype.element_ty),
              mask=rmask[:, None] & cmask[None, :])
 
 
@@ -176,7 +175,7 @@ def pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_
         input, gateup_input, src2dst, topk_ids, a1_scales if a1_scales is not None else input,
         T, H, start_expert_id, end_expert_id,
         TOPK=topk, KP=_config.next_pow2(topk), HAS_SCALES=a1_scales is not None, ROWS=rows, BLOCK_H=block_h,
-        INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS)
     return None
 
 
@@ -199,7 +198,7 @@ def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_exp
     _post_reorder_kernel[grid](
         down_output, output, src2dst, topk_ids, topk_weights,
         T, H, start_expert_id, end_expert_id,
-        TOPK=topk, KP=_config.next_pow2(topk), ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(),
+        TOPK=topk, KP=_config.next_pow2(topk), ROWS=rows, BLOCK_H=block_h,
         SLOT_GROUP=POST_SLOT_GROUP, num_warps=NUM_WARPS)
     return None
 

@@ -60,7 +60,7 @@ def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype
         sa_ptr=scale, sb_ptr=scale)
     mode = gemm.MODE_FP8_BLOCK if block else gemm.MODE_FP8_TENSOR if fp8 else gemm.MODE_PLAIN
     constants = dict(MODE=mode, QBN=128 if block else 1, QBK=128 if block else 1, BATCH_P=16, USE_TMA=True,
-                     UPCAST=False, INTERP=False, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=ws,
+                     BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=ws,
                      BM2=bm2)
     return compile_kernel(gemm.grouped_gemm_kernel, values, constants,
                           {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})})
