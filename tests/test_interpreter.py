@@ -438,17 +438,15 @@ def test_harness_reports_the_sglang_one_block_past_store_with_the_case(tmp_path,
     """The issue's case: an SGLang-style pre_reorder storing one BLOCK_SIZE (512) block past
     gateup_input is a FAILED case whose message names the out-of-bounds write, with the case,
     its replay command and its saved inputs (no SIGABRT, no anonymous crash)."""
-    import argparse
-
     from harness.check import run_check
+    from harness.options import CheckOptions
     monkeypatch.chdir(tmp_path)
     source = f"sglang:{os.path.join(HERE, 'fixtures', 'sglang_oob_block.py')}"
     case = ('{"dtype": "bfloat16", "end_expert": 3, "experts": 4, "hidden": 64, "inter": 32, "invalid_frac": 0.0, '
             '"op": "pre_reorder", "routing": "uniform", "seed": 0, "start_expert": 0, "tokens": 8, "topk": 2}')
-    args = argparse.Namespace(impl=[source], op=["pre_reorder"], dtype=None, cases=1, seed=0, preset=None,
-                              case=case, json=None, no_shrink=True, quiet=True, block_size=None, isolate=True,
-                              timeout=600.0, case_timeout=300.0)
-    (row,) = run_check(args, "interpreter")
+    options = CheckOptions(impls=(source,), ops=("pre_reorder",), cases=1, case=case, shrink=False, quiet=True,
+                           case_timeout_s=300.0)
+    (row,) = run_check(options, "interpreter")
     assert (row.status, row.failure["probe"]) == ("FAILED", "exception"), row
     msg = row.failure["message"]
     assert msg.startswith("InterpreterOutOfBounds: out-of-bounds write in kernel pre_reorder_triton_kernel"), msg
