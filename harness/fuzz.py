@@ -135,6 +135,7 @@ class SweepOutcome:
     worst: dict                            # largest max_abs_err seen, per output
     rejected: int = 0                      # cases outside a precondition that the candidate refused
     tf32: int = 0                          # passed cases whose float32 products passed at TF32 precision only
+    not_computable: int = 0                # cases the Triton interpreter cannot compute (no verdict)
 
 
 def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
@@ -149,13 +150,13 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     Hypothesis does not shrink a failing explicit case, so when one of the sized ones (40-200
     tokens) fails, the drawn cases are swept again without them and their shrunk failure is
     reported, if they find one."""
-    state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0}
+    state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0, "not_computable": 0}
     requires = getattr(candidate, "requires", ())
 
     def run_one(params: CaseParams):
         res = run_case(spec, candidate, params, device, impl_name, require_ieee_fp32=require_ieee_fp32)
-        if res.status == "rejected" and not state["failing"]:
-            state["rejected"] += 1
+        if res.status in ("rejected", "not computable") and not state["failing"]:
+            state["rejected" if res.status == "rejected" else "not_computable"] += 1
         elif res.ok and not state["failing"]:
             state["passed"] += 1
             state["tf32"] += any(rep.get("precision") == "tf32" for rep in res.details.values())
@@ -186,6 +187,11 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
                     report_multiple_bugs=False)(test)
     test = hyp_seed(seed)(test)
     run_one._hypothesis_internal_add_digest = f"{spec.name}|{impl_name}|{dtype}|{backend}|{preset}".encode()
+
+    def outcome(failure: Optional[CaseResult], first: Optional[CaseResult]) -> SweepOutcome:
+        return SweepOutcome(state["passed"], failure, first, state["worst"], state["rejected"], state["tf32"],
+                            state["not_computable"])
+
     try:
         test()
     except Flaky:
@@ -195,15 +201,12 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
         if first is None:
             raise
         note = " [nondeterministic: this case passed when run again]"
-        return SweepOutcome(state["passed"], dataclasses.replace(first, message=first.message + note), first,
-                            state["worst"], state["rejected"], state["tf32"])
+        return outcome(dataclasses.replace(first, message=first.message + note), first)
     except _CaseFailed as exc:
         if shrink and fixed_cases and exc.result.params in {c.to_json() for c in sized}:
             again = sweep(spec, candidate, impl_name, dtype, backend, device, n_cases, seed, preset, database_dir,
                           shrink, None, fixed_cases=False, require_ieee_fp32=require_ieee_fp32)
             if again.failure is not None:
-                return SweepOutcome(state["passed"], again.failure, state["first"], state["worst"],
-                                    state["rejected"], state["tf32"])
-        return SweepOutcome(state["passed"], exc.result, state["first"], state["worst"], state["rejected"],
-                            state["tf32"])
-    return SweepOutcome(state["passed"], None, None, state["worst"], state["rejected"], state["tf32"])
+                return outcome(again.failure, state["first"])
+        return outcome(exc.result, state["first"])
+    return outcome(None, None)

@@ -136,6 +136,7 @@ class CheckOptions(_DictForm):
     gpus: str = "1"
     json_path: Optional[str] = None
     quiet: bool = False
+    require_ieee_fp32: bool = False
 
     def __post_init__(self):
         for name in ("ops", "impls", "dtypes"):

@@ -42,7 +42,8 @@ def format_table(rows: List[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         worst = max((v["max_abs_err"] for v in r.worst.values()), default=None)
-        w = f"{worst:11.3g}" if worst is not None else f"{'exact' if r.passed else '-':>11}"
+        # "exact": every case compared bit for bit; a failing row without a float error shows "-"
+        w = f"{worst:11.3g}" if worst is not None else f"{'exact' if r.passed and not r.failed else '-':>11}"
         status = r.status + (f" ({r.reason})" if r.reason else "")
         lines.append(f"{r.op:<18} {r.impl:<10} {r.dtype:<10} {r.run:>5} {r.passed:>5} {r.failed:>4} {r.skipped:>4}  "
                      f"{w}  {status}")

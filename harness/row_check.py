@@ -11,7 +11,7 @@ from .backend import device_of
 from .cases import CaseParams
 from .options import CheckOptions
 from .report import Row, replay_command
-from .status import FAILED, NOT_PROVIDED, SKIPPED
+from .status import FAILED, NOT_COMPUTABLE, NOT_PROVIDED, REJECTED, SKIPPED
 
 
 def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str, dtype: str,
@@ -34,20 +34,38 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         return row
     cand = impl.candidate(op)
     t0 = time.perf_counter()
+    notes = []
     if single:
-        res = run_case(spec, cand, single, device, impl.name)
+        res = run_case(spec, cand, single, device, impl.name, require_ieee_fp32=options.require_ieee_fp32)
         row.run, failure = 1, (None if res.ok else res)
-        row.passed = int(res.ok)
+        row.passed = int(res.status == "passed")
         # a failure's details are the probe's (an error's, a mismatch's), not per-output errors
         row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()} if res.ok else {}
+        counts = dict(rejected=int(res.status == "rejected"), not_computable=int(res.status == "not computable"),
+                      tf32=int(res.ok and any(v.get("precision") == "tf32" for v in res.details.values())))
     else:
         out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases, options.seed,
-                    preset=options.preset, shrink=options.shrink,
+                    preset=options.preset, shrink=options.shrink, require_ieee_fp32=options.require_ieee_fp32,
                     on_case=(lambda r: tick(f"{r.op} {r.impl} {r.dtype}")) if tick else None)
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst
-        row.run = out.passed + (1 if failure else 0)
+        counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32)
+        row.run = out.passed + sum(counts[k] for k in ("rejected", "not_computable")) + (1 if failure else 0)
     row.seconds = round(time.perf_counter() - t0, 2)
+    if counts["tf32"]:
+        notes.append(f"{counts['tf32']} case(s) pass at TF32 precision only; --require-ieee-fp32 fails them")
+    if counts["rejected"]:
+        notes.append(f"{counts['rejected']} case(s) outside a precondition cleanly rejected")
+    if counts["not_computable"]:
+        notes.append(f"{counts['not_computable']} case(s) not computable on the interpreter")
+    row.reason = "; ".join(notes)
+    if not failure and not row.passed:
+        # nothing was compared: say why instead of passing
+        row.status = REJECTED if counts["rejected"] else NOT_COMPUTABLE if counts["not_computable"] else row.status
+    if failure and "max_abs_err" in failure.details:
+        # the failing case's float error, so that the table's worst-error column shows it
+        row.worst[failure.details.get("output", "output")] = {"max_abs_err": failure.details["max_abs_err"],
+                                                              "params": failure.params}
     if failure:
         row.failed, row.status = 1, FAILED
         row.failure = failure.to_dict()

@@ -51,7 +51,7 @@ import torch
 from .canonical import OrderFreeViolation, canonicalise
 from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
-from .status import CASE_FAILED, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
+from .status import CASE_FAILED, CASE_NOT_COMPUTABLE, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
 from .tolerance import UNIT_ROUNDOFF, compare_float
 
 GUARD_ROWS = 3
@@ -77,7 +77,7 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in (CASE_PASSED, CASE_SKIPPED, CASE_REJECTED)
+        return self.status in (CASE_PASSED, CASE_SKIPPED, CASE_REJECTED, CASE_NOT_COMPUTABLE)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -389,6 +389,8 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
     try:
         return _call(candidate.fn, sample, spec, sample.args, poison_fresh)
     except Exception as exc:  # a candidate's exception is a failure of this case
+        if type(exc).__name__ == "InterpreterCannotCompute":   # harness/interpreter.py: no verdict here
+            raise ProbeFailure("not_computable", f"not computable on the interpreter: {exc}") from None
         if _on("exception"):
             raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}{what}",
                                {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
@@ -439,6 +441,8 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
             _graph_probe(spec, candidate, params, device, require_ieee_fp32)
         return CaseResult(**base, status=CASE_PASSED, details=details)
     except ProbeFailure as f:
+        if f.probe == "not_computable":
+            return CaseResult(**base, status=CASE_NOT_COMPUTABLE, message=f.message)
         broken = spec.broken_preconditions(params)
         if f.probe == "exception" and broken:
             # out of contract for some implementations: a clean refusal is not a wrong answer

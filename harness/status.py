@@ -59,6 +59,7 @@ CASE_FAILED = FAILED.lower()
 CASE_CRASHED = CRASHED.lower()
 CASE_SKIPPED = SKIPPED
 CASE_REJECTED = REJECTED.lower()
+CASE_NOT_COMPUTABLE = "not computable"   # the case's status when the Triton interpreter cannot compute it
 
 # ----------------------------------------------------------------------------- mutant verdicts
 

@@ -392,3 +392,25 @@ def test_gemm_failure_names_the_group_and_the_weight_used(device):
     where = res.details["where"]
     seg = SPECS["grouped_gemm"].build(p, torch.device(device)).args
     assert where["group"] == p.e_local - 1 and where["weight"] == int(seg["weight_indices"][-1]), where
+
+
+def test_a_case_the_interpreter_cannot_compute_gets_no_verdict(device):
+    """harness/interpreter.py raises InterpreterCannotCompute for what it cannot model: the case
+    is 'not computable', never FAILED, and a row of only such cases says so."""
+    from harness.interpreter import InterpreterCannotCompute
+    from harness.options import CheckOptions
+    from harness.row_check import check_one
+
+    def cannot(*args):
+        raise InterpreterCannotCompute("fp8 arithmetic")
+    p = CaseParams(op="post_reorder", dtype="float32", tokens=4, topk=2, experts=4, hidden=8, inter=8, seed=1)
+    res = run_case(SPECS["post_reorder"], Candidate(cannot), p, device, "x")
+    assert res.status == "not computable" and res.ok and "not computable on the interpreter" in res.message
+
+    class Impl:
+        name, ops, notes = "x", {"post_reorder": cannot}, {}
+
+        def candidate(self, op):
+            return Candidate(cannot)
+    row = check_one(CheckOptions(cases=3), "interpreter", Impl(), "x", "post_reorder", "float32")
+    assert row.status == "NOT_COMPUTABLE" and row.passed == 0 and "not computable" in row.reason, row

@@ -26,6 +26,9 @@ def add_parser(sub):
     p.add_argument("--case", help="run exactly this case (the JSON of a replay command)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
+    p.add_argument("--require-ieee-fp32", action="store_true",
+                   help="a float32 matrix product within TF32's error but not IEEE float32's fails (default: it "
+                        "passes, and the row says it passed at TF32 precision)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=CheckOptions.isolate,
                    help="run each (implementation, op) in a child process, so that a GPU fault, a segmentation "
@@ -53,7 +56,8 @@ def options_from_args(args) -> CheckOptions:
     return CheckOptions(ops=args.op, impls=args.impl, dtypes=args.dtype, cases=args.cases, seed=args.seed,
                         preset=args.preset, case=args.case, shrink=not args.no_shrink, block_size=args.block_size,
                         isolate=args.isolate, timeout_s=args.timeout, case_timeout_s=args.case_timeout,
-                        jobs=args.jobs, chunk=args.chunk, gpus=args.gpus, json_path=args.json, quiet=args.quiet)
+                        jobs=args.jobs, chunk=args.chunk, gpus=args.gpus, json_path=args.json, quiet=args.quiet,
+                        require_ieee_fp32=args.require_ieee_fp32)
 
 
 def main(args, backend: str) -> int:
