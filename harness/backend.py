@@ -11,7 +11,8 @@ BACKENDS = ("cuda", "interpreter")
 
 
 def select_backend(requested: Optional[str] = None) -> str:
-    """'cuda' when a GPU is visible, else 'interpreter' (TRITON_INTERPRET=1); ``requested`` overrides."""
+    """'cuda' when a GPU is visible, else 'interpreter' (TRITON_INTERPRET=1, and the interpreter
+    patched by harness.interpreter.patch_interpreter); ``requested`` overrides."""
     import torch
     if requested is None:
         requested = "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() \
@@ -24,6 +25,10 @@ def select_backend(requested: Optional[str] = None) -> str:
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("the interpreter backend must be selected before triton is imported")
         os.environ["TRITON_INTERPRET"] = "1"
+        # bf16/fp8 arithmetic and conversions as on the GPU, and bounds-checked memory
+        # (harness/interpreter.py); imports triton, so only now that the variable is set.
+        from .interpreter import patch_interpreter
+        patch_interpreter()
     return requested
 
 

@@ -349,7 +349,8 @@ def _rank_main(rank: int, config: WorldConfig, port: int, folder: str) -> None:
     try:
         set_no_multicast_env()
         if config.backend == "interpreter":
-            os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton (optimized/)
+            from .backend import select_backend
+            select_backend("interpreter")  # before anything imports triton (optimized/); patches the interpreter
         import torch.distributed as dist
 
         from .impls import load_implementation

@@ -65,7 +65,10 @@ class OutputSpec:
     "exact_or_float" (exact for pure copies, float when the case's dtype is fp8: a scaled copy
     rounds once), "normwise" (tolerance rule on the whole tensor) or "src2dst" (exact, or the
     canonical per-expert slot sets plus invariants when the implementation declares its order
-    free). rows: what a row index of this output means, to locate the worst element:
+    free) or "row_index" (slot -> row placed by atomics: any within-expert permutation of the
+    reference's rows, then exact; harness.canonical). index: for an output whose rows are
+    placed through a "row_index" output, that output's name (rows compared slot by slot through
+    the candidate's own index; harness.canonical). rows: what a row index of this output means, to locate the worst element:
     "position" (a position in expert order), "token", "slot" (flat t*K + k) or "expert".
     reduction_len: terms summed per element (the tolerance's accumulation term).
     fp8_dot: the output is a product of fp8 operands when the case's dtype is fp8 (its partial
@@ -81,9 +84,13 @@ class OutputSpec:
     reduction_len: Callable[[CaseParams], int] = lambda p: 0
     fp8_dot: bool = False
     matmul: bool = False
+    index: Optional[str] = None
 
     def how(self, p: CaseParams) -> str:
-        """The comparison this case gets ("exact_or_float" resolved by the case's dtype)."""
+        """The comparison this case gets ("exact_or_float" resolved by the case's dtype; a
+        "row_index" output is exact once harness.canonical has put it in the reference's order)."""
+        if self.compare == "row_index":
+            return "exact"
         if self.compare == "exact_or_float":
             return "float" if is_fp8(p.dtype) else "exact"
         return self.compare

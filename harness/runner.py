@@ -11,7 +11,8 @@ allocations inside the candidate poisoned too. A case fails on the first probe t
   untouched         an element the contract leaves alone was written
   unwritten         an element the contract defines still holds its poison
   exact             an integer output or a pure copy differs from the reference
-  order_free        src2dst breaks the invariants (for implementations whose order is free)
+  order_free        src2dst breaks the invariants (for implementations whose order is free), or
+                    a "row_index" output is no within-expert permutation (harness.canonical)
   tolerance         a float output is further from the float64 reference than the rule allows
   nondeterministic  the two runs gave different bits
   graph             (GPU, ops whose record says capturable) the call could not be captured in
@@ -47,6 +48,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from .canonical import OrderFreeViolation, canonicalise
 from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
 from .status import CASE_FAILED, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
@@ -314,6 +316,16 @@ def _check_src2dst_order_free(sample, out, cand, ref_outputs):
         raise ProbeFailure("order_free", f"src2dst: the {n_inv} slot(s) of id -1 should take [-{n_inv}, -1]")
 
 
+def _canonical(spec, sample, outputs, ref_outputs):
+    """Rows placed by atomics, in the reference's order (harness.canonical); probe order_free."""
+    if not _on("order_free"):
+        return outputs
+    try:
+        return canonicalise(spec, sample, outputs, ref_outputs)
+    except OrderFreeViolation as v:
+        raise ProbeFailure("order_free", str(v), {"output": v.output}) from None
+
+
 # ----------------------------------------------------------------------------- the case
 
 # Cases with more tensor elements than this evaluate their float64 references on the host: a
@@ -406,7 +418,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                 if _on("input_modified") and not torch.equal(as_bits(sample.args[name]), as_bits(snap)):
                     raise ProbeFailure("input_modified", f"{name}: the candidate modified this input")
             _check_guards(storages)
-            runs.append(outputs)
+            runs.append(_canonical(spec, sample, outputs, expected.lp))  # atomics' row order: not a repeat-run diff
         try:
             details = compare_outputs(spec, candidate, sample, runs[0], expected, require_ieee_fp32)
         except ProbeFailure as f:
@@ -533,6 +545,7 @@ def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out
     p = sample.params
     ref_out, ref64, mag = expected.lp, expected.f64, expected.mag
     details: Dict[str, Any] = {}
+    cand_out = _canonical(spec, sample, cand_out, ref_out)
     for out in spec.outputs:
         cand, ref = cand_out[out.name], ref_out[out.name]
         if not isinstance(cand, torch.Tensor):

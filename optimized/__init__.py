@@ -1,8 +1,9 @@
 """Triton kernels for SGLang's expert-parallel MoE ops (same names, arguments and
 semantics as ``reference``; see SPEC.md). Launchers validate with reference._checks,
 reject float64, skip empty launches and never sync the host (except value checks, see
-_config.CHECK_VALUES, and the DeepEP preprocess's data-dependent output length). Each family
-module lists its ops in ``__all__``.
+config.value_checks, and the DeepEP preprocess's data-dependent output length). Each family
+module lists its ops in ``__all__``; the public launch/config API (switches for tiles and
+paths, launch descriptions) is listed in config.py.
 """
 from . import activation, gemm, moe, preprocess, reorder
 from .activation import *  # noqa: F401,F403

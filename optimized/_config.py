@@ -7,14 +7,16 @@ GEMM uses one small fixed tile instead of autotuning.
 
 ``CHECK_VALUES``: whether launchers run the validators' value checks (ids in range,
 seg_indptr monotone). Those need a device-to-host read, i.e. a sync in the hot path;
-set MOE_CHECK_VALUES=0 (or assign optimized._config.CHECK_VALUES = False) for timing.
+set MOE_CHECK_VALUES=0 (or, for a block, ``optimized.config.value_checks(False)``) for timing.
 They are skipped anyway while a CUDA graph is being captured. Kernels are memory-safe
 for any id values either way.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from typing import Iterator
 
 import torch
 
@@ -70,3 +72,23 @@ def reject_float64(**tensors) -> None:
 
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@contextlib.contextmanager
+def pinned_globals(namespace: dict, **values) -> Iterator[None]:
+    """Set module-level knobs for the block (``namespace``: the module's globals()) and put the
+    previous values back after it, also when it raises. A value None leaves its knob as it is
+    (no knob takes None). Every name must already be one of the module's globals: a misspelt
+    knob would otherwise pin nothing. The public switches of each module (gemm.tma_allowed,
+    preprocess.forced_way, ...) are built on this; given the globals() of their own module,
+    they also work on a mutant copy of it (harness/mutants.py)."""
+    unknown = sorted(name for name in values if name not in namespace)
+    if unknown:
+        raise KeyError(f"not a knob of {namespace.get('__name__', 'this module')}: {', '.join(unknown)}")
+    values = {name: value for name, value in values.items() if value is not None}
+    saved = {name: namespace[name] for name in values}
+    namespace.update(values)
+    try:
+        yield
+    finally:
+        namespace.update(saved)

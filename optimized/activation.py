@@ -5,6 +5,8 @@ gate/up loaded once, all arithmetic in float32 with the reference's rounding ste
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import triton
 import triton.language as tl
 
@@ -14,8 +16,8 @@ from . import _config
 from ._tl import cast_out, round_to
 
 _ACT = {"silu": 0, "gelu": 1}
-# Tile size (elements per program), widest column block and warps; module-level so that
-# results scripts can sweep them on the GPU.
+# Tile size (elements per program), widest column block and warps; module-level knobs, which
+# pinned_tiles() sets for a block (tools/explore_tiles.py sweeps them on the GPU).
 TILE_ELEMS = 4096       # H200, T=4096, I=2048: EP8 22 us (2048: 33 us), all local 103 us (102)
 MAX_BLOCK_I = 1024
 NUM_WARPS = 4
@@ -31,7 +33,6 @@ def _act_and_mul_kernel(
     M, I, start_expert, end_expert,
     # meta
     ACT: tl.constexpr, HAS_SCALES: tl.constexpr, ROWS: tl.constexpr, BLOCK_I: tl.constexpr,
-    INTERP: tl.constexpr,
 ):
     """out[m] = cast(round_in(act(gate)) * up * round_in(1/scale[e-start])) for rows m with a local id.
 
@@ -53,11 +54,11 @@ def _act_and_mul_kernel(
         # 0.5 x (1 + tanh(y)) == x * sigmoid(2y): same function, no cancellation for x << 0
         y = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
         a = gate / (1.0 + tl.exp(-2.0 * y))
-    o = round_to(a, gu_ptr.dtype.element_ty, INTERP) * up
+    o = round_to(a, gu_ptr.dtype.element_ty) * up
     if HAS_SCALES:
         inv = 1.0 / tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)
-        o = o * round_to(inv, gu_ptr.dtype.element_ty, INTERP)[:, None]
-    tl.store(out_ptr + rows[:, None] * I + cols[None, :], cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=m2)
+        o = o * round_to(inv, gu_ptr.dtype.element_ty)[:, None]
+    tl.store(out_ptr + rows[:, None] * I + cols[None, :], cast_out(o, out_ptr.dtype.element_ty), mask=m2)
 
 
 def _act_and_mul(activation, gateup_output, down_input, hidden_size, reorder_topk_ids, scales,
@@ -76,7 +77,7 @@ def _act_and_mul(activation, gateup_output, down_input, hidden_size, reorder_top
         gateup_output, down_input, reorder_topk_ids, scales if scales is not None else gateup_output,
         M, I, start_expert_id, end_expert_id,
         ACT=_ACT[activation], HAS_SCALES=scales is not None, ROWS=rows, BLOCK_I=block_i,
-        INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS)
     return None
 
 
@@ -97,6 +98,17 @@ def gelu_and_mul(gateup_output, down_input, hidden_size, reorder_topk_ids, scale
     """SGLang's ``gelu_and_mul_triton_kernel`` without its grid; GELU with the tanh approximation."""
     _act_and_mul("gelu", gateup_output, down_input, hidden_size, reorder_topk_ids, scales,
                  start_expert_id, end_expert_id, BLOCK_SIZE)
+
+
+# ----------------------------------------------------------------------------- public launch switches
+# (optimized/config.py lists the whole public launch/config API)
+
+def pinned_tiles(tile_elems: Optional[int] = None, num_warps: Optional[int] = None,
+                 max_block_i: Optional[int] = None):
+    """Context manager: silu_and_mul's and gelu_and_mul's tiles for the block (None: as they are).
+    tile_elems: elements per program (a power of 2); num_warps: warps per program; max_block_i:
+    the widest column block (a power of 2)."""
+    return _config.pinned_globals(globals(), TILE_ELEMS=tile_elems, NUM_WARPS=num_warps, MAX_BLOCK_I=max_block_i)
 
 
 __all__ = ["silu_and_mul", "gelu_and_mul"]

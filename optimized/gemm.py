@@ -11,9 +11,12 @@ past the real tile count exit at once.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import inspect
 import os
+from typing import Iterator, Optional
 
 import torch
 import triton
@@ -48,7 +51,6 @@ def _group_quant_kernel(
     M, Kd, G, GS, NSEG,
     # meta
     HAS_SEG: tl.constexpr, SEG_P: tl.constexpr, ROWS: tl.constexpr, BLOCK_G: tl.constexpr,
-    INTERP: tl.constexpr,
 ):
     """Row r, group g: s[r, g] = max(amax|x[r, g*GS:(g+1)*GS]|, eps) / 448; q = fp8(clamp(x / s)).
 
@@ -70,7 +72,7 @@ def _group_quant_kernel(
     x = tl.load(x_ptr + rows[:, None] * Kd + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=1)
     scale = tl.maximum(amax, 1e-10) / FP8_MAX
-    q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty, INTERP)
+    q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty)
     tl.store(q_ptr + rows[:, None] * Kd + cols[None, :], q, mask=m2)
     tl.store(s_ptr + rows * G + g, scale, mask=rmask)
 
@@ -89,7 +91,7 @@ def _quant(x: torch.Tensor, group_size: int, seg_indptr=None):
         x, q, s, seg_indptr if seg_indptr is not None else s,
         M, Kd, G, group_size, nseg,
         HAS_SEG=seg_indptr is not None, SEG_P=max(16, _config.next_pow2(nseg)), ROWS=rows, BLOCK_G=block_g,
-        INTERP=_config.is_interpreter(), num_warps=4)
+        num_warps=4)
     return q, s
 
 
@@ -111,12 +113,9 @@ MODE_PLAIN, MODE_FP8_TENSOR, MODE_FP8_BLOCK, MODE_FP8_BLOCK_GENERIC = 0, 1, 2, 3
 
 
 @triton.jit
-def _mma(a, b, acc, UPCAST: tl.constexpr):
-    """acc + a @ b in float32. float32 operands in IEEE precision (no tf32); UPCAST (the
-    interpreter, whose bf16/fp8 dots are wrong) computes every dot in float32."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    elif a.dtype == tl.float32:
+def _mma(a, b, acc):
+    """acc + a @ b in float32. float32 operands in IEEE precision (no tf32)."""
+    if a.dtype == tl.float32:
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
@@ -144,13 +143,13 @@ def _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE: tl.constexpr):
 
 @triton.jit
 def _store_to_group_end(c_ptr, acc, r0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA: tl.constexpr,
-                        INTERP: tl.constexpr, ROWS: tl.constexpr, BN: tl.constexpr):
+                        ROWS: tl.constexpr, BN: tl.constexpr):
     """c[r0 : r0 + ROWS, n0 : n0 + BN] = acc (cast) for the rows of the group, i.e. below row_hi;
     the rows past it (the next group's) stay untouched. With TMA through a descriptor made on the
     device whose rows end at row_hi, so that TMA clips the rest (a masked tl.store there, beside
     the TMA store of whole tiles, made triton 3.6 wait for every wgmma of the K loop and spill:
-    results/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped)."""
-    c = cast_out(acc, c_ptr.dtype.element_ty, INTERP)
+    tools/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped)."""
+    c = cast_out(acc, c_ptr.dtype.element_ty)
     if USE_TMA:
         tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
                                          block_shape=[ROWS, BN])
@@ -169,7 +168,7 @@ def _k_loop(
     # sizes
     N, Kd, SB_N, SB_K, SA_K,
     # meta
-    MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
+    MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, USE_TMA: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WS: tl.constexpr, BM2: tl.constexpr,
     TWO: tl.constexpr,
 ):
@@ -230,11 +229,11 @@ def _k_loop(
                 sb_next = tl.load(sb_ptrs + kb_next)
             else:
                 sb_next = tl.load(sb_ptrs + kb_next, mask=nmask, other=0.0)
-            acc = _add_scaled(acc, _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32), UPCAST), sa, sb, QBN % BN == 0)
+            acc = _add_scaled(acc, _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32)), sa, sb, QBN % BN == 0)
             if TWO:
                 sa2 = sa2_next
                 sa2_next = tl.load(sa2_ptrs + kb_next, mask=rmask2, other=0.0)
-                acc2 = _add_scaled(acc2, _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32), UPCAST), sa2, sb,
+                acc2 = _add_scaled(acc2, _mma(a2, b, tl.zeros([BM2, BN], dtype=tl.float32)), sa2, sb,
                                    QBN % BN == 0)
         elif MODE == 3:
             kabs = k0 + kk
@@ -244,9 +243,9 @@ def _k_loop(
                           mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a.to(tl.float32) * sa2, b.to(tl.float32) * sb2, acc, input_precision="ieee")
         else:
-            acc = _mma(a, b, acc, UPCAST)
+            acc = _mma(a, b, acc)
             if TWO:
-                acc2 = _mma(a2, b, acc2, UPCAST)
+                acc2 = _mma(a2, b, acc2)
     return acc, acc2
 
 
@@ -267,7 +266,7 @@ def _grouped_gemm_kernel(
     M_HINT, N_HINT, K_HINT,
     # meta
     MODE: tl.constexpr, QBN: tl.constexpr, QBK: tl.constexpr, BATCH_P: tl.constexpr,
-    USE_TMA: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    USE_TMA: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, PERSIST: tl.constexpr,
     WS: tl.constexpr, BM2: tl.constexpr,
 ):
@@ -330,31 +329,31 @@ def _grouped_gemm_kernel(
             if BM2 > 0:
                 if row0 + BM < row_hi:   # the group has rows past the first BM: both accumulators
                     acc, acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
-                                        e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                        e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA,
                                         BM, BN, BK, WS, BM2, True)
                     rows2 = row0 + BM + tl.arange(0, BM2)
                     rmask2 = rows2 < row_hi
                     _store_to_group_end(c_ptr, _tensor_scaled(acc2, sa_ptr, sb_ptr, e, MODE), row0 + BM,
-                                        tl.where(rmask2, rows2, 0), rmask2, row_hi, cols, nmask, n0, N, USE_TMA, INTERP,
+                                        tl.where(rmask2, rows2, 0), rmask2, row_hi, cols, nmask, n0, N, USE_TMA,
                                         BM2, BN)
                 else:   # (the placeholder's name differs: a branch's names must keep their types)
                     acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols,
-                                           nmask, e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                           nmask, e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA,
                                            BM, BN, BK, WS, BM2, False)
             else:
                 acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols, nmask,
-                                       e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA, UPCAST,
+                                       e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA,
                                        BM, BN, BK, WS, BM2, False)
             acc = _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE)
             if USE_TMA:
                 whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
                 if whole:
-                    c_desc.store([row0.to(tl.int32), n0], cast_out(acc, c_ptr.dtype.element_ty, INTERP))  # clipped at N
+                    c_desc.store([row0.to(tl.int32), n0], cast_out(acc, c_ptr.dtype.element_ty))  # clipped at N
                 else:   # a group's last tile
-                    _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, INTERP,
+                    _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA,
                                         BM, BN)
             else:
-                _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, INTERP, BM, BN)
+                _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, BM, BN)
 
 
 def _set_tma_blocks(nargs):
@@ -467,17 +466,84 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-# Grid cap of the configs without PERSIST, in programs per SM (0: no cap), for sweeps. The grid
-# is an upper bound on the tiles (cdiv(M, BM) + batch m-slots): under EP, a holds every slot of
+# Grid cap of the configs without PERSIST, in programs per SM (0: no cap), for sweeps (grid_cap()).
+# The grid is an upper bound on the tiles (cdiv(M, BM) + batch m-slots): under EP, a holds every slot of
 # the batch (T*K rows) and only this rank's share (1/8 at EP8) is in seg_indptr, so most
 # programs of an uncapped grid find no tile. Capping measured slower on the H200 (DeepSeek EP8
-# gate_up 840 -> 903-927 us at 1-4 per SM; results/explore_tiles.py --section gemm_ep): the
+# gate_up 840 -> 903-927 us at 1-4 per SM; tools/explore_tiles.py --section gemm_ep): the
 # empty programs cost little, the static tile loop more.
 MAX_PROGRAMS_PER_SM = 0
 
-# Off switch for A/B measurements (harness bench / results scripts) and a way out should a
+# Off switch for A/B measurements (harness bench, tools/: tma_allowed()) and a way out should a
 # triton release break descriptors: MOE_GEMM_TMA=0.
 USE_TMA = os.environ.get("MOE_GEMM_TMA", "1") not in ("0", "false", "False", "")
+
+
+# ----------------------------------------------------------------------------- public launch switches
+# (optimized/config.py lists the whole public launch/config API)
+
+# The @triton.jit kernel grouped_gemm launches, for compiling it ahead of time (tools/compile_sm90.py):
+# its parameters, constexprs included, are those of _grouped_gemm_kernel's signature and docstring.
+grouped_gemm_kernel = _grouped_gemm_kernel
+
+
+def tma_allowed(allowed: bool):
+    """Context manager: grouped_gemm takes TMA operands wherever they apply (True: the default,
+    unless MOE_GEMM_TMA=0) or the pointer path only (False), for the block."""
+    return _config.pinned_globals(globals(), USE_TMA=allowed)
+
+
+def grid_cap(programs_per_sm: int):
+    """Context manager: the grid of configs without PERSIST capped at ``programs_per_sm`` programs
+    per SM for the block (0: no cap, the default; on the GPU only), the tile loop covering the rest."""
+    return _config.pinned_globals(globals(), MAX_PROGRAMS_PER_SM=programs_per_sm)
+
+
+@dataclasses.dataclass
+class TilePin:
+    """What pinned_tile() pins: ``tile`` (a triton.Config of BM, BN, BK and optionally GROUP_M,
+    PERSIST, WS, BM2; num_warps, num_stages, maxnreg) and ``tma`` (None: TMA wherever it applies;
+    True: TMA, or ValueError for operands it cannot take; False: pointers). ``kernel``: what the
+    latest launch under the pin returned (on the GPU the compiled kernel, with n_regs and
+    n_spills), None before the first."""
+
+    tile: triton.Config
+    tma: Optional[bool] = None
+    kernel: object = None
+
+
+_TILE_PIN: Optional[TilePin] = None
+
+
+@contextlib.contextmanager
+def pinned_tile(tile: triton.Config, tma: Optional[bool] = None) -> Iterator[TilePin]:
+    """Context manager: every grouped_gemm launch in the block uses ``tile`` instead of an
+    autotuned, heuristic or interpreter tile, on the operand path ``tma`` asks for (see TilePin);
+    describe_last_launch() calls it "fixed". Yields the TilePin, whose ``kernel`` the launches
+    update. Validation and fp8 block-wise quantisation run as in any call."""
+    global _TILE_PIN
+    saved, _TILE_PIN = _TILE_PIN, TilePin(tile, tma)
+    try:
+        yield _TILE_PIN
+    finally:
+        _TILE_PIN = saved
+
+
+@contextlib.contextmanager
+def fresh_autotuning() -> Iterator[None]:
+    """Context manager: launches in the block autotune anew, through new autotuners that neither
+    read nor write triton's disk cache of timings, so every key is timed again (what a sweep of a
+    setting outside the autotune key, such as grid_cap, needs). On exit the block's autotuners are
+    dropped and the disk cache setting comes back: later launches autotune again, from the disk
+    cache where it holds their key."""
+    global _AUTOTUNE_DISK_CACHE
+    saved, _AUTOTUNE_DISK_CACHE = _AUTOTUNE_DISK_CACHE, {}
+    _tuner.cache_clear()
+    try:
+        yield
+    finally:
+        _AUTOTUNE_DISK_CACHE = saved
+        _tuner.cache_clear()
 
 
 def _descriptor_scratch(size: int, alignment: int, stream):
@@ -607,7 +673,11 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
             sb_n, sb_k, sa_k, config=None, use_tma=None):
     """Launch the GEMM kernel: autotuned (large), heuristic tile (small) or ``config`` (a
     triton.Config, for A/B measurements). ``use_tma`` None: TMA wherever it applies. Returns
-    what the launch returned (with ``config``, the compiled kernel: registers, spills)."""
+    what the launch returned (with ``config``, the compiled kernel: registers, spills). Under
+    pinned_tile() with no ``config``, the pin's tile and operand path."""
+    pin = _TILE_PIN if config is None else None
+    if pin is not None:
+        config, use_tma = pin.tile, pin.tma
     M, Kd = a.shape
     E_w, N, _ = b.shape
     interp = _config.is_interpreter()
@@ -624,7 +694,7 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
             M, N, Kd, E_w, batch_size, sb_n, sb_k, sa_k,
             m_hint, _config.next_pow2(N), _config.next_pow2(Kd))
     meta = dict(MODE=mode, QBN=qbn, QBK=qbk, BATCH_P=max(16, _config.next_pow2(batch_size)),
-                USE_TMA=descs is not None, UPCAST=interp, INTERP=interp)
+                USE_TMA=descs is not None)
 
     def grid(META):
         # one program per possible tile (an upper bound: no host sync), capped at a few programs
@@ -647,7 +717,10 @@ def _launch(a, b, c, seg_indptr, weight_indices, scale_a, scale_b, batch_size, m
     path = "TMA" if descs is not None else "pointers"
     if config is not None:
         _LAST_LAUNCH = ("fixed", config, None, path)
-        return fixed(config)
+        kernel = fixed(config)
+        if pin is not None:
+            pin.kernel = kernel
+        return kernel
     elif interp or mode == MODE_FP8_BLOCK_GENERIC:
         # the interpreter cannot afford autotuning: one small tile, BK dividing bk when block-wise
         cfg = dict(_INTERP_CONFIG if interp else _GENERIC_CONFIG)

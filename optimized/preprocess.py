@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import NamedTuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -38,9 +38,10 @@ except ImportError:  # pragma: no cover - older triton: plain launches
 from reference._checks import validate_preprocess
 
 from . import _config
+from .config import KernelLaunch
 
 # The GPU path ranks slots inside a block with tl.sort; the interpreter uses a pairwise
-# compare instead (tl.sort is very slow there). Tests set this to run the sort path on CPU.
+# compare instead (tl.sort is very slow there). forced_sort() sets this to run the sort path on CPU.
 FORCE_SORT = False
 
 
@@ -229,7 +230,8 @@ def _one_launch_kernel(
     _store_order(ids_ptr, src2dst_ptr, sorted_ptr, src, pos, N, N)
 
 
-# Block plan and scan tile; module-level so that results scripts can sweep them on the GPU.
+# Block plan and scan tile; module-level knobs, which forced_way() and pinned_plan() set for a block
+# (tools/explore_tiles.py sweeps them on the GPU).
 TARGET_BLOCKS = 256     # blocks for mid sizes (H200 sweep: 13 / 17 us at T*K = 32768 / 131072)
 MIN_BLOCK = 256
 MAX_BLOCK = 4096        # bitonic sort in registers
@@ -371,6 +373,98 @@ def deepep_preprocess(topk_ids: torch.Tensor, num_experts: int):
     if topk_ids.numel() == 0:
         return _empty_result(topk_ids, num_experts, torch.int64)
     return _sort_slots(topk_ids, num_experts, deepep=True)
+
+
+# ----------------------------------------------------------------------------- public launch switches
+# (optimized/config.py lists the whole public launch/config API)
+
+# ep_preprocess's ways, for forced_way (deepep_preprocess always takes three launches)
+ONE_PROGRAM = "one launch, one program"
+ONE_LAUNCH_BLOCKS = "one launch, blocks"
+THREE_LAUNCHES = "three launches"
+WAYS = (ONE_PROGRAM, ONE_LAUNCH_BLOCKS, THREE_LAUNCHES)
+
+
+def forced_way(way: str, block: Optional[int] = None):
+    """Context manager: ep_preprocess takes ``way`` (one of WAYS) for the block, on the GPU and
+    under the interpreter alike, instead of choosing it by size. The one-launch ways hold at most
+    MAX_BLOCK slots (larger calls still take three launches). ``block``: slots per block (a power
+    of 2) for ONE_LAUNCH_BLOCKS and THREE_LAUNCHES; None keeps the way's own choice."""
+    if way == ONE_PROGRAM:
+        knobs = dict(ONE_BLOCK_MAX=MAX_BLOCK, ONE_BLOCK_MAX_INTERP=MAX_BLOCK)
+    elif way == ONE_LAUNCH_BLOCKS:
+        knobs = dict(ONE_BLOCK_MAX=0, ONE_BLOCK_MAX_INTERP=0)
+        if block is not None:
+            knobs["ONE_LAUNCH_BLOCK"] = block
+    elif way == THREE_LAUNCHES:
+        knobs = dict(ONE_LAUNCH_MAX=0, ONE_LAUNCH_MAX_INTERP=0)
+        if block is not None:
+            knobs.update(MIN_BLOCK=block, MAX_BLOCK=block)
+    else:
+        raise ValueError(f"way: expected one of {WAYS}, got {way!r}")
+    if way != THREE_LAUNCHES:
+        knobs.update(ONE_LAUNCH_MAX=MAX_BLOCK, ONE_LAUNCH_MAX_INTERP=MAX_BLOCK)
+    return _config.pinned_globals(globals(), **knobs)
+
+
+def forced_sort(forced: bool = True):
+    """Context manager: with ``forced``, a block's slots are ranked by tl.sort (the GPU's way)
+    under the interpreter too, instead of its pairwise compare; False: each backend's own way."""
+    return _config.pinned_globals(globals(), FORCE_SORT=forced)
+
+
+def pinned_plan(target_blocks: Optional[int] = None, scan_cols: Optional[int] = None,
+                scan_warps: Optional[int] = None, scatter_warps: Optional[int] = None,
+                pdl: Optional[bool] = None):
+    """Context manager: the three-launch path's settings for the block (None: as they are).
+    target_blocks: blocks aimed at for mid sizes; scan_cols: buckets per column-scan program;
+    scan_warps / scatter_warps: warps of the column scan / of the histogram and scatter programs
+    (0: by block size); pdl: programmatic dependent launch (sm_90+)."""
+    return _config.pinned_globals(globals(), TARGET_BLOCKS=target_blocks, SCAN_COLS=scan_cols,
+                                  SCAN_WARPS=scan_warps, SCATTER_WARPS=scatter_warps, USE_PDL=pdl)
+
+
+def launch_plan(n_slots: int, num_experts: int, deepep: bool = False, device_index: int = -1):
+    """The plan a call over ``n_slots`` slots and ``num_experts`` experts takes under the knobs as
+    they stand (switches included): a NamedTuple of the way (one_launch; nblk blocks of ``block``
+    slots), bins, warps, block order, scan tile and PDL (its fields are documented on the class).
+    device_index -1: no device (no PDL)."""
+    return _plan_for(n_slots, num_experts, deepep, device_index, _knobs())
+
+
+def ep_preprocess_launches(topk_ids: torch.Tensor, num_experts: int
+                           ) -> Tuple[Dict[str, KernelLaunch], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The kernel launches of one ep_preprocess(topk_ids, num_experts) call under the knobs as
+    they stand, in launch order ("one_launch", or "hist", "colscan", "scatter"), and the buffers
+    they write: (reorder_topk_ids, src2dst, seg_indptr). Run in order, the launches write into
+    those buffers what ep_preprocess returns. Buffers are allocated here, once; nothing is
+    validated; topk_ids must not be empty."""
+    ids = topk_ids.reshape(-1)
+    n = ids.numel()
+    plan = launch_plan(n, num_experts, device_index=ids.get_device())
+    seg = torch.empty(num_experts + 1, dtype=torch.int64, device=ids.device)
+    src2dst = torch.empty(n, dtype=torch.int32, device=ids.device)
+    sorted_ids = torch.empty(n, dtype=ids.dtype, device=ids.device)
+    if plan.one_launch:
+        return {"one_launch": KernelLaunch(
+            _one_launch_kernel, (plan.nblk,), (ids, src2dst, sorted_ids, seg, n, num_experts),
+            dict(BLOCK=plan.block, NP=plan.padded, NBP=plan.nbp, USE_SORT=plan.use_sort),
+            dict(num_warps=plan.warps))}, (sorted_ids, src2dst, seg)
+    scratch = torch.empty(2 * plan.nblk * plan.nbp + plan.nbp, dtype=torch.int32, device=ids.device)
+    later = {"launch_pdl": True} if plan.pdl else {}
+    launches = {
+        "hist": KernelLaunch(_hist_kernel, (plan.nblk,), (ids, scratch, n, num_experts),
+                             dict(SHIFT=0, BLOCK=plan.block, NBP=plan.nbp, PDL=plan.pdl), dict(num_warps=plan.warps)),
+        "colscan": KernelLaunch(_colscan_kernel, (plan.nbp // plan.scan_cols,), (scratch, scratch, plan.nblk),
+                                dict(NBP=plan.nbp, BB=plan.scan_cols, R=plan.scan_rows, DEEPEP=False, PDL=plan.pdl),
+                                dict(num_warps=SCAN_WARPS, **later)),
+        "scatter": KernelLaunch(_scatter_kernel, (plan.nblk,),
+                                (ids, scratch, src2dst, sorted_ids, seg, n, num_experts, n, plan.nblk),
+                                dict(SHIFT=0, DEEPEP=False, BLOCK=plan.block, NBP=plan.nbp, USE_SORT=plan.use_sort,
+                                     PDL=plan.pdl),
+                                dict(num_warps=plan.warps, **later)),
+    }
+    return launches, (sorted_ids, src2dst, seg)
 
 
 __all__ = ["ep_preprocess", "deepep_preprocess"]

@@ -7,6 +7,8 @@ row offsets (T*K*H may exceed 2**31).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import triton
 import triton.language as tl
 
@@ -14,6 +16,7 @@ from reference._checks import validate_post_reorder, validate_pre_reorder
 
 from . import _config
 from ._tl import cast_out
+from .config import KernelLaunch
 
 
 @triton.jit
@@ -41,7 +44,6 @@ def _pre_reorder_kernel(
     T, H, start_expert, end_expert,
     # meta
     TOPK: tl.constexpr, KP: tl.constexpr, HAS_SCALES: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    INTERP: tl.constexpr,
 ):
     """out[src2dst[t*K+k]] = x[t] (scaled by 1/scales[e-start], cast) for every local slot.
 
@@ -67,7 +69,7 @@ def _pre_reorder_kernel(
         local = tl.sum(tl.where(pick & local2, 1, 0), axis=1) > 0
         if HAS_SCALES:
             inv = 1.0 / tl.load(scales_ptr + (e - start_expert), mask=local, other=1.0)  # [ROWS] fp32
-            val = cast_out(xf * inv[:, None], out_ptr.dtype.element_ty, INTERP)
+            val = cast_out(xf * inv[:, None], out_ptr.dtype.element_ty)
         else:
             val = x  # same dtype (the validator guarantees it): a plain copy, bit exact
         tl.store(out_ptr + dst[:, None] * H + cols[None, :], val, mask=local[:, None] & cmask[None, :])
@@ -98,7 +100,7 @@ def _post_reorder_kernel(
     # sizes
     T, H, start_expert, end_expert,
     # meta
-    TOPK: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, INTERP: tl.constexpr,
+    TOPK: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
     SLOT_GROUP: tl.constexpr,
 ):
     """out[t] = sum_k (local) down[src2dst[t*K+k]] * w[t, k] in float32, k in order; every row written."""
@@ -130,12 +132,12 @@ def _post_reorder_kernel(
                     if k0 + j < TOPK:
                         src, local, w = _slot_column(kk, k0 + j, src2, local2, w2)
                         acc += _slot_term(down_ptr, src, local, w, cols, cmask, H)
-    tl.store(out_ptr + rows[:, None] * H + cols[None, :], cast_out(acc, out_ptr.dtype.element_ty, INTERP),
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], cast_out(acc, out_ptr.dtype.element_ty),
              mask=rmask[:, None] & cmask[None, :])
 
 
-# Tile size (elements per program) and warps of both kernels; module-level so that results
-# scripts can sweep them on the GPU.
+# Tile size (elements per program) and warps of both kernels; module-level knobs, which pinned_tiles()
+# and pinned_slot_group() set for a block (tools/explore_tiles.py sweeps them on the GPU).
 TILE_ELEMS = 1024       # H200, T=4096, H=7168: EP8 pre 34 / post 56 us (2048: 37 / 62), all local equal
 MAX_BLOCK_H = 1024
 NUM_WARPS = 2           # H200, same shapes: EP8 pre 31 / post 45 us (4 warps: 34 / 56), all local equal
@@ -173,7 +175,7 @@ def pre_reorder(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_
         input, gateup_input, src2dst, topk_ids, a1_scales if a1_scales is not None else input,
         T, H, start_expert_id, end_expert_id,
         TOPK=topk, KP=_config.next_pow2(topk), HAS_SCALES=a1_scales is not None, ROWS=rows, BLOCK_H=block_h,
-        INTERP=_config.is_interpreter(), num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS)
     return None
 
 
@@ -196,9 +198,42 @@ def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_exp
     _post_reorder_kernel[grid](
         down_output, output, src2dst, topk_ids, topk_weights,
         T, H, start_expert_id, end_expert_id,
-        TOPK=topk, KP=_config.next_pow2(topk), ROWS=rows, BLOCK_H=block_h, INTERP=_config.is_interpreter(),
+        TOPK=topk, KP=_config.next_pow2(topk), ROWS=rows, BLOCK_H=block_h,
         SLOT_GROUP=POST_SLOT_GROUP, num_warps=NUM_WARPS)
     return None
+
+
+# ----------------------------------------------------------------------------- public launch switches
+# (optimized/config.py lists the whole public launch/config API)
+
+def pinned_tiles(tile_elems: Optional[int] = None, num_warps: Optional[int] = None,
+                 max_block_h: Optional[int] = None):
+    """Context manager: pre_reorder's and post_reorder's tiles for the block (None: as they are).
+    tile_elems: elements per program (a power of 2); num_warps: warps per program; max_block_h:
+    the widest column block (a power of 2; wider rows are split into blocks of this width)."""
+    return _config.pinned_globals(globals(), TILE_ELEMS=tile_elems, NUM_WARPS=num_warps, MAX_BLOCK_H=max_block_h)
+
+
+def pinned_slot_group(size: int):
+    """Context manager: post_reorder loads its slot columns in groups of ``size`` for the block,
+    a group that no row of a tile routes here issuing no load (0: no groups, every load issued)."""
+    return _config.pinned_globals(globals(), POST_SLOT_GROUP=size)
+
+
+def pre_reorder_launch(input, gateup_input, src2dst, topk_ids, a1_scales, start_expert_id, end_expert_id,
+                       topk) -> KernelLaunch:
+    """The kernel launch of pre_reorder with these arguments under the knobs as they stand (its
+    tile, grid and warps): launching it writes what that call writes. Nothing is validated; input
+    must not be empty."""
+    T, H = input.shape
+    rows, block_h = _row_tiles(T, H)
+    return KernelLaunch(
+        _pre_reorder_kernel, (triton.cdiv(T, rows), triton.cdiv(H, block_h)),
+        (input, gateup_input, src2dst, topk_ids, a1_scales if a1_scales is not None else input,
+         T, H, start_expert_id, end_expert_id),
+        dict(TOPK=topk, KP=_config.next_pow2(topk), HAS_SCALES=a1_scales is not None, ROWS=rows, BLOCK_H=block_h,
+             INTERP=_config.is_interpreter()),
+        dict(num_warps=NUM_WARPS))
 
 
 __all__ = ["pre_reorder", "post_reorder"]

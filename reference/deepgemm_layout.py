@@ -255,16 +255,8 @@ def fill_m_indices_from_psum(psum_num_recv_tokens_per_expert, num_local_experts,
     return m_indices
 
 
-def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor):
-    """SGLang's ``ep_gather``: weighted combine of contiguous-layout rows back to tokens.
-
-    input_tensor [R, H] float (H a multiple of 128), recv_topk_ids [T, K] int (a slot counts
-    when its id is >= 0), recv_topk_weight [T, K] float, input_index [T, K] int (rows of
-    input_tensor; in [0, R) for every slot that counts), output_tensor [T, H] float.
-    output_tensor[t] = sum over k with recv_topk_ids[t, k] >= 0, in order of k, of
-    float32(input_tensor[input_index[t, k]]) * recv_topk_weight[t, k], accumulated in float32
-    and cast to output_tensor's dtype. Every row is written (zeros for a token with no slot). Returns None.
-    """
+def validate_ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor):
+    """ep_gather's argument checks without reading values (shared with the Triton launcher)."""
     check_tensor("input_tensor", input_tensor, dtypes=ACT_DTYPES, ndim=2)
     dev = input_tensor.device
     rows, hidden = input_tensor.shape
@@ -280,6 +272,22 @@ def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output
     topk = recv_topk_ids.shape[1]
     check_tensor("recv_topk_weight", recv_topk_weight, dtypes=ACT_DTYPES, shape=(tokens, topk), device=dev)
     check_tensor("input_index", input_index, dtypes=ID_DTYPES, shape=(tokens, topk), device=dev)
+
+
+def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor):
+    """SGLang's ``ep_gather``: weighted combine of contiguous-layout rows back to tokens.
+
+    input_tensor [R, H] float (H a multiple of 128), recv_topk_ids [T, K] int (a slot counts
+    when its id is >= 0), recv_topk_weight [T, K] float, input_index [T, K] int (rows of
+    input_tensor; in [0, R) for every slot that counts), output_tensor [T, H] float.
+    output_tensor[t] = sum over k with recv_topk_ids[t, k] >= 0, in order of k, of
+    float32(input_tensor[input_index[t, k]]) * recv_topk_weight[t, k], accumulated in float32
+    and cast to output_tensor's dtype. Every row is written (zeros for a token with no slot). Returns None.
+    """
+    validate_ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor)
+    dev = input_tensor.device
+    rows, hidden = input_tensor.shape
+    tokens, topk = recv_topk_ids.shape
     counted = recv_topk_ids >= 0
     if bool(counted.any()):
         check_id_range("input_index", input_index[counted], 0, rows - 1)

@@ -1,4 +1,4 @@
-"""The grouped GEMM as compiled for Hopper (sm_90), checked without a GPU (results/compile_sm90.py).
+"""The grouped GEMM as compiled for Hopper (sm_90), checked without a GPU (tools/compile_sm90.py).
 
 Contract: on the TMA path, the tiles the autotuner leans on keep their K loop's wgmma
 asynchronous (a wait that leaves one group in flight, never a wait after every wgmma) and spill
@@ -26,7 +26,7 @@ def _compiled_lines(tiles, *options, fp_fusion="1"):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["TRITON_DEFAULT_FP_FUSION"] = fp_fusion
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "results", "compile_sm90.py"), *options, *tiles],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compile_sm90.py"), *options, *tiles],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:1].isdigit()}

@@ -4,8 +4,9 @@ plugin, exercised with the external SGLang-style kernels of tests/fixtures/.
 Contracts checked: every source syntax loads and passes; a missing SGLang name is "not
 provided", never failed; raw kernels are launched with SGLang's grid and --block-size;
 a planted unwritten-rows fault is FAILED with probe ``unwritten``; a planted wild store
-kills the child (SIGSEGV under the interpreter, illegal address on a GPU) and is CRASHED
-with the case and the replay command while the other ops of the same run pass; a hang is
+kills the child on a GPU (illegal address) and is CRASHED with the case and the replay
+command while the other ops of the same run pass (the patched interpreter reports it as a
+FAILED out-of-bounds write instead); a native crash of the child is CRASHED; a hang is
 cut off by the timeout; a Python exception is FAILED, not CRASHED.
 """
 import os
@@ -135,23 +136,38 @@ def test_planted_unwritten_rows_are_failed_with_probe_unwritten(backend):
     assert pre.status == "not provided"
 
 
-def test_out_of_bounds_kernel_is_crashed_while_other_ops_pass(backend):
-    """Under the interpreter the wild store is a SIGSEGV of the child (proved here: the
-    reason names the signal); on a GPU it is CUDA's illegal-address error."""
+def test_out_of_bounds_kernel_is_reported_while_other_ops_pass(backend):
+    """On a GPU the wild store is CUDA's illegal-address error, which kills the child: CRASHED
+    (the reason names it). The patched interpreter checks every store against the kernel's
+    tensors (harness/interpreter.py): a FAILED case naming the out-of-bounds write."""
     source = f"sglang:{GOOD},sglang:{OOB}"
     t0 = time.time()
     rows = _by(run_check(_args([source], ["ep_preprocess", "pre_reorder", "post_reorder"], ["int32", "bfloat16"],
                                isolate=True), backend))
     name = short_name(source)
     crashed = rows[(name, "pre_reorder", "bfloat16")]
-    assert crashed.status == "CRASHED", crashed
-    want = "SIGSEGV" if backend == "interpreter" else "illegal memory access"
-    assert want in crashed.reason or want in crashed.failure["message"], crashed.failure["message"]
+    if backend == "interpreter":
+        assert (crashed.status, crashed.failure["probe"]) == ("FAILED", "exception"), crashed
+        assert "out-of-bounds write in kernel pre_reorder_triton_kernel" in crashed.failure["message"]
+    else:
+        assert crashed.status == "CRASHED", crashed
+        want = "illegal memory access"
+        assert want in crashed.reason or want in crashed.failure["message"], crashed.failure["message"]
     assert '"op": "pre_reorder"' in crashed.failure["params"]
     assert crashed.replay.startswith("moe-harness check") and "--case" in crashed.replay
     assert rows[(name, "ep_preprocess", "int32")].status == "passed"
     assert rows[(name, "post_reorder", "bfloat16")].status == "passed"
     assert time.time() - t0 < 300
+
+
+def test_native_crash_is_crashed_with_the_case(backend):
+    """A child that dies of a signal (here a null dereference in Python) is a CRASHED row with
+    the signal, the case in flight and its replay command."""
+    (row,) = run_check(_args([f"ep_preprocess={MISBEHAVING}:segfaults"], ["ep_preprocess"], ["int32"],
+                             isolate=True), backend)
+    assert row.status == "CRASHED", row
+    assert "SIGSEGV" in row.reason or "SIGSEGV" in row.failure["message"], (row.reason, row.failure)
+    assert '"op": "ep_preprocess"' in row.failure["params"] and "--case" in row.replay
 
 
 def test_hang_is_cut_off_by_the_timeout(backend):

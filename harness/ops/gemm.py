@@ -250,8 +250,8 @@ MUTANTS = (
        "two programs writing the same rows (a race): a group's last m-tile also writes the next group's "
        "first rows, with its own weight"),
     _M("gemm_partial_sums_in_c_dtype", _OP, KERNELS,
-       "acc = _mma(a, b, acc, UPCAST)",
-       "acc = _mma(a, b, acc, UPCAST).to(a.dtype).to(tl.float32)  # partial sums in the input dtype",
+       "acc = _mma(a, b, acc)",
+       "acc = _mma(a, b, acc).to(a.dtype).to(tl.float32)  # partial sums in the input dtype",
        "accumulation in the input dtype: the running sum is rounded to a's dtype after every K block",
        dtypes=("bfloat16", "float16")),
     _M("gemm_tma_tile_row_from_group_end", _OP, KERNELS,
@@ -294,7 +294,7 @@ MUTANTS = (
        "sb_ptrs = sb_ptr + e * SB_N * SB_K",
        "a tile inside one column block of b takes the scales of b's first column block", dtypes=("fp8_block",)),
     _M("gemm_quant_scale_not_reciprocal", _OP, KERNELS,
-       "q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty, INTERP)",
-       "q = cast_out(x * scale[:, None], q_ptr.dtype.element_ty, INTERP)",
+       "q = cast_out(x / scale[:, None], q_ptr.dtype.element_ty)",
+       "q = cast_out(x * scale[:, None], q_ptr.dtype.element_ty)",
        "block-wise quantiser multiplies by the scale instead of dividing", dtypes=("fp8_block",)),
 )

@@ -3,7 +3,7 @@
 # everything under $OUT into $OUT/run.tgz (the device returns at most 8 files), also when the
 # snippet is cut short. Stop work by time limits (timeout), never by pkill -f: a pattern that
 # matches the call's own command line kills the packing step too (it did once).
-# Usage: OUT=... bash results/device_call.sh 'CUDA_VISIBLE_DEVICES=3 OUT=$OUT/g3 bash results/gpu_sweep.sh large & OUT=$OUT/a bash results/gpu_sweep.sh bench; wait'
+# Usage: OUT=... bash tools/device_call.sh 'CUDA_VISIBLE_DEVICES=3 OUT=$OUT/g3 bash tools/gpu_sweep.sh large & OUT=$OUT/a bash tools/gpu_sweep.sh bench; wait'
 set -u
 cd "$(dirname "$0")/.."
 # The device's copy of the tree may carry stale git metadata (the working files are current, the

@@ -8,8 +8,8 @@ BN dividing 128 (one b scale per K block for the tile). Per K block it issues th
 into a fresh product, waits with one group left in flight (the block just issued), scales and adds
 the previous block's product, then refills the freed ring slot by TMA.
 
-  python results/gluon_fp8_block_probe.py              # compile for sm_90 here, print the pattern
-  python results/gluon_fp8_block_probe.py --run        # on a Hopper GPU: check against torch, time
+  python tools/gluon_fp8_block_probe.py              # compile for sm_90 here, print the pattern
+  python tools/gluon_fp8_block_probe.py --run        # on a Hopper GPU: check against torch, time
 
 Compile mode (no GPU; TRITON_INTERPRET unset; the device's triton as in compile_sm90.py) prints
 registers, spills and the wgmma / wait pattern: `H*4 0x1` would be a K loop whose scaling overlaps
@@ -135,7 +135,7 @@ def _descriptors(a, b, c, bm, bn):
 def compile_sm90(bm, bn, stages, warps):
     """The probe compiled for sm_90 without a device (signature from host tensors on the CPU)."""
     from triton.experimental.gluon._runtime import GluonASTSource
-    from results.compile_sm90 import compile_kernel
+    from tools.compile_sm90 import compile_kernel
     M, N, K = 1024, 1024, 1024
     a = torch.empty(M, K, dtype=torch.float8_e4m3fn)
     b = torch.empty(N, K, dtype=torch.float8_e4m3fn)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiles", nargs="+", default=["64,128,4,4", "128,128,4,8"], help="BM,BN,STAGES,warps")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from results.compile_sm90 import describe
+    from tools.compile_sm90 import describe
     for spec in args.tiles:
         bm, bn, stages, warps = map(int, spec.split(","))
         if args.run:

@@ -15,7 +15,7 @@ epilogue or K loop, with the device's triton if it differs from the local one:
 
   pip download triton==3.6.0 --no-deps -d /tmp/t36 && python -m zipfile -e /tmp/t36/triton-*.whl /tmp/t36
   chmod +x /tmp/t36/triton/backends/nvidia/bin/*     # zipfile drops the tools' exec bits
-  PYTHONPATH=/tmp/t36:. python results/compile_sm90.py 128,128,64,4,4 128,256,64,8,3 128,128,64,4,4,64
+  PYTHONPATH=/tmp/t36:. python tools/compile_sm90.py 128,128,64,4,4 128,256,64,8,3 128,128,64,4,4,64
 
 Each config is BM,BN,BK,warps,stages[,BM2[,GROUP_M[,PERSIST]]]; --dtype picks the operands
 (bfloat16; fp8: e4m3 with per-tensor scales; fp8_block: e4m3 with [128, 128] block scales).
@@ -60,9 +60,9 @@ def compile_config(bm, bn, bk, warps, stages, bm2=0, group_m=8, persist=0, dtype
         sa_ptr=scale, sb_ptr=scale)
     mode = gemm.MODE_FP8_BLOCK if block else gemm.MODE_FP8_TENSOR if fp8 else gemm.MODE_PLAIN
     constants = dict(MODE=mode, QBN=128 if block else 1, QBK=128 if block else 1, BATCH_P=16, USE_TMA=True,
-                     UPCAST=False, INTERP=False, BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=ws,
+                     BM=bm, BN=bn, BK=bk, GROUP_M=group_m, PERSIST=persist, WS=ws,
                      BM2=bm2)
-    return compile_kernel(gemm._grouped_gemm_kernel, values, constants,
+    return compile_kernel(gemm.grouped_gemm_kernel, values, constants,
                           {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})})
 
 

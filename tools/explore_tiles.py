@@ -21,7 +21,7 @@ and quartiles), prints one line per variant and writes the records to --json:
   both streams, MMA alone, loads and MMA without the epilogue);
 - movement: pre_reorder's all-local traffic with one part changed at a time (destinations, reads,
   cache hints, TMA stores) and silu over a compact span through TMA tiles.
-Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess copies movement
+Usage: PYTHONPATH=. python tools/explore_tiles.py [--section gemm gemm_ep reorder ep_skip preprocess copies movement
        gemm_parts]
        [--json F]
        (--smoke: every section at tiny sizes on the CPU, TRITON_INTERPRET=1; tests/test_explore_smoke.py runs it)
@@ -29,7 +29,6 @@ Usage: PYTHONPATH=. python results/explore_tiles.py [--section gemm gemm_ep reor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import math
@@ -42,9 +41,14 @@ import torch
 import triton
 import triton.language as tl
 
-from harness import baselines
+from harness.specs import SPECS
 from harness.timing import TimingConfig, Workload, capture_graph, copy_moving, measure_ceilings, run_interleaved, Stats
-from optimized import activation, gemm, preprocess, reorder
+from optimized import activation, config, describe_last_launch, gemm, preprocess, reorder
+
+try:  # host-side TMA descriptors (triton >= 3.3); the interpreter emulates them
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older triton: the TMA variants are left out
+    TensorDescriptor = None
 
 DEV = "cuda"
 CFG = TimingConfig(warmup_ms=30, rep_ms=120)
@@ -66,20 +70,9 @@ class Record:
 
 
 RECORDS: List[Record] = []
-
-
-@contextlib.contextmanager
-def _knobs(module, **values):
-    """Set a module's launch knobs (module-level names) for the block; the previous values come
-    back after it, also when it raises."""
-    saved = {name: getattr(module, name) for name in values}
-    for name, value in values.items():
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
+# the GEMM's plain-torch baselines, as the op's record names them: a per-group torch.mm loop, torch._grouped_mm
+TORCH_MM_LOOP = SPECS["grouped_gemm"].baselines["torch"]
+TORCH_GROUPED_MM = SPECS["grouped_gemm"].baselines["torch_grouped_mm"]
 
 
 def _replayable(call: Callable[[], object]) -> Callable[[], object]:
@@ -184,16 +177,13 @@ def gemm_section(ceil, gen):
             floor = _gemm_floor(shape, ceil, dtype)
             case = f"{name}:{dtype}"
             if dtype == "bfloat16":
-                record("gemm", case, "torch_loop", lambda: baselines.grouped_gemm(*args), floor)
-                record("gemm", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*args), floor)
+                record("gemm", case, "torch_loop", lambda: TORCH_MM_LOOP(*args), floor)
+                record("gemm", case, "torch_grouped_mm", lambda: TORCH_GROUPED_MM(*args), floor)
             for use_tma in (True, False):
-                gemm.USE_TMA = use_tma
-                record("gemm", case, f"ours_autotuned tma={use_tma}", lambda: gemm.grouped_gemm(*args, **kw), floor)
-                tuner = gemm._tuner("16bit" if dtype == "bfloat16" else ("fp8" if dtype == "fp8_tensor" else "fp8_block"),
-                                    1 if dtype != "fp8_block" else 128)
-                for key, cfg in getattr(tuner, "cache", {}).items():
-                    print(f"    tuner[{key}] -> {cfg}", flush=True)
-            gemm.USE_TMA = True
+                with gemm.tma_allowed(use_tma):
+                    record("gemm", case, f"ours_autotuned tma={use_tma}", lambda: gemm.grouped_gemm(*args, **kw),
+                           floor)
+                _print_launch()
             tiles = {"bfloat16": TILES_16, "fp8_tensor": TILES_FP8, "fp8_block": TILES_FP8_BLOCK}[dtype]
             if name == "decode":
                 tiles = [t for t in tiles if t[0] <= 64] + [(16, 64, 256, 4, 3, 0), (32, 64, 128, 4, 4, 0)]
@@ -203,33 +193,21 @@ def gemm_section(ceil, gen):
                 for use_tma in (True, False):
                     if not use_tma and (ps or ws or dtype != "bfloat16" or not POINTER_TILES):
                         continue
-                    config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "PERSIST": ps, "WS": ws},
-                                           num_warps=w, num_stages=st, maxnreg=maxnreg)
-                    kernel = []
-
-                    def call():
-                        kernel.append(_launch_fixed(args, kw, config, use_tma))
-
-                    record("gemm", case, f"{bm}x{bn}x{bk} w{w} s{st} p{ps}{' ws' if ws else ''}"
-                           f"{f' r{maxnreg}' if maxnreg else ''} tma={use_tma}",
-                           call, floor)
-                    if kernel:
-                        print(f"    {_spills(kernel[0])}", flush=True)
-                    kernel.clear()
+                    tile = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "PERSIST": ps, "WS": ws},
+                                         num_warps=w, num_stages=st, maxnreg=maxnreg)
+                    with gemm.pinned_tile(tile, tma=use_tma) as pin:
+                        record("gemm", case, f"{bm}x{bn}x{bk} w{w} s{st} p{ps}{' ws' if ws else ''}"
+                               f"{f' r{maxnreg}' if maxnreg else ''} tma={use_tma}",
+                               lambda: gemm.grouped_gemm(*args, **kw), floor)
+                    if pin.kernel is not None:
+                        print(f"    {_spills(pin.kernel)}", flush=True)
             args = kw = None  # free the operands before the next shape
             torch.cuda.empty_cache()
 
 
-def _launch_fixed(args, kw, config, use_tma):
-    a, b, c, G, _, seg, widx = args
-    if kw.get("block_shape"):
-        a_q, sa = gemm._quant(a, 128, seg)
-        return gemm._launch(a_q, b, c, seg, widx, sa, kw["scale_b"], G, gemm.MODE_FP8_BLOCK, "fp8_block", 128, 128,
-                            sa.shape[1], kw["scale_b"].shape[1], kw["scale_b"].shape[2], config=config,
-                            use_tma=use_tma)
-    mode = gemm.MODE_FP8_TENSOR if kw.get("use_fp8_w8a8") else gemm.MODE_PLAIN
-    return gemm._launch(a, b, c, seg, widx, kw.get("scale_a"), kw.get("scale_b"), G, mode,
-                        "fp8" if mode else "16bit", 1, 1, 1, 1, 1, config=config, use_tma=use_tma)
+def _print_launch():
+    """How our last grouped_gemm launch chose its tile (the autotuner's pick and runner-up)."""
+    print(f"    launch: {describe_last_launch('grouped_gemm')}", flush=True)
 
 
 # ----------------------------------------------------------------------------- GEMM, bench layout
@@ -245,7 +223,7 @@ GEMM_EP_CASES = {  # name: CaseParams fields
 EP_TILES = [  # BM, BN, BK, warps, stages, persist, GROUP_M, BM2[, WS]
     # Sixth session: a group's last tile is stored through a descriptor made on the device (ending
     # at the group's last row) instead of a masked tl.store; with that, triton 3.6 issues every
-    # tile's wgmma asynchronously and spills nothing (results/compile_sm90.py), 8-warp tiles
+    # tile's wgmma asynchronously and spills nothing (tools/compile_sm90.py), 8-warp tiles
     # included. H200 after it, us, DeepSeek gate_up / down / Mixtral / decode:
     # 128x128x64 w4: 719 / 422 / 3,618 / 561; 128x256 w8 persistent: 655 / 356 / 3,095 / 532;
     # 128+64 x128 w4 s4: 627 / 357 / 3,358 / 554; 64+64 x256 w8 s4: 642 / 345 / 3,465 / 462.
@@ -258,23 +236,16 @@ EP_TILES = [  # BM, BN, BK, warps, stages, persist, GROUP_M, BM2[, WS]
     (128, 128, 64, 4, 4, 1, 8, 64), (128, 128, 64, 4, 3, 0, 8, 64), (64, 256, 64, 8, 3, 0, 8, 64),
     (128, 128, 128, 4, 3, 0, 8, 64), (128, 256, 32, 8, 5, 1, 8, 0),
 ]
-# Programs-per-SM caps of the grid (gemm.MAX_PROGRAMS_PER_SM) timed autotuned, and with each tile.
+# Programs-per-SM caps of the grid (gemm.grid_cap) timed autotuned, and with each tile.
 # H200, fifth session: every cap was slower than none (DeepSeek gate_up EP8 840 -> 903-927 us,
 # down 507 -> 581-645, Mixtral 3,714 -> 4,499-4,622), so the default sweep times no cap only.
 GRID_CAPS = (0,)
 TILE_CAPS = (0,)
 
 
-def _fresh_tuners():
-    """New autotuners without the disk cache: the grid cap is not part of the tuning key."""
-    gemm._AUTOTUNE_DISK_CACHE = {}
-    gemm._tuner.cache_clear()
-
-
 def gemm_ep_section(ceil, gen):
     from harness.bench import production_layout
     from harness.cases import CaseParams
-    from harness.specs import SPECS
     for name, fields in GEMM_EP_CASES.items():
         p = CaseParams(op="grouped_gemm", dtype="bfloat16", seed=1, **fields)
         args = production_layout(SPECS["grouped_gemm"].build(p, torch.device(DEV))).args
@@ -289,38 +260,33 @@ def gemm_ep_section(ceil, gen):
         case = f"{name} rows {hi - lo}/{M}"
         print(f"    {case}: groups {batch}, rows per group min {min(sizes)} max {max(sizes)}", flush=True)
         full = (a, b, c, batch, True, seg, widx)
-        record("gemm_ep", case, "torch_loop", lambda: baselines.grouped_gemm(*full), floor)
+        record("gemm_ep", case, "torch_loop", lambda: TORCH_MM_LOOP(*full), floor)
         c_torch = c[lo:hi].float().clone()   # what each tile's result is compared with (not a check)
-        record("gemm_ep", case, "torch_grouped_mm", lambda: baselines.grouped_gemm_grouped_mm(*full), floor)
+        record("gemm_ep", case, "torch_grouped_mm", lambda: TORCH_GROUPED_MM(*full), floor)
         for cap in GRID_CAPS:
-            _fresh_tuners()
-            with _knobs(gemm, MAX_PROGRAMS_PER_SM=cap):
+            # fresh autotuners: the grid cap is not part of the autotune key
+            with gemm.fresh_autotuning(), gemm.grid_cap(cap):
                 record("gemm_ep", case, f"ours_autotuned cap={cap}", lambda: gemm.grouped_gemm(*full), floor)
-            for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
-                print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
+                _print_launch()
         # oracle: the same groups with a cut to this rank's rows (the grid and the rows-per-group
         # hint then see the real row count)
-        _fresh_tuners()
         compact = (a[lo:hi], b, c[lo:hi], batch, True, seg - lo, widx)
-        with _knobs(gemm, MAX_PROGRAMS_PER_SM=0):
+        with gemm.fresh_autotuning(), gemm.grid_cap(0):
             record("gemm_ep", case, "ours_autotuned compact rows (oracle)", lambda: gemm.grouped_gemm(*compact),
                    floor)
-        for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
-            print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
+            _print_launch()
         for bm, bn, bk, w, st, ps, gm, bm2, *ws in EP_TILES:
             ws = bool(ws and ws[0])
             for cap in (TILE_CAPS if not ps else (0,)):
-                config = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": gm, "PERSIST": ps, "WS": ws,
-                                        "BM2": bm2}, num_warps=w, num_stages=st)
-                kernel = []
-                with _knobs(gemm, MAX_PROGRAMS_PER_SM=cap):
+                tile = triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": gm, "PERSIST": ps, "WS": ws,
+                                      "BM2": bm2}, num_warps=w, num_stages=st)
+                with gemm.grid_cap(cap), gemm.pinned_tile(tile) as pin:
                     record("gemm_ep", case,
                            f"{bm}+{bm2}x{bn}x{bk} w{w} s{st} p{ps} g{gm}{' ws' if ws else ''} cap={cap}",
-                           lambda: kernel.append(gemm._launch(a, b, c, seg, widx, None, None, batch, gemm.MODE_PLAIN,
-                                                              "16bit", 1, 1, 1, 1, 1, config=config)), floor)
-                if kernel:
+                           lambda: gemm.grouped_gemm(*full), floor)
+                if pin.kernel is not None:
                     err = (c[lo:hi].float() - c_torch).abs().max().item()
-                    print(f"    {_spills(kernel[0])}; max |ours - torch loop| {err:.3g}", flush=True)
+                    print(f"    {_spills(pin.kernel)}; max |ours - torch loop| {err:.3g}", flush=True)
                 c[lo:hi] = float("nan")   # the next variant must write every row again
         full = compact = args = a = b = c = None
         torch.cuda.empty_cache() if DEV == "cuda" else None
@@ -366,7 +332,6 @@ def gemm_parts_section(ceil, gen):
     (32 groups of 128 rows, one m-tile per group, so no padding) timed whole (ours, autotuned) and
     as parts of the same K loop: the weight stream alone, both operand streams, the MMA alone on
     tiles loaded once, and loads with MMA but no epilogue."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
     for name in ("ds_gate_up", "ds_down"):
         shape = GEMM_SHAPES[name]
         G, M, N, Kd = shape
@@ -375,10 +340,9 @@ def gemm_parts_section(ceil, gen):
         w_us = G * N * Kd * 2 / (ceil.copy_gbps * 1e9) * 1e6
         mma_us = 2 * M * N * Kd / (ceil.matmul_tflops * 1e12) * 1e6
         case = f"{name} uniform (weights {w_us:.0f} us, MMA {mma_us:.0f} us at the ceilings)"
-        _fresh_tuners()
-        record("gemm_parts", case, "ours autotuned", lambda: gemm.grouped_gemm(a, b, c, *rest), floor)
-        for key, cfg in getattr(gemm._tuner("16bit", 1), "cache", {}).items():
-            print(f"    tuner[{key[:4]}] -> {cfg}", flush=True)
+        with gemm.fresh_autotuning():
+            record("gemm_parts", case, "ours autotuned", lambda: gemm.grouped_gemm(a, b, c, *rest), floor)
+            _print_launch()
         sink = torch.empty(triton.cdiv(M, 16) * triton.cdiv(N, 16), device=DEV)
         for bm, bn, bk, w, st in GEMM_PARTS_TILES if DEV == "cuda" else ((16, 16, 32, 1, 1),):
             a_desc = TensorDescriptor(a, [M, Kd], [Kd, 1], [bm, bk])
@@ -463,17 +427,17 @@ def reorder_section(ceil, gen):
         pre_floor, post_floor, silu_floor = (n / gbps * 1e6 for n in _ep_bytes(ids, s, e, H, I).values())
         for tile, warps, block_h in REORDER_TILES if DEV == "cuda" else ((2048, 4, 1024),):
             v = f"tile {tile} warps {warps} block_h {block_h}"
-            with _knobs(reorder, TILE_ELEMS=tile, NUM_WARPS=warps, MAX_BLOCK_H=block_h):
+            with reorder.pinned_tiles(tile_elems=tile, num_warps=warps, max_block_h=block_h):
                 record("reorder", f"pre T{T} {ep}", v, lambda: reorder.pre_reorder(
                     x, gateup, src2dst, ids, None, s, e, K, H), pre_floor, graph=True)
                 record("reorder", f"post T{T} {ep}", v, lambda: reorder.post_reorder(
                     down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
         for group in POST_GROUPS:
-            with _knobs(reorder, POST_SLOT_GROUP=group):
+            with reorder.pinned_slot_group(group):
                 record("reorder", f"post T{T} {ep}", f"default tile, slot groups of {group}",
                        lambda: reorder.post_reorder(down, out, src2dst, ids, w, s, e, K, H), post_floor, graph=True)
         for tile, warps in SILU_TILES if DEV == "cuda" else ((4096, 4),):
-            with _knobs(activation, TILE_ELEMS=tile, NUM_WARPS=warps):
+            with activation.pinned_tiles(tile_elems=tile, num_warps=warps):
                 record("silu", f"silu T{T} {ep}", f"tile {tile} warps {warps}",
                        lambda: activation.silu_and_mul(gu, di, 2 * I, sorted_ids, None, s, e), silu_floor, graph=True)
     # T = 256, EP8: each op against one copy launch that moves the same bytes (read + write)
@@ -494,7 +458,7 @@ def reorder_section(ceil, gen):
                note=f"floor = one copy launch moving the same {moved[op] / 1e6:.1f} MB")
         if op == "post":
             for group in POST_GROUPS:
-                with _knobs(reorder, POST_SLOT_GROUP=group):
+                with reorder.pinned_slot_group(group):
                     record("reorder", f"post T{T2} ep8", f"default tile, slot groups of {group}",
                            call, copy, graph=True)
 
@@ -549,7 +513,7 @@ def ep_skip_section(ceil, gen):
     w = torch.rand(T, K, device=DEV, generator=gen)
     for group in (reorder.POST_SLOT_GROUP, 0):
         how = "" if group == reorder.POST_SLOT_GROUP else ", no slot groups"
-        with _knobs(reorder, POST_SLOT_GROUP=group):
+        with reorder.pinned_slot_group(group):
             for name, (a, b) in (("ep8 as routed", (s, e)), ("no local slot", none), ("all local", (0, E - 1))):
                 slots = int(((ids >= a) & (ids <= b)).sum())
                 record("ep_skip", f"post T{T} H{H}", name + how,
@@ -568,7 +532,7 @@ def ep_skip_section(ceil, gen):
     record("ep_skip", f"post T{T} H{H}", "torch out.zero_()", out.zero_, zero_floor, graph=True,
            note="the same bytes written by one fill kernel")
     for tile, warps, block_h in REORDER_TILES[1:] + [(4096, 4, 4096), (8192, 8, 8192)]:
-        with _knobs(reorder, TILE_ELEMS=tile, NUM_WARPS=warps, MAX_BLOCK_H=block_h):
+        with reorder.pinned_tiles(tile_elems=tile, num_warps=warps, max_block_h=block_h):
             record("ep_skip", f"post T{T} H{H}", f"no local slot, tile {tile} warps {warps} block_h {block_h}",
                    lambda: reorder.post_reorder(down, out, src2dst, ids, w, *none, K, H), zero_floor, graph=True)
     # the same zero rows stored by a Triton kernel that reads nothing (and one that first reads its
@@ -705,7 +669,6 @@ def _silu_probe_tma_kernel(gu_desc, out_desc, I, ROWS: tl.constexpr, BLOCK_I: tl
 
 
 def _host_desc(t, block):
-    from triton.tools.tensor_descriptor import TensorDescriptor
     return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
 
 
@@ -757,7 +720,7 @@ def movement_section(ceil, gen):
                    lambda writes=writes, reads=reads: _mix_probe_kernel[mix_grid](
                        x, out, sink, src2dst, T, H, TOPK=K, BLOCK_H=block_h, WRITES=writes, READS=reads,
                        num_warps=warps), floor, graph=True)
-        if gemm.TensorDescriptor is not None:   # (the interpreter emulates descriptors)
+        if TensorDescriptor is not None:
             for tma_load in (False, True):
                 x_desc, o_desc = _host_desc(x, [1, block_h]), _host_desc(out, [1, block_h])
 
@@ -779,7 +742,7 @@ def movement_section(ceil, gen):
            silu_bytes / gbps * 1e6, graph=True)
     want_di = di.clone()
     silu_tiles = ((4, 1024, 4), (8, 512, 4), (16, 256, 4), (8, 1024, 8), (32, 128, 4)) if DEV == "cuda" else ((8, 16, 1),)
-    if gemm.TensorDescriptor is not None:
+    if TensorDescriptor is not None:
         for rows, block_i, warps in silu_tiles:
             g_desc, o_desc = _host_desc(gu, [rows, block_i]), _host_desc(di, [rows, block_i])
             grid = (triton.cdiv(n, rows), triton.cdiv(I, block_i))
@@ -795,7 +758,8 @@ def movement_section(ceil, gen):
 
 # ----------------------------------------------------------------------------- preprocess
 
-PREPROCESS_PLANS = [  # TARGET_BLOCKS, SCAN_COLS, SCAN_WARPS, SCATTER_WARPS, USE_PDL (the module's default first)
+PREPROCESS_PLANS = [  # preprocess.pinned_plan's target_blocks, scan_cols, scan_warps, scatter_warps, pdl (the module's
+    # default first)
     # H200, sixth session, T*K = 131,072 without PDL: 1, 2 or 8 warps per scatter program and
     # 128-1,024 blocks all measured 17.1-24.7 us against the default's 17.1
     (256, 16, 4, 0, True), (256, 16, 4, 0, False), (512, 16, 4, 0, True), (128, 16, 4, 0, True),
@@ -809,22 +773,19 @@ def preprocess_section(ceil, gen):
     # launch may do; the tenth session's figures are beside preprocess.ONE_LAUNCH_MAX
     for T in ((16, 64, 128, 256) if DEV == "cuda" else (4,)):
         ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
-        variants = [("three launches", dict(ONE_LAUNCH_MAX=0, ONE_LAUNCH_MAX_INTERP=0)),
-                    ("one launch, one program", dict(ONE_LAUNCH_MAX=4096, ONE_LAUNCH_MAX_INTERP=4096, ONE_BLOCK_MAX=4096,
-                                                     ONE_BLOCK_MAX_INTERP=4096)),
-                    ("one launch, blocks of 64", dict(ONE_LAUNCH_MAX=4096, ONE_LAUNCH_MAX_INTERP=4096, ONE_BLOCK_MAX=0,
-                                                      ONE_BLOCK_MAX_INTERP=0, ONE_LAUNCH_BLOCK=64))]
-        for name, knobs in variants:
-            with _knobs(preprocess, **knobs):
+        variants = [("three launches", (preprocess.THREE_LAUNCHES, None)),
+                    ("one launch, one program", (preprocess.ONE_PROGRAM, None)),
+                    ("one launch, blocks of 64", (preprocess.ONE_LAUNCH_BLOCKS, 64))]
+        for name, (way, block) in variants:
+            with preprocess.forced_way(way, block):
                 for graph in (True, False):
                     record("preprocess", f"T{T} K8 E{E}", f"{name}, {'graph' if graph else 'eager'}",
                            lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=graph, note="floor = 15 us target")
-    knobs = ("TARGET_BLOCKS", "SCAN_COLS", "SCAN_WARPS", "SCATTER_WARPS", "USE_PDL")
     for T in ((128, 4096, 16384) if DEV == "cuda" else (8,)):
         ids = torch.rand(T, E, device=DEV, generator=gen).topk(8, dim=1).indices.to(torch.int32)
         case = f"T{T} K8 E{E}"
         for plan in PREPROCESS_PLANS:
-            with _knobs(preprocess, ONE_LAUNCH_MAX=0, ONE_LAUNCH_MAX_INTERP=0, **dict(zip(knobs, plan))):
+            with preprocess.forced_way(preprocess.THREE_LAUNCHES), preprocess.pinned_plan(*plan):
                 record("preprocess", case, "blocks {} scan cols {} w{} scatter w{} pdl {}".format(*plan),
                        lambda: preprocess.ep_preprocess(ids, E), 15.0, graph=True, note="floor = 15 us target")
         # device time per kernel
@@ -875,16 +836,15 @@ def main(argv=None) -> int:
     GEMM_DTYPES_WANTED[:] = args.gemm_dtypes
     if args.smoke:
         _smoke()
-    from optimized import _config
-    _config.CHECK_VALUES = False
     gen = torch.Generator(device=DEV)
     gen.manual_seed(0)
     ceil = measure_ceilings(DEV)
     print(ceil.describe(), "| torch", torch.__version__, "| triton", triton.__version__, flush=True)
     t0 = time.time()
-    for sec in args.section:
-        SECTIONS[sec](ceil, gen)
-        print(f"--- {sec} done at {time.time() - t0:.0f} s", flush=True)
+    with config.value_checks(False):   # their device-to-host read would be timed with each call
+        for sec in args.section:
+            SECTIONS[sec](ceil, gen)
+            print(f"--- {sec} done at {time.time() - t0:.0f} s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": ceil.device, "copy_gbps": ceil.copy_gbps, "matmul_tflops": ceil.matmul_tflops,

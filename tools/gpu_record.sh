@@ -7,13 +7,13 @@ cd "$(dirname "$0")/.."
 export LIMIT_check=225 LIMIT_mutate=225 LIMIT_large=200 LIMIT_external=200 LIMIT_tests=225
 export LIMIT_selftest=60 LIMIT_bench=170 LIMIT_epworld=55
 timeout 505 bash -c '
-  bash results/gpu_sweep.sh env
-  CASES=500 JOBS=14 bash results/gpu_sweep.sh check &
-  MUTANT_CASES=15 bash results/gpu_sweep.sh mutate &
-  CUDA_VISIBLE_DEVICES=1 bash results/gpu_sweep.sh large &
-  bash results/gpu_sweep.sh external &
-  TEST_WORKERS=4 bash results/gpu_sweep.sh tests &
+  bash tools/gpu_sweep.sh env
+  CASES=500 JOBS=14 bash tools/gpu_sweep.sh check &
+  MUTANT_CASES=15 bash tools/gpu_sweep.sh mutate &
+  CUDA_VISIBLE_DEVICES=1 bash tools/gpu_sweep.sh large &
+  bash tools/gpu_sweep.sh external &
+  TEST_WORKERS=4 bash tools/gpu_sweep.sh tests &
   wait
-  bash results/gpu_sweep.sh selftest bench epworld
+  bash tools/gpu_sweep.sh selftest bench epworld
 '
 cd "$OUT" && tar czf /tmp/record.tgz --exclude record.tgz . && find . -type f ! -name sweep.log -delete && mv /tmp/record.tgz . && ls -la

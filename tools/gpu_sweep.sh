@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU check-and-bench sweep in one device call; logs and JSON go under $OUT.
-# Usage: bash results/gpu_sweep.sh STAGE...   (stages: env tests check large external bench benchfp8 benchmoe gemm500
+# Usage: bash tools/gpu_sweep.sh STAGE...   (stages: env tests check large external bench benchfp8 benchmoe gemm500
 #        selftest mutate int32mutants falsealarm epworld profile scaling; "all" = every stage). Each stage has its own
 # time limit so one slow stage cannot eat the call; a summary line per stage ends the log.
 set -u
@@ -42,7 +42,7 @@ want falsealarm && stage falsealarm 560 $PY -m harness check --impl ${FA_IMPL:-o
 want int32mutants && stage int32mutants 300 $PY -m harness mutate --mutant silu_int32_row_offset pre_reorder_int32_row_offset --cases 3 --no-shrink --json "$OUT/int32mutants.json"
 want epworld && stage epworld 300 bash -c "$PY -m harness ep-world --ranks 2 --impl ours --json $OUT/epworld.json; $PY -m harness ep-world --ranks 2 --impl ours --dtype fp8_block"
 # Where the harness and the launchers spend host time (profiles of one child's sweep).
-want profile && stage hostoverhead 120 $PY results/host_overhead.py
+want profile && stage hostoverhead 120 $PY tools/host_overhead.py
 want profile && stage profile 300 bash -c "for op in silu_and_mul:bfloat16:100 grouped_gemm:bfloat16:30 ep_moe_forward:bfloat16:15; do IFS=: read o d n <<< \$op; $PY -m cProfile -o $OUT/\$o.prof -m harness check --op \$o --dtype \$d --cases \$n --no-isolate --quiet --no-shrink; $PY -c \"import pstats,sys; s=pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumtime').print_stats(40)\" $OUT/\$o.prof; done"
 # The same sweep on 1 GPU and on 2: cases per minute for the record (issue 9).
 want scaling && stage scalewarm 200 $PY -m harness check --op silu_and_mul gelu_and_mul post_reorder pre_reorder --cases ${SCALE_CASES:-40} --gpus all --quiet  # fills the compile caches, not recorded

@@ -1,0 +1,141 @@
+"""tools/ and results/ keep their roles (tools/README.md, results/README.md).
+
+Contracts checked: results/ holds records only (no .py or .sh file anywhere under it); every tool
+reaches optimized/ through its public API only: it imports no private name from optimized,
+reads no private attribute of an optimized module and assigns none of their globals (a knob is
+set through a switch, which restores it), and every name it takes from optimized exists; every
+Python tool imports, every shell tool parses, and none runs a script from results/.
+"""
+import ast
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+PY_TOOLS = sorted(f for f in os.listdir(TOOLS) if f.endswith(".py"))
+SH_TOOLS = sorted(f for f in os.listdir(TOOLS) if f.endswith(".sh"))
+# private names of optimized/ as text: optimized.gemm._launch, from optimized.gemm import _launch
+PRIVATE_TEXT = re.compile(r"optimized\.\w+\._\w+|from optimized[\w.]* import [^\n]*\b_\w+")
+
+
+def _is_module(dotted: str) -> bool:
+    try:
+        return importlib.util.find_spec(dotted) is not None
+    except ImportError:   # a parent that is no package
+        return False
+
+
+def _exists(dotted: str) -> bool:
+    """Whether ``dotted`` (optimized.gemm.tma_allowed, ...) names a module or an attribute of one."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        if _is_module(".".join(parts[:i])):
+            obj = importlib.import_module(".".join(parts[:i]))
+            break
+    else:
+        return False
+    for part in parts[i:]:
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def _dotted(node):
+    """'a.b.c' for an attribute chain on a plain name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else None
+
+
+def violations(source: str):
+    """Every way ``source`` reaches past optimized/'s public API: private names imported or read,
+    module globals assigned (or setattr), names that do not exist; as 'line N: what' strings."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    bound = {}   # local name -> the optimized module it names
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "optimized":
+                    bound[alias.asname or "optimized"] = alias.name if alias.asname else "optimized"
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "optimized":
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if any(part.startswith("_") for part in full.split(".")):
+                    found.append(f"line {node.lineno}: imports the private {full}")
+                elif not _exists(full):
+                    found.append(f"line {node.lineno}: imports {full}, which does not exist")
+                elif _is_module(full):
+                    bound[alias.asname or alias.name] = full
+    for node in ast.walk(tree):
+        # the outermost attribute of a chain on a name bound to an optimized module
+        if isinstance(node, ast.Attribute) and not isinstance(parents.get(node), ast.Attribute):
+            dotted = _dotted(node)
+            if dotted is None or dotted.split(".")[0] not in bound:
+                continue
+            base, *attrs = dotted.split(".")
+            full = ".".join([bound[base]] + attrs)
+            if any(a.startswith("_") for a in attrs):
+                found.append(f"line {node.lineno}: reads the private {full}")
+            elif isinstance(node.ctx, ast.Store):
+                found.append(f"line {node.lineno}: assigns the module global {full}")
+            elif not _exists(full):
+                found.append(f"line {node.lineno}: uses {full}, which does not exist")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+              and node.args and _dotted(node.args[0]) in bound):
+            found.append(f"line {node.lineno}: setattr on the module {bound[_dotted(node.args[0])]}")
+    return found
+
+
+def test_results_holds_records_only():
+    scripts = [os.path.relpath(os.path.join(folder, name), ROOT)
+               for folder, _, names in os.walk(os.path.join(ROOT, "results")) for name in names
+               if name.endswith((".py", ".sh"))]
+    assert not scripts, f"scripts belong in tools/, not results/: {scripts}"
+
+
+def test_the_checker_finds_each_kind_of_private_use():
+    source = ("from optimized import gemm, preprocess as pp\nfrom optimized.reorder import _row_tiles\n"
+              "import optimized\ngemm.USE_TMA = False\npp._plan(8, 4, False)\nsetattr(gemm, 'USE_TMA', True)\n"
+              "optimized.gemm.grouped_gemm_kernels\nwith gemm.tma_allowed(False):\n    gemm.grouped_gemm\n")
+    found = violations(source)
+    assert len(found) == 5, found
+    assert PRIVATE_TEXT.search("from optimized.reorder import pre_reorder, _row_tiles")
+    assert PRIVATE_TEXT.search("x = optimized.gemm._launch")
+    assert not PRIVATE_TEXT.search("from optimized import config, gemm")
+
+
+@pytest.mark.parametrize("name", PY_TOOLS)
+def test_python_tool_uses_only_the_public_api_and_imports(name):
+    with open(os.path.join(TOOLS, name)) as fh:
+        source = fh.read()
+    assert not PRIVATE_TEXT.findall(source)
+    assert not violations(source)
+    if name == "gluon_fp8_block_probe.py":
+        pytest.importorskip("triton.experimental.gluon")
+    # in a child process: some tools set TRITON_INTERPRET when imported, which must not leak into this one
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", f"import tools.{name[:-3]}"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", SH_TOOLS)
+def test_shell_tool_parses_and_runs_nothing_from_results(name):
+    path = os.path.join(TOOLS, name)
+    with open(path) as fh:
+        source = fh.read()
+    assert not PRIVATE_TEXT.findall(source)
+    assert not re.findall(r"results/\w+\.(?:py|sh)", source)
+    proc = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
