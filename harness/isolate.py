@@ -14,8 +14,8 @@ imported), and the parent turns whatever happens to it into summary rows:
   traceback land there too), the case in flight (the child writes each case's params
   before running it) and the replay command; the remaining dtypes run in a fresh child;
 - a child that passes its time limit is killed (SIGKILL) and the dtype in flight is
-  CRASHED with reason "timeout after N s": ``timeout`` bounds the whole group (the dtypes
-  left are then skipped), ``case_timeout`` one case (the others still run).
+  CRASHED with reason "timeout after N s": CheckOptions.timeout_s bounds the whole group (the
+  dtypes left are then skipped), CheckOptions.case_timeout_s one case (the others still run).
 
 A Python exception raised by an implementation is not a crash: the runner already reports
 it as a FAILED case (probe ``exception``). Only exceptions that say the device faulted are
