@@ -28,14 +28,16 @@ def is_path(target: str) -> bool:
 
 
 def load_file_module(name: str, path: PathLike, *, source: Optional[str] = None, package: bool = False,
-                     extend_sys_path: bool = False) -> types.ModuleType:
+                     extend_sys_path: bool = False, builtins: Optional[dict] = None) -> types.ModuleType:
     """Execute the file at ``path`` as the module ``name`` and return it.
 
     ``source``: the module's text, written to ``path`` first (a module made at run time:
     Triton's @jit reads kernel source through ``inspect``, which needs a real file).
     ``package``: ``path`` is a package's ``__init__.py``; its folder is searched for the
     package's submodules. ``extend_sys_path``: append the file's folder to sys.path, so that
-    the file can import its own helpers. A name inside a package (``optimized._mutant_x``)
+    the file can import its own helpers. ``builtins``: the module's ``__builtins__``, for its
+    code and the functions it defines (e.g. an ``__import__`` that serves stand-ins:
+    harness/sglang/standins.py). A name inside a package (``optimized._mutant_x``)
     resolves its relative imports in that package, which must be imported already.
 
     A module already registered as ``name`` is returned without running anything. When the
@@ -56,6 +58,8 @@ def load_file_module(name: str, path: PathLike, *, source: Optional[str] = None,
     if extend_sys_path and folder not in sys.path:
         sys.path.append(folder)
     mod = importlib.util.module_from_spec(spec)
+    if builtins is not None:
+        mod.__dict__["__builtins__"] = builtins
     sys.modules[name] = mod
     try:
         spec.loader.exec_module(mod)
@@ -66,10 +70,12 @@ def load_file_module(name: str, path: PathLike, *, source: Optional[str] = None,
     return mod
 
 
-def load_module(target: str, name: Optional[str] = None) -> types.ModuleType:
+def load_module(target: str, name: Optional[str] = None, *, extend_sys_path: bool = True,
+                builtins: Optional[dict] = None) -> types.ModuleType:
     """Import a dotted module name, or execute a local .py file as a module (one module per
     real path: ``name`` chooses its module name, else one derived from the path). The file's
-    folder is appended to sys.path so that it can import its own helpers."""
+    folder is appended to sys.path so that it can import its own helpers, unless
+    ``extend_sys_path`` is False; ``builtins`` as for load_file_module."""
     if not is_path(target):
         return importlib.import_module(target)
     path = os.path.realpath(os.path.expanduser(target))
@@ -77,4 +83,4 @@ def load_module(target: str, name: Optional[str] = None) -> types.ModuleType:
         raise FileNotFoundError(f"{target}: no such file")
     stem = os.path.splitext(os.path.basename(path))[0]
     return load_file_module(name or f"_moe_ext_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}", path,
-                            extend_sys_path=True)
+                            extend_sys_path=extend_sys_path, builtins=builtins)

@@ -1,0 +1,324 @@
+"""SGLang releases as kernel sources: fetch, cache, locate and load a release's EP-MoE kernels.
+
+``resolve("0.4.10.post2")`` downloads the release wheel with pip (``--no-deps --only-binary
+:all:``; the registry is the only network the harness ever touches, and only for a
+``sglang==VERSION`` source), keeps the wheel and the extracted kernel file(s) in the cache
+folder ``$XDG_CACHE_HOME/moe-kernel-harness/sglang/VERSION`` (``~/.cache`` when
+XDG_CACHE_HOME is unset), and returns a ``Release`` that names the extracted kernel file.
+``resolve(wheel="path/to/sglang-V-....whl")`` does the same from a wheel on disk, for
+machines without an index (carry the wheel; it is registered in the cache under its
+version, so a later ``sglang==V`` on that machine finds it without pip).
+
+The kernel file is found by the paths releases used (``KERNEL_PATHS``, newest first):
+
+==========================================  ===================
+path inside the wheel                        releases
+==========================================  ===================
+``sglang/kernels/ops/moe/ep_moe_kernels.py``  0.5.16 and later
+``sglang/srt/layers/moe/ep_moe/kernels.py``   0.4.1 .. 0.5.15 (0.4.0 has none)
+==========================================  ===================
+
+``load_kernel_file(path)`` executes a file UNMODIFIED as a module whose ``sglang.*``
+imports are served by ``harness.sglang.standins`` (they take precedence over an installed
+sglang; an import they do not cover goes to an installed sglang, else fails naming it).
+``sglang:PATH`` sources go through the same loader.
+
+Errors are ``ReleaseError`` (a RuntimeError) naming the version or the wheel and what was
+expected; a failed download suggests ``--sglang-wheel``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+from ..loader import load_module
+from .standins import scoped_builtins
+
+# Where releases kept the EP-MoE kernel file, newest layout first (the first present wins).
+KERNEL_PATHS: Tuple[str, ...] = (
+    "sglang/kernels/ops/moe/ep_moe_kernels.py",   # 0.5.16 ..
+    "sglang/srt/layers/moe/ep_moe/kernels.py",    # 0.4.1 .. 0.5.15
+)
+# Read by tools/sglang_inventory.py only (how the EP layer launched the kernels); never loaded.
+LAYER_PATHS: Tuple[str, ...] = ("sglang/srt/layers/moe/ep_moe/layer.py",)
+
+PACKAGE = "sglang"
+DOWNLOAD_TIMEOUT_S = 600.0
+# A release version as it may appear in a cache folder's name (PEP 440 subset: no local part).
+_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?$")
+# A wheel file name (PEP 427): name-version(-build)?-python-abi-platform.whl
+_WHEEL_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(-[0-9][^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+_RECORD = "release.json"
+# A fallback target for pip when no wheel matches this interpreter (a newer release may
+# ship only builds for other Pythons): the kernel files are the same plain Python in every
+# build of a release (checked for 0.5.23's cp311 and cp312 builds).
+FALLBACK_TARGET = ("--platform", "manylinux_2_34_x86_64", "--python-version", "3.12", "--implementation", "cp",
+                   "--abi", "cp312")
+
+
+class ReleaseError(RuntimeError):
+    """A release could not be fetched, read or located (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One SGLang release's kernel files, extracted into the cache.
+
+    version: the release version (from the wheel's file name); folder: the cache folder;
+    wheel: the cached wheel; files: path inside the wheel -> extracted local file, for the
+    paths of KERNEL_PATHS (and LAYER_PATHS) that the wheel has; kernel_path: the first of
+    KERNEL_PATHS present (the EP-MoE kernel file)."""
+
+    version: str
+    folder: Path
+    wheel: Path
+    files: Dict[str, Path]
+    kernel_path: str
+
+    @property
+    def kernel_file(self) -> Path:
+        return self.files[self.kernel_path]
+
+    @property
+    def source(self) -> str:
+        return f"sglang=={self.version}"
+
+
+def check_version(version: str) -> str:
+    """The version string, stripped; ValueError unless it looks like a release version."""
+    v = (version or "").strip()
+    if not _VERSION_RE.match(v):
+        raise ValueError(f"sglang=={version}: expected a release version such as 0.4.10.post2 or 0.5.23")
+    return v
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/moe-kernel-harness/sglang`` (``~/.cache`` when XDG_CACHE_HOME is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "moe-kernel-harness" / "sglang"
+
+
+def wheel_version(wheel: os.PathLike) -> str:
+    """The version in an sglang wheel's file name; ReleaseError for any other file."""
+    name = os.path.basename(os.fspath(wheel))
+    m = _WHEEL_RE.match(name)
+    if not m or m.group("name").lower() != PACKAGE:
+        raise ReleaseError(f"--sglang-wheel {wheel}: expected an sglang wheel file named "
+                           f"sglang-VERSION-PYTHON-ABI-PLATFORM.whl, got {name!r}")
+    try:
+        return check_version(m.group("version"))
+    except ValueError as exc:
+        raise ReleaseError(f"--sglang-wheel {wheel}: {exc}") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_kernel_path(names: Sequence[str]) -> Optional[str]:
+    """The first of KERNEL_PATHS among ``names`` (paths inside a wheel), or None."""
+    present = set(names)
+    return next((p for p in KERNEL_PATHS if p in present), None)
+
+
+# ----------------------------------------------------------------------------- download
+
+def pip_download_command(version: str, dest: str, fallback: bool = False) -> list:
+    """The pip command that fetches one release wheel, without dependencies, into ``dest``."""
+    cmd = [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={version}", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "--no-input", "-d", dest]
+    return cmd + list(FALLBACK_TARGET) if fallback else cmd
+
+
+def _clip(line: str, limit: int = 300) -> str:
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+def fetch_wheel(version: str, dest: os.PathLike) -> Path:
+    """Download the wheel of sglang==version into ``dest`` with pip; the wheel's path.
+
+    Tries a wheel for this interpreter first, then (when pip found none) a Linux CPython
+    3.12 build (FALLBACK_TARGET). ReleaseError when pip fails (the message has pip's last
+    lines and suggests --sglang-wheel)."""
+    version = check_version(version)
+    os.makedirs(dest, exist_ok=True)
+    tail = ""
+    for fallback in (False, True):
+        cmd = pip_download_command(version, os.fspath(dest), fallback)
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=DOWNLOAD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            tail = f"pip did not finish in {DOWNLOAD_TIMEOUT_S:.0f} s"
+            break
+        wheels = sorted(Path(dest).glob(f"{PACKAGE}-{version}-*.whl"))
+        if proc.returncode == 0 and wheels:
+            return wheels[0]
+        lines = proc.stdout.strip().splitlines()
+        tail = "\n".join(_clip(line) for line in ([ln for ln in lines if "ERROR" in ln] or lines[-3:]))
+        if "No matching distribution" not in proc.stdout:
+            break  # the index is unreachable or refused: another target will not help
+    raise ReleaseError(f"sglang=={version}: pip could not download the release wheel "
+                       f"({' '.join(pip_download_command(version, '<dir>'))}):\n{tail}\n"
+                       f"Without a package index, download the wheel elsewhere and pass it with "
+                       f"--sglang-wheel PATH (for example: pip download sglang=={version} --no-deps "
+                       f"--only-binary :all: -d DIR).")
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _read_record(folder: Path) -> Optional[dict]:
+    try:
+        with open(folder / _RECORD) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _release(folder: Path, record: dict) -> Release:
+    files = {p: folder / "files" / p for p in record["files"]}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise ReleaseError(f"sglang=={record['version']}: the cache folder {folder} lacks {missing[0]}; "
+                           f"delete the folder to fetch the release again")
+    return Release(record["version"], folder, folder / record["wheel"], files, record["kernel_path"])
+
+
+def _extract(wheel: Path, version: str, staging: Path) -> dict:
+    """Copy the wheel and its kernel (and layer) files into ``staging``; the cache record."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = zf.namelist()
+            kernel_path = find_kernel_path(names)
+            if kernel_path is None:
+                raise ReleaseError(f"sglang=={version} ({wheel.name}): no EP-MoE kernel file at any of the paths "
+                                   f"releases used: {', '.join(KERNEL_PATHS)}")
+            wanted = [p for p in KERNEL_PATHS + LAYER_PATHS if p in set(names)]
+            for p in wanted:
+                target = staging / "files" / p
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(p))
+    except zipfile.BadZipFile as exc:
+        raise ReleaseError(f"sglang=={version}: {wheel} is not a readable wheel ({exc})") from None
+    shutil.copy2(wheel, staging / wheel.name)
+    return {"version": version, "wheel": wheel.name, "sha256": _sha256(wheel), "files": wanted,
+            "kernel_path": kernel_path}
+
+
+def _install(wheel: Path, version: str, root: Path) -> Release:
+    """Extract into a staging folder and move it into place (concurrent callers may race:
+    the first complete folder wins, which is the same content)."""
+    folder = root / version
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    try:
+        record = _extract(wheel, version, staging)
+        with open(staging / _RECORD, "w") as fh:
+            json.dump(record, fh, indent=1)
+        old = _read_record(folder)
+        if old is not None and old.get("sha256") != record["sha256"]:
+            shutil.rmtree(folder, ignore_errors=True)  # another wheel of this version replaces it
+        elif old is None and folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if _read_record(folder) is None:
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _release(folder, _read_record(folder))
+
+
+@contextlib.contextmanager
+def _locked(root: Path, version: str):
+    """One process at a time per version (parallel check children share one download)."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: concurrent callers may download twice; _install stays safe
+        yield
+        return
+    with open(root / f".{version}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def resolve(version: Optional[str] = None, wheel: Optional[os.PathLike] = None,
+            root: Optional[os.PathLike] = None) -> Release:
+    """The release's kernel files, from the cache, a wheel on disk, or a pip download.
+
+    ``version`` alone: the cache, else pip. ``wheel`` (a local .whl): registered in the
+    cache under its version, replacing a cached wheel of that version with other bytes;
+    with ``version`` too, the two must agree. ``root`` overrides ``cache_root()``.
+    ValueError for a malformed version; ReleaseError for everything that fails after."""
+    root = Path(root) if root is not None else cache_root()
+    if wheel is not None:
+        path = Path(os.path.expanduser(os.fspath(wheel)))
+        if not path.is_file():
+            raise ReleaseError(f"--sglang-wheel {wheel}: no such file")
+        found = wheel_version(path)
+        if version is not None and check_version(version) != found:
+            raise ReleaseError(f"--sglang-wheel {wheel} holds sglang {found}, not the requested {version}")
+        with _locked(root, found):
+            record = _read_record(root / found)
+            if record is not None and record.get("sha256") == _sha256(path):
+                return _release(root / found, record)
+            return _install(path, found, root)
+    if version is None:
+        raise ValueError("resolve: expected a version or a wheel")
+    version = check_version(version)
+    record = _read_record(root / version)
+    if record is not None:
+        return _release(root / version, record)
+    with _locked(root, version):
+        record = _read_record(root / version)  # another process may have fetched it meanwhile
+        if record is not None:
+            return _release(root / version, record)
+        with tempfile.TemporaryDirectory(prefix=f".download-{version}-", dir=root) as tmp:
+            return _install(fetch_wheel(version, tmp), version, root)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_kernel_file(path: os.PathLike, label: Optional[str] = None, own_folder: bool = True) -> types.ModuleType:
+    """Execute a kernel file unmodified as a module whose ``sglang.*`` imports (at load time
+    and in its functions, whenever called) are the stand-ins of harness.sglang.standins.
+
+    One module per file and label (harness.loader: the module name, derived from the label
+    and the real path, is the cache); registered in sys.modules under that private name
+    (e.g. ``_moe_ext_sglang__0_4_6_post1_<hash>``). ``own_folder``: append the
+    file's folder to sys.path, so that a user's file can import its own helpers (off for
+    release files, which import none). FileNotFoundError for a missing file; errors of the
+    file's own code propagate; an ``sglang.*`` import without a stand-in is an ImportError
+    naming it."""
+    real = os.path.realpath(os.path.expanduser(os.fspath(path)))
+    if not os.path.isfile(real):
+        raise FileNotFoundError(f"{path}: no such file")
+    stem = re.sub(r"\W", "_", label or os.path.splitext(os.path.basename(real))[0])
+    name = f"_moe_ext_{stem}_{hashlib.sha1(real.encode()).hexdigest()[:8]}"
+    return load_module(real, name, extend_sys_path=own_folder, builtins=scoped_builtins())
+
+
+def load_release(release: Release) -> types.ModuleType:
+    """The release's EP-MoE kernel file, loaded by ``load_kernel_file``."""
+    return load_kernel_file(release.kernel_file, label=release.source, own_folder=False)

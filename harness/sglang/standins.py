@@ -1,0 +1,225 @@
+"""Stand-ins for the few ``sglang.*`` names that SGLang's EP-MoE kernel files import.
+
+A release's kernel file (harness.sglang.release) is executed unmodified; its ``import
+sglang...`` statements, at load time and inside functions called later, are served by this
+module's import hook (``scoped_builtins``: the file's own ``__builtins__`` with
+``__import__`` replaced, so nothing global changes and an installed sglang is not touched).
+The stand-ins are written for the harness; no code of the sglang package is copied.
+
+Every name the files of releases 0.4.1 .. 0.5.23 import at module level (the inventory,
+tools/sglang_inventory.py) is here:
+
+================================================  ==================================  ===============================
+module: name                                       stands for (releases)               why faithful enough
+================================================  ==================================  ===============================
+``sglang.srt.utils: is_cuda``                      the CUDA-build test (0.4.4 ..)       the same test: a CUDA build of
+                                                                                        torch that sees a GPU
+``sglang.srt.utils: is_musa``                      the MUSA-build test (0.5.11 ..)      False unless torch is a MUSA
+                                                                                        build; the harness runs on
+                                                                                        CUDA or CPU
+``sglang.srt.utils: ceil_div``,                    integer ceil division (0.4.8 ..)    the same arithmetic
+``sglang.math_utils: ceil_div``
+``sglang.srt.utils: dispose_tensor``               frees a tensor's storage             the same effect: the tensor is
+                                                   (0.4.7 .. 0.5.3)                     set to an empty storage
+``sglang.utils: is_in_ci``                         "SGLang's CI?" (0.4.9.post .. 0.5.3) the same environment variable,
+                                                                                        SGLANG_IS_IN_CI; only ep_gather
+                                                                                        (not checked) reads it
+``sglang.srt.distributed:``                        this process's TP rank              imported, never called by the
+``get_tensor_model_parallel_rank``                 (0.4.5 .. 0.4.6.x)                   file: calling it raises
+``sglang.srt.layers.quantization.fp8_kernel`` and  per-token-group fp8 quantisation     the same arithmetic as SGLang's
+``sglang.kernels.ops.quantization.fp8_kernel``:    (Triton / sgl_kernel builds of the   Triton kernel: scale = max(amax,
+``per_token_group_quant_fp8``,                     same math; 0.4.4 ..; used by         eps) / 448, clamp, cast to
+``sglang_per_token_group_quant_fp8``               grouped_gemm_triton's block fp8)     e4m3fn, row-major scales; the
+                                                                                        same preconditions (last dim a
+                                                                                        multiple of the group,
+                                                                                        contiguous); other layouts raise
+``sglang.srt.environ: envs``                       SGLang's settings (0.5.17 ..)        read only inside functions the
+                                                                                        harness does not check: reading
+                                                                                        a setting raises
+================================================  ==================================  ===============================
+
+An ``sglang.*`` import that this table cannot serve (a module or a name not listed, such as
+the function-level imports of ``sglang.jit_kernel...`` in 0.5.16+) goes to the real sglang
+package when it is installed, and otherwise raises an ImportError that names it and says
+that the stand-ins do not cover it. Stand-ins that cannot be faithful raise
+``StandInError`` (a RuntimeError) when called, naming themselves.
+"""
+from __future__ import annotations
+
+import builtins
+import os
+import types
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from reference._checks import FP8_DTYPE, FP8_MAX
+
+
+class StandInError(RuntimeError):
+    """A stand-in was used in a way it cannot stand for (the message names it)."""
+
+
+# ----------------------------------------------------------------------------- the stand-ins
+
+def is_cuda() -> bool:
+    """A CUDA build of torch that sees a GPU (SGLang's test, same expression)."""
+    return torch.cuda.is_available() and torch.version.cuda is not None
+
+
+def is_musa() -> bool:
+    """False unless torch is a MUSA build (the harness runs on CUDA or CPU)."""
+    return getattr(torch.version, "musa", None) is not None
+
+
+def ceil_div(x: int, y: int) -> int:
+    return (x + y - 1) // y
+
+
+def dispose_tensor(x: torch.Tensor) -> None:
+    """Release x's storage: x becomes an empty tensor of its dtype and device."""
+    x.set_(torch.empty((0,), device=x.device, dtype=x.dtype))
+
+
+def is_in_ci() -> bool:
+    """SGLang's CI flag: the environment variable SGLANG_IS_IN_CI is "true" or "1"."""
+    return os.environ.get("SGLANG_IS_IN_CI", "false").lower() in ("true", "1")
+
+
+def _not_callable(qualname: str) -> Callable:
+    def fail(*_args, **_kwargs):
+        raise StandInError(f"{qualname} is a stand-in of the harness (harness/sglang/standins.py) that cannot be "
+                           f"called: the kernel file imports it, but none of the ops the harness checks uses it")
+    fail.__name__ = qualname.rsplit(".", 1)[-1]
+    fail.__qualname__ = qualname
+    return fail
+
+
+# Layout options of SGLang's quantisers and their defaults; any other value is not stood in for.
+_QUANT_LAYOUT_DEFAULTS = {"column_major_scales": False, "scale_tma_aligned": False, "scale_ue8m0": False,
+                          "fuse_silu_and_mul": False, "masked_m": None, "enable_v2": None, "output_q": None,
+                          "output_s": None}
+
+
+def per_token_group_quant_fp8(x: torch.Tensor, group_size: int, eps: float = 1e-10, *layout, **options):
+    """Per-token-group fp8 e4m3 quantisation as SGLang's kernels compute it.
+
+    For each row of x [..., Kd] and group g of ``group_size`` columns:
+    scale = max(amax(|x|), eps) / 448 (float32), q = fp8(clamp(x / scale, -448, 448)).
+    Returns (q with x's shape, scale [..., Kd / group_size] float32, row-major).
+    SGLang's preconditions hold here too (AssertionError): Kd a multiple of group_size, x
+    contiguous. Layout options (column-major or TMA-aligned scales, ue8m0, fused SiLU,
+    masked rows, output buffers) raise StandInError when set."""
+    names = list(_QUANT_LAYOUT_DEFAULTS)
+    given = dict(zip(names, layout))
+    given.update(options)
+    unknown = sorted(set(given) - set(names))
+    set_options = sorted(k for k, v in given.items() if k in _QUANT_LAYOUT_DEFAULTS and v != _QUANT_LAYOUT_DEFAULTS[k])
+    if unknown or set_options:
+        raise StandInError(f"per_token_group_quant_fp8 (stand-in): only row-major float32 scales are stood in for; "
+                           f"got {', '.join(f'{k}={given[k]!r}' for k in unknown + set_options)}")
+    assert x.shape[-1] % group_size == 0, (f"per_token_group_quant_fp8 (stand-in; SGLang's precondition): the last "
+                                           f"dimension of x ({x.shape[-1]}) is not a multiple of group_size "
+                                           f"({group_size})")
+    assert x.is_contiguous(), "per_token_group_quant_fp8 (stand-in; SGLang's precondition): x is not contiguous"
+    groups = x.shape[-1] // group_size
+    xf = x.float().reshape(*x.shape[:-1], groups, group_size)
+    scale = xf.abs().amax(dim=-1).clamp_min(eps) / FP8_MAX
+    q = (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q.reshape(x.shape), scale.contiguous()
+
+
+class _Settings:
+    """Stand-in of ``sglang.srt.environ.envs``: every setting raises when read."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return types.SimpleNamespace(get=_not_callable(f"sglang.srt.environ.envs.{name}.get"))
+
+
+_FP8_KERNEL = {"per_token_group_quant_fp8": per_token_group_quant_fp8,
+               "sglang_per_token_group_quant_fp8": per_token_group_quant_fp8}
+
+# module -> {name: object}; the table of the docstring, as data.
+STANDINS: Dict[str, Dict[str, object]] = {
+    "sglang.srt.utils": {"is_cuda": is_cuda, "is_musa": is_musa, "ceil_div": ceil_div,
+                         "dispose_tensor": dispose_tensor},
+    "sglang.math_utils": {"ceil_div": ceil_div},
+    "sglang.utils": {"is_in_ci": is_in_ci},
+    "sglang.srt.distributed": {"get_tensor_model_parallel_rank":
+                               _not_callable("sglang.srt.distributed.get_tensor_model_parallel_rank")},
+    "sglang.srt.layers.quantization.fp8_kernel": dict(_FP8_KERNEL),
+    "sglang.kernels.ops.quantization.fp8_kernel": dict(_FP8_KERNEL),
+    "sglang.srt.environ": {"envs": _Settings()},
+}
+
+
+# ----------------------------------------------------------------------------- the modules
+
+def _build_modules() -> Dict[str, types.ModuleType]:
+    """One module object per stand-in module and per package above one, linked as attributes."""
+    mods: Dict[str, types.ModuleType] = {}
+
+    def get(name: str) -> types.ModuleType:
+        if name not in mods:
+            mod = types.ModuleType(name, f"Stand-in of {name} (harness/sglang/standins.py).")
+            mod.__standin__ = True
+            mods[name] = mod
+            parent, _, leaf = name.rpartition(".")
+            if parent:
+                mod.__package__ = parent
+                setattr(get(parent), leaf, mod)
+            mod.__path__ = []  # a package for the import system's purposes (children are attributes)
+        return mods[name]
+
+    for name, attrs in STANDINS.items():
+        vars(get(name)).update(attrs)
+    return mods
+
+
+_MODULES = _build_modules()
+
+
+def standin_module(name: str) -> Optional[types.ModuleType]:
+    """The stand-in module (or package) ``name``, or None when the table has none."""
+    return _MODULES.get(name)
+
+
+def _missing(name: str, fromlist: Tuple[str, ...], cause: BaseException) -> ImportError:
+    mod = _MODULES.get(name)
+    what = f"{', '.join(fromlist)} from {name}" if mod is not None and fromlist else name
+    has = sorted(k for k in vars(mod) if not k.startswith("__") and not isinstance(getattr(mod, k), types.ModuleType)) \
+        if mod is not None else []
+    offer = f" (its stand-in provides {', '.join(has)})" if has else ""
+    err = ImportError(f"cannot import {what}: the harness's stand-ins for sglang (harness/sglang/standins.py) do "
+                      f"not cover it{offer}, and the sglang package is not importable ({cause}). The ops the "
+                      f"harness checks do not need it; it is imported by other code of the kernel file.")
+    err.name = name
+    return err
+
+
+def standin_import(name: str, globals=None, locals=None, fromlist=(), level: int = 0):
+    """``__import__`` for kernel files: ``sglang`` names from the stand-ins, others as usual.
+
+    An ``sglang.*`` import that the stand-ins cannot serve completely goes to the real
+    package (when installed); failing that, an ImportError names what is missing."""
+    if level != 0 or not (name == "sglang" or name.startswith("sglang.")):
+        return builtins.__import__(name, globals, locals, fromlist, level)
+    mod = _MODULES.get(name)
+    wanted = tuple(fromlist or ())
+    if mod is not None and all(n == "*" or hasattr(mod, n) for n in wanted):
+        return mod if wanted else _MODULES["sglang"]
+    try:
+        return builtins.__import__(name, globals, locals, fromlist, level)
+    except ImportError as exc:
+        raise _missing(name, tuple(n for n in wanted if mod is None or not hasattr(mod, n)), exc) from None
+
+
+def scoped_builtins() -> dict:
+    """A copy of the builtins whose ``__import__`` is ``standin_import``: set as a module's
+    ``__builtins__`` before executing it, it routes that module's imports (and those of the
+    functions it defines, whenever they run) through the stand-ins."""
+    scoped = dict(vars(builtins))
+    scoped["__import__"] = standin_import
+    return scoped
