@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 import torch
 
 from .cases import CaseParams
+from .sglang.bind import Convention, Neutral
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,22 @@ class Precondition:
 
 @dataclass(frozen=True)
 class SglangBinding:
-    """How SGLang names and launches the op. ``names``: the module attributes to look for, first
+    """How SGLang names and launches the op, and what its releases changed (binding by
+    parameter name: harness/sglang/bind.py). ``names``: the module attributes to look for, first
     present wins. ``grid``: for a Triton kernel, its launch grid from our arguments, as SGLang's
-    EP layer launches it (None: SGLang calls a Python function, called with our signature).
-    ``requires``: ids of the record's preconditions that SGLang's implementation assumes."""
+    EP layer launches it (None: SGLang calls a Python function). ``requires``: ids of the
+    record's preconditions that SGLang's implementation assumes. ``aliases``: SGLang parameter
+    -> our argument, where a release renamed one (``_ptr`` suffixes need none). ``neutral``:
+    parameters that releases added -> the value under which they compute our op (Neutral).
+    ``conventions``: changes of meaning between releases, recognised from the callable
+    (Convention)."""
 
     names: Tuple[str, ...]
     grid: Optional[Callable[[Mapping[str, Any]], Tuple[int, ...]]] = None
     requires: Tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    neutral: Mapping[str, Neutral] = field(default_factory=dict)
+    conventions: Tuple[Convention, ...] = ()
 
 
 @dataclass(frozen=True)

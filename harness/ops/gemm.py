@@ -17,6 +17,7 @@ from ..costs import Cost, tensor_core_rate
 from ..mutants import Mutant
 from ..opspec import (BenchAnchor, ErrorInput, OpSpec, OutputSpec, Precondition, Sample, SglangBinding,
                       activation_dtype, buffer, is_fp8, set_arg)
+from ..sglang.bind import Convention, Neutral
 from .preprocess import case_ids, routing_tensors
 
 KERNELS = "optimized.gemm"
@@ -177,6 +178,18 @@ K_BLOCK_ALIGNED = Precondition(
         p, hidden=max(BLOCK_SHAPE[1], p.hidden // BLOCK_SHAPE[1] * BLOCK_SHAPE[1])))
 
 
+# What SGLang's releases changed (tools/sglang_inventory.py).
+SCALE_A_PER_WEIGHT = Neutral(
+    False, "0.4.7 .. 0.5.3 (default True)", "True reads scale_a per row [M] (w8a8 dynamic quantisation); False per "
+                                            "weight, our scale_a")
+FREES_A = Convention(
+    "frees a", applies=lambda t: "dispose_tensor" in t.code_names,
+    args={"a": lambda a: a["a"].clone() if a["block_shape"] is not None else a["a"]}, consumes=("a",),
+    releases="0.4.7 .. 0.5.3",
+    why="with block_shape, grouped_gemm_triton frees a's storage after quantising it (SGLang's layer passes a "
+        "temporary); our a is an input the caller keeps, so the call gets a copy")
+
+
 def _model_variants(shape: Mapping[str, int]):
     """The GEMM appears twice in a model: gate_up (N = 2I, Kd = H) and down (N = H, Kd = I)."""
     H, I = shape["hidden"], shape["inter"]
@@ -191,7 +204,8 @@ RECORDS = (
            max_tokens=256, invalid_ids=True, bench_anchors=_ANCHORS,
            shape_label=lambda p: f"N={p.inter} Kd={p.hidden}", model_variants=_model_variants,
            timed_layout=production_layout, preconditions=(K_BLOCK_ALIGNED,), row_context=gemm_row_context,
-           sglang=SglangBinding(("grouped_gemm_triton",), requires=(K_BLOCK_ALIGNED.id,)),
+           sglang=SglangBinding(("grouped_gemm_triton",), requires=(K_BLOCK_ALIGNED.id,),
+                                neutral={"use_per_token_if_dynamic": SCALE_A_PER_WEIGHT}, conventions=(FREES_A,)),
            error_inputs=(
                ErrorInput("bfloat16", set_arg("b", lambda a: a["b"][:, :, :-1].contiguous()), ValueError, "b"),
                ErrorInput("bfloat16", set_arg("c", lambda a: a["c"].float()), TypeError, "c"),

@@ -16,6 +16,7 @@ from ..costs import Cost
 from ..mutants import Mutant, cache_by_shape
 from ..opspec import (ID_DTYPES, BenchAnchor, ErrorInput, OpSpec, OutputSpec, Sample, SglangBinding,
                       non_contiguous, returned, set_arg)
+from ..sglang.bind import Convention
 
 KERNELS = "optimized.preprocess"
 
@@ -111,11 +112,27 @@ _ANCHORS = (
 )
 _ids = "topk_ids"
 
+def _first_seg_entries(ret, args):
+    reorder, src2dst, seg = ret
+    return reorder, src2dst, seg[:args["num_experts"] + 1]
+
+
+# SGLang 0.5.4 .. 0.5.5: run_moe_ep_preproess(topk_ids, num_local_experts).
+SEG_BELOW_EACH_EXPERT = Convention(
+    "seg_indptr counts ids below each expert",
+    applies=lambda t: "num_local_experts" in t.param_names,
+    args={"num_local_experts": lambda a: a["num_experts"] + 1}, consumes=("num_experts",),
+    result=_first_seg_entries, releases="0.5.4 .. 0.5.5",
+    why="it launches one program per expert e < num_local_experts writing seg_indptr[e] = #(ids < e), and leaves "
+        "seg_indptr[num_local_experts] at 0 (its callers mark other ranks' slots with the id num_local_experts); "
+        "asked for E + 1 experts it writes seg_indptr[0..E] = #(ids < e), our seg_indptr")
+
 RECORDS = (
     OpSpec("ep_preprocess", reference.ep_preprocess, lambda p, d: _build(p, d, allow_invalid=False), _OUTPUTS,
            tuple(ID_DTYPES), KERNELS, _cost(deepep=False), max_tokens=4096,
            bench_anchors=_ANCHORS, bench_dtype="int32", bench_routing="all", shape_label=lambda p: "",
-           sglang=SglangBinding(("run_moe_ep_preproess", "run_moe_ep_preprocess")),  # SGLang's spelling first
+           sglang=SglangBinding(("run_moe_ep_preproess", "run_moe_ep_preprocess"),  # SGLang's spelling first
+                                conventions=(SEG_BELOW_EACH_EXPERT,)),
            error_inputs=(
                ErrorInput("int32", set_arg(_ids, lambda a: a[_ids].float()), TypeError, _ids),
                ErrorInput("int32", set_arg(_ids, lambda a: a[_ids].flatten()), ValueError, _ids),

@@ -16,6 +16,7 @@ from ..costs import Cost, local_slots
 from ..mutants import Mutant
 from ..opspec import (BenchAnchor, ErrorInput, OpSpec, OutputSpec, Sample, SglangBinding, activation_dtype, buffer,
                       is_fp8, non_contiguous, set_arg)
+from ..sglang.bind import Convention, Neutral
 from .preprocess import case_ids, routing_tensors
 
 KERNELS = "optimized.reorder"
@@ -94,13 +95,39 @@ _EP8_ANCHORS = (
 # overflows (SGLang's pre_reorder faulted at T=40000, K=8, H=7168; ANCHORS.md): 2.29e9 elements.
 _LARGE = dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64)
 
+# What SGLang's releases changed (tools/sglang_inventory.py).
+PER_EXPERT_SCALES = Neutral(
+    False, "0.4.7 .. 0.5.3", "True reads a1_scales per token (w8a8 dynamic quantisation); False per local expert, "
+                             "our a1_scales")
+ROWS_FROM_ZERO = Neutral(
+    0, "0.4.8 .. 0.5.3", "rows of down_output are src2dst[s] - dst_start (the DeepGEMM layout passes m_max * "
+                         "start_expert_id); 0 reads row src2dst[s], our layout")
+
+
+def _local_topk_ids(a):
+    """Global expert ids -> this rank's local ids (id - start), -1 elsewhere, int32: what SGLang's
+    standard dispatcher hands the EP kernels from 0.5.4 on (its local_expert_mapping)."""
+    ids, start, end = a["topk_ids"], a["start_expert_id"], a["end_expert_id"]
+    local = (ids >= start) & (ids <= end)
+    return torch.where(local, ids - start, torch.full_like(ids, -1)).to(torch.int32)
+
+
+LOCAL_EXPERT_IDS = Convention(
+    "local expert ids",
+    applies=lambda t: "start_expert_id" not in t.param_names and "topk_ids_ptr" in t.param_names,
+    args={"topk_ids_ptr": _local_topk_ids}, consumes=("topk_ids", "start_expert_id", "end_expert_id"),
+    releases="0.5.4 .. 0.5.22",
+    why="the kernel lost start_expert_id/end_expert_id: it takes this rank's local ids (-1 for other ranks' "
+        "experts), as SGLang's dispatcher remaps them")
+
 RECORDS = (
     OpSpec("pre_reorder", reference.pre_reorder, build_pre_reorder,
            # A pure copy is exact; the fp8 case scales and rounds once.
            (OutputSpec("gateup_input", buffer("gateup_input"), "exact_or_float", "position"),),
            ("bfloat16", "float16", "float32", "fp8"), KERNELS, pre_reorder_cost, invalid_ids=True,
            large_shape=_LARGE, bench_anchors=_EP8_ANCHORS,
-           sglang=SglangBinding(("pre_reorder_triton_kernel",), grid=lambda a: (a["input"].shape[0],)),
+           sglang=SglangBinding(("pre_reorder_triton_kernel",), grid=lambda a: (a["input"].shape[0],),
+                                neutral={"use_per_token_if_dynamic": PER_EXPERT_SCALES}),
            error_inputs=(
                ErrorInput("bfloat16", set_arg("input", lambda a: a["input"].int()), TypeError, "input"),
                ErrorInput("bfloat16", set_arg("gateup_input", lambda a: a["gateup_input"][:-1]), ValueError,
@@ -125,7 +152,8 @@ RECORDS = (
            (OutputSpec("output", buffer("output"), "float", "token", reduction_len=lambda p: p.topk),),
            ("bfloat16", "float16", "float32"), KERNELS, post_reorder_cost, invalid_ids=True,
            large_shape=_LARGE, bench_anchors=_EP8_ANCHORS, selftest=True,
-           sglang=SglangBinding(("post_reorder_triton_kernel",), grid=lambda a: (a["output"].shape[0],)),
+           sglang=SglangBinding(("post_reorder_triton_kernel",), grid=lambda a: (a["output"].shape[0],),
+                                neutral={"dst_start": ROWS_FROM_ZERO}, conventions=(LOCAL_EXPERT_IDS,)),
            error_inputs=(
                ErrorInput("float16", set_arg("topk_weights", lambda a: a["topk_weights"].half()), TypeError,
                           "topk_weights"),
