@@ -41,8 +41,13 @@ def run_check(options: CheckOptions, backend: str,
 
     With ``options.isolate`` each (implementation, op) runs in child processes, and
     ``on_rows`` gets each group's rows as the group finishes (in finishing order)."""
-    from .impls import load_implementation
+    from .impls import load_implementation, prepare_sources
+    from .sglang.release import ReleaseError
 
+    try:  # sglang==VERSION releases fetched (or --sglang-wheel files registered) once, before any child starts
+        prepare_sources(options.impls, options.sglang_wheels)
+    except ReleaseError as exc:
+        raise SystemExit(f"--impl: {exc}") from None
     ops = options.selected_ops()
     single = options.single_case()
     rows: List[Row] = []

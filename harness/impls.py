@@ -6,17 +6,25 @@ One syntax everywhere (``moe-harness check --impl``, ``pytest --moe-impl``):
     optimized/, our Triton kernels (the default).
 ``reference``
     reference/, the pure-PyTorch references.
+``sglang==VERSION``
+    The EP-MoE kernel file of that SGLang release, as released: the wheel is fetched with
+    pip from the package index (or taken from ``--sglang-wheel PATH``) and cached, and the
+    file is loaded unmodified with stand-ins for the ``sglang.*`` names it imports
+    (harness/sglang/). Its names are bound as for ``sglang:TARGET``.
 ``sglang:TARGET``
-    TARGET is a path to a ``.py`` file or a dotted module name (for example
-    ``sglang.srt.layers.moe.ep_moe.kernels``). The module may define any of SGLang's names;
-    each op record's SGLang binding (harness/ops/, ``sglang=``) names what to look for, and
-    each name present is adapted to our op signature; ops whose names are absent are
-    "not provided". Raw kernels are launched exactly as SGLang's EP layer launches them, on
-    the record's grid, with BLOCK_SIZE from ``--block-size`` (default: the call's
-    BLOCK_SIZE, 512); an empty grid is not launched. A name bound to a plain function (not a
-    Triton kernel) is called with our op signature instead. A composed op (the EP forward)
-    is chained from the module's pieces, as SGLang's EP layer chains them, when all of them
-    are present.
+    TARGET is a path to a ``.py`` file (loaded with the same stand-ins, so a copied release
+    file needs no sglang package) or a dotted module name (imported as usual, e.g.
+    ``sglang.srt.layers.moe.ep_moe.kernels`` of an installed sglang). The module may define
+    any of SGLang's names; each op record's SGLang binding (harness/ops/, ``sglang=``) names
+    what to look for, and each name present is bound to our op by its parameter names
+    (harness/sglang/bind.py: with the neutral values of parameters releases added and the
+    conventions they changed; a required parameter it cannot supply makes the op
+    "unbindable", naming it); ops whose names are absent are "not provided". Raw kernels are
+    launched exactly as SGLang's EP layer launches them, on the record's grid, with
+    BLOCK_SIZE from ``--block-size`` (default: the call's BLOCK_SIZE, 512); an empty grid is
+    not launched. An object whose parameters cannot be read is called positionally in our
+    order. A composed op (the EP forward) is chained from the module's pieces, as SGLang's
+    EP layer chains them, when all of them are present.
 ``OP=module:function`` or ``OP=path.py:function``
     One function with our signature (reference/) for op OP.
 
@@ -25,8 +33,9 @@ right, a later source replacing an op of an earlier one:
 ``opA=a.py:f,opB=b.py:g`` or ``sglang:k.py,opB=mine.py:g``.
 Ops that no part provides are "not provided".
 
-Loading a file or module RUNS ITS CODE, with your privileges. Nothing is ever loaded from
-the network: TARGET must be a local file or an importable module.
+Loading a file or module RUNS ITS CODE, with your privileges. Only ``sglang==VERSION``
+touches the network (pip, for a release not in the cache); TARGET must be a local file or
+an importable module.
 """
 from __future__ import annotations
 
@@ -41,12 +50,14 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 from .loader import is_path as _is_path, load_module
 from .opspec import CHAINED, OpSpec, SglangBinding
 from .runner import Candidate
+from .sglang.bind import Unbindable, bind_op
 from .specs import SPECS
 
-SOURCE_HELP = ("implementation sources: 'ours' (default), 'reference', 'sglang:PATH.py' or 'sglang:dotted.module' "
-               "(a module with SGLang's kernel names), 'OP=PATH.py:function' or 'OP=module:function' (one function "
-               "with our signature); join sources with ',' to combine them into one implementation. Loading a "
-               "file or module runs its code; nothing is loaded from the network.")
+SOURCE_HELP = ("implementation sources: 'ours' (default), 'reference', 'sglang==VERSION' (an SGLang release's "
+               "EP-MoE kernels, fetched with pip and cached, or from --sglang-wheel), 'sglang:PATH.py' or "
+               "'sglang:dotted.module' (a module with SGLang's kernel names), 'OP=PATH.py:function' or "
+               "'OP=module:function' (one function with our signature); join sources with ',' to combine them into "
+               "one implementation. Loading a file or module runs its code; only sglang==VERSION uses the network.")
 
 @dataclass(frozen=True)
 class Implementation:
@@ -60,6 +71,7 @@ class Implementation:
     requires: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # op -> precondition ids it assumes
     # ops not meant for CUDA graphs (the references, the plain-torch baselines read values on the host)
     host_side: FrozenSet[str] = frozenset()
+    unbindable: FrozenSet[str] = frozenset()        # ops not provided because binding failed (notes say why)
     source: str = ""                                # the source string it was loaded from
     # op -> how its last launch chose its tiles (e.g. the autotuner's pick), for bench records
     describe: Optional[Callable[[str], str]] = None
@@ -76,8 +88,8 @@ class Implementation:
 class SourcePart:
     """One comma-separated part of a source string."""
 
-    kind: str            # "builtin" | "sglang" | "function"
-    target: str          # builtin name, module path/name
+    kind: str            # "builtin" | "sglang" | "sglang-release" | "function"
+    target: str          # builtin name, module path/name, release version
     op: str = ""         # for "function"
     function: str = ""   # for "function": attribute path inside the module
 
@@ -91,6 +103,9 @@ def parse_source(source: str) -> List[SourcePart]:
         part = raw.strip()
         if part in BUILTIN:
             parts.append(SourcePart("builtin", part))
+        elif part.startswith("sglang=="):
+            from .sglang.release import check_version
+            parts.append(SourcePart("sglang-release", check_version(part[len("sglang=="):])))
         elif part.startswith("sglang:"):
             target = part[len("sglang:"):]
             if not target:
@@ -106,8 +121,8 @@ def parse_source(source: str) -> List[SourcePart]:
                 raise ValueError(f"{part!r}: expected {op}=module:function or {op}=path.py:function")
             parts.append(SourcePart("function", target, op, func))
         else:
-            raise ValueError(f"implementation source {part!r}: expected 'ours', 'reference', 'sglang:TARGET' or "
-                             f"'OP=TARGET:function' (see moe-harness check --help)")
+            raise ValueError(f"implementation source {part!r}: expected 'ours', 'reference', 'sglang==VERSION', "
+                             f"'sglang:TARGET' or 'OP=TARGET:function' (see moe-harness check --help)")
     return parts
 
 
@@ -238,12 +253,20 @@ def compose(record: OpSpec, parts: Mapping[str, Callable]) -> Callable:
     return composed
 
 
-def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[str] = None) -> Implementation:
-    """Adapt a module holding SGLang's names (see the module docstring) to our op signatures."""
-    mod = load_module(target)
+def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[str] = None,
+                version: Optional[str] = None) -> Implementation:
+    """Bind a module holding SGLang's names (see the module docstring) to our op signatures;
+    with ``version``, the module is that release's kernel file (harness.sglang.release)."""
+    from .sglang.release import load_kernel_file, load_release, resolve
+    if version:
+        release = resolve(version)
+        mod, target = load_release(release), f"sglang=={release.version} ({release.kernel_path})"
+    else:
+        mod = load_kernel_file(target) if _is_path(target) else load_module(target)
     ops: Dict[str, Callable] = {}
     notes: Dict[str, str] = {}
     requires: Dict[str, Tuple[str, ...]] = {}
+    unbindable = set()
     for op, record in SPECS.items():
         binding = record.sglang
         if binding is None:
@@ -253,7 +276,14 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
             notes[op] = f"{target} defines no {binding.names[0]}"
             continue
         obj = getattr(mod, found)
-        if _is_kernel(obj) and binding.grid is not None:
+        bound = bind_op(op, obj, block_size, label=f"{target}: {found}")
+        if isinstance(bound, Unbindable):
+            notes[op] = str(bound)
+            unbindable.add(op)
+            continue
+        if bound is not None:
+            ops[op] = bound
+        elif _is_kernel(obj) and binding.grid is not None:
             ops[op] = _adapt_kernel(obj, binding, block_size, op)
         else:
             ops[op] = _adapt_call(obj, op)
@@ -269,7 +299,9 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
     for op in SPECS:
         if op not in ops:
             notes.setdefault(op, f"SGLang has no {op}")
-    return Implementation(name or f"sglang:{target}", ops, notes=notes, source=f"sglang:{target}", requires=requires)
+    source = f"sglang=={version}" if version else f"sglang:{target}"
+    return Implementation(name or source, ops, notes=notes, source=source, requires=requires,
+                          unbindable=frozenset(unbindable))
 
 
 def function_impl(op: str, target: str, function: str) -> Implementation:
@@ -293,7 +325,21 @@ def _merge(name: str, parts: List[Implementation]) -> Implementation:
                           nondeterministic=frozenset(op for op, p in owner.items() if op in p.nondeterministic),
                           notes=notes, source=name,
                           requires={op: p.requires[op] for op, p in owner.items() if op in p.requires},
-                          host_side=frozenset(op for op, p in owner.items() if op in p.host_side))
+                          host_side=frozenset(op for op, p in owner.items() if op in p.host_side),
+                          unbindable=frozenset(op for p in parts for op in p.unbindable if op not in ops))
+
+
+def prepare_sources(sources, wheels=()) -> None:
+    """Before anything loads (child processes included): register each ``--sglang-wheel``
+    file in the cache, and fetch each ``sglang==VERSION`` release once. Raises ValueError
+    for a malformed source and harness.sglang.release.ReleaseError for a failed fetch."""
+    from .sglang.release import resolve
+    for wheel in wheels or ():
+        resolve(wheel=wheel)
+    for source in sources:
+        for part in parse_source(source):
+            if part.kind == "sglang-release":
+                resolve(part.target)
 
 
 def load_implementation(source: str, block_size: Optional[int] = None) -> Implementation:
@@ -309,6 +355,8 @@ def load_implementation(source: str, block_size: Optional[int] = None) -> Implem
             loaded.append(BUILTIN[p.target]())
         elif p.kind == "sglang":
             loaded.append(sglang_impl(p.target, block_size))
+        elif p.kind == "sglang-release":
+            loaded.append(sglang_impl("", block_size, version=p.target))
         else:
             loaded.append(function_impl(p.op, p.target, p.function))
     if len(loaded) == 1:

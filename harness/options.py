@@ -76,6 +76,18 @@ def _implementation_sources(option: str, sources: Sequence[str]) -> None:
             raise OptionError(option, str(exc)) from None
 
 
+def _sglang_wheels(option: str, wheels: Sequence[str]) -> None:
+    import os
+    from .sglang.release import ReleaseError, wheel_version
+    for wheel in wheels:
+        if not os.path.isfile(os.path.expanduser(wheel)):
+            raise OptionError(option, f"expected an sglang wheel file, got {wheel!r}: no such file")
+        try:
+            wheel_version(wheel)
+        except ReleaseError as exc:
+            raise OptionError(option, str(exc).partition(": ")[2]) from None
+
+
 def gpu_count(requested: str, backend: str) -> int:
     """--gpus N|all -> how many GPUs a run spreads over (1 on the interpreter).
 
@@ -137,12 +149,14 @@ class CheckOptions(_DictForm):
     json_path: Optional[str] = None
     quiet: bool = False
     require_ieee_fp32: bool = False
+    sglang_wheels: Tuple[str, ...] = ()  # wheels registered for sglang==VERSION sources (no package index)
 
     def __post_init__(self):
-        for name in ("ops", "impls", "dtypes"):
+        for name in ("ops", "impls", "dtypes", "sglang_wheels"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
         _known_ops(self.ops)
         _implementation_sources("--impl", self.impls)
+        _sglang_wheels("--sglang-wheel", self.sglang_wheels)
         _int_at_least("--cases", self.cases, 1, "a number of cases")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise OptionError("--seed", f"expected an integer, got {self.seed!r}")

@@ -9,6 +9,8 @@ Options:
   --seed N            seed of the case generator (default 0)
   --backend B         cuda | interpreter (default: cuda when a GPU is visible)
   --moe-block-size N  BLOCK_SIZE of sglang: raw-kernel launches (default 512)
+  --moe-sglang-wheel PATH  an sglang release wheel for --moe-impl sglang==VERSION without a
+                      package index (repeatable)
   --moe-isolate       run each conformance test in a child process (crash isolation)
   --moe-timeout S     with --moe-isolate: seconds per test before it is CRASHED (default 900)
 
@@ -45,6 +47,9 @@ def pytest_addoption(parser):
                     help="cuda (default when a GPU is visible) or interpreter (TRITON_INTERPRET=1)")
     group.addoption("--moe-block-size", type=int, default=None,
                     help="BLOCK_SIZE that sglang: raw kernels are launched with (default 512)")
+    group.addoption("--moe-sglang-wheel", action="append", dest="moe_sglang_wheel", default=None, metavar="PATH",
+                    help="an sglang release wheel (.whl) for --moe-impl sglang==VERSION without a package index "
+                         "(repeatable; cached under its version)")
     group.addoption("--moe-isolate", action="store_true", default=False,
                     help="run each conformance test in a child process: a GPU fault, segfault or hang fails "
                          "that test as CRASHED instead of ending the session")
@@ -88,6 +93,14 @@ def pytest_configure(config):
     if config.moe_backend == "cuda" and os.environ.get("PYTEST_XDIST_WORKER"):
         from harness.gpus import pin_this_process
         pin_this_process()  # `pytest -n N`: worker gwI runs on GPU I modulo the visible count
+    wheels, impls = config.getoption("moe_sglang_wheel"), config.getoption("moe_impl") or []
+    if wheels or any("sglang==" in i for i in impls):  # fetch releases once, before tests (and children) load them
+        from harness.impls import prepare_sources
+        from harness.sglang.release import ReleaseError
+        try:
+            prepare_sources(impls, wheels)
+        except (ValueError, ReleaseError) as exc:
+            raise pytest.UsageError(f"--moe-impl / --moe-sglang-wheel: {exc}") from None
     for line in ("gpu: needs a CUDA device", "slow: long-running sweep",
                  "conformance: an implementation against the references (harness.specs.SPECS)"):
         config.addinivalue_line("markers", line)

@@ -11,7 +11,7 @@ from .backend import device_of
 from .cases import CaseParams
 from .options import CheckOptions
 from .report import Row, replay_command
-from .status import FAILED, NOT_COMPUTABLE, NOT_PROVIDED, REJECTED, SKIPPED
+from .status import FAILED, NOT_COMPUTABLE, NOT_PROVIDED, REJECTED, SKIPPED, UNBINDABLE
 
 
 def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str, dtype: str,
@@ -26,7 +26,8 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
     spec = spec or SPECS[op]
     row = Row(op, impl.name, dtype)
     if op not in impl.ops:
-        row.status, row.reason = NOT_PROVIDED, impl.notes.get(op, "")
+        row.status = UNBINDABLE if op in getattr(impl, "unbindable", ()) else NOT_PROVIDED
+        row.reason = impl.notes.get(op, "")
         return row
     reason = spec.skip_reason(backend, dtype)
     if reason:

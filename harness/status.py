@@ -22,7 +22,8 @@ FAILED = "FAILED"
 CRASHED = "CRASHED"
 SKIPPED = "skipped"
 NOT_PROVIDED = "not provided"
-# Reserved for upcoming work: no row reports them yet (a case record can be rejected already).
+# A row is REJECTED or NOT_COMPUTABLE when nothing else was compared (harness/row_check.py), and
+# UNBINDABLE for an SGLang function that harness/sglang/bind.py cannot bind (Unbindable).
 REJECTED = "REJECTED"
 UNBINDABLE = "UNBINDABLE"
 NOT_COMPUTABLE = "NOT_COMPUTABLE"

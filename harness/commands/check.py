@@ -17,6 +17,9 @@ def add_parser(sub):
     p.add_argument("--impl", nargs="+", default=list(CheckOptions.impls), help=SOURCE_HELP)
     p.add_argument("--block-size", type=int, help="BLOCK_SIZE that sglang: raw kernels are launched with "
                                                   "(default: 512, as SGLang's EP layer)")
+    p.add_argument("--sglang-wheel", action="append", default=[], metavar="PATH",
+                   help="an sglang release wheel (.whl) to use for --impl sglang==VERSION without a package index; "
+                        "repeatable (it is cached under its version)")
     p.add_argument("--dtype", nargs="+", help="dtypes to check (default: every dtype of each op)")
     p.add_argument("--cases", type=int, default=CheckOptions.cases,
                    help="fuzzed cases per op, implementation and dtype")
@@ -57,7 +60,7 @@ def options_from_args(args) -> CheckOptions:
                         preset=args.preset, case=args.case, shrink=not args.no_shrink, block_size=args.block_size,
                         isolate=args.isolate, timeout_s=args.timeout, case_timeout_s=args.case_timeout,
                         jobs=args.jobs, chunk=args.chunk, gpus=args.gpus, json_path=args.json, quiet=args.quiet,
-                        require_ieee_fp32=args.require_ieee_fp32)
+                        require_ieee_fp32=args.require_ieee_fp32, sglang_wheels=args.sglang_wheel)
 
 
 def main(args, backend: str) -> int:
