@@ -18,9 +18,11 @@ Contracts checked:
 - with the package index (skipped, with the reason, when it cannot be reached; set
   MOE_HARNESS_REQUIRE_INDEX=1 to fail instead): real release wheels, downloaded at most once
   per run into the user's cache, load, bind and pass the ops they should on this backend
-  (0.4.6.post1), bind with their new parameters' neutral values (0.4.10.post2, also through
-  ``python -m harness check``), and 0.5.5's conventions (local expert ids, seg_indptr below
-  each expert) bind, with its post_reorder caught dropping local expert 0.
+  (0.4.6.post1, the block fp8 GEMM with the stand-in quantiser), bind with their new
+  parameters' neutral values (0.4.10.post2, also through ``python -m harness check``; without
+  the GEMM's knowledge its scale_a assertion fires and its input is freed), and 0.5.5's
+  conventions (local expert ids, seg_indptr below each expert) bind, with its post_reorder
+  caught dropping local expert 0.
 """
 import argparse
 import dataclasses
@@ -399,10 +401,11 @@ def release():
 
 # What 0.4.6.post1 passes on every backend: the interpreter computes bf16 arithmetic and fp8
 # casts wrongly (its fp32 -> e4m3 cast turns 124.6 into 64), so those dtypes are left out
-# where SGLang's kernels do arithmetic in them; pre_reorder's bf16 case is a pure copy.
+# where SGLang's kernels do arithmetic in them; pre_reorder's bf16 case is a pure copy. The
+# block fp8 GEMM quantises its input with the stand-in quantiser.
 PASSING_0_4_6 = {"ep_preprocess": ["int32"], "deepep_preprocess": ["int64"], "pre_reorder": ["bfloat16"],
                  "silu_and_mul": ["float32"], "gelu_and_mul": ["float16"], "post_reorder": ["float32"],
-                 "grouped_gemm": ["float32", "fp8_tensor"]}
+                 "grouped_gemm": ["float32", "fp8_tensor", "fp8_block"]}
 
 
 def test_release_0_4_6_post1_loads_binds_and_passes(release, backend):
@@ -421,7 +424,15 @@ def test_release_0_4_6_post1_loads_binds_and_passes(release, backend):
         [(r.op, r.dtype, r.status, r.failure and r.failure["message"]) for r in rows]
 
 
-def test_release_0_4_10_post2_binds_new_parameters_to_neutral_values(release):
+def _case(op, dtype, device, **kw):
+    from harness.cases import CaseParams
+    params = dict(op=op, dtype=dtype, tokens=6, topk=2, experts=4, start_expert=1, end_expert=2, hidden=128,
+                  inter=32, seed=3, routing="uniform", invalid_frac=0.0)
+    params.update(kw)
+    return SPECS[op].build(CaseParams(**params), torch.device(device)).args
+
+
+def test_release_0_4_10_post2_binds_new_parameters_to_neutral_values(release, backend):
     rel = release("0.4.10.post2")
     impl = load_implementation("sglang==0.4.10.post2")
     steps = {op: {s.parameter: s.source for s in impl.ops[op].steps} for op in ("pre_reorder", "post_reorder",
@@ -440,6 +451,24 @@ def test_release_0_4_10_post2_binds_new_parameters_to_neutral_values(release):
         unknowing = dataclasses.replace(op_binding(op), neutral={})
         result = bind_op(op, getattr(mod, SPECS[op].sglang.names[0]), spec=unknowing)
         assert isinstance(result, Unbindable) and result.parameter == parameter, result
+    # The GEMM's knowledge matters: its default use_per_token_if_dynamic=True wants a per-row
+    # scale_a (an assertion on our per-weight one), and with block_shape it frees its input a.
+    device = "cuda" if backend == "cuda" else "cpu"
+    gemm = mod.grouped_gemm_triton
+    args = _case("grouped_gemm", "fp8_tensor", device)
+    with pytest.raises(AssertionError, match="scale_a.shape"):
+        bind_op("grouped_gemm", gemm, spec=dataclasses.replace(op_binding("grouped_gemm"), neutral={}))(**args)
+    args = _case("grouped_gemm", "fp8_block", device)
+    a = args["a"]
+    bind_op("grouped_gemm", gemm, spec=dataclasses.replace(op_binding("grouped_gemm"), conventions=()))(**args)
+    assert a.numel() == 0  # freed
+    args = _case("grouped_gemm", "fp8_block", device)
+    a = args["a"]
+    impl.ops["grouped_gemm"](**args)
+    assert a.numel() == 128 * 6 * 2  # kept: the call got a copy
+    rows = run_check(_args(["sglang==0.4.10.post2"], ["grouped_gemm"], ["fp8_tensor", "fp8_block"]), backend)
+    assert [(r.dtype, r.status) for r in rows] == [("fp8_tensor", "passed"), ("fp8_block", "passed")], \
+        [r.failure for r in rows]
 
 
 def test_check_command_on_release_0_4_10_post2_gives_a_verdict(release, backend, tmp_path):
