@@ -24,7 +24,6 @@ Contracts checked:
   conventions (local expert ids, seg_indptr below each expert) bind, with its post_reorder
   caught dropping local expert 0.
 """
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -37,14 +36,17 @@ import zipfile
 import pytest
 import torch
 
-from harness.check import check_one, run_check
+from harness.check import run_check
 from harness.impls import load_implementation, parse_source
+from harness.options import CheckOptions, OptionError
+from harness.row_check import check_one
 from harness.sglang import standins
 from harness.sglang.bind import (Binding, Convention, Neutral, NotSupported, OpBinding, Unbindable, bind_op,
                                   op_binding, read_target)
 from harness.sglang.release import (KERNEL_PATHS, ReleaseError, cache_root, load_kernel_file, load_release, resolve,
                                     wheel_version)
 from harness.specs import SPECS
+from harness.status import NOT_PROVIDED, UNBINDABLE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SGLANG_INSTALLED = importlib.util.find_spec("sglang") is not None
@@ -56,15 +58,18 @@ def backend(request):
 
 
 def _args(impls, ops, dtypes, cases=2, **kw):
-    ns = dict(impl=list(impls), op=list(ops), dtype=list(dtypes), cases=cases, seed=0, preset=None, case=None,
-              json=None, no_shrink=True, quiet=True, block_size=None, isolate=False, timeout=600.0,
-              case_timeout=300.0, sglang_wheel=[])
-    ns.update(kw)
-    return argparse.Namespace(**ns)
+    fields = dict(impls=impls, ops=ops, dtypes=dtypes, cases=cases, shrink=False, quiet=True, isolate=False)
+    fields.update(kw)
+    return CheckOptions(**fields)
 
 
 def _sglang_ops():
     return [op for op, record in SPECS.items() if record.sglang is not None]
+
+
+# The EP layer's ops of SGLang 0.4.x (the fixture file and 0.4.6.post1 define all of them).
+EP_OPS = ("ep_preprocess", "deepep_preprocess", "pre_reorder", "silu_and_mul", "gelu_and_mul", "post_reorder",
+          "grouped_gemm")
 
 
 def _write(path, text):
@@ -278,14 +283,13 @@ def test_unbindable_op_is_an_unbindable_row_naming_the_parameter(tmp_path, backe
     assert "pre_reorder" not in impl.ops and impl.unbindable == {"pre_reorder"}
     row = check_one(_args([f"sglang:{path}"], ["pre_reorder"], ["float32"]), backend, impl, f"sglang:{path}",
                     "pre_reorder", "float32")
-    assert row.status == "unbindable" and row.run == 0
+    assert row.status == UNBINDABLE and row.run == 0
     assert "brand_new_switch" in row.reason and "pre_reorder_triton_kernel" in row.reason
 
 
 def test_sglang_style_file_binds_by_signature():
     impl = load_implementation(f"sglang:{os.path.join(ROOT, 'tests', 'fixtures', 'sglang_style_kernels.py')}")
-    assert len(_sglang_ops()) >= 7
-    for op in _sglang_ops():
+    for op in EP_OPS:
         assert isinstance(impl.ops[op], Binding), op
     assert impl.ops["pre_reorder"].target.is_kernel and not impl.ops["grouped_gemm"].target.is_kernel
 
@@ -357,10 +361,19 @@ def test_check_takes_a_release_from_sglang_wheel(tmp_path, monkeypatch, backend)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     wheel = _toy_wheel(tmp_path, version="9.9.8", path=KERNEL_PATHS[0])
     rows = run_check(_args(["sglang==9.9.8"], ["ep_preprocess", "pre_reorder"], ["int32", "float32"],
-                           sglang_wheel=[str(wheel)]), backend)
+                           sglang_wheels=[str(wheel)]), backend)
     assert [(r.op, r.impl, r.status) for r in rows] == [("ep_preprocess", "sglang==9.9.8", "passed"),
-                                                        ("pre_reorder", "sglang==9.9.8", "not provided")]
+                                                        ("pre_reorder", "sglang==9.9.8", NOT_PROVIDED)]
     assert KERNEL_PATHS[0] in rows[1].reason and "pre_reorder_triton_kernel" in rows[1].reason
+
+
+def test_sglang_wheel_option_names_a_bad_wheel(tmp_path):
+    with pytest.raises(OptionError, match=r"--sglang-wheel: expected an sglang wheel file, got .*: no such file"):
+        _args(["ours"], ["pre_reorder"], ["float32"], sglang_wheels=[str(tmp_path / "sglang-1.0-py3-none-any.whl")])
+    other = tmp_path / "torch-2.0-py3-none-any.whl"
+    other.write_bytes(b"")
+    with pytest.raises(OptionError, match=r"--sglang-wheel: expected an sglang wheel file named"):
+        _args(["ours"], ["pre_reorder"], ["float32"], sglang_wheels=[str(other)])
 
 
 def test_wheel_without_the_kernel_file_is_a_clear_error(tmp_path):
@@ -414,8 +427,8 @@ def test_release_0_4_6_post1_loads_binds_and_passes(release, backend):
     mod = load_release(rel)
     assert mod.per_token_group_quant_fp8 is standins.per_token_group_quant_fp8  # served by the stand-in
     impl = load_implementation("sglang==0.4.6.post1")
-    assert set(impl.ops) == set(_sglang_ops()) | {"ep_moe_forward"} and not impl.unbindable
-    for op in _sglang_ops():
+    assert set(EP_OPS) | {"ep_moe_forward"} <= set(impl.ops) and not impl.unbindable, impl.notes
+    for op in EP_OPS:
         assert isinstance(impl.ops[op], Binding) and impl.ops[op].obj is getattr(mod, SPECS[op].sglang.names[0]), op
     rows = []
     for op, dtypes in PASSING_0_4_6.items():
@@ -492,7 +505,7 @@ def test_check_command_on_release_0_4_10_post2_gives_a_verdict(release, backend,
 def test_release_0_5_5_conventions_bind_and_its_post_reorder_drops_local_expert_0(release, backend):
     release("0.5.5")
     impl = load_implementation("sglang==0.5.5")
-    assert set(impl.ops) == {"ep_preprocess", "deepep_preprocess", "post_reorder"}
+    assert set(impl.ops) & set(EP_OPS) == {"ep_preprocess", "deepep_preprocess", "post_reorder"}
     assert [c.name for c in impl.ops["ep_preprocess"].conventions] == ["seg_indptr counts ids below each expert"]
     assert [c.name for c in impl.ops["post_reorder"].conventions] == ["local expert ids"]
     rows = run_check(_args(["sglang==0.5.5"], ["ep_preprocess", "post_reorder"], ["int64", "float32"]), backend)
