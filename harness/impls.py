@@ -296,6 +296,9 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
             notes[op] = f"composed from {', '.join(record.composed_of)}; missing {', '.join(missing)}"
         else:
             ops[op] = compose(record, ops)
+            # a chain assumes what its parts assume, where the chain's record states it too
+            own = {c.id for c in record.preconditions}
+            requires[op] = tuple(sorted({r for part in record.composed_of for r in requires.get(part, ()) if r in own}))
     for op in SPECS:
         if op not in ops:
             notes.setdefault(op, f"SGLang has no {op}")

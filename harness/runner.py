@@ -523,12 +523,12 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
                                     f"can be (a host synchronisation, or a host read of a device value?): "
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                            {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
+    if any(isinstance(v, torch.Tensor) and v.shape != sample.args[k].shape for k, v in fresh.args.items()):
+        return  # a case whose shapes depend on its seed (inputs or output buffers): nothing to replay into
     for name, value in fresh.args.items():
         if name in storages:
             fill_poison(storages[name])
         elif isinstance(value, torch.Tensor):
-            if value.shape != call_args[name].shape:
-                return  # a case whose shapes depend on its seed: nothing to replay into
             call_args[name].copy_(value)
     graph.replay()
     torch.cuda.synchronize()

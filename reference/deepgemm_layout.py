@@ -293,10 +293,10 @@ def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output
         check_id_range("input_index", input_index[counted], 0, rows - 1)
     acc_t = torch.float64 if torch.float64 in (input_tensor.dtype, output_tensor.dtype) else torch.float32
     acc = torch.zeros(tokens, hidden, dtype=acc_t, device=dev)
-    src = torch.where(counted, input_index.to(torch.int64), 0)
     for k in range(topk):
-        term = input_tensor[src[:, k]].to(acc_t) * recv_topk_weight[:, k, None].to(acc_t)
-        acc += torch.where(counted[:, k, None], term, 0.0)
+        take = counted[:, k]                     # only routed slots index input_tensor (it may have no rows)
+        rows_k = input_tensor[input_index[take, k].to(torch.int64)].to(acc_t)
+        acc[take] += rows_k * recv_topk_weight[take, k, None].to(acc_t)
     output_tensor.copy_(acc.to(output_tensor.dtype))
 
 

@@ -520,3 +520,13 @@ OTHER_BAD = [
 def test_layout_ops_reject(gen, call, exc, name):
     with pytest.raises(exc, match=name):
         call(gen)
+
+
+def test_ep_gather_with_every_slot_dropped_reads_no_row():
+    """All ids -1 and an input with no rows (a rank that received nothing): every output row is
+    zeros, and input_tensor is never indexed (it has no row 0 to read)."""
+    gen = torch.Generator().manual_seed(4)
+    out = torch.randn(3, 128, generator=gen)
+    L.ep_gather(torch.empty(0, 128), torch.full((3, 2), -1), torch.rand(3, 2, generator=gen),
+                torch.full((3, 2), -1, dtype=torch.int32), out)
+    assert torch.equal(out, torch.zeros(3, 128))

@@ -3,6 +3,7 @@ other ops), with its builder, cost, bench shape and the mutants that break it th
 its parts."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -14,8 +15,9 @@ from reference.moe import CHAIN_OPS
 from ..cases import CaseParams, make_generator, make_topk_weights, randn
 from ..costs import Cost, tensor_core_rate
 from ..mutants import Mutant, cache_by_shape
-from ..opspec import CHAINED, BenchAnchor, ErrorInput, OpSpec, OutputSpec, Sample, activation_dtype, returned, set_arg
-from .gemm import BLOCK_SHAPE, quantize_weight_blockwise
+from ..opspec import (CHAINED, BenchAnchor, ErrorInput, OpSpec, OutputSpec, Precondition, Sample, activation_dtype,
+                      returned, set_arg)
+from .gemm import BLOCK_SHAPE, K_BLOCK_ALIGNED, quantize_weight_blockwise
 from .preprocess import case_ids
 
 FORWARD = "ep_moe_forward"
@@ -64,11 +66,22 @@ def ep_moe_cost(params: CaseParams, args: Mapping[str, Any]) -> Cost:
                 flop_rate=tensor_core_rate(w13))
 
 
+# The block-wise fp8 forward's two GEMMs reduce over H and I: both multiples of the quant block's K
+# where the GEMM requires it (the same precondition id as the GEMM's, so a chain of a GEMM that
+# requires it requires it too).
+_K = BLOCK_SHAPE[1]
+FORWARD_K_ALIGNED = Precondition(
+    K_BLOCK_ALIGNED.id, f"fp8 block-wise: H and I multiples of the quant block's {_K}",
+    holds=lambda p: p.dtype != "fp8_block" or (p.hidden % _K == 0 and p.inter % _K == 0),
+    fit=lambda p: p if p.dtype != "fp8_block" else dataclasses.replace(
+        p, hidden=max(_K, p.hidden // _K * _K), inter=max(_K, p.inter // _K * _K)))
+
 RECORDS = (
     OpSpec(FORWARD, reference.ep_moe_forward, build_ep_moe, (OutputSpec("output", returned(0), "normwise", "token"),),
            ("bfloat16", "fp8_block"), "optimized.moe", ep_moe_cost, max_tokens=128, max_hidden=384, max_inter=192,
            bench_anchors=(BenchAnchor(4096, 8, 256, 31, 7168, 2048, "DeepSeek-V3 EP8"),),
            shape_label=lambda p: f"H={p.hidden} I={p.inter}", composed_of=CHAIN_OPS,
+           preconditions=(FORWARD_K_ALIGNED,),
            error_inputs=(
                ErrorInput("bfloat16", set_arg("w13", lambda a: a["w13"][:-1].contiguous()), ValueError, "w13"),
                ErrorInput("bfloat16", set_arg("activation", "relu"), ValueError, "activation"),
