@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from harness.cases import CaseParams
+from harness.bench import anchor_cases
 from harness.specs import SPECS
 
 pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed (pip install -e '.[test]')")
@@ -24,20 +25,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="benchmarks time CUDA kernels and no CUDA device is visible; on a GPU machine "
                                        "run python -m pytest tests/test_benchmarks.py --benchmark-only")
 
-_EP8 = dict(topk=8, experts=256, start_expert=0, end_expert=31, seed=0)
-# One case per op: DeepSeek-V3 (H=7168, I=2048), T=1024 tokens unless the op is cheap enough for more.
-CASES = {
-    "ep_preprocess": CaseParams(op="ep_preprocess", dtype="int32", tokens=4096, topk=8, experts=256, seed=0),
-    "deepep_preprocess": CaseParams(op="deepep_preprocess", dtype="int32", tokens=4096, topk=8, experts=256,
-                                    invalid_frac=0.875, seed=0),
-    "pre_reorder": CaseParams(op="pre_reorder", dtype="bfloat16", tokens=1024, hidden=7168, **_EP8),
-    "silu_and_mul": CaseParams(op="silu_and_mul", dtype="bfloat16", tokens=1024, inter=2048, **_EP8),
-    "gelu_and_mul": CaseParams(op="gelu_and_mul", dtype="bfloat16", tokens=1024, inter=2048, **_EP8),
-    "post_reorder": CaseParams(op="post_reorder", dtype="bfloat16", tokens=1024, hidden=7168, **_EP8),
-    "grouped_gemm": CaseParams(op="grouped_gemm", dtype="bfloat16", tokens=1024, hidden=7168, inter=4096, **_EP8),
-    "ep_moe_forward": CaseParams(op="ep_moe_forward", dtype="bfloat16", tokens=256, hidden=7168, inter=2048,
-                                 **_EP8),
-}
+# One case per op: the first of its record's bench anchors (ANCHORS.md's shapes, DeepSeek-V3 EP8
+# for the ops ANCHORS.md does not list).
+CASES = {}
+for _case in anchor_cases(list(SPECS), None, ("uniform",), None):
+    CASES.setdefault(_case.params.op, _case.params)
 
 
 def test_every_op_has_a_benchmark_case():

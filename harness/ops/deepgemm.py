@@ -262,11 +262,20 @@ RECORDS = (
            )),
     OpSpec("ep_scatter_from_psum", ref.ep_scatter_from_psum, build_ep_scatter_from_psum, _scatter_outputs(),
            SCATTER_DTYPES, REFERENCE, scatter_cost, invalid_ids=True, bench_anchors=_DS_EP8, bench_dtype="fp8",
-           bench_routing="dispatched", sglang=SglangBinding(("ep_scatter_from_psum",))),
+           bench_routing="dispatched", sglang=SglangBinding(("ep_scatter_from_psum",)),
+           error_inputs=(
+               ErrorInput("float32", set_arg("psum_num_recv_tokens_per_expert",
+                                             lambda a: a["psum_num_recv_tokens_per_expert"].double()), TypeError,
+                          "psum_num_recv_tokens_per_expert"),
+               ErrorInput("float32", set_arg("m_indices", lambda a: a["m_indices"].double()), TypeError, "m_indices"),
+           )),
     OpSpec("fill_m_indices_from_psum", ref.fill_m_indices_from_psum, build_fill_m_indices,
            (OutputSpec("m_indices", returned(0), "exact", "position"),), ("int32",), REFERENCE, fill_cost,
            bench_anchors=_DS_EP8, bench_dtype="int32", bench_routing="dispatched", shape_label=lambda p: "",
-           sglang=SglangBinding(("fill_m_indices_from_psum",))),
+           sglang=SglangBinding(("fill_m_indices_from_psum",)),
+           error_inputs=(ErrorInput("int32", set_arg("psum_num_recv_tokens_per_expert",
+                                                     lambda a: a["psum_num_recv_tokens_per_expert"].double()),
+                                    TypeError, "psum_num_recv_tokens_per_expert"),)),
     OpSpec("ep_gather", ref.ep_gather, build_ep_gather,
            # float32 sum of K weighted terms: reduction length K
            (OutputSpec("output_tensor", buffer("output_tensor"), "float", "token", reduction_len=lambda p: p.topk),),
@@ -284,7 +293,12 @@ RECORDS = (
            # K terms, each (down + lora) * weight (two roundings), then one product by the scaling factor
            (OutputSpec("output", buffer("output"), "float", "token", reduction_len=lambda p: 2 * p.topk + 1),),
            ("float32", "bfloat16"), REFERENCE, post_reorder_deepgemm_cost, invalid_ids=True,
-           bench_anchors=_DS_EP8, sglang=SglangBinding(("post_reorder_deepgemm",))),
+           bench_anchors=_DS_EP8, sglang=SglangBinding(("post_reorder_deepgemm",)),
+           error_inputs=(
+               ErrorInput("float32", set_arg("src2dst", lambda a: a["src2dst"].double()), TypeError, "src2dst"),
+               ErrorInput("float32", set_arg("topk_weights", lambda a: a["topk_weights"].int()), TypeError,
+                          "topk_weights"),
+           )),
 )
 
 
