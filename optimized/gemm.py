@@ -142,14 +142,33 @@ def _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE: tl.constexpr):
 
 
 @triton.jit
+def _cast_c(acc, DST: tl.constexpr, PACKED: tl.constexpr):
+    """cast_out(acc, DST) of an output tile; PACKED (and DST bf16): two elements per
+    cvt.rn.bf16x2.f32 written out, the instruction triton 3.6 and 3.9 emit for the cast themselves.
+
+    Why: triton 3.8 compiles the cast shared by the two TMA stores of the kernel's epilogue to one
+    cvt.rn.bf16.f32 per element, and ptxas (12.8 to 13.4 alike) then serialises every wgmma of the
+    K loop (C7514: 'non wgmma instructions reading accumulator registers'), on every bf16 tile with
+    one accumulator. The PTX written here keeps the loop asynchronous under 3.8 and compiles to the
+    very SASS of the plain cast under 3.6 and 3.9 (tools/compile_sm90.py; tests/test_gemm_compile.py).
+    """
+    if PACKED and (DST == tl.bfloat16):
+        return tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [acc], dtype=tl.bfloat16,
+                                         is_pure=True, pack=2)
+    else:
+        return cast_out(acc, DST)
+
+
+@triton.jit
 def _store_to_group_end(c_ptr, acc, r0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA: tl.constexpr,
-                        ROWS: tl.constexpr, BN: tl.constexpr):
+                        ROWS: tl.constexpr, BN: tl.constexpr, PACK_C: tl.constexpr):
     """c[r0 : r0 + ROWS, n0 : n0 + BN] = acc (cast) for the rows of the group, i.e. below row_hi;
     the rows past it (the next group's) stay untouched. With TMA through a descriptor made on the
     device whose rows end at row_hi, so that TMA clips the rest (a masked tl.store there, beside
     the TMA store of whole tiles, made triton 3.6 wait for every wgmma of the K loop and spill:
-    tools/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped)."""
-    c = cast_out(acc, c_ptr.dtype.element_ty)
+    tools/compile_sm90.py); on the pointer path a store masked by rmask (rows: clamped). PACK_C:
+    the cast as _cast_c's PACKED."""
+    c = _cast_c(acc, c_ptr.dtype.element_ty, PACK_C)
     if USE_TMA:
         tail = tl.make_tensor_descriptor(c_ptr, shape=[row_hi.to(tl.int32), N], strides=[N, 1],
                                          block_shape=[ROWS, BN])
@@ -335,7 +354,7 @@ def _grouped_gemm_kernel(
                     rmask2 = rows2 < row_hi
                     _store_to_group_end(c_ptr, _tensor_scaled(acc2, sa_ptr, sb_ptr, e, MODE), row0 + BM,
                                         tl.where(rmask2, rows2, 0), rmask2, row_hi, cols, nmask, n0, N, USE_TMA,
-                                        BM2, BN)
+                                        BM2, BN, False)
                 else:   # (the placeholder's name differs: a branch's names must keep their types)
                     acc, no_acc2 = _k_loop(a_ptr, b_ptr, a2_desc, sa_ptr, sb_ptr, row0, row_hi, rows, rmask, cols,
                                            nmask, e, n0, N, Kd, SB_N, SB_K, SA_K, MODE, QBN, QBK, USE_TMA,
@@ -346,14 +365,19 @@ def _grouped_gemm_kernel(
                                        BM, BN, BK, WS, BM2, False)
             acc = _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE)
             if USE_TMA:
+                # the packed cast only where triton 3.8 needs it (a wgmma tile, BM >= 64, whose one
+                # accumulator is stored as it is): elsewhere inline PTX, opaque to LLVM, changed the
+                # SASS under 3.6 and 3.9 (fp8 tiles: up to 39 registers more) and 3.8 did not need it
+                PACK_C: tl.constexpr = (MODE == 0) and (BM2 == 0) and (BM >= 64)   # (the interpreter takes no TMA path)
                 whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
-                if whole:
-                    c_desc.store([row0.to(tl.int32), n0], cast_out(acc, c_ptr.dtype.element_ty))  # clipped at N
+                if whole:   # (the store is clipped at N)
+                    c_desc.store([row0.to(tl.int32), n0], _cast_c(acc, c_ptr.dtype.element_ty, PACK_C))
                 else:   # a group's last tile
                     _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA,
-                                        BM, BN)
+                                        BM, BN, PACK_C)
             else:
-                _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, BM, BN)
+                _store_to_group_end(c_ptr, acc, row0, rows, rmask, row_hi, cols, nmask, n0, N, USE_TMA, BM, BN,
+                                    False)
 
 
 def _set_tma_blocks(nargs):
