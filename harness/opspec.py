@@ -13,12 +13,14 @@ Nothing here imports triton or optimized/: records are read before the backend i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
 from .cases import CaseParams
-from .sglang.bind import Convention, Neutral
+
+if TYPE_CHECKING:   # annotations only: harness.sglang.bind reads the records
+    from .sglang.bind import Convention, Neutral
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,23 @@ def _modules():
     return out
 
 
-def _imported(module: str, tree: ast.AST, is_package: bool):
-    """Absolute names of everything ``module`` imports, wherever the import statement is."""
-    package = module if is_package else module.rpartition(".")[0]
+def _type_checking_only(tree: ast.AST) -> set:
+    """The import statements inside ``if TYPE_CHECKING:`` blocks: they never run."""
+    skipped = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skipped
+
+
+def _imported(module: str, tree: ast.AST, is_package: bool):
+    """Absolute names of everything ``module`` imports when it runs, wherever the import
+    statement is (in functions too), but for the annotations-only ``if TYPE_CHECKING:`` ones."""
+    package = module if is_package else module.rpartition(".")[0]
+    never_run = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in never_run:
+            continue
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
