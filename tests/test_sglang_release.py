@@ -412,13 +412,13 @@ def release():
     return get
 
 
-# What 0.4.6.post1 passes on every backend: the interpreter computes bf16 arithmetic and fp8
-# casts wrongly (its fp32 -> e4m3 cast turns 124.6 into 64), so those dtypes are left out
-# where SGLang's kernels do arithmetic in them; pre_reorder's bf16 case is a pure copy. The
-# block fp8 GEMM quantises its input with the stand-in quantiser.
-PASSING_0_4_6 = {"ep_preprocess": ["int32"], "deepep_preprocess": ["int64"], "pre_reorder": ["bfloat16"],
-                 "silu_and_mul": ["float32"], "gelu_and_mul": ["float16"], "post_reorder": ["float32"],
-                 "grouped_gemm": ["float32", "fp8_tensor", "fp8_block"]}
+# What 0.4.6.post1 passes, one or two dtypes per op (the block fp8 GEMM quantises its input
+# with the stand-in quantiser; the EP forward is chained from the release's pieces). Not here:
+# post_reorder in bf16/fp16, where SGLang accumulates in the input dtype and the harness asks
+# for float32 accumulation (FAILED, "consistent with accumulating in bfloat16").
+PASSING_0_4_6 = {"ep_preprocess": ["int32"], "deepep_preprocess": ["int64"], "pre_reorder": ["fp8"],
+                 "silu_and_mul": ["bfloat16"], "gelu_and_mul": ["fp8"], "post_reorder": ["float32"],
+                 "grouped_gemm": ["bfloat16", "fp8_tensor", "fp8_block"], "ep_moe_forward": ["bfloat16"]}
 
 
 def test_release_0_4_6_post1_loads_binds_and_passes(release, backend):
@@ -491,15 +491,11 @@ def test_check_command_on_release_0_4_10_post2_gives_a_verdict(release, backend,
                            "sglang==0.4.10.post2", "--op", "pre_reorder", "--cases", "5", "--quiet", "--json",
                            str(out)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]
     rows = {r["dtype"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == set(SPECS["pre_reorder"].dtypes)
-    for dtype in ("bfloat16", "float16", "float32"):
-        assert rows[dtype]["status"] == "passed" and rows[dtype]["passed"] >= 5, rows[dtype]
-    # fp8: passed on a GPU; on the interpreter its fp32 -> fp8 cast fails the tolerance. Never an exception.
-    assert rows["fp8"]["status"] in ("passed", "FAILED") and \
-        (rows["fp8"]["failure"] or {}).get("probe") in (None, "tolerance"), rows["fp8"]
-    assert proc.returncode == int(any(r["status"] == "FAILED" for r in rows.values()))
+    assert set(rows) == set(SPECS["pre_reorder"].dtypes), proc.stdout[-2000:] + proc.stderr[-2000:]
+    for dtype, row in rows.items():
+        assert row["status"] == "passed" and row["passed"] >= 5, row
+    assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 def test_release_0_5_5_conventions_bind_and_its_post_reorder_drops_local_expert_0(release, backend):
