@@ -50,7 +50,7 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 from .loader import is_path as _is_path, load_module
 from .opspec import CHAINED, OpSpec, SglangBinding
 from .runner import Candidate
-from .sglang.bind import Unbindable, bind_op
+from .sglang.bind import Unbindable, bind_op, op_binding
 from .specs import SPECS
 
 SOURCE_HELP = ("implementation sources: 'ours' (default), 'reference', 'sglang==VERSION' (an SGLang release's "
@@ -276,7 +276,7 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
             notes[op] = f"{target} defines no {binding.names[0]}"
             continue
         obj = getattr(mod, found)
-        bound = bind_op(op, obj, block_size, label=f"{target}: {found}")
+        bound = bind_op(op, obj, op_binding(record), block_size, label=f"{target}: {found}")
         if isinstance(bound, Unbindable):
             notes[op] = str(bound)
             unbindable.add(op)

@@ -194,7 +194,7 @@ def _toy():
 
 def test_binding_by_name_stem_alias_and_default(tmp_path, backend):
     mod = load_kernel_file(_write(tmp_path / "k.py", KERNELS))
-    bound = bind_op("scale", mod.renamed, spec=_toy())
+    bound = bind_op("scale", mod.renamed, _toy())
     assert isinstance(bound, Binding)
     assert [(s.parameter, s.source) for s in bound.steps] == [
         ("x_ptr", "x"), ("out_ptr", "out"), ("n", "n"), ("scale", "scale"), ("BLOCK", "BLOCK_SIZE")]  # FLAG: default
@@ -211,7 +211,7 @@ def test_binding_leaves_autotuned_parameters_to_the_autotuner(tmp_path, backend)
     mod = load_kernel_file(_write(tmp_path / "k.py", KERNELS))
     target = read_target(mod.tuned)
     assert target.is_kernel and "BLOCK" in target.supplied
-    bound = bind_op("scale", mod.tuned, spec=_toy())
+    bound = bind_op("scale", mod.tuned, _toy())
     assert [s.parameter for s in bound.steps] == ["x_ptr", "out_ptr", "n", "scale"]
     device = "cuda" if backend == "cuda" else "cpu"
     x, out = torch.arange(6.0, device=device), torch.zeros(6, device=device)
@@ -221,7 +221,7 @@ def test_binding_leaves_autotuned_parameters_to_the_autotuner(tmp_path, backend)
 
 def test_neutral_values_and_conventions_apply_to_functions(tmp_path):
     mod = load_kernel_file(_write(tmp_path / "k.py", KERNELS))
-    bound = bind_op("scale", mod.function, spec=_toy())
+    bound = bind_op("scale", mod.function, _toy())
     assert [(s.parameter, s.source) for s in bound.steps] == [
         ("x", "x"), ("n", "n"), ("new_mode", "neutral"), ("scale", "doubled")]
     assert [c.name for c in bound.conventions] == ["doubled"]
@@ -231,7 +231,7 @@ def test_neutral_values_and_conventions_apply_to_functions(tmp_path):
 
 def test_unknown_required_parameter_is_unbindable_before_any_call(tmp_path):
     mod = load_kernel_file(_write(tmp_path / "k.py", KERNELS))
-    result = bind_op("scale", mod.mystery, spec=_toy())
+    result = bind_op("scale", mod.mystery, _toy())
     assert isinstance(result, Unbindable)
     assert (result.parameter, result.op, result.target) == ("mystery_flag", "scale", "mystery")
     assert "mystery_flag" in str(result) and "required" in result.reason
@@ -239,7 +239,7 @@ def test_unknown_required_parameter_is_unbindable_before_any_call(tmp_path):
 
 def test_an_argument_the_callable_cannot_honour_raises_not_supported(tmp_path):
     mod = load_kernel_file(_write(tmp_path / "k.py", KERNELS))
-    bound = bind_op("scale", mod.function, spec=OpBinding(args=("x", "n", "new_mode", "block_shape")))
+    bound = bind_op("scale", mod.function, OpBinding(args=("x", "n", "new_mode", "block_shape")))
     assert bound.unused == ("block_shape",)
     assert torch.equal(bound(torch.ones(3), 2, "on", None), torch.full((2,), 2.0))  # None: nothing to honour
     with pytest.raises(NotSupported, match=r"no parameter for scale's argument block_shape \(given \[128, 128\]\)"):
@@ -252,20 +252,20 @@ def test_records_release_knowledge_names_the_ops_real_arguments():
     for a parameter the op lacks. The knowledge the inventory found is where it belongs."""
     import inspect
     for op in _sglang_ops():
-        b = op_binding(op)
+        b = op_binding(SPECS[op])
         assert b.args == tuple(inspect.signature(SPECS[op].reference).parameters), op
         assert set(b.aliases.values()) <= set(b.args), op
         assert {a for c in b.conventions for a in c.consumes} <= set(b.args), op
         assert not set(b.neutral) & set(b.args), op
-    knowledge = {op: (sorted(op_binding(op).neutral), [c.name for c in op_binding(op).conventions])
+    knowledge = {op: (sorted(op_binding(SPECS[op]).neutral), [c.name for c in op_binding(SPECS[op]).conventions])
                  for op in _sglang_ops()}
     assert knowledge["pre_reorder"] == (["use_per_token_if_dynamic"], [])
     assert knowledge["post_reorder"] == (["dst_start"], ["local expert ids"])
     assert knowledge["grouped_gemm"] == (["use_per_token_if_dynamic"], ["frees a"])
     assert knowledge["ep_preprocess"] == ([], ["seg_indptr counts ids below each expert"])
     composed = [op for op in SPECS if SPECS[op].sglang is None]
-    with pytest.raises(KeyError, match="no SGLang binding"):
-        op_binding(composed[0])
+    with pytest.raises(ValueError, match="no SGLang binding"):
+        op_binding(SPECS[composed[0]])
 
 
 def test_unbindable_op_is_an_unbindable_row_naming_the_parameter(tmp_path, backend):
@@ -412,13 +412,13 @@ def release():
     return get
 
 
-# What 0.4.6.post1 passes on every backend: the interpreter computes bf16 arithmetic and fp8
-# casts wrongly (its fp32 -> e4m3 cast turns 124.6 into 64), so those dtypes are left out
-# where SGLang's kernels do arithmetic in them; pre_reorder's bf16 case is a pure copy. The
-# block fp8 GEMM quantises its input with the stand-in quantiser.
-PASSING_0_4_6 = {"ep_preprocess": ["int32"], "deepep_preprocess": ["int64"], "pre_reorder": ["bfloat16"],
-                 "silu_and_mul": ["float32"], "gelu_and_mul": ["float16"], "post_reorder": ["float32"],
-                 "grouped_gemm": ["float32", "fp8_tensor", "fp8_block"]}
+# What 0.4.6.post1 passes, one or two dtypes per op (the block fp8 GEMM quantises its input
+# with the stand-in quantiser; the EP forward is chained from the release's pieces). Not here:
+# post_reorder in bf16/fp16, where SGLang accumulates in the input dtype and the harness asks
+# for float32 accumulation (FAILED, "consistent with accumulating in bfloat16").
+PASSING_0_4_6 = {"ep_preprocess": ["int32"], "deepep_preprocess": ["int64"], "pre_reorder": ["fp8"],
+                 "silu_and_mul": ["bfloat16"], "gelu_and_mul": ["fp8"], "post_reorder": ["float32"],
+                 "grouped_gemm": ["bfloat16", "fp8_tensor", "fp8_block"], "ep_moe_forward": ["bfloat16"]}
 
 
 def test_release_0_4_6_post1_loads_binds_and_passes(release, backend):
@@ -461,8 +461,8 @@ def test_release_0_4_10_post2_binds_new_parameters_to_neutral_values(release, ba
     # Without the per-release knowledge, the new parameters are unbindable, named, not a TypeError.
     mod = load_release(rel)
     for op, parameter in (("pre_reorder", "use_per_token_if_dynamic"), ("post_reorder", "dst_start")):
-        unknowing = dataclasses.replace(op_binding(op), neutral={})
-        result = bind_op(op, getattr(mod, SPECS[op].sglang.names[0]), spec=unknowing)
+        unknowing = dataclasses.replace(op_binding(SPECS[op]), neutral={})
+        result = bind_op(op, getattr(mod, SPECS[op].sglang.names[0]), unknowing)
         assert isinstance(result, Unbindable) and result.parameter == parameter, result
     # The GEMM's knowledge matters: its default use_per_token_if_dynamic=True wants a per-row
     # scale_a (an assertion on our per-weight one), and with block_shape it frees its input a.
@@ -470,10 +470,10 @@ def test_release_0_4_10_post2_binds_new_parameters_to_neutral_values(release, ba
     gemm = mod.grouped_gemm_triton
     args = _case("grouped_gemm", "fp8_tensor", device)
     with pytest.raises(AssertionError, match="scale_a.shape"):
-        bind_op("grouped_gemm", gemm, spec=dataclasses.replace(op_binding("grouped_gemm"), neutral={}))(**args)
+        bind_op("grouped_gemm", gemm, dataclasses.replace(op_binding(SPECS["grouped_gemm"]), neutral={}))(**args)
     args = _case("grouped_gemm", "fp8_block", device)
     a = args["a"]
-    bind_op("grouped_gemm", gemm, spec=dataclasses.replace(op_binding("grouped_gemm"), conventions=()))(**args)
+    bind_op("grouped_gemm", gemm, dataclasses.replace(op_binding(SPECS["grouped_gemm"]), conventions=()))(**args)
     assert a.numel() == 0  # freed
     args = _case("grouped_gemm", "fp8_block", device)
     a = args["a"]
@@ -491,15 +491,11 @@ def test_check_command_on_release_0_4_10_post2_gives_a_verdict(release, backend,
                            "sglang==0.4.10.post2", "--op", "pre_reorder", "--cases", "5", "--quiet", "--json",
                            str(out)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]
     rows = {r["dtype"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == set(SPECS["pre_reorder"].dtypes)
-    for dtype in ("bfloat16", "float16", "float32"):
-        assert rows[dtype]["status"] == "passed" and rows[dtype]["passed"] >= 5, rows[dtype]
-    # fp8: passed on a GPU; on the interpreter its fp32 -> fp8 cast fails the tolerance. Never an exception.
-    assert rows["fp8"]["status"] in ("passed", "FAILED") and \
-        (rows["fp8"]["failure"] or {}).get("probe") in (None, "tolerance"), rows["fp8"]
-    assert proc.returncode == int(any(r["status"] == "FAILED" for r in rows.values()))
+    assert set(rows) == set(SPECS["pre_reorder"].dtypes), proc.stdout[-2000:] + proc.stderr[-2000:]
+    for dtype, row in rows.items():
+        assert row["status"] == "passed" and row["passed"] >= 5, row
+    assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 def test_release_0_5_5_conventions_bind_and_its_post_reorder_drops_local_expert_0(release, backend):

@@ -1,6 +1,6 @@
 """Binding SGLang's functions and Triton kernels to the harness's ops by parameter name.
 
-``bind_op(op, obj)`` reads the parameter names of ``obj`` (a function, or a Triton kernel:
+``bind_op(op, obj, spec)`` reads the parameter names of ``obj`` (a function, or a Triton kernel:
 JITFunction, InterpretedFunction, Autotuner, Heuristics, unwrapped through ``.fn``; names
 an Autotuner's configs or a Heuristics supplies count as supplied) and plans, before any
 call, where each parameter's value comes from:
@@ -24,7 +24,7 @@ for is ignored while its value is neutral (None or False) or a tuning knob (BLOC
 any other value raises ``NotSupported`` naming the argument, since the callable cannot
 honour it (e.g. ``block_shape`` for a release before 0.4.4).
 
-What an op offers (``op_binding(op)``) comes from its record (harness/ops/): the reference's
+What an op offers (``op_binding(record)``) comes from its record (harness/ops/): the reference's
 parameters and defaults, and the record's SglangBinding: ``grid``, and what releases changed,
 ``aliases``, ``neutral`` values and ``conventions`` (each with the releases where it was
 seen; tools/sglang_inventory.py regenerates the facts behind them from the wheels). This
@@ -100,13 +100,11 @@ class OpBinding:
     conventions: Tuple[Convention, ...] = ()
 
 
-def op_binding(op: str) -> OpBinding:
-    """The OpBinding of a registered op, from its record (the reference's parameters and the
-    record's SglangBinding). KeyError for an op without a record or an SGLang binding."""
-    from harness.specs import SPECS
-    record = SPECS[op]
+def op_binding(record) -> OpBinding:
+    """The OpBinding of an op record (harness.opspec.OpSpec: the reference's parameters and the
+    record's SglangBinding). ValueError for a record without an SGLang binding."""
     if record.sglang is None:
-        raise KeyError(f"op {op!r} has no SGLang binding in its record")
+        raise ValueError(f"op {record.name!r} has no SGLang binding in its record")
     params = inspect.signature(record.reference).parameters
     b = record.sglang
     return OpBinding(tuple(params), {n: p.default for n, p in params.items() if p.default is not p.empty},
@@ -286,16 +284,15 @@ def _short(value) -> str:
     return f"a tensor of shape {tuple(shape)}" if shape is not None else repr(value)
 
 
-def bind_op(op: str, obj, block_size: Optional[int] = None, label: str = "",
-            spec: Optional[OpBinding] = None) -> Union[Binding, Unbindable, None]:
-    """Bind ``obj`` to ``op`` by parameter name (see the module docstring).
+def bind_op(op: str, obj, spec: OpBinding, block_size: Optional[int] = None,
+            label: str = "") -> Union[Binding, Unbindable, None]:
+    """Bind ``obj`` to the op named ``op`` by parameter name (see the module docstring), with
+    what ``spec`` (usually ``op_binding(record)``) says the op offers.
 
     Returns a Binding, an Unbindable (a required parameter nothing supplies; nothing was
     called), or None when the parameters of ``obj`` cannot be read. ``block_size``
     replaces the op's BLOCK_SIZE argument; ``label`` names the callable in errors (e.g.
-    ``sglang==0.4.10.post2: pre_reorder_triton_kernel``); ``spec`` replaces
-    ``op_binding(op)`` (an op without a record, or other knowledge)."""
-    spec = spec or op_binding(op)
+    ``sglang==0.4.10.post2: pre_reorder_triton_kernel``)."""
     target = read_target(obj)
     if target is None:
         return None
