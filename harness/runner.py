@@ -610,7 +610,8 @@ def _explain_precision(out: OutputSpec, p: CaseParams, cand, ref64, ref_lp, mag,
         if tf32.passed:
             return (f" [within TF32 precision (inputs rounded to 10 mantissa bits): {times:.3g}x the IEEE float32 "
                     f"bound]"), True
-    for acc in _LOW_ACCUMULATORS:
+    # the output's own 16-bit dtype first (a kernel summing in its input dtype), then the others
+    for acc in sorted(_LOW_ACCUMULATORS, key=lambda d: d != cand.dtype):
         if UNIT_ROUNDOFF[acc] <= UNIT_ROUNDOFF.get(cand.dtype, 0.0) * 0.5:
             continue
         low = compare_float(cand, ref64, ref_lp, mag, L, out.is_fp8_dot(p), False, written,

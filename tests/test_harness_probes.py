@@ -323,25 +323,28 @@ def test_tf32_matmul_passes_as_tf32_unless_ieee_is_required(device):
     assert exact.status == "passed" and "precision" not in exact.details["c"]
 
 
-def test_bf16_accumulation_fails_and_is_named(device):
-    """SGLang's post_reorder sums its K terms in bf16: a failure by our contract, named as such."""
-    p = CaseParams(op="post_reorder", dtype="bfloat16", tokens=30, topk=8, experts=8, hidden=64, inter=8,
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16bit_accumulation_fails_and_is_named(device, dtype):
+    """SGLang's post_reorder sums its K terms in the input dtype: a failure by our contract, named
+    by the dtype it summed in."""
+    low = getattr(torch, dtype)
+    p = CaseParams(op="post_reorder", dtype=dtype, tokens=30, topk=8, experts=8, hidden=64, inter=8,
                    routing="uniform", seed=5)
     spec = SPECS["post_reorder"]
 
     def bf16_sum(down_output, output, src2dst, topk_ids, topk_weights, start, end, topk, hidden_size, BLOCK_SIZE=512):
-        acc = torch.zeros(output.shape, dtype=torch.bfloat16, device=output.device)
+        acc = torch.zeros(output.shape, dtype=low, device=output.device)
         for k in range(topk):
             e = topk_ids[:, k]
             local = (e >= start) & (e <= end)
             rows = down_output[src2dst.view(-1, topk)[:, k].clamp_min(0).long()]
-            term = (rows.float() * topk_weights[:, k:k + 1]).to(torch.bfloat16)
-            acc = torch.where(local[:, None], (acc.float() + term.float()).to(torch.bfloat16), acc)
+            term = (rows.float() * topk_weights[:, k:k + 1]).to(low)
+            acc = torch.where(local[:, None], (acc.float() + term.float()).to(low), acc)
         output.copy_(acc)
 
     res = run_case(spec, Candidate(bf16_sum), p, device, "bf16acc")
     assert res.status == "failed" and res.probe == "tolerance", res.message
-    assert "consistent with accumulating in bfloat16" in res.message, res.message
+    assert f"consistent with accumulating in {dtype}" in res.message, res.message
 
 
 # ----------------------------------------------------------------------------- preconditions
