@@ -35,6 +35,22 @@ def _progress(enabled: bool):
     return tick, done
 
 
+def _row_lines(enabled: bool, on_rows: Optional[Callable[[List[Row]], None]]):
+    """on_rows, plus one line per finished row on stderr (whether or not it is a terminal, so a
+    CI log shows the run going on): op, implementation, dtype, status, cases and seconds."""
+    t0 = time.time()
+
+    def finished(rows: List[Row]) -> None:
+        if enabled:
+            for r in rows:
+                sys.stderr.write(f"\n[{time.time() - t0:7.1f}s] {r.op} [{r.impl}, {r.dtype}]: {r.status}, "
+                                 f"{r.run} case(s) in {r.seconds:.1f} s\n")
+            sys.stderr.flush()
+        if on_rows:
+            on_rows(rows)
+    return finished
+
+
 def run_check(options: CheckOptions, backend: str,
               on_rows: Optional[Callable[[List[Row]], None]] = None) -> List[Row]:
     """Check every (implementation, op, dtype) the options select; rows in that order.
@@ -52,16 +68,18 @@ def run_check(options: CheckOptions, backend: str,
     single = options.single_case()
     rows: List[Row] = []
     tick, done = _progress(not options.quiet and sys.stderr.isatty())
+    finished = _row_lines(not options.quiet, on_rows)
     if options.isolate:
         # Each (implementation, op) in a child process: faults and hangs become CRASHED rows.
         groups = [(impl_src, op) for impl_src in options.impls for op in ops]
-        rows.extend(_run_groups(options, backend, groups, tick, on_rows))
+        rows.extend(_run_groups(options, backend, groups, tick, finished))
     else:
         for impl_src in options.impls:
             impl = load_implementation(impl_src, block_size=options.block_size)
             for op in ops:
                 for dtype in options.dtypes_of(op):
                     rows.append(check_one(options, backend, impl, impl_src, op, dtype, single, tick))
+                    finished(rows[-1:])
     done()
     return rows
 

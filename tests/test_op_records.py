@@ -145,9 +145,13 @@ def _run(argv, capsys):
 
 def test_new_op_is_checked_in_child_processes(new_op, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out = _run(["check", "--backend", "interpreter", "--op", new_op, "--cases", "4"], capsys)
+    code = cli.main(["check", "--backend", "interpreter", "--op", new_op, "--cases", "4"])
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0, out
     assert re.search(rf"{new_op}\s+ours\s+float32\s+\d+\s+\d+\s+0\s+0 .* passed", out), out
+    # a line per finished row on stderr, terminal or not (what a CI log shows while the check runs)
+    assert re.search(rf"\] {new_op} \[ours, float32\]: passed, \d+ case\(s\) in", captured.err), captured.err
 
 
 def test_new_op_is_benched(new_op, capsys, tmp_path, monkeypatch):
