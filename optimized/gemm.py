@@ -141,6 +141,11 @@ def _tensor_scaled(acc, sa_ptr, sb_ptr, e, MODE: tl.constexpr):
     return acc
 
 
+# Triton's interpreter runs no inline PTX (the packed cast below); a TMA tile can run there
+# when a test pins the TMA path
+_INTERPRETED = tl.constexpr(_config.is_interpreter())
+
+
 @triton.jit
 def _cast_c(acc, DST: tl.constexpr, PACKED: tl.constexpr):
     """cast_out(acc, DST) of an output tile; PACKED (and DST bf16): two elements per
@@ -368,7 +373,7 @@ def _grouped_gemm_kernel(
                 # the packed cast only where triton 3.8 needs it (a wgmma tile, BM >= 64, whose one
                 # accumulator is stored as it is): elsewhere inline PTX, opaque to LLVM, changed the
                 # SASS under 3.6 and 3.9 (fp8 tiles: up to 39 registers more) and 3.8 did not need it
-                PACK_C: tl.constexpr = (MODE == 0) and (BM2 == 0) and (BM >= 64)   # (the interpreter takes no TMA path)
+                PACK_C: tl.constexpr = (MODE == 0) and (BM2 == 0) and (BM >= 64) and (not _INTERPRETED)
                 whole = row0 + BM <= row_hi    # the tile's rows all belong to this group
                 if whole:   # (the store is clipped at N)
                     c_desc.store([row0.to(tl.int32), n0], _cast_c(acc, c_ptr.dtype.element_ty, PACK_C))
