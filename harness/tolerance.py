@@ -10,10 +10,16 @@ dtypes (what the same computation gives when done at that precision). Element i 
                    + TINY                                 # output dtype's smallest subnormal
 
 with ACC = L * 2**-24 (float32 accumulation of L terms, the worst-case bound gamma_L) plus,
-for fp8 matrix products, min(L, 128) * 2**-14: Hopper's fp8 tensor cores keep about 14
-bits in their partial sums, so a kernel must promote to float32 at least every 128 terms
-(DeepGEMM does); mag_i is the same op evaluated in float64 on |inputs| (the sum of the
-magnitudes of the terms). Elementwise ops have L = 0. FACTOR = 2 lets a candidate be twice
+for fp8 matrix products, ceil(min(L, 128) / 32) * 2**-14: Hopper's fp8 tensor cores align
+the 32 products of one MMA instruction (k = 32) with the running sum keeping about 14 bits,
+one truncation per instruction, and a kernel must promote its sum to float32 at least every
+128 terms (DeepGEMM does), so at most 4 such truncations stand between promotions; mag_i is
+the same op evaluated in float64 on |inputs| (the sum of the magnitudes of the terms).
+Measured on an H100 (results/2026-12-06-s13-h100, tools/fp8_accumulation_errors.py, 275
+cases up to L = 8064): correct fp8 GEMMs use at most a fifth of this fp8 term plus gamma_L,
+while a kernel that rounds its running sum to bfloat16 after every K block exceeds it in a
+fifth of the cases with L > 256 (the earlier term, min(L, 128) * 2**-14, was 32 times this
+one and let that kernel pass every case). Elementwise ops have L = 0. FACTOR = 2 lets a candidate be twice
 as far from the exact value as the precision itself is, and no further.
 
 For outputs declared "normwise" (the chained MoE forward, whose intermediate roundings a
@@ -29,8 +35,9 @@ import torch
 
 FACTOR = 2.0
 FP32_ROUNDOFF = 2.0 ** -24
-FP8_ACC_ROUNDOFF = 2.0 ** -14
-FP8_PROMOTE_EVERY = 128
+FP8_ACC_ROUNDOFF = 2.0 ** -14      # one alignment truncation of an fp8 MMA instruction
+FP8_MMA_K = 32                     # products per fp8 MMA instruction (Hopper wgmma, k = 32)
+FP8_PROMOTE_EVERY = 128            # terms between float32 promotions, at most
 
 UNIT_ROUNDOFF = {
     torch.bfloat16: 2.0 ** -8,
@@ -51,7 +58,7 @@ SMALLEST_SUBNORMAL = {
 def accumulation_roundoff(reduction_len: int, fp8_dot: bool) -> float:
     acc = reduction_len * FP32_ROUNDOFF
     if fp8_dot:
-        acc += min(reduction_len, FP8_PROMOTE_EVERY) * FP8_ACC_ROUNDOFF
+        acc += -(-min(reduction_len, FP8_PROMOTE_EVERY) // FP8_MMA_K) * FP8_ACC_ROUNDOFF
     return acc
 
 

@@ -298,6 +298,20 @@ MUTANTS = (
        "acc = acc * (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))",
        "acc = acc / (tl.load(sa_ptr + e) * tl.load(sb_ptr + e))",
        "the dequantisation scale's reciprocal applied instead of the scale", dtypes=("fp8_tensor",)),
+    # issue 23 item 3: a running sum rounded to bfloat16 after every K block; the fp8 accumulation
+    # term of harness/tolerance.py is set to catch it. Killed on both backends (the interpreter in
+    # 2 min at 30 cases), kept off CI's kill table (tests/test_mutants.py) for its time: GPU only
+    _M("gemm_fp8_tensor_partial_sums_bf16", _OP, KERNELS,
+       "            acc = _mma(a, b, acc)\n",
+       "            acc = _mma(a, b, acc).to(tl.bfloat16).to(tl.float32)\n",
+       "fp8 per tensor: the running sum rounded to bfloat16 after every K block", dtypes=("fp8_tensor",),
+       backends=("cuda",)),
+    _M("gemm_fp8_block_partial_sums_bf16", _OP, KERNELS,
+       "acc = _add_scaled(acc, _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32)), sa, sb, QBN % BN == 0)",
+       "acc = _add_scaled(acc, _mma(a, b, tl.zeros([BM, BN], dtype=tl.float32)), sa, sb, QBN % BN == 0)"
+       ".to(tl.bfloat16).to(tl.float32)",
+       "fp8 block-wise: the running sum rounded to bfloat16 after every K block (after its scales)",
+       dtypes=("fp8_block",), backends=("cuda",)),
     _M("gemm_block_scales_two_blocks_ahead", _OP, KERNELS,
        "kb_next = tl.minimum((k0 + BK) // QBK, (Kd - 1) // QBK)",
        "kb_next = tl.minimum((k0 + 2 * BK) // QBK, (Kd - 1) // QBK)",
