@@ -47,8 +47,10 @@ KERNELS = "optimized.permute"
 _LARGE = dict(tokens=40000, topk=8, experts=256, hidden=7168, inter=64)
 # DeepSeek-V3 on EP8: 256 experts, 32 per rank, top-8, H 7168; decode, small and large prefill batches
 _DS_EP8 = tuple(BenchAnchor(t, 8, 256, 31, 7168, 2048, f"DeepSeek-V3 EP8 T={t}") for t in (1, 64, 4096))
-PERMUTE_DTYPES = ("bfloat16", "float32", "fp8")
-UNPERMUTE_DTYPES = ("bfloat16", "float16", "float32")
+# Rows are bit copies (permute) or a float32 sum of K weighted rows (unpermute): one 16-bit and one
+# other dtype each exercise every code path (CI time on the interpreter: see tests/test_permute_records.py)
+PERMUTE_DTYPES = ("bfloat16", "fp8")
+UNPERMUTE_DTYPES = ("bfloat16", "float32")
 SCALE_BLOCK = 128            # one scale per 128 columns (per-token-group fp8 quantisation)
 BLOCK_SIZE_512 = Neutral(512, "0.4.x .. 0.5.23", "the tile SGLang launches the row kernels with")
 
@@ -171,7 +173,7 @@ _ids = "topk_ids"
 
 RECORDS = (
     OpSpec("moe_permute", ref.moe_permute, build_moe_permute, _permuted(0), PERMUTE_DTYPES, KERNELS, permute_cost,
-           max_tokens=64, max_hidden=256, invalid_ids=True, large_shape=_LARGE, bench_anchors=_DS_EP8,
+           invalid_ids=True, large_shape=_LARGE, bench_anchors=_DS_EP8,
            bench_routing="dispatched", sglang=SglangBinding(("moe_permute",)),
            error_inputs=(
                ErrorInput("bfloat16", set_arg(_ids, lambda a: a[_ids].long()), TypeError, _ids),
@@ -180,14 +182,14 @@ RECORDS = (
                ErrorInput("bfloat16", set_arg("use_int64_offset", 1), TypeError, "use_int64_offset"),
            )),
     OpSpec("moe_permute_with_scale", ref.moe_permute_with_scale, build_moe_permute_with_scale, _permuted(0, 1),
-           ("bfloat16", "fp8"), KERNELS, permute_cost, max_tokens=64, max_hidden=256, invalid_ids=True,
+           ("fp8",), KERNELS, permute_cost, invalid_ids=True,
            bench_anchors=_DS_EP8[:2], bench_dtype="fp8", bench_routing="dispatched",
            sglang=SglangBinding(("moe_permute_with_scale",)),
            error_inputs=(ErrorInput("fp8", set_arg("input_scale", lambda a: a["input_scale"][:-1]), ValueError,
                                     "input_scale"),)),
     OpSpec("moe_unpermute", ref.moe_unpermute, build_moe_unpermute,
            (OutputSpec("outputs", returned(0), "float", "token", **_SUM_OF_K),), UNPERMUTE_DTYPES, KERNELS,
-           unpermute_cost, max_tokens=64, max_hidden=256, invalid_ids=True, large_shape=_LARGE,
+           unpermute_cost, invalid_ids=True, large_shape=_LARGE,
            bench_anchors=_DS_EP8, bench_routing="dispatched", sglang=SglangBinding(("moe_unpermute",)),
            error_inputs=(
                ErrorInput("float32", set_arg("topk_weights", lambda a: a["topk_weights"].int()), TypeError,
@@ -197,7 +199,7 @@ RECORDS = (
            )),
     OpSpec("deepep_permute", ref.deepep_permute_triton_kernel, build_deepep_permute,
            (OutputSpec("gateup_input", buffer("gateup_input"), "exact", "position"),), PERMUTE_DTYPES, KERNELS,
-           permute_cost, max_tokens=64, max_hidden=256, invalid_ids=True, bench_anchors=_DS_EP8[:2],
+           permute_cost, invalid_ids=True, bench_anchors=_DS_EP8[:2],
            bench_routing="dispatched",
            sglang=SglangBinding(("deepep_permute_triton_kernel",), grid=lambda a: (a["input"].shape[0],),
                                 neutral={"BLOCK_SIZE": BLOCK_SIZE_512}),
@@ -206,15 +208,15 @@ RECORDS = (
                ErrorInput("bfloat16", set_arg("src2dst", lambda a: a["src2dst"] + 10 ** 6), ValueError, "src2dst"),
            )),
     OpSpec("deepep_post_reorder", ref.deepep_post_reorder_triton_kernel, build_deepep_post_reorder,
-           (OutputSpec("output", buffer("output"), "float", "token", **_SUM_OF_K),), UNPERMUTE_DTYPES, KERNELS,
-           unpermute_cost, max_tokens=64, max_hidden=256, invalid_ids=True, bench_anchors=_DS_EP8[:2],
+           (OutputSpec("output", buffer("output"), "float", "token", **_SUM_OF_K),), ("bfloat16",), KERNELS,
+           unpermute_cost, invalid_ids=True, bench_anchors=_DS_EP8[:2],
            bench_routing="dispatched",
            sglang=SglangBinding(("deepep_post_reorder_triton_kernel",), grid=lambda a: (a["output"].shape[0],),
                                 neutral={"BLOCK_SIZE": BLOCK_SIZE_512}),
            error_inputs=(
-               ErrorInput("float32", set_arg("down_output", lambda a: a["down_output"][:, :-1]), ValueError,
+               ErrorInput("bfloat16", set_arg("down_output", lambda a: a["down_output"][:, :-1]), ValueError,
                           "down_output"),
-               ErrorInput("float32", set_arg("topk_weights", lambda a: a["topk_weights"].int()), TypeError,
+               ErrorInput("bfloat16", set_arg("topk_weights", lambda a: a["topk_weights"].int()), TypeError,
                           "topk_weights"),
            )),
 )
