@@ -17,7 +17,8 @@ rewritten into the reference's order: the index output's placed slots take the r
 rows, and each row-mapped output's rows are moved from the candidate's row to the
 reference's row of the same slot. Everything else (slots the reference leaves at -1, rows no
 slot names, dtypes, the poison pattern, which is preserved row for row) is then compared
-exactly as usual, so a wrong -1, a wrong dtype or a wrong copied row still fails. The
+exactly as usual, so a wrong -1, a wrong dtype or a wrong copied row still fails; the values
+of slots the reference leaves negative are free in order within a group (the same multiset). The
 rewrite is idempotent: a canonical candidate is its own canonical form (the runner applies
 it to each run before the repeat-run probe, and again inside compare_outputs).
 
@@ -75,6 +76,19 @@ def placed_rows(name: str, cand: torch.Tensor, ref: torch.Tensor, groups: torch.
     return slots, cs, rs
 
 
+def _unplaced_in_reference_order(canon: torch.Tensor, ref: torch.Tensor, groups: torch.Tensor) -> None:
+    """Per group, the slots the reference leaves negative take the reference's values when the
+    candidate's are the same multiset (SGLang 0.5.23's permute numbers unrouted slots -n_neg .. -1 in sort
+    order, which an unstable sort leaves free); any other value stays, for the exact comparison."""
+    unplaced = ref < 0
+    if not bool(unplaced.any()):
+        return
+    for g in torch.unique(groups[unplaced]).tolist():
+        at = torch.nonzero(unplaced & (groups == g)).flatten()
+        if torch.equal(torch.sort(canon[at].to(torch.int64)).values, torch.sort(ref[at].to(torch.int64)).values):
+            canon[at] = ref[at].to(canon.dtype)
+
+
 def canonicalise(spec, sample, cand_out: Dict[str, torch.Tensor], ref_out: Dict[str, torch.Tensor]):
     """The candidate's outputs in the reference's row order (see the module docstring); raises
     OrderFreeViolation when an index output is not a within-group permutation. Outputs of
@@ -93,6 +107,7 @@ def canonicalise(spec, sample, cand_out: Dict[str, torch.Tensor], ref_out: Dict[
         slots, crow, rrow = placed_rows(o.name, cand, ref, groups)
         canon = cand.contiguous().clone()
         canon.view(-1)[slots] = rrow.to(canon.dtype)
+        _unplaced_in_reference_order(canon.view(-1), ref.reshape(-1), groups)
         out[o.name] = canon
         for d in spec.outputs:
             if d.index != o.name:

@@ -217,6 +217,12 @@ MUTANTS = (
        "if tl.max(tl.max(tl.where(in_group[None, :] & local2, 1, 0), axis=1), axis=0) > 1:",
        "the slot group test off by one: every group is skipped as if no row routed there, so each "
        "token gets zeros"),
+    _M("post_reorder_first_local_expert_dropped", "post_reorder", KERNELS,
+       "(e2 >= start_expert) & (e2 <= end_expert)",
+       "(e2 > start_expert) & (e2 <= end_expert)",
+       "the expert gate written '> start' (SGLang commit 26be49be's 'expert_id > 0' on local ids, released in "
+       "0.5.4 .. 0.5.10): the rank's first expert - local expert 0, on every rank - is silently left out of "
+       "each token's sum"),
     _M("post_reorder_end_exclusive", "post_reorder", KERNELS,
        "(e2 <= end_expert) & (dst2 >= 0)",
        "(e2 < end_expert) & (dst2 >= 0)",

@@ -7,7 +7,7 @@ module's import hook (``scoped_builtins``: the file's own ``__builtins__`` with
 The stand-ins are written for the harness; no code of the sglang package is copied.
 
 Every name the files of releases 0.4.1 .. 0.5.23 import at module level (the inventory,
-tools/sglang_inventory.py) is here:
+tools/sglang_inventory.py) is here, and one that 0.5.23 imports inside a checked function:
 
 ================================================  ==================================  ===============================
 module: name                                       stands for (releases)               why faithful enough
@@ -36,6 +36,14 @@ module: name                                       stands for (releases)        
 ``sglang.srt.environ: envs``                       SGLang's settings (0.5.17 ..)        read only inside functions the
                                                                                         harness does not check: reading
                                                                                         a setting raises
+``sglang.kernels.ops.moe.moe_permute_prepare:``    the JIT-compiled CUDA kernel behind  the same arithmetic in torch:
+``moe_permute_prepare``                            the permute's indices (0.5.23,       torch.sort (unstable, as
+                                                   imported inside the function)        SGLang's), lower bounds of 0
+                                                                                        and each expert, the scatter of
+                                                                                        sorted positions; the same
+                                                                                        TypeError for non-int32 ids. Not
+                                                                                        its speed: a bench of that op
+                                                                                        times this stand-in
 ================================================  ==================================  ===============================
 
 An ``sglang.*`` import that this table cannot serve (a module or a name not listed, such as
@@ -129,6 +137,30 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int, eps: float = 1e-
     return q.reshape(x.shape), scale.contiguous()
 
 
+def moe_permute_prepare(topk_ids: torch.Tensor, num_experts: int, use_int64_offset: bool = False,
+                        is_ep: bool = False):
+    """(expert_offsets [E+1] int32 / int64, src2dst [T*K] int32) as SGLang 0.5.23's CUDA kernel
+    computes them: with the flat ids sorted ascending (not stably) and n_neg = the count of
+    negative ids, expert_offsets[e] = #(ids < e) - n_neg for e < E, [E] = T*K - n_neg, and the
+    slot at sorted position i gets src2dst = i - n_neg. is_ep changes nothing there either.
+    Any device (the CUDA kernel's own check of a CUDA tensor is left out: the interpreter runs on
+    the CPU)."""
+    if topk_ids.dtype != torch.int32:
+        raise TypeError(f"topk_ids must be int32, got {topk_ids.dtype}")
+    flat = topk_ids.flatten()
+    sorted_ids, order = torch.sort(flat)
+    n = flat.numel()
+    dev = flat.device
+    bounds = torch.arange(num_experts + 1, dtype=torch.int32, device=dev)
+    bounds[-1] = 0
+    below = torch.searchsorted(sorted_ids, bounds)                  # [E + 1]; the last: n_neg
+    n_neg = below[-1:]
+    offsets = torch.cat([below[:-1], below.new_full((1,), n)]) - n_neg
+    src2dst = torch.empty(n, dtype=torch.int32, device=dev)
+    src2dst[order] = (torch.arange(n, device=dev) - n_neg).to(torch.int32)
+    return offsets.to(torch.int64 if use_int64_offset else torch.int32), src2dst
+
+
 class _Settings:
     """Stand-in of ``sglang.srt.environ.envs``: every setting raises when read."""
 
@@ -152,6 +184,7 @@ STANDINS: Dict[str, Dict[str, object]] = {
     "sglang.srt.layers.quantization.fp8_kernel": dict(_FP8_KERNEL),
     "sglang.kernels.ops.quantization.fp8_kernel": dict(_FP8_KERNEL),
     "sglang.srt.environ": {"envs": _Settings()},
+    "sglang.kernels.ops.moe.moe_permute_prepare": {"moe_permute_prepare": moe_permute_prepare},
 }
 
 
