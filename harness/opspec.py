@@ -78,6 +78,10 @@ class OutputSpec:
     sums get the fp8 tensor cores' accumulation allowance).
     matmul: the output is a matrix product (a float32 one may have been computed from TF32
     operands: the runner names that precision instead of failing by default).
+    defined: for an output whose contract leaves some elements unspecified (a masked slab's rows
+    past masked_m[e], returned from a fresh torch.empty), (sample, the reference's outputs) -> a
+    bool mask of the output's shape, True where the contract defines the element; only those
+    are compared (None: every element; an "arg" output's untouched elements are the poison probe's).
     """
 
     name: str
@@ -88,6 +92,7 @@ class OutputSpec:
     fp8_dot: bool = False
     matmul: bool = False
     index: Optional[str] = None
+    defined: Optional[Callable[[Sample, Mapping[str, Any]], torch.Tensor]] = None
 
     def how(self, p: CaseParams) -> str:
         """The comparison this case gets ("exact_or_float" resolved by the case's dtype; a
@@ -196,6 +201,8 @@ class OpSpec:
     row_context: more of what a failing output row means, for reports (the GEMM: the group and the
     weight it multiplies by).
     capturable: one call can be captured in a CUDA graph (no host synchronisation).
+    inplace: output buffers that are also inputs (an op updating its argument in place): the
+    runner fills their guarded buffer with the case's values instead of poison before a call.
     baselines: implementation name -> a torch composition to time against (harness.impls);
     CHAINED for a composed op: chained from that baseline's parts (references for the rest).
     selftest: the op the bench's self-test times by default.
@@ -224,6 +231,7 @@ class OpSpec:
     sglang: Optional[SglangBinding] = None
     composed_of: Tuple[str, ...] = ()
     capturable: bool = True
+    inplace: Tuple[str, ...] = ()
     error_inputs: Tuple[ErrorInput, ...] = ()
     preconditions: Tuple[Precondition, ...] = ()
     row_context: Optional[Callable[[Sample, int], Dict[str, int]]] = None

@@ -58,7 +58,8 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
     if counts["rejected"]:
         notes.append(f"{counts['rejected']} case(s) outside a precondition cleanly rejected")
     if counts["not_computable"]:
-        notes.append(f"{counts['not_computable']} case(s) not computable on the interpreter")
+        notes.append(f"{counts['not_computable']} case(s) not computable here (the interpreter, or an SGLang "
+                     f"stand-in that cannot be faithful)")
     row.reason = "; ".join(notes)
     if not failure and not row.passed:
         # nothing was compared: say why instead of passing

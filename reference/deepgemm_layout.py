@@ -416,36 +416,17 @@ def fused_moe_dispatch_index(topk_ids, num_local_experts, m_max, expert_start=0)
     return counts.to(torch.int32), src2dst
 
 
-def moe_ep_deepgemm_preprocess(topk_ids, num_local_experts, hidden_states, top_k, block_shape,
-                               output_dtype=torch.float8_e4m3fn, use_mxfp8=False, expert_start=0, *,
-                               deepgemm_scale_ue8m0=False, cap_m_max=False):
-    """SGLang's ``moe_ep_deepgemm_preprocess``: tokens into the masked layout, fp8-quantised.
-
-    topk_ids int [T, top_k] (global ids, local when id - expert_start in [0, E_local)),
-    hidden_states [T, H] float, contiguous; block_shape None (= [128, 128]) or [block_n, block_k].
-    Two keyword-only arguments stand for SGLang's globals: deepgemm_scale_ue8m0 for
-    deep_gemm_wrapper.DEEPGEMM_SCALE_UE8M0, cap_m_max for SGLANG_OPT_DG_MASKED_M_CAP.
-    Returns (masked_m, expected_m, src2dst, gateup_input, gateup_input_scale):
-    - m_max = (T // 256 + 1) * 256; with cap_m_max, min(that, max(256, max(masked_m) rounded up to 256)).
-    - expected_m = ceil(T * top_k / E_local) (0 for T = 0).
-    - masked_m, src2dst = fused_moe_dispatch_index(topk_ids, E_local, m_max, expert_start).
-    - gateup_input [E_local, m_max, H] of output_dtype: row r = src2dst[t*top_k + k] (as
-      [e, j]) holds token t; rows j >= masked_m[e] unspecified (poison).
-    - fp8 output with UE8M0 (use_mxfp8 or deepgemm_scale_ue8m0; SGLang's fused CUDA kernel
-      takes bf16 input only): each token quantised per group of block_k with power-of-two
-      scales (H / block_k a multiple of 4);
-      gateup_input_scale int32 [E_local, m_max, H / block_k / 4], the transpose of an
-      [E_local, G/4, m_max] buffer: packed UE8M0 bytes of the row.
-    - fp8 output otherwise: per_token_group_quant_fp8(hidden_states, block_k) (float32
-      scales amax / 448), gateup_input_scale float32 [E_local, m_max, H / block_k], row-major.
-    - other output dtypes: the token cast to output_dtype; gateup_input_scale None.
-    """
+def validate_masked_preprocess(topk_ids, num_local_experts, hidden_states, top_k, block_shape, output_dtype,
+                               use_mxfp8, expert_start, deepgemm_scale_ue8m0, cap_m_max):
+    """The argument checks of the masked preprocess (shared with our kernel's launcher);
+    returns (block_k, is_fp8, packed: UE8M0 scales packed four to an int32)."""
     check_tensor("hidden_states", hidden_states, dtypes=ACT_DTYPES, ndim=2)
     dev = hidden_states.device
     tokens, hidden = hidden_states.shape
     check_int("top_k", top_k, lo=1)
     check_int("num_local_experts", num_local_experts, lo=1)
     check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, shape=(tokens, top_k), device=dev)
+    check_int("expert_start", expert_start, lo=0)
     if block_shape is None:
         block_shape = [128, 128]
     if (not isinstance(block_shape, (list, tuple)) or len(block_shape) != 2
@@ -463,13 +444,52 @@ def moe_ep_deepgemm_preprocess(topk_ids, num_local_experts, hidden_states, top_k
         raise ValueError(f"block_shape: expected block_k to divide the hidden size {hidden}, got {block_k}")
     if packed and (hidden // block_k) % 4:
         raise ValueError(f"block_shape: packed UE8M0 scales need H / block_k = {hidden // block_k} to be a multiple of 4")
+    return block_k, is_fp8, packed
 
+
+def masked_capacity(topk_ids, num_local_experts, tokens, expert_start, cap_m_max, dispatch_index):
+    """(m_max, expected_m) of the masked preprocess: m_max = (T // 256 + 1) * 256, with cap_m_max
+    capped at max(256, the largest count rounded up to 256) (a host read of ``dispatch_index``'s
+    masked_m); expected_m = ceil(T * top_k / E_local)."""
     m_max = (tokens // DEEPGEMM_BLOCK_M + 1) * DEEPGEMM_BLOCK_M
     if cap_m_max:
-        probe, _ = fused_moe_dispatch_index(topk_ids, num_local_experts, m_max, expert_start)
+        probe, _ = dispatch_index(topk_ids, num_local_experts, m_max, expert_start)
         cap = -(-int(probe.max()) // DEEPGEMM_BLOCK_M) * DEEPGEMM_BLOCK_M
         m_max = min(m_max, max(cap, DEEPGEMM_BLOCK_M))
-    expected_m = (topk_ids.numel() - 1) // num_local_experts + 1
+    return m_max, (topk_ids.numel() - 1) // num_local_experts + 1
+
+
+def moe_ep_deepgemm_preprocess(topk_ids, num_local_experts, hidden_states, top_k, block_shape,
+                               output_dtype=torch.float8_e4m3fn, use_mxfp8=False, expert_start=0,
+                               deepgemm_scale_ue8m0=False, cap_m_max=False):
+    """SGLang's ``moe_ep_deepgemm_preprocess``: tokens into the masked layout, fp8-quantised.
+
+    topk_ids int [T, top_k] (global ids, local when id - expert_start in [0, E_local)),
+    hidden_states [T, H] float, contiguous; block_shape None (= [128, 128]) or [block_n, block_k].
+    Two trailing arguments (not SGLang's) stand for its globals: deepgemm_scale_ue8m0 for
+    deep_gemm_wrapper.DEEPGEMM_SCALE_UE8M0, cap_m_max for SGLANG_OPT_DG_MASKED_M_CAP.
+    Returns (masked_m, expected_m, src2dst, gateup_input, gateup_input_scale):
+    - m_max = (T // 256 + 1) * 256; with cap_m_max, min(that, max(256, max(masked_m) rounded up to 256)).
+    - expected_m = ceil(T * top_k / E_local) (0 for T = 0).
+    - masked_m, src2dst = fused_moe_dispatch_index(topk_ids, E_local, m_max, expert_start).
+    - gateup_input [E_local, m_max, H] of output_dtype: row r = src2dst[t*top_k + k] (as
+      [e, j]) holds token t; rows j >= masked_m[e] unspecified (poison).
+    - fp8 output with UE8M0 (use_mxfp8 or deepgemm_scale_ue8m0; SGLang's fused CUDA kernel
+      takes bf16 input only): each token quantised per group of block_k with power-of-two
+      scales (H / block_k a multiple of 4);
+      gateup_input_scale int32 [E_local, m_max, H / block_k / 4], the transpose of an
+      [E_local, G/4, m_max] buffer: packed UE8M0 bytes of the row.
+    - fp8 output otherwise: per_token_group_quant_fp8(hidden_states, block_k) (float32
+      scales amax / 448), gateup_input_scale float32 [E_local, m_max, H / block_k], row-major.
+    - other output dtypes: the token cast to output_dtype; gateup_input_scale None.
+    """
+    block_k, is_fp8, packed = validate_masked_preprocess(topk_ids, num_local_experts, hidden_states, top_k,
+                                                         block_shape, output_dtype, use_mxfp8, expert_start,
+                                                         deepgemm_scale_ue8m0, cap_m_max)
+    dev = hidden_states.device
+    tokens, hidden = hidden_states.shape
+    m_max, expected_m = masked_capacity(topk_ids, num_local_experts, tokens, expert_start, cap_m_max,
+                                        fused_moe_dispatch_index)
     masked_m, src2dst = fused_moe_dispatch_index(topk_ids, num_local_experts, m_max, expert_start)
 
     live = src2dst >= 0

@@ -90,7 +90,7 @@ def quantize_groups(y: torch.Tensor, group_size: int, scale_ue8m0: bool):
     q, scale = per_token_group_quant_fp8(y, group_size)
     if scale_ue8m0:
         scale = ceil_to_ue8m0(scale)
-        groups = y.to(torch.float32).view(y.shape[0], -1, group_size) / scale[:, :, None]
+        groups = y.to(torch.float32).view(y.shape[0], scale.shape[1], group_size) / scale[:, :, None]  # -1: T = 0
         q = cast_saturating(groups, FP8_DTYPE).view(y.shape)
     return q, scale
 

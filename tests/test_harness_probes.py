@@ -417,3 +417,20 @@ def test_a_case_the_interpreter_cannot_compute_gets_no_verdict(device):
             return Candidate(cannot)
     row = check_one(CheckOptions(cases=3), "interpreter", Impl(), "x", "post_reorder", "float32")
     assert row.status == "NOT_COMPUTABLE" and row.passed == 0 and "not computable" in row.reason, row
+
+
+def test_a_stand_in_that_cannot_be_faithful_gets_no_verdict(device):
+    """An SGLang function reaching a stand-in that raises StandInError (e.g. a JIT-compiled CUDA
+    kernel outside the kernel file) is 'not computable', never FAILED; any other RuntimeError is."""
+    from harness.sglang.standins import StandInError
+
+    def stand_in(*args):
+        raise StandInError("a JIT kernel")
+
+    def broken(*args):
+        raise RuntimeError("a JIT kernel")
+    p = CaseParams(op="post_reorder", dtype="float32", tokens=4, topk=2, experts=4, hidden=8, inter=8, seed=1)
+    res = run_case(SPECS["post_reorder"], Candidate(stand_in), p, device, "x")
+    assert res.status == "not computable" and "without the sglang package" in res.message
+    res = run_case(SPECS["post_reorder"], Candidate(broken), p, device, "x")
+    assert not res.ok and res.probe == "exception"

@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 from ..opspec import OpSpec
 
 ENV_VAR = "MOE_HARNESS_OP_MODULES"
-FAMILIES = ("preprocess", "reorder", "activation", "gemm", "moe", "deepgemm", "permute")
+FAMILIES = ("preprocess", "reorder", "activation", "gemm", "moe", "deepgemm", "permute", "masked")
 
 REGISTRY: Dict[str, OpSpec] = {}
 MUTANT_CATALOGUE: List = []

@@ -33,9 +33,12 @@ module: name                                       stands for (releases)        
                                                                                         same preconditions (last dim a
                                                                                         multiple of the group,
                                                                                         contiguous); other layouts raise
-``sglang.srt.environ: envs``                       SGLang's settings (0.5.17 ..)        read only inside functions the
-                                                                                        harness does not check: reading
-                                                                                        a setting raises
+``sglang.srt.environ: envs``                       SGLang's settings (0.5.17 ..)        SETTING_DEFAULTS: the release's
+                                                                                        defaults (0.5.23's masked
+                                                                                        preprocess reads
+                                                                                        SGLANG_OPT_DG_MASKED_M_CAP,
+                                                                                        default False); reading any
+                                                                                        other setting raises
 ``sglang.kernels.ops.moe.moe_permute_prepare:``    the JIT-compiled CUDA kernel behind  the same arithmetic in torch:
 ``moe_permute_prepare``                            the permute's indices (0.5.23,       torch.sort (unstable, as
                                                    imported inside the function)        SGLang's), lower bounds of 0
@@ -44,6 +47,14 @@ module: name                                       stands for (releases)        
                                                                                         TypeError for non-int32 ids. Not
                                                                                         its speed: a bench of that op
                                                                                         times this stand-in
+``sglang.srt.layers.deep_gemm_wrapper:``           DeepGEMM's scale format on this     False: SGLang's value on Hopper
+``DEEPGEMM_SCALE_UE8M0``                           card (imported inside the masked    (UE8M0 scales are Blackwell's);
+                                                   preprocess, 0.5.x)                  the packed path is reached
+                                                                                        through use_mxfp8 instead
+``sglang.kernels.ops.moe.minimax_quant_ue8m0:``    the packed UE8M0 quantise-and-       not stood in: SGLang's JIT CUDA
+``per_token_quant_fp8_ue8m0_scatter``              scatter of the masked preprocess     kernel (not in the kernel file,
+                                                   (0.5.2x)                             needs sglang's JIT toolchain);
+                                                                                        calling it raises
 ================================================  ==================================  ===============================
 
 An ``sglang.*`` import that this table cannot serve (a module or a name not listed, such as
@@ -161,13 +172,28 @@ def moe_permute_prepare(topk_ids: torch.Tensor, num_experts: int, use_int64_offs
     return offsets.to(torch.int64 if use_int64_offset else torch.int32), src2dst
 
 
+# Settings that the checked ops read, at the default of the releases that read them.
+SETTING_DEFAULTS = {"SGLANG_OPT_DG_MASKED_M_CAP": False}
+
+
 class _Settings:
-    """Stand-in of ``sglang.srt.environ.envs``: every setting raises when read."""
+    """Stand-in of ``sglang.srt.environ.envs``: the settings of SETTING_DEFAULTS read as their
+    defaults; every other setting raises when read."""
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
+        if name in SETTING_DEFAULTS:
+            return types.SimpleNamespace(get=lambda value=SETTING_DEFAULTS[name]: value)
         return types.SimpleNamespace(get=_not_callable(f"sglang.srt.environ.envs.{name}.get"))
+
+
+def per_token_quant_fp8_ue8m0_scatter(*_args, **_kwargs):
+    """Not stood in (see the module docstring): SGLang's JIT-compiled CUDA kernel."""
+    raise StandInError("sglang.kernels.ops.moe.minimax_quant_ue8m0.per_token_quant_fp8_ue8m0_scatter is SGLang's "
+                       "JIT-compiled CUDA kernel (outside the EP-MoE kernel file; it needs sglang's JIT toolchain): "
+                       "the harness does not stand in for it, so the packed-UE8M0 masked preprocess of a release "
+                       "cannot be checked without the sglang package")
 
 
 _FP8_KERNEL = {"per_token_group_quant_fp8": per_token_group_quant_fp8,
@@ -185,6 +211,9 @@ STANDINS: Dict[str, Dict[str, object]] = {
     "sglang.kernels.ops.quantization.fp8_kernel": dict(_FP8_KERNEL),
     "sglang.srt.environ": {"envs": _Settings()},
     "sglang.kernels.ops.moe.moe_permute_prepare": {"moe_permute_prepare": moe_permute_prepare},
+    "sglang.srt.layers.deep_gemm_wrapper": {"DEEPGEMM_SCALE_UE8M0": False},
+    "sglang.kernels.ops.moe.minimax_quant_ue8m0": {"per_token_quant_fp8_ue8m0_scatter":
+                                                   per_token_quant_fp8_ue8m0_scatter},
 }
 
 
