@@ -6,7 +6,9 @@ with freshly poisoned output buffers framed by poisoned guard rows and with fres
 allocations inside the candidate poisoned too. A case fails on the first probe that fires:
 
   exception         the candidate raised
-  input_modified    an input tensor changed (compared bit for bit with a snapshot)
+  input_modified    an input tensor changed (compared bit for bit with a snapshot); inputs the
+                    record declares rewritten in place (opspec.in_place) are instead passed as a
+                    guarded copy per call and compared as outputs
   guard             a guard row before or after an output buffer changed (out-of-bounds write)
   untouched         an element the contract leaves alone was written
   unwritten         an element the contract defines still holds its poison
@@ -16,7 +18,8 @@ allocations inside the candidate poisoned too. A case fails on the first probe t
   tolerance         a float output is further from the float64 reference than the rule allows
   nondeterministic  the two runs gave different bits
   graph             (GPU, ops whose record says capturable) the call could not be captured in
-                    a CUDA graph, or the graph replayed on new inputs gave a wrong answer
+                    a CUDA graph, or the graph replayed on new inputs gave a wrong answer (and
+                    on each of the record's graph_variants, e.g. other device-held token counts)
 
 Two more probes act on every call rather than on outputs: ``fresh_poison`` fills the
 candidate's own fresh allocations (torch.empty & co.) with poison, so a read of scratch it
@@ -138,6 +141,25 @@ def poison_bits(dtype: torch.dtype, device) -> torch.Tensor:
     return as_bits(fill_poison(torch.empty(1, dtype=dtype, device=device)))[0]
 
 
+def guarded_copy(values: torch.Tensor):
+    """guarded_buffer holding a copy of ``values`` (an input the op rewrites in place)."""
+    storage, view = guarded_buffer(values)
+    view.copy_(values)
+    return storage, view
+
+
+def _guard_args(spec: OpSpec, args: Dict[str, Any]):
+    """The call's arguments with every output buffer replaced by a fresh guarded, poisoned one
+    and every in-place input by a guarded copy; (call args, guard storages by name)."""
+    call_args = dict(args)
+    storages = {}
+    for name in spec.output_buffers:
+        storages[name], call_args[name] = guarded_buffer(args[name])
+    for name in spec.in_place_args:
+        storages[name], call_args[name] = guarded_copy(args[name])
+    return call_args, storages
+
+
 def guarded_buffer(like: torch.Tensor):
     """A poisoned copy-shaped buffer with GUARD_ROWS poisoned rows before and after it.
 
@@ -172,13 +194,11 @@ def poisoned_fresh_allocations():
 # ----------------------------------------------------------------------------- calling
 
 def _call(fn: Callable, sample: Sample, spec: OpSpec, args: Dict[str, Any], poison_fresh: bool):
-    """Call fn on args with every output buffer replaced by a fresh guarded, poisoned one.
+    """Call fn on args with every output buffer replaced by a fresh guarded, poisoned one (and
+    every in-place input by a guarded copy of its values).
 
     Returns (outputs by name, guard storages by name)."""
-    call_args = dict(args)
-    storages = {}
-    for name in spec.output_buffers:
-        storages[name], call_args[name] = guarded_buffer(args[name])
+    call_args, storages = _guard_args(spec, args)
     ctx = poisoned_fresh_allocations() if poison_fresh and _on("fresh_poison") else contextlib.nullcontext()
     with ctx:
         ret = fn(*call_args.values())
@@ -394,10 +414,7 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
         if _on("exception"):
             raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}{what}",
                                {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
-        call_args = dict(sample.args)
-        storages = {}
-        for name in spec.output_buffers:
-            storages[name], call_args[name] = guarded_buffer(sample.args[name])
+        call_args, storages = _guard_args(spec, sample.args)
         return {o.name: o.where.fetch(call_args, None) for o in spec.outputs}, storages
 
 
@@ -410,7 +427,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
     sample = spec.build(params, torch.device(device))
     expected = reference_outputs(spec, sample)
     snapshot = {k: v.clone() for k, v in sample.args.items()
-                if isinstance(v, torch.Tensor) and k not in spec.output_buffers}
+                if isinstance(v, torch.Tensor) and k not in spec.output_buffers + spec.in_place_args}
     try:
         previous = _decoy_outputs(spec, candidate, sample, device, poison_fresh) if _on("decoy") else None
         runs = []
@@ -503,10 +520,8 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
     sample = spec.build(params, torch.device(device))
     fresh = spec.build(dataclasses.replace(params, seed=(params.seed + GRAPH_SEED_OFFSET) % 2 ** 31),
                        torch.device(device))
-    call_args = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in sample.args.items()}
-    storages = {}
-    for name in spec.output_buffers:
-        storages[name], call_args[name] = guarded_buffer(sample.args[name])
+    call_args, storages = _guard_args(spec, {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                             for k, v in sample.args.items()})
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):   # a warm-up call off the capture: compilation, autotuning, lazy state
@@ -525,20 +540,26 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
                            {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
     if any(isinstance(v, torch.Tensor) and v.shape != sample.args[k].shape for k, v in fresh.args.items()):
         return  # a case whose shapes depend on its seed (inputs or output buffers): nothing to replay into
-    for name, value in fresh.args.items():
-        if name in storages:
-            fill_poison(storages[name])
-        elif isinstance(value, torch.Tensor):
-            call_args[name].copy_(value)
-    graph.replay()
-    torch.cuda.synchronize()
-    _check_guards(storages)
-    outputs = {o.name: o.where.fetch(call_args, returned) for o in spec.outputs}
-    try:
-        compare_outputs(spec, candidate, fresh, outputs, reference_outputs(spec, fresh), require_ieee_fp32)
-    except ProbeFailure as f:
-        raise ProbeFailure("graph", f"the CUDA graph replayed on new inputs (seed {fresh.params.seed}) gave a wrong "
-                                    f"answer ({f.probe}): {f.message}", f.details) from None
+    replays = [(fresh, f"on new inputs (seed {fresh.params.seed})")]
+    for overrides in (spec.graph_variants(fresh) if spec.graph_variants is not None else ()):
+        what = ", ".join(f"{k} = {v.tolist() if isinstance(v, torch.Tensor) and v.numel() <= 4 else v}"
+                         for k, v in overrides.items())
+        replays.append((dataclasses.replace(fresh, args={**fresh.args, **overrides}), f"with {what}"))
+    for case, what in replays:
+        for name, value in case.args.items():
+            if name in spec.output_buffers:
+                fill_poison(storages[name])
+            elif isinstance(value, torch.Tensor):
+                call_args[name].copy_(value)
+        graph.replay()
+        torch.cuda.synchronize()
+        _check_guards(storages)
+        outputs = {o.name: o.where.fetch(call_args, returned) for o in spec.outputs}
+        try:
+            compare_outputs(spec, candidate, case, outputs, reference_outputs(spec, case), require_ieee_fp32)
+        except ProbeFailure as f:
+            raise ProbeFailure("graph", f"the CUDA graph replayed {what} gave a wrong answer ({f.probe}): "
+                                        f"{f.message}", f.details) from None
 
 
 def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out: Dict[str, torch.Tensor],
