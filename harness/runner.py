@@ -540,6 +540,9 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
                            {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
     if any(isinstance(v, torch.Tensor) and v.shape != sample.args[k].shape for k, v in fresh.args.items()):
         return  # a case whose shapes depend on its seed (inputs or output buffers): nothing to replay into
+    # a graph replays the scalars it captured (a token count, a scaling factor): the new case keeps them
+    fresh = dataclasses.replace(fresh, args={k: v if isinstance(v, torch.Tensor) or v is None else sample.args[k]
+                                             for k, v in fresh.args.items()})
     replays = [(fresh, f"on new inputs (seed {fresh.params.seed})")]
     for overrides in (spec.graph_variants(fresh) if spec.graph_variants is not None else ()):
         what = ", ".join(f"{k} = {v.tolist() if isinstance(v, torch.Tensor) and v.numel() <= 4 else v}"
