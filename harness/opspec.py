@@ -26,24 +26,33 @@ if TYPE_CHECKING:   # annotations only: harness.sglang.bind reads the records
 @dataclass(frozen=True)
 class Location:
     """Where an output lives: the ``index``-th returned tensor (``kind`` "return"; index 0 is
-    also a function's single returned tensor), or the caller-provided buffer ``name`` (``kind``
-    "arg": poisoned and framed by guard rows before each call)."""
+    also a function's single returned tensor), the caller-provided buffer ``name`` (``kind``
+    "arg": poisoned and framed by guard rows before each call), or the input ``name`` that the
+    op declares it rewrites in place (``kind`` "inplace": each call gets its own copy of the
+    input's values framed by poisoned guard rows; what the call leaves there is the output,
+    compared with what the reference leaves, instead of the input-mutation probe firing)."""
 
     kind: str
     key: Union[int, str]
 
     def __post_init__(self):
-        if self.kind not in ("return", "arg"):
-            raise ValueError(f"Location.kind: expected 'return' or 'arg', got {self.kind!r}")
+        if self.kind not in ("return", "arg", "inplace"):
+            raise ValueError(f"Location.kind: expected 'return', 'arg' or 'inplace', got {self.kind!r}")
 
     @property
     def is_arg(self) -> bool:
+        """A caller-provided output buffer (poisoned before each call)."""
         return self.kind == "arg"
+
+    @property
+    def is_in_place(self) -> bool:
+        """An input the op rewrites in place (a copy of its values before each call)."""
+        return self.kind == "inplace"
 
     def fetch(self, call_args: Mapping[str, Any], returned: Any) -> Any:
         """The output from a call's arguments and what it returned (None when a function
         returned fewer values than this location names)."""
-        if self.is_arg:
+        if self.kind != "return":
             return call_args[self.key]
         ret = returned if isinstance(returned, (tuple, list)) else (returned,)
         return ret[self.key] if self.key < len(ret) else None
@@ -58,6 +67,10 @@ def returned(index: int = 0) -> Location:
 
 def buffer(name: str) -> Location:
     return Location("arg", name)
+
+
+def in_place(name: str) -> Location:
+    return Location("inplace", name)
 
 
 @dataclass(frozen=True)
@@ -201,11 +214,12 @@ class OpSpec:
     row_context: more of what a failing output row means, for reports (the GEMM: the group and the
     weight it multiplies by).
     capturable: one call can be captured in a CUDA graph (no host synchronisation).
-    inplace: output buffers that are also inputs (an op updating its argument in place): the
-    runner fills their guarded buffer with the case's values instead of poison before a call.
     baselines: implementation name -> a torch composition to time against (harness.impls);
     CHAINED for a composed op: chained from that baseline's parts (references for the rest).
     selftest: the op the bench's self-test times by default.
+    graph_variants: more replays of the graph probe's one captured graph: sample -> argument
+    overrides (tensors of the captured shapes), each replayed and checked in turn (a token count
+    read on the device: one capture must serve every count).
     """
 
     name: str
@@ -231,12 +245,12 @@ class OpSpec:
     sglang: Optional[SglangBinding] = None
     composed_of: Tuple[str, ...] = ()
     capturable: bool = True
-    inplace: Tuple[str, ...] = ()
     error_inputs: Tuple[ErrorInput, ...] = ()
     preconditions: Tuple[Precondition, ...] = ()
     row_context: Optional[Callable[[Sample, int], Dict[str, int]]] = None
     baselines: Mapping[str, Callable] = field(default_factory=dict)
     selftest: bool = False
+    graph_variants: Optional[Callable[[Sample], Sequence[Dict[str, Any]]]] = None
 
     def __post_init__(self):
         if self.bench_routing not in ("rank", "all", "dispatched"):
@@ -260,6 +274,11 @@ class OpSpec:
     def output_buffers(self) -> Tuple[str, ...]:
         """Names of the caller-provided output buffers."""
         return tuple(o.where.key for o in self.outputs if o.where.is_arg)
+
+    @property
+    def in_place_args(self) -> Tuple[str, ...]:
+        """Names of the inputs the op declares it rewrites in place (in_place outputs)."""
+        return tuple(o.where.key for o in self.outputs if o.where.is_in_place)
 
 
 # A baseline of a composed op that is its chain over the baseline's own parts.

@@ -6,7 +6,9 @@ with freshly poisoned output buffers framed by poisoned guard rows and with fres
 allocations inside the candidate poisoned too. A case fails on the first probe that fires:
 
   exception         the candidate raised
-  input_modified    an input tensor changed (compared bit for bit with a snapshot)
+  input_modified    an input tensor changed (compared bit for bit with a snapshot); inputs the
+                    record declares rewritten in place (opspec.in_place) are instead passed as a
+                    guarded copy per call and compared as outputs
   guard             a guard row before or after an output buffer changed (out-of-bounds write)
   untouched         an element the contract leaves alone was written
   unwritten         an element the contract defines still holds its poison
@@ -16,7 +18,8 @@ allocations inside the candidate poisoned too. A case fails on the first probe t
   tolerance         a float output is further from the float64 reference than the rule allows
   nondeterministic  the two runs gave different bits
   graph             (GPU, ops whose record says capturable) the call could not be captured in
-                    a CUDA graph, or the graph replayed on new inputs gave a wrong answer
+                    a CUDA graph, or the graph replayed on new inputs gave a wrong answer (and
+                    on each of the record's graph_variants, e.g. other device-held token counts)
 
 Two more probes act on every call rather than on outputs: ``fresh_poison`` fills the
 candidate's own fresh allocations (torch.empty & co.) with poison, so a read of scratch it
@@ -138,6 +141,25 @@ def poison_bits(dtype: torch.dtype, device) -> torch.Tensor:
     return as_bits(fill_poison(torch.empty(1, dtype=dtype, device=device)))[0]
 
 
+def guarded_copy(values: torch.Tensor):
+    """guarded_buffer holding a copy of ``values`` (an input the op rewrites in place)."""
+    storage, view = guarded_buffer(values)
+    view.copy_(values)
+    return storage, view
+
+
+def _guard_args(spec: OpSpec, args: Dict[str, Any]):
+    """The call's arguments with every output buffer replaced by a fresh guarded, poisoned one
+    and every in-place input by a guarded copy; (call args, guard storages by name)."""
+    call_args = dict(args)
+    storages = {}
+    for name in spec.output_buffers:
+        storages[name], call_args[name] = guarded_buffer(args[name])
+    for name in spec.in_place_args:
+        storages[name], call_args[name] = guarded_copy(args[name])
+    return call_args, storages
+
+
 def guarded_buffer(like: torch.Tensor):
     """A poisoned copy-shaped buffer with GUARD_ROWS poisoned rows before and after it.
 
@@ -172,15 +194,11 @@ def poisoned_fresh_allocations():
 # ----------------------------------------------------------------------------- calling
 
 def _call(fn: Callable, sample: Sample, spec: OpSpec, args: Dict[str, Any], poison_fresh: bool):
-    """Call fn on args with every output buffer replaced by a fresh guarded, poisoned one.
+    """Call fn on args with every output buffer replaced by a fresh guarded, poisoned one (and
+    every in-place input by a guarded copy of its values).
 
     Returns (outputs by name, guard storages by name)."""
-    call_args = dict(args)
-    storages = {}
-    for name in spec.output_buffers:
-        storages[name], call_args[name] = guarded_buffer(args[name])
-        if name in spec.inplace:
-            call_args[name].copy_(args[name])
+    call_args, storages = _guard_args(spec, args)
     ctx = poisoned_fresh_allocations() if poison_fresh and _on("fresh_poison") else contextlib.nullcontext()
     with ctx:
         ret = fn(*call_args.values())
@@ -404,10 +422,7 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
         if _on("exception"):
             raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}{what}",
                                {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
-        call_args = dict(sample.args)
-        storages = {}
-        for name in spec.output_buffers:
-            storages[name], call_args[name] = guarded_buffer(sample.args[name])
+        call_args, storages = _guard_args(spec, sample.args)
         return {o.name: o.where.fetch(call_args, None) for o in spec.outputs}, storages
 
 
@@ -420,7 +435,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
     sample = spec.build(params, torch.device(device))
     expected = reference_outputs(spec, sample)
     snapshot = {k: v.clone() for k, v in sample.args.items()
-                if isinstance(v, torch.Tensor) and k not in spec.output_buffers}
+                if isinstance(v, torch.Tensor) and k not in spec.output_buffers + spec.in_place_args}
     try:
         previous = _decoy_outputs(spec, candidate, sample, device, poison_fresh) if _on("decoy") else None
         runs = []
@@ -514,29 +529,37 @@ GRAPH_SEED_OFFSET = 3
 GRAPH_SEED_TRIES = 8
 
 
-def _fits_capture(captured: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
+def _fits_capture(captured: Mapping[str, Any], fresh: Mapping[str, Any], tensors_only: bool = False) -> bool:
     """Whether a captured call can be replayed on ``fresh``'s arguments: every tensor of the same
     shape and dtype (replay writes into the captured buffers), every other argument equal (a
-    graph bakes Python scalars, flags and None-ness into its kernels' launches)."""
+    graph bakes Python scalars, flags and None-ness into its kernels' launches; with
+    ``tensors_only``, only None-ness)."""
     for name, value in fresh.items():
         old = captured[name]
         if isinstance(value, torch.Tensor) or isinstance(old, torch.Tensor):
             if not (isinstance(value, torch.Tensor) and isinstance(old, torch.Tensor)
                     and value.shape == old.shape and value.dtype == old.dtype):
                 return False
-        elif value != old:
+        elif (value is None) != (old is None) or (not tensors_only and value != old):
             return False
     return True
 
 
 def _replay_sample(spec: OpSpec, sample: Sample, device) -> Optional[Sample]:
-    """A new case for the graph probe that fits ``sample``'s captured call, or None."""
+    """A new case for the graph probe that fits ``sample``'s captured call, or None: the first of
+    a few seeds whose case fits as it is, else the first whose tensors fit, with the captured
+    call's other arguments (a graph replays the scalars it captured: a token count, a scaling
+    factor drawn per seed would never fit otherwise)."""
+    tensors_fit = None
     for i in range(1, GRAPH_SEED_TRIES + 1):
         params = dataclasses.replace(sample.params, seed=(sample.params.seed + i * GRAPH_SEED_OFFSET) % 2 ** 31)
         fresh = spec.build(params, torch.device(device))
         if _fits_capture(sample.args, fresh.args):
             return fresh
-    return None
+        if tensors_fit is None and _fits_capture(sample.args, fresh.args, tensors_only=True):
+            tensors_fit = dataclasses.replace(fresh, args={k: v if isinstance(v, torch.Tensor) else sample.args[k]
+                                                           for k, v in fresh.args.items()})
+    return tensors_fit
 
 
 def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device, require_ieee_fp32: bool) -> None:
@@ -544,12 +567,8 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
     buffers (outputs poisoned again), and compare; SGLang captures its decode steps, so an op
     that synchronises with the host, or bakes its inputs into the capture, breaks there."""
     sample = spec.build(params, torch.device(device))
-    call_args = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in sample.args.items()}
-    storages = {}
-    for name in spec.output_buffers:
-        storages[name], call_args[name] = guarded_buffer(sample.args[name])
-        if name in spec.inplace:
-            call_args[name].copy_(sample.args[name])
+    call_args, storages = _guard_args(spec, {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                             for k, v in sample.args.items()})
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):   # a warm-up call off the capture: compilation, autotuning, lazy state
@@ -568,30 +587,39 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
                            {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
     fresh = _replay_sample(spec, sample, device)
     if fresh is None:
-        return  # shapes or scalars that follow the seed: no new case fits the captured call
-    for name, value in fresh.args.items():
-        if name in storages:
-            fill_poison(storages[name])
-            if name in spec.inplace:
+        return  # tensor shapes or dtypes that follow the seed: no new case fits the captured call
+    replays = [(fresh, f"on new inputs (seed {fresh.params.seed})")]
+    for overrides in (spec.graph_variants(fresh) if spec.graph_variants is not None else ()):
+        what = ", ".join(f"{k} = {v.tolist() if isinstance(v, torch.Tensor) and v.numel() <= 4 else v}"
+                         for k, v in overrides.items())
+        replays.append((dataclasses.replace(fresh, args={**fresh.args, **overrides}), f"with {what}"))
+    for case, what in replays:
+        for name, value in case.args.items():
+            if name in spec.output_buffers:
+                fill_poison(storages[name])
+            elif name in spec.in_place_args:
+                fill_poison(storages[name])
                 call_args[name].copy_(value)
-        elif isinstance(value, torch.Tensor):
-            call_args[name].copy_(value)
-    graph.replay()
-    torch.cuda.synchronize()
-    _check_guards(storages)
-    outputs = {o.name: o.where.fetch(call_args, returned) for o in spec.outputs}
-    expected = reference_outputs(spec, fresh)
-    for o in spec.outputs:
-        got, want = outputs[o.name], expected.lp[o.name]
-        if not o.where.is_arg and isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor) \
-                and got.shape != want.shape:
-            return  # a returned tensor whose shape follows the values (a slab sized by the counts): the
-            # captured allocation cannot hold the new answer; the probes of the plain call check its shape
-    try:
-        compare_outputs(spec, candidate, fresh, outputs, expected, require_ieee_fp32)
-    except ProbeFailure as f:
-        raise ProbeFailure("graph", f"the CUDA graph replayed on new inputs (seed {fresh.params.seed}) gave a wrong "
-                                    f"answer ({f.probe}): {f.message}", f.details) from None
+            elif isinstance(value, torch.Tensor):
+                call_args[name].copy_(value)
+        graph.replay()
+        torch.cuda.synchronize()
+        _check_guards(storages)
+        outputs = {o.name: o.where.fetch(call_args, returned) for o in spec.outputs}
+        try:
+            expected = reference_outputs(spec, case)
+        except ValueError:
+            return  # the captured scalars do not fit this case's values (outside the reference's contract)
+        if any(o.where.kind == "return" and isinstance(outputs[o.name], torch.Tensor)
+               and isinstance(expected.lp[o.name], torch.Tensor) and outputs[o.name].shape != expected.lp[o.name].shape
+               for o in spec.outputs):
+            return  # a returned tensor sized by the values (a slab sized by the counts): the captured
+            # allocation cannot hold the new answer; the plain call's probes check its shape
+        try:
+            compare_outputs(spec, candidate, case, outputs, expected, require_ieee_fp32)
+        except ProbeFailure as f:
+            raise ProbeFailure("graph", f"the CUDA graph replayed {what} gave a wrong answer ({f.probe}): "
+                                        f"{f.message}", f.details) from None
 
 
 def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out: Dict[str, torch.Tensor],

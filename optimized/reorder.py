@@ -93,24 +93,27 @@ def _slot_term(down_ptr, src, local, w, cols, cmask, H):
     return d.to(tl.float32) * w[:, None]
 
 
-@triton.jit(do_not_specialize=["T", "start_expert", "end_expert"])
+@triton.jit(do_not_specialize=["T", "start_expert", "end_expert", "n_rows"])
 def _post_reorder_kernel(
     # pointers
     down_ptr, out_ptr, src2dst_ptr, ids_ptr, w_ptr,
     # sizes
-    T, H, start_expert, end_expert,
+    T, H, start_expert, end_expert, n_rows,
+    # scalars
+    factor,
     # meta
     TOPK: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    SLOT_GROUP: tl.constexpr,
+    SLOT_GROUP: tl.constexpr, SCALED: tl.constexpr,
 ):
-    """out[t] = sum_k (local) down[src2dst[t*K+k]] * w[t, k] in float32, k in order; every row written."""
+    """out[t] = sum_k (local) down[src2dst[t*K+k]] * w[t, k] in float32, k in order (times
+    ``factor`` when SCALED); rows t < T written. Rows of down outside [0, n_rows) are skipped."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < T
     cmask = cols < H
     # the slot tiles loaded at once: the K row loads below depend on nothing else, so they can
     # all be in flight together
-    kk, slots, _, src2, local2 = _slot_tiles(ids_ptr, src2dst_ptr, rows, rmask, T * TOPK, start_expert, end_expert,
+    kk, slots, _, src2, local2 = _slot_tiles(ids_ptr, src2dst_ptr, rows, rmask, n_rows, start_expert, end_expert,
                                              TOPK, KP)
     w2 = tl.load(w_ptr + slots, mask=local2, other=0.0)
     acc = tl.zeros([ROWS, BLOCK_H], dtype=tl.float32)
@@ -132,6 +135,8 @@ def _post_reorder_kernel(
                     if k0 + j < TOPK:
                         src, local, w = _slot_column(kk, k0 + j, src2, local2, w2)
                         acc += _slot_term(down_ptr, src, local, w, cols, cmask, H)
+    if SCALED:
+        acc = acc * factor
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], cast_out(acc, out_ptr.dtype.element_ty),
              mask=rmask[:, None] & cmask[None, :])
 
@@ -197,9 +202,9 @@ def post_reorder(down_output, output, src2dst, topk_ids, topk_weights, start_exp
     grid = (triton.cdiv(T, rows), triton.cdiv(H, block_h))
     _post_reorder_kernel[grid](
         down_output, output, src2dst, topk_ids, topk_weights,
-        T, H, start_expert_id, end_expert_id,
+        T, H, start_expert_id, end_expert_id, T * topk, 1.0,
         TOPK=topk, KP=_config.next_pow2(topk), ROWS=rows, BLOCK_H=block_h,
-        SLOT_GROUP=POST_SLOT_GROUP, num_warps=NUM_WARPS)
+        SLOT_GROUP=POST_SLOT_GROUP, SCALED=False, num_warps=NUM_WARPS)
     return None
 
 

@@ -145,6 +145,25 @@ def compute_cutlass_w4a8_moe_input_scale(input, topk_ids, output_s, num_local_ex
 # --------------------------------------------------------------------------- reorder
 
 
+def validate_pre_reorder_for_cutlass_moe(input, gateup_input, src2dst, topk_ids, a1_scales, num_local_experts, topk,
+                                         num_tokens, hidden_size, check_values=True):
+    """pre_reorder_for_cutlass_moe's argument checks (shared with our kernel); ``check_values``:
+    also the value checks that read the device (src2dst addresses a row of gateup_input for
+    every local slot). Returns (T, H)."""
+    T, H = validate_row_scatter(input, gateup_input, src2dst, topk, hidden_size, ACT_DTYPES)
+    dev = input.device
+    check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, shape=(T, topk), device=dev)
+    check_int("num_local_experts", num_local_experts, lo=0)
+    _check_num_tokens(num_tokens, T)
+    if a1_scales is not None:
+        _check_scalar_scale("a1_scales", a1_scales, dev)
+    if check_values:
+        local = _local_mask(topk_ids, num_local_experts)
+        local[num_tokens:] = False
+        _check_local_dst(src2dst, local, gateup_input.shape[0])
+    return T, H
+
+
 def pre_reorder_for_cutlass_moe(input, gateup_input, src2dst, topk_ids, a1_scales, num_local_experts, topk,
                                 num_tokens, hidden_size):
     """SGLang's ``pre_reorder_for_cutlass_moe`` (2-D grid over tokens x column blocks).
@@ -159,16 +178,10 @@ def pre_reorder_for_cutlass_moe(input, gateup_input, src2dst, topk_ids, a1_scale
     t >= num_tokens, write nothing: every other row of gateup_input is left as it was.
     Returns None.
     """
-    T, H = validate_row_scatter(input, gateup_input, src2dst, topk, hidden_size, ACT_DTYPES)
-    dev = input.device
-    check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, shape=(T, topk), device=dev)
-    check_int("num_local_experts", num_local_experts, lo=0)
-    _check_num_tokens(num_tokens, T)
-    if a1_scales is not None:
-        _check_scalar_scale("a1_scales", a1_scales, dev)
+    T, _ = validate_pre_reorder_for_cutlass_moe(input, gateup_input, src2dst, topk_ids, a1_scales, num_local_experts,
+                                                topk, num_tokens, hidden_size)
     local = _local_mask(topk_ids, num_local_experts)
     local[num_tokens:] = False
-    _check_local_dst(src2dst, local, gateup_input.shape[0])
     rows = input.to(torch.float32)                       # the kernel computes in float32
     if a1_scales is not None:
         rows = rows * (1.0 / a1_scales[0])
@@ -177,16 +190,11 @@ def pre_reorder_for_cutlass_moe(input, gateup_input, src2dst, topk_ids, a1_scale
     gateup_input[src2dst.view(T, topk)[token, k].to(torch.int64)] = rows[token]
 
 
-def post_reorder_for_cutlass_moe(down_output, output, src2dst, topk_ids, topk_weights, num_local_experts, topk,
-                                 num_tokens, hidden_size, routed_scaling_factor):
-    """SGLang's ``post_reorder_for_cutlass_moe``: the weighted combine of the expert outputs.
-
-    down_output [M, H] float; output [T, H] float (any dtype), rows t < num_tokens written:
-        output[t] = routed_scaling_factor * sum over k with topk_ids[t, k] in
-                    [0, num_local_experts) of float32(down_output[src2dst[t*topk+k]]) * float32(topk_weights[t, k]),
-    accumulated in float32 (k ascending), then cast to output's dtype; zeros for a token with
-    no local slot. Rows t >= num_tokens are left as they were. Returns None.
-    """
+def validate_post_reorder_for_cutlass_moe(down_output, output, src2dst, topk_ids, topk_weights, num_local_experts,
+                                          topk, num_tokens, hidden_size, routed_scaling_factor, check_values=True):
+    """post_reorder_for_cutlass_moe's argument checks (shared with our kernel); ``check_values``:
+    also src2dst addressing a row of down_output for every local slot (a device read).
+    Returns (T, H) of output."""
     check_tensor("down_output", down_output, dtypes=ACT_DTYPES, ndim=2)
     dev = down_output.device
     check_tensor("output", output, dtypes=ACT_DTYPES, ndim=2, device=dev)
@@ -202,9 +210,28 @@ def post_reorder_for_cutlass_moe(down_output, output, src2dst, topk_ids, topk_we
                  shape=(T, topk), device=dev)
     check_int("num_local_experts", num_local_experts, lo=0)
     _check_num_tokens(num_tokens, T)
-    factor = check_float("routed_scaling_factor", routed_scaling_factor)
+    check_float("routed_scaling_factor", routed_scaling_factor)
+    if check_values:
+        local = _local_mask(topk_ids, num_local_experts)[:num_tokens]
+        _check_local_dst(src2dst[:num_tokens * topk], local, down_output.shape[0])
+    return T, H
+
+
+def post_reorder_for_cutlass_moe(down_output, output, src2dst, topk_ids, topk_weights, num_local_experts, topk,
+                                 num_tokens, hidden_size, routed_scaling_factor):
+    """SGLang's ``post_reorder_for_cutlass_moe``: the weighted combine of the expert outputs.
+
+    down_output [M, H] float; output [T, H] float (any dtype), rows t < num_tokens written:
+        output[t] = routed_scaling_factor * sum over k with topk_ids[t, k] in
+                    [0, num_local_experts) of float32(down_output[src2dst[t*topk+k]]) * float32(topk_weights[t, k]),
+    accumulated in float32 (k ascending), then cast to output's dtype; zeros for a token with
+    no local slot. Rows t >= num_tokens are left as they were. Returns None.
+    """
+    T, H = validate_post_reorder_for_cutlass_moe(down_output, output, src2dst, topk_ids, topk_weights,
+                                                 num_local_experts, topk, num_tokens, hidden_size, routed_scaling_factor)
+    factor = float(routed_scaling_factor)
+    dev = down_output.device
     local = _local_mask(topk_ids, num_local_experts)[:num_tokens]
-    _check_local_dst(src2dst[:num_tokens * topk], local, down_output.shape[0])
     acc = acc_dtype(down_output)
     dst = torch.where(local, src2dst.view(T, topk)[:num_tokens].to(torch.int64), 0)
     total = torch.zeros(num_tokens, H, dtype=acc, device=dev)

@@ -434,3 +434,20 @@ def test_a_stand_in_that_cannot_be_faithful_gets_no_verdict(device):
     assert res.status == "not computable" and "without the sglang package" in res.message
     res = run_case(SPECS["post_reorder"], Candidate(broken), p, device, "x")
     assert not res.ok and res.probe == "exception"
+
+
+def test_graph_replay_needs_a_case_that_fits_the_captured_call():
+    """A CUDA graph bakes in tensor shapes, dtypes, None-ness and Python scalars: the graph probe
+    replays only on a case that keeps them (found on H100: a replay with another
+    use_int64_offset, another routed scaling factor, a bf16 weight copied into a float32 one)."""
+    from harness.runner import _fits_capture
+    t = torch.zeros(3, 2)
+    base = dict(x=t, w=torch.zeros(3), flag=False, factor=2.5, opt=None)
+    assert _fits_capture(base, dict(base, x=torch.ones(3, 2)))
+    assert not _fits_capture(base, dict(base, x=torch.zeros(4, 2)))
+    assert not _fits_capture(base, dict(base, w=torch.zeros(3, dtype=torch.bfloat16)))
+    assert not _fits_capture(base, dict(base, flag=True))
+    assert not _fits_capture(base, dict(base, opt=torch.zeros(1)))
+    assert not _fits_capture(base, dict(base, factor=1.5))
+    assert _fits_capture(base, dict(base, factor=1.5), tensors_only=True)
+    assert not _fits_capture(base, dict(base, opt=torch.zeros(1)), tensors_only=True)

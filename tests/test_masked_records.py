@@ -1,6 +1,6 @@
 """The masked-layout records (harness/ops/masked.py): well formed, rows past masked_m not
 compared where the contract leaves them unspecified (OutputSpec.defined), slab rows compared
-order-free, in-place outputs fed the case's values (OpSpec.inplace), and their mutants killed
+order-free, in-place outputs fed the case's values (an in_place output location), and their mutants killed
 through the ordinary command on the interpreter."""
 import inspect
 

@@ -33,7 +33,7 @@ from ..cases import CaseParams, make_generator, randn
 from ..costs import Cost
 from ..mutants import Mutant
 from ..opspec import (BenchAnchor, ErrorInput, ID_DTYPES, OpSpec, OutputSpec, Sample, SglangBinding,
-                      activation_dtype, buffer, returned, set_arg)
+                      activation_dtype, in_place, returned, set_arg)
 from .deepgemm import _alignment, _int, _scatter_data
 from .preprocess import case_ids
 
@@ -321,8 +321,8 @@ RECORDS = (
     OpSpec("scale_expanded_rows_", ref.scale_expanded_rows_, build_scale_rows,
            # float32 x times a float32 or bf16 weight: the product is exact in float64, so one
            # correctly rounded float32 product: bit equality
-           (OutputSpec("x", buffer("x"), "exact", "slot"),),
-           ("float32",), REFERENCE, scale_rows_cost, inplace=("x",), bench_anchors=_DS_EP8,
+           (OutputSpec("x", in_place("x"), "exact", "slot"),),
+           ("float32",), REFERENCE, scale_rows_cost, bench_anchors=_DS_EP8,
            shape_label=lambda p: f"W={max(1, p.hidden // 16)}", sglang=SglangBinding(("scale_expanded_rows_",)),
            error_inputs=(
                ErrorInput("float32", set_arg("x", lambda a: a["x"].to(torch.bfloat16)), TypeError, "x"),
