@@ -793,7 +793,12 @@ def _progress(text: str) -> None:
 def _load_impls(options: BenchOptions) -> Tuple[list, Optional[str], Callable[[], None]]:
     """(implementations, baseline name or None, cleanup); the baseline comes first.
     Raises ValueError (BaselineError included) with a message for the user."""
-    from .impls import load_implementation
+    from .impls import load_implementation, prepare_sources
+    from .sglang.release import ReleaseError
+    try:  # sglang==VERSION releases fetched (or --sglang-wheel files registered) once
+        prepare_sources(options.impls, options.sglang_wheels)
+    except ReleaseError as exc:
+        raise ValueError(f"--impl: {exc}") from None
     impls: list = []
     for src in options.impls:
         try:

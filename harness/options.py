@@ -237,10 +237,12 @@ class BenchOptions(_DictForm):
     json_path: Optional[str] = None
     plot_path: Optional[str] = None
     selftest: bool = False
+    sglang_wheels: Tuple[str, ...] = ()  # wheels registered for sglang==VERSION sources (no package index)
 
     def __post_init__(self):
-        for name in ("ops", "impls", "tokens", "dtypes", "routings", "modes"):
+        for name in ("ops", "impls", "tokens", "dtypes", "routings", "modes", "sglang_wheels"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
+        _sglang_wheels("--sglang-wheel", self.sglang_wheels)
         from .cases import MODEL_SHAPES, ROUTINGS
         from .specs import SPECS
         _known_ops(self.ops)

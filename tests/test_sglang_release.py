@@ -510,3 +510,15 @@ def test_release_0_5_5_conventions_bind_and_its_post_reorder_drops_local_expert_
     assert by_op["ep_preprocess"].status == "passed", by_op["ep_preprocess"].failure
     # 0.5.4 .. 0.5.12 test `expert_id > 0` on local ids: local expert 0's rows are dropped.
     assert by_op["post_reorder"].status == "FAILED" and by_op["post_reorder"].failure["probe"] == "tolerance"
+
+
+def test_bench_takes_a_release_from_sglang_wheel(tmp_path, monkeypatch):
+    """bench registers --sglang-wheel files as check does (the GPU machine has no index)."""
+    from harness.bench import _load_impls
+    from harness.options import BenchOptions
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    wheel = _toy_wheel(tmp_path, version="9.9.7", path=KERNEL_PATHS[0])
+    with pytest.raises(OptionError, match="--sglang-wheel"):
+        BenchOptions(ops=["ep_preprocess"], impls=["sglang==9.9.7"], sglang_wheels=[str(tmp_path / "none.whl")])
+    impls, _, _ = _load_impls(BenchOptions(ops=["ep_preprocess"], impls=["sglang==9.9.7"], sglang_wheels=[str(wheel)]))
+    assert impls[0].name == "sglang==9.9.7" and "ep_preprocess" in impls[0].ops

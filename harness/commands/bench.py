@@ -16,6 +16,9 @@ def add_parser(sub):
     p.add_argument("--op", nargs="+", help=f"ops to time (default: all): {', '.join(SPECS)}")
     p.add_argument("--impl", nargs="+", default=list(BenchOptions.impls),
                    help="implementation sources to time (default: ours); see moe-harness check --help")
+    p.add_argument("--sglang-wheel", action="append", default=[], metavar="PATH",
+                   help="an sglang release wheel (.whl) to use for --impl sglang==VERSION without a package index; "
+                        "repeatable (it is cached under its version)")
     p.add_argument("--preset", choices=("anchors",) + tuple(sorted(MODEL_SHAPES)),
                    help="anchors (default): the shapes of ANCHORS.md; a model name: its shapes at decode (1, 64) and "
                         "prefill (1024, 4096) tokens, uniform and skewed routing (DeepSeek-V3 on one rank of EP8)")
@@ -44,7 +47,7 @@ def options_from_args(args) -> BenchOptions:
     return BenchOptions(ops=args.op, impls=args.impl, preset=args.preset, tokens=args.tokens, dtypes=args.dtype,
                         routings=args.routing, baseline=args.baseline, modes=args.modes, warmup_ms=args.warmup_ms,
                         rep_ms=args.rep_ms, seed=args.seed, json_path=args.json, plot_path=args.plot,
-                        selftest=args.selftest)
+                        selftest=args.selftest, sglang_wheels=args.sglang_wheel)
 
 
 def main(args, backend: str) -> int:

@@ -22,6 +22,7 @@ clamps), column-major scales, absent weights.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import torch
@@ -32,9 +33,9 @@ from reference._checks import FP8_DTYPE
 from ..cases import CaseParams, make_generator, randn
 from ..costs import Cost
 from ..mutants import Mutant
-from ..opspec import (BenchAnchor, ErrorInput, ID_DTYPES, OpSpec, OutputSpec, Sample, SglangBinding,
+from ..opspec import (BenchAnchor, ErrorInput, ID_DTYPES, OpSpec, OutputSpec, Precondition, Sample, SglangBinding,
                       activation_dtype, in_place, returned, set_arg)
-from .deepgemm import _alignment, _int, _scatter_data
+from .deepgemm import QUANT_BLOCK, _alignment, _int, _scatter_data
 from .preprocess import case_ids
 
 KERNELS = "optimized.masked"
@@ -266,6 +267,14 @@ def tma_cost(params: CaseParams, args: Mapping[str, Any]) -> Cost:
 
 _SLAB_DTYPES = ("float32", "bfloat16", "fp8", "fp8_ue8m0")
 
+# SGLang 0.5.23 copies the scales of any recv_x that is not bf16 (float32 too) and cannot compile a
+# zero-width scale (tl.arange(0, 0)): H < 128 gives float32 data no quant group (found on an H100).
+SCALE_HAS_A_COLUMN = Precondition(
+    "expand_scale_has_a_column", "recv_x not bf16: recv_x_scale has at least one column (H >= 128 for float32)",
+    holds=lambda p: p.dtype != "float32" or p.hidden >= QUANT_BLOCK,
+    fit=lambda p: p if p.dtype != "float32" else dataclasses.replace(p, hidden=max(p.hidden, QUANT_BLOCK)))
+
+
 RECORDS = (
     OpSpec("fused_moe_dispatch_index", ref.fused_moe_dispatch_index, build_dispatch_index,
            (OutputSpec("masked_m", returned(0), "exact", "expert"),
@@ -300,7 +309,8 @@ RECORDS = (
             OutputSpec("slab_scale", returned(1), "exact", "expert", defined=_defined_rows_of("slab_scale", "masked_m")),
             OutputSpec("masked_m", returned(2), "exact", "expert")),
            _SLAB_DTYPES, REFERENCE, expand_cost, invalid_ids=True, bench_anchors=_DS_EP8, bench_dtype="fp8",
-           bench_routing="dispatched", sglang=SglangBinding(("expand_to_masked_slab",)),
+           bench_routing="dispatched", preconditions=(SCALE_HAS_A_COLUMN,),
+           sglang=SglangBinding(("expand_to_masked_slab",), requires=(SCALE_HAS_A_COLUMN.id,)),
            error_inputs=(
                ErrorInput("float32", set_arg("max_m", 0), ValueError, "max_m"),
                ErrorInput("float32", set_arg("psum_num_recv_tokens_per_expert",

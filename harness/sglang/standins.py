@@ -163,7 +163,7 @@ def moe_permute_prepare(topk_ids: torch.Tensor, num_experts: int, use_int64_offs
     n = flat.numel()
     dev = flat.device
     bounds = torch.arange(num_experts + 1, dtype=torch.int32, device=dev)
-    bounds[-1] = 0
+    bounds[-1:].fill_(0)   # not `bounds[-1] = 0`: a host-to-device copy, which a CUDA graph capture refuses
     below = torch.searchsorted(sorted_ids, bounds)                  # [E + 1]; the last: n_neg
     n_neg = below[-1:]
     offsets = torch.cat([below[:-1], below.new_full((1,), n)]) - n_neg
