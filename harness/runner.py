@@ -576,8 +576,12 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
+    # fresh allocations poisoned inside the capture too: the fills are captured and run again at each
+    # replay, so rows the contract leaves unwritten hold the poison the reference's hold (found on an
+    # H100: moe_permute's unrouted rows held the graph pool's stale values)
+    poison = poisoned_fresh_allocations() if _on("fresh_poison") else contextlib.nullcontext()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), poison:
             returned = candidate.fn(*call_args.values())
     except Exception as exc:
         torch.cuda.synchronize()
