@@ -35,7 +35,31 @@ module: name                                       stands for (releases)        
                                                                                         contiguous); other layouts raise
 ``sglang.srt.environ: envs``                       SGLang's settings (0.5.17 ..)        read only inside functions the
                                                                                         harness does not check: reading
-                                                                                        a setting raises
+                                                                                        a setting raises, except
+                                                                                        SGLANG_USE_AITER (False)
+================================================  ==================================  ===============================
+
+The neighbour files the binding also looks in (harness.sglang.release.NEIGHBOUR_PATHS; 0.5.23's
+``sglang/kernels/ops/quantization/fp8_kernel.py``) import more at module level:
+
+================================================  ==================================  ===============================
+module: name                                       stands for                          why faithful enough
+================================================  ==================================  ===============================
+``sglang.srt.utils: is_hip``, ``is_xpu``           the ROCm / XPU build tests           the same tests of torch's build
+``sglang.srt.utils: ceil_align``                   round up to a multiple               the same arithmetic
+``sglang.srt.environ: envs.SGLANG_USE_AITER``      ROCm's AITER switch                  False: the harness runs on CUDA
+                                                                                        or CPU, where it is ignored
+``sglang.kernels.jit.utils: is_arch_support_pdl``, used by functions the harness does    called: raises (StandInError)
+``sglang.kernels.ops.quantization.fp8_utils:``     not check (static and MLA quant)
+``fp8_dtype_to_triton``
+``sglang.srt.utils.patch_torch:``                  a MUSA-only decorator                called: raises
+``register_fake_if_exists``
+``sglang.kernels.ops.quantization:``               the CUDA JIT / sgl_kernel            called: raises. The CUDA path
+``sgl_per_token_quant_fp8``, ``...quantization.``  quantisers (CUDA builds only)        of sglang_per_token_group_quant
+``per_tensor_quant_fp8: per_tensor_quant_fp8``,                                         _fp8 is this JIT kernel, which
+``...quantization.per_token_group_quant:``                                              the harness cannot build from
+``per_token_group_quant``                                                               the wheel; it binds the file's
+                                                                                        Triton quantiser instead
 ================================================  ==================================  ===============================
 
 An ``sglang.*`` import that this table cannot serve (a module or a name not listed, such as
@@ -74,6 +98,21 @@ def is_musa() -> bool:
 
 def ceil_div(x: int, y: int) -> int:
     return (x + y - 1) // y
+
+
+def ceil_align(x: int, y: int) -> int:
+    """x rounded up to a multiple of y."""
+    return ceil_div(x, y) * y
+
+
+def is_hip() -> bool:
+    """A ROCm build of torch (SGLang's test: torch.version.hip is set)."""
+    return getattr(torch.version, "hip", None) is not None
+
+
+def is_xpu() -> bool:
+    """An Intel XPU build of torch that sees an XPU."""
+    return hasattr(torch, "xpu") and torch.xpu.is_available()
 
 
 def dispose_tensor(x: torch.Tensor) -> None:
@@ -129,12 +168,20 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int, eps: float = 1e-
     return q.reshape(x.shape), scale.contiguous()
 
 
+# Settings a kernel file reads at import, with the value that holds where the harness runs.
+_READABLE_SETTINGS = {"SGLANG_USE_AITER": False}   # ROCm's AITER kernels: off on CUDA and CPU
+
+
 class _Settings:
-    """Stand-in of ``sglang.srt.environ.envs``: every setting raises when read."""
+    """Stand-in of ``sglang.srt.environ.envs``: every setting raises when read, except those
+    of _READABLE_SETTINGS."""
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
+        if name in _READABLE_SETTINGS:
+            value = _READABLE_SETTINGS[name]
+            return types.SimpleNamespace(get=lambda: value)
         return types.SimpleNamespace(get=_not_callable(f"sglang.srt.environ.envs.{name}.get"))
 
 
@@ -142,9 +189,20 @@ _FP8_KERNEL = {"per_token_group_quant_fp8": per_token_group_quant_fp8,
                "sglang_per_token_group_quant_fp8": per_token_group_quant_fp8}
 
 # module -> {name: object}; the table of the docstring, as data.
+_QUANT = "sglang.kernels.ops.quantization"
 STANDINS: Dict[str, Dict[str, object]] = {
     "sglang.srt.utils": {"is_cuda": is_cuda, "is_musa": is_musa, "ceil_div": ceil_div,
-                         "dispose_tensor": dispose_tensor},
+                         "dispose_tensor": dispose_tensor, "ceil_align": ceil_align, "is_hip": is_hip,
+                         "is_xpu": is_xpu},
+    "sglang.srt.utils.patch_torch": {"register_fake_if_exists":
+                                     _not_callable("sglang.srt.utils.patch_torch.register_fake_if_exists")},
+    "sglang.kernels.jit.utils": {"is_arch_support_pdl": _not_callable("sglang.kernels.jit.utils.is_arch_support_pdl")},
+    f"{_QUANT}.fp8_utils": {"fp8_dtype_to_triton": _not_callable(f"{_QUANT}.fp8_utils.fp8_dtype_to_triton")},
+    _QUANT: {"sgl_per_token_quant_fp8": _not_callable(f"{_QUANT}.sgl_per_token_quant_fp8")},
+    f"{_QUANT}.per_tensor_quant_fp8": {"per_tensor_quant_fp8":
+                                       _not_callable(f"{_QUANT}.per_tensor_quant_fp8.per_tensor_quant_fp8")},
+    f"{_QUANT}.per_token_group_quant": {"per_token_group_quant":
+                                        _not_callable(f"{_QUANT}.per_token_group_quant.per_token_group_quant")},
     "sglang.math_utils": {"ceil_div": ceil_div},
     "sglang.utils": {"is_in_ci": is_in_ci},
     "sglang.srt.distributed": {"get_tensor_model_parallel_rank":
