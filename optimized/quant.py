@@ -34,6 +34,9 @@ NUM_WARPS = 4
 # Row programs per (expert, column block) of the float-scale kernel: enough programs to fill an
 # H100 at decode sizes (E_local = 32, a handful of rows each) without idle ones at prefill.
 MAX_ROW_PROGRAMS = 64
+# Row-tile programs of the packed kernel per word column (SGLang sizes its grid by
+# num_real_tokens * topk, which can far exceed the live rows; ours loop over the live tiles).
+MAX_PACKED_PROGRAMS = 1024
 # Elements per tile: rows x columns of one program's step (8 rows of 512 at group 128).
 TILE_ELEMENTS = 4096
 
@@ -115,35 +118,36 @@ def _post_quant_packed_kernel(
         # meta-parameters
         IN_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, E_PADDED: tl.constexpr,
         GEMM1_ALPHA: tl.constexpr, CLAMP_LIMIT: tl.constexpr, UP_LIMIT: tl.constexpr):
-    """Program (flat row tile, word column): flat live rows [pid * BLOCK_M, +BLOCK_M) of the
-    concatenated experts, four groups (one int32 word of UE8M0 bytes) of columns each."""
+    """Program (p, word column): flat row tiles p, p + P, ... of the sum(masked_m) live rows of the
+    concatenated experts (P programs; the loop ends at the live rows, so programs past them do
+    nothing), four groups (one int32 word of UE8M0 bytes) of columns each."""
     BLOCK_N: tl.constexpr = 4 * GROUP
-    pid_m = tl.program_id(0)
     word = tl.program_id(1)
     ee = tl.arange(0, E_PADDED)
     counts = tl.load(masked_m_ptr + ee, mask=ee < E, other=0).to(tl.int32)
     ends = tl.cumsum(counts, axis=0)                                    # inclusive prefix sum
     total = tl.sum(counts, axis=0)
-    flat = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = flat < total
-    # expert of each flat row: how many experts end at or before it; its row inside the expert
-    owner = (ends[None, :] <= flat[:, None]).to(tl.int32)
-    e = tl.sum(owner, axis=1)
-    start = tl.sum(owner * counts[None, :], axis=1)
-    e64 = tl.where(rmask, e, 0).to(tl.int64)
-    r64 = tl.where(rmask, flat - start, 0).to(tl.int64)
     cols = word * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_row = in_ptr + e64[:, None] * in_s0 + r64[:, None] * in_s1 + cols[None, :]
-    gate = tl.load(in_row, mask=rmask[:, None], other=0.0).to(tl.float32)
-    up = tl.load(in_row + N, mask=rmask[:, None], other=0.0)
-    y = _swiglu_tile(gate, up, IN_DTYPE, GEMM1_ALPHA, CLAMP_LIMIT, UP_LIMIT)
-    q, scale = _quant_tile(y, BLOCK_M, BLOCK_N, GROUP, True)
-    tl.store(out_ptr + e64[:, None] * out_s0 + r64[:, None] * out_s1 + cols[None, :], q.to(out_ptr.dtype.element_ty),
-             mask=rmask[:, None])
-    # little-endian: group 4c + b in byte b of word c (int32 shifts wrap past bit 31, as intended)
-    expo = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    packed = tl.sum(expo << (tl.arange(0, 4) * 8)[None, :], axis=1)
-    tl.store(scale_ptr + e64 * sc_s0 + word * sc_s1 + r64 * sc_s2, packed, mask=rmask)
+    for m0 in range(tl.program_id(0) * BLOCK_M, total, tl.num_programs(0) * BLOCK_M):
+        flat = m0 + tl.arange(0, BLOCK_M)
+        rmask = flat < total
+        # expert of each flat row: how many experts end at or before it; its row inside the expert
+        owner = (ends[None, :] <= flat[:, None]).to(tl.int32)
+        e = tl.sum(owner, axis=1)
+        start = tl.sum(owner * counts[None, :], axis=1)
+        e64 = tl.where(rmask, e, 0).to(tl.int64)
+        r64 = tl.where(rmask, flat - start, 0).to(tl.int64)
+        in_row = in_ptr + e64[:, None] * in_s0 + r64[:, None] * in_s1 + cols[None, :]
+        gate = tl.load(in_row, mask=rmask[:, None], other=0.0).to(tl.float32)
+        up = tl.load(in_row + N, mask=rmask[:, None], other=0.0)
+        y = _swiglu_tile(gate, up, IN_DTYPE, GEMM1_ALPHA, CLAMP_LIMIT, UP_LIMIT)
+        q, scale = _quant_tile(y, BLOCK_M, BLOCK_N, GROUP, True)
+        tl.store(out_ptr + e64[:, None] * out_s0 + r64[:, None] * out_s1 + cols[None, :],
+                 q.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
+        # little-endian: group 4c + b in byte b of word c (int32 shifts wrap past bit 31, as intended)
+        expo = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        packed = tl.sum(expo << (tl.arange(0, 4) * 8)[None, :], axis=1)
+        tl.store(scale_ptr + e64 * sc_s0 + word * sc_s1 + r64 * sc_s2, packed, mask=rmask)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -180,7 +184,8 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
         block_m = max(1, min(TILE_ELEMENTS // (4 * quant_group_size), 16))
         if rows == 0:
             return None
-        _post_quant_packed_kernel[(triton.cdiv(rows, block_m), groups // 4)](
+        programs = min(triton.cdiv(rows, block_m), MAX_PACKED_PROGRAMS)
+        _post_quant_packed_kernel[(programs, groups // 4)](
             input, output, output_scale, masked_m,
             input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
             n, E, BLOCK_M=block_m, E_PADDED=triton.next_power_of_2(E), **common)

@@ -95,6 +95,15 @@ def quantize_groups(y: torch.Tensor, group_size: int, scale_ue8m0: bool):
     return q, scale
 
 
+def put_rows(dst: torch.Tensor, live: torch.Tensor, values: torch.Tensor) -> None:
+    """dst[live] = values; fp8 through its bytes (torch's deterministic mode, which the harness
+    turns on to poison fresh allocations, has no fp8 masked_fill for the boolean index_put)."""
+    if dst.dtype == FP8_DTYPE:
+        dst.view(torch.uint8)[live] = values.view(torch.uint8)
+    else:
+        dst[live] = values
+
+
 def _rows_below(masked_m: torch.Tensor, m_max: int) -> torch.Tensor:
     """bool [E, m_max]: row t of expert e is defined (t < masked_m[e])."""
     return torch.arange(m_max, device=masked_m.device)[None, :] < masked_m.to(torch.int64)[:, None]
@@ -239,7 +248,7 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     rows = input[live].to(acc_dtype(input))                                    # [R, 2N]
     y = _swiglu_rows(rows, input.dtype, gemm1_alpha, gemm1_clamp_limit)        # [R, N]
     q, scale = quantize_groups(y, quant_group_size, scale_ue8m0 or packed)
-    output[live] = q
+    put_rows(output, live, q)
     if packed:
         output_scale.transpose(1, 2)[live] = pack_ue8m0_exponents(ceil_to_ue8m0_exponent(scale))
     else:
@@ -283,7 +292,7 @@ def silu_and_mul_masked_post_per_tensor_quant_fwd(input, output, masked_m, scale
     rows = input[live].to(acc)
     y = rows[:, n:] * ref_silu(rows[:, :n]).to(input.dtype).to(acc)
     inv = 1.0 / scale.reshape(-1)[0].to(acc)
-    output[live] = cast_saturating(y * inv, FP8_DTYPE)
+    put_rows(output, live, cast_saturating(y * inv, FP8_DTYPE))
     return output
 
 
@@ -317,7 +326,7 @@ def fp8_per_token_to_per_tensor_quant_triton(x, x_scale, masked_m, output_scale,
     rows = x[live].to(torch.float32).view(-1, k // 128, 128)                   # [R, G, 128]
     dequant = (rows * x_scale[live][:, :, None]).view(-1, k)
     inv = 1.0 / output_scale.reshape(-1)[0]
-    output[live] = cast_saturating(dequant * inv, FP8_DTYPE)
+    put_rows(output, live, cast_saturating(dequant * inv, FP8_DTYPE))
 
 
 # --------------------------------------------------------------------------- per-token-group quant layouts
@@ -427,7 +436,7 @@ def sglang_per_token_group_quant_fp8(x, group_size, eps=1e-10, column_major_scal
     if fuse_silu_and_mul:
         rows = _swiglu_rows(rows, x.dtype, 0.0, 0.0)
     q, scale = quantize_groups(rows, group_size, scale_ue8m0)
-    output_q[live] = q
+    put_rows(output_q, live, q)
     output_s[live] = pack_ue8m0_exponents(ceil_to_ue8m0_exponent(scale)) if packed else scale
     return output_q, output_s
 
