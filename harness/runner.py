@@ -312,8 +312,9 @@ def _check_fp8_codes(sample, out, cand, ref, written):
         bad &= written
     diff = torch.nonzero(bad.reshape(-1)).flatten()
     if diff.numel():
-        raise ProbeFailure("exact", f"{out.name}: {diff.numel()} of {int(written.sum()) if written is not None else ref.numel()} "
-                                    f"fp8 code(s) more than one e4m3 step from the reference's",
+        checked = int(written.sum()) if written is not None else ref.numel()
+        raise ProbeFailure("exact", f"{out.name}: {diff.numel()} of {checked} fp8 code(s) more than one e4m3 step "
+                                    f"from the reference's",
                            {"output": out.name, "first": _mismatch_examples(sample, out, cand, ref, diff)})
 
 

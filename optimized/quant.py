@@ -157,7 +157,8 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.floa
 
 def _check_kernel_inputs(input, quant_group_size):
     if input.dtype not in _TL_DTYPES:
-        raise TypeError(f"input: expected dtype bfloat16, float16 or float32, got {str(input.dtype).replace('torch.', '')}")
+        got = str(input.dtype).replace("torch.", "")
+        raise TypeError(f"input: expected dtype bfloat16, float16 or float32, got {got}")
     if quant_group_size & (quant_group_size - 1):
         raise ValueError(f"quant_group_size: expected a power of two (a Triton block of whole groups), "
                          f"got {quant_group_size}")

@@ -65,6 +65,8 @@ _DS_EP8 = tuple(BenchAnchor(t, 8, 256, 31, 7168, 2048, f"DeepSeek-V3 EP8 T={t}")
 # the interpreter runs each program in Python: at most this many experts of a case's rank, rows
 # per expert and quant groups per row (the packed op: two words)
 _CPU_EXPERTS, _CPU_ROWS, _CPU_GROUPS = 4, 24, 4
+# rows of a GPU case's slab (E x m_max) at most: all slots on one expert of many stays in memory
+_GPU_SLAB_ROWS = 1 << 17
 _ACT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -94,14 +96,16 @@ def _group_count(p: CaseParams, gs: int, device, multiple: int = 1) -> int:
 
 
 def masked_layout(p: CaseParams, gen, device):
-    """(masked_m int32 [E], m_max): rows per local expert from the case's routing (-1 ids dropped),
-    E capped on the interpreter; from the seed, an expert emptied, the slab exactly as tall as the
-    fullest expert (masked_m = m_max) or taller."""
-    ids = case_ids(p, gen).reshape(-1).to(torch.int64) - p.start_expert
+    """(masked_m int32 [E], m_max, tokens of all ranks): rows per local expert from the routing of
+    every rank's tokens (a DeepEP low-latency rank's slab receives the slots of all ranks' tokens
+    routed to its experts: the case's T tokens on each of min(8, experts / E_local) ranks; -1 ids
+    dropped), E capped on the interpreter and the slab's rows everywhere; from the seed, an expert
+    emptied, the slab exactly as tall as the fullest expert (masked_m = m_max) or taller."""
+    ranks = max(1, min(8, p.experts // max(1, p.e_local)))
+    ids = case_ids(dataclasses.replace(p, tokens=p.tokens * ranks), gen).reshape(-1).to(torch.int64) - p.start_expert
     E = p.e_local if _on_cuda(device) else min(p.e_local, _CPU_EXPERTS)
     counts = torch.bincount(ids[(ids >= 0) & (ids < E)], minlength=E)[:E]
-    if not _on_cuda(device):
-        counts = counts.clamp(max=_CPU_ROWS)
+    counts = counts.clamp(max=max(1, _GPU_SLAB_ROWS // max(E, 1)) if _on_cuda(device) else _CPU_ROWS)
     if E and _int(gen, 0, 2) == 0:
         counts[_int(gen, 0, E - 1)] = 0                                            # an empty expert
     top = int(counts.max()) if E else 0
@@ -109,7 +113,7 @@ def masked_layout(p: CaseParams, gen, device):
     m_max = top if mode < 2 else top + _int(gen, 1, 5) if mode == 2 else -(-(top + 1) // 16) * 16
     if m_max == 0 and mode != 0:
         m_max = 1                                                                   # a slab of no live row
-    return counts.to(device=device, dtype=torch.int32), m_max
+    return counts.to(device=device, dtype=torch.int32), m_max, p.tokens * ranks
 
 
 def _activation_input(p: CaseParams, gen, E: int, m_max: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -133,7 +137,7 @@ def _act_dtype(p: CaseParams) -> torch.dtype:
 
 def build_silu_and_mul_masked(p: CaseParams, device) -> Sample:
     gen = make_generator(p, device)
-    masked_m, m_max = masked_layout(p, gen, device)
+    masked_m, m_max, _ = masked_layout(p, gen, device)
     E = masked_m.numel()
     n = max(1, p.inter if _on_cuda(device) else min(p.inter, 96))
     x = _activation_input(p, gen, E, m_max, n, torch.bfloat16, device)
@@ -143,7 +147,7 @@ def build_silu_and_mul_masked(p: CaseParams, device) -> Sample:
 
 def _post_quant_args(p: CaseParams, device, packed: bool) -> Sample:
     gen = make_generator(p, device)
-    masked_m, m_max = masked_layout(p, gen, device)
+    masked_m, m_max, tokens = masked_layout(p, gen, device)
     E = masked_m.numel()
     gs = _group_size(p, gen, device)
     G = _group_count(p, gs, device, 4 if packed else 1)
@@ -158,7 +162,7 @@ def _post_quant_args(p: CaseParams, device, packed: bool) -> Sample:
     args = dict(input=x, output=torch.empty(E, m_max, n, dtype=FP8_DTYPE, device=device), output_scale=scale,
                 quant_group_size=gs, masked_m=masked_m, scale_ue8m0=ue8m0,
                 gemm1_alpha=SWIGLU_ALPHA if swiglu else 0.0, gemm1_clamp_limit=SWIGLU_LIMIT if swiglu else 0.0,
-                num_real_tokens=p.tokens if packed else None, topk=p.topk if packed else None)
+                num_real_tokens=tokens if packed else None, topk=p.topk if packed else None)
     return Sample(p, args, ("input",), None)
 
 
@@ -174,7 +178,7 @@ def build_per_tensor_quant(p: CaseParams, device) -> Sample:
     """A static scale near amax(y) / 448 (0.6 to 1.2 times it: some values past the fp8 range,
     clamped), one element, or E of which the kernel reads the first."""
     gen = make_generator(p, device)
-    masked_m, m_max = masked_layout(p, gen, device)
+    masked_m, m_max, _ = masked_layout(p, gen, device)
     E = masked_m.numel()
     n = max(1, p.inter if _on_cuda(device) else min(p.inter, 96))
     x = _activation_input(p, gen, E, m_max, n, torch.bfloat16, device)
@@ -191,9 +195,10 @@ def build_per_token_to_per_tensor(p: CaseParams, device) -> Sample:
     """x [E, m, K] fp8 with per-(row, 128-group) scales, row-major or DeepEP's column-major; an
     output scale at or above the largest dequantised magnitude / 448 (SGLang casts unclamped)."""
     gen = make_generator(p, device)
-    masked_m, m_max = masked_layout(p, gen, device)
+    masked_m, m_max, _ = masked_layout(p, gen, device)
     E = masked_m.numel()
-    G = max(1, -(-p.hidden // 128)) if _on_cuda(device) else _int(gen, 1, 2)
+    # the interpreter: two groups, one when H % 3 == 0 (a row of one group)
+    G = max(1, -(-p.hidden // 128)) if _on_cuda(device) else 1 if p.hidden % 3 == 0 else 2
     k = 128 * G
     x = (torch.randn(E, m_max, k, generator=gen, device=device) * 100.0).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     s = torch.rand(E, m_max, G, generator=gen, device=device) * 0.05 + 1e-3
