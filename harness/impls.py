@@ -257,12 +257,19 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
                 version: Optional[str] = None) -> Implementation:
     """Bind a module holding SGLang's names (see the module docstring) to our op signatures;
     with ``version``, the module is that release's kernel file (harness.sglang.release)."""
-    from .sglang.release import load_kernel_file, load_release, resolve
+    from .sglang.release import load_kernel_file, load_neighbours, load_release, resolve
+    neighbours: List[Tuple[str, types.ModuleType]] = []
+    neighbour_error = ""
     if version:
         release = resolve(version)
         mod, target = load_release(release), f"sglang=={release.version} ({release.kernel_path})"
+        try:
+            neighbours = [(f"sglang=={release.version} ({path})", m) for path, m in load_neighbours(release)]
+        except ImportError as exc:     # the kernel file's ops still bind; the neighbours' say why not
+            neighbour_error = f"; its neighbour files did not load: {exc}"
     else:
         mod = load_kernel_file(target) if _is_path(target) else load_module(target)
+    modules = [(target, mod)] + neighbours
     ops: Dict[str, Callable] = {}
     notes: Dict[str, str] = {}
     requires: Dict[str, Tuple[str, ...]] = {}
@@ -271,12 +278,13 @@ def sglang_impl(target: str, block_size: Optional[int] = None, name: Optional[st
         binding = record.sglang
         if binding is None:
             continue
-        found = next((n for n in binding.names if hasattr(mod, n)), None)
+        where, found = next(((label, n) for n in binding.names for label, m in modules if hasattr(m, n)),
+                            (target, None))
         if found is None:
-            notes[op] = f"{target} defines no {binding.names[0]}"
+            notes[op] = f"{target} defines no {binding.names[0]}{neighbour_error}"
             continue
-        obj = getattr(mod, found)
-        bound = bind_op(op, obj, op_binding(record), block_size, label=f"{target}: {found}")
+        obj = getattr(dict(modules)[where], found)
+        bound = bind_op(op, obj, op_binding(record), block_size, label=f"{where}: {found}")
         if isinstance(bound, Unbindable):
             notes[op] = str(bound)
             unbindable.add(op)

@@ -77,12 +77,16 @@ def in_place(name: str) -> Location:
 class OutputSpec:
     """One output of an op and how it is checked.
 
-    compare: "exact" (bit-identical, NaN-aware), "float" (harness.tolerance rule),
+    compare: "exact" (bit-identical, NaN-aware), "float" (harness.tolerance rule), "fp8_code"
+    (float8_e4m3fn codes at most one step of the e4m3 grid from the reference's: for quantised
+    outputs whose pre-cast value is not bit-reproducible; harness.runner),
     "exact_or_float" (exact for pure copies, float when the case's dtype is fp8: a scaled copy
-    rounds once), "normwise" (tolerance rule on the whole tensor) or "src2dst" (exact, or the
+    rounds once), "exact_or_fp8_code" (exact for pure copies, fp8_code when the case quantises), "normwise" (tolerance rule on the whole tensor) or "src2dst" (exact, or the
     canonical per-expert slot sets plus invariants when the implementation declares its order
     free) or "row_index" (slot -> row placed by atomics: any within-expert permutation of the
-    reference's rows, then exact; harness.canonical). index: for an output whose rows are
+    reference's rows, then exact; harness.canonical). An output that comes out as integers (a
+    case's packed UE8M0 scales, where other cases of the op have float32 ones) is compared
+    exactly whatever its mode. index: for an output whose rows are
     placed through a "row_index" output, that output's name (rows compared slot by slot through
     the candidate's own index; harness.canonical). rows: what a row index of this output means, to locate the worst element:
     "position" (a position in expert order), "token", "slot" (flat t*K + k) or "expert".
@@ -114,6 +118,8 @@ class OutputSpec:
             return "exact"
         if self.compare == "exact_or_float":
             return "float" if is_fp8(p.dtype) else "exact"
+        if self.compare == "exact_or_fp8_code":
+            return "fp8_code" if is_fp8(p.dtype) else "exact"
         return self.compare
 
     def is_fp8_dot(self, p: CaseParams) -> bool:

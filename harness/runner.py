@@ -314,6 +314,34 @@ def _check_exact(sample, out, cand, ref, defined=None):
                                                    "first": _mismatch_examples(sample, out, cand, ref, diff)})
 
 
+def fp8_grid_position(t: torch.Tensor) -> torch.Tensor:
+    """float8_e4m3fn codes as their signed position on the e4m3 grid (int16): adjacent finite
+    values are one apart, +0 and -0 are both 0 (sign-magnitude bytes: magnitude bits ordered)."""
+    bits = t.view(torch.uint8).to(torch.int16)
+    mag = bits & 0x7F
+    return torch.where(bits >= 0x80, -mag, mag)
+
+
+def _check_fp8_codes(sample, out, cand, ref, written):
+    """fp8 codes within one grid step of the reference's on the elements the contract defines;
+    NaN (e4m3's one NaN, 0x7F magnitude) only where the reference has it."""
+    if not _on("exact"):
+        return
+    if cand.dtype != torch.float8_e4m3fn or ref.dtype != torch.float8_e4m3fn:
+        raise ProbeFailure("exact", f"{out.name}: expected float8_e4m3fn codes, got {cand.dtype}", {"output": out.name})
+    c, r = fp8_grid_position(cand), fp8_grid_position(ref)
+    nan_c, nan_r = (c.abs() == 0x7F), (r.abs() == 0x7F)
+    bad = ((c - r).abs() > 1) | (nan_c != nan_r)
+    if written is not None:
+        bad &= written
+    diff = torch.nonzero(bad.reshape(-1)).flatten()
+    if diff.numel():
+        checked = int(written.sum()) if written is not None else ref.numel()
+        raise ProbeFailure("exact", f"{out.name}: {diff.numel()} of {checked} fp8 code(s) more than one e4m3 step "
+                                    f"from the reference's",
+                           {"output": out.name, "first": _mismatch_examples(sample, out, cand, ref, diff)})
+
+
 def _check_src2dst_order_free(sample, out, cand, ref_outputs):
     """Canonical form: every valid slot lands in its expert's segment, positions form a
     permutation, and -1 slots take [-n_inv, -1] (deepep)."""
@@ -654,8 +682,12 @@ def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out
             _check_src2dst_order_free(sample, out, cand, ref_out)
             continue
         defined = out.defined(sample, ref_out) if out.defined is not None else None
-        if how in ("exact", "src2dst"):
+        if how in ("exact", "src2dst") or not ref.is_floating_point():   # integers are exact whatever the mode
             _check_exact(sample, out, cand, ref, defined)
+            continue
+        if how == "fp8_code":
+            _check_fp8_codes(sample, out, cand, ref,
+                             defined if written is None else written if defined is None else written & defined)
             continue
         if cand.dtype != ref.dtype:
             raise ProbeFailure("exact", f"{out.name}: expected dtype {ref.dtype}, got {cand.dtype}")

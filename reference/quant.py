@@ -90,9 +90,18 @@ def quantize_groups(y: torch.Tensor, group_size: int, scale_ue8m0: bool):
     q, scale = per_token_group_quant_fp8(y, group_size)
     if scale_ue8m0:
         scale = ceil_to_ue8m0(scale)
-        groups = y.to(torch.float32).view(y.shape[0], scale.shape[1], group_size) / scale[:, :, None]  # -1: T = 0
+        groups = y.to(torch.float32).view(y.shape[0], y.shape[1] // group_size, group_size) / scale[:, :, None]
         q = cast_saturating(groups, FP8_DTYPE).view(y.shape)
     return q, scale
+
+
+def put_rows(dst: torch.Tensor, live: torch.Tensor, values: torch.Tensor) -> None:
+    """dst[live] = values; fp8 through its bytes (torch's deterministic mode, which the harness
+    turns on to poison fresh allocations, has no fp8 masked_fill for the boolean index_put)."""
+    if dst.dtype == FP8_DTYPE:
+        dst.view(torch.uint8)[live] = values.view(torch.uint8)
+    else:
+        dst[live] = values
 
 
 def _rows_below(masked_m: torch.Tensor, m_max: int) -> torch.Tensor:
@@ -117,24 +126,25 @@ def check_float(name: str, v) -> float:
     return float(v)
 
 
-def check_masked_m(masked_m, num_experts: int, m_max: int, device) -> None:
-    """masked_m: int32/int64 [num_experts] with every count in [0, m_max]."""
+def check_masked_m(masked_m, num_experts: int, m_max: int, device, values: bool = True) -> None:
+    """masked_m: int32/int64 [num_experts] with every count in [0, m_max] (the counts read on the
+    host only with ``values``)."""
     check_tensor("masked_m", masked_m, dtypes=ID_DTYPES, shape=(num_experts,), device=device)
-    if masked_m.numel():
+    if values and masked_m.numel():
         lo, hi = int(masked_m.min()), int(masked_m.max())
         if lo < 0 or hi > m_max:
             raise ValueError(f"masked_m: expected every count in [0, {m_max}] (rows of the slab), "
                              f"got values from {lo} to {hi}")
 
 
-def _validate_masked_act(input, output, masked_m, out_dtypes, ratio=2):
+def _validate_masked_act(input, output, masked_m, out_dtypes, ratio=2, values=True):
     """input [E, m_max, 2N] contiguous; output [E, m_max, N] contiguous of out_dtypes."""
     check_tensor("input", input, dtypes=ACT_DTYPES, ndim=3)
     E, m_max, two_n = input.shape
     if two_n % ratio:
         raise ValueError(f"input: expected an even last dimension (gate and up halves), got shape {tuple(input.shape)}")
     check_tensor("output", output, dtypes=out_dtypes, shape=(E, m_max, two_n // ratio), device=input.device)
-    check_masked_m(masked_m, E, m_max, input.device)
+    check_masked_m(masked_m, E, m_max, input.device, values)
     return E, m_max, two_n // ratio
 
 
@@ -172,6 +182,39 @@ def _swiglu_rows(rows: torch.Tensor, in_dtype: torch.dtype, gemm1_alpha: float, 
     return (act * up).to(in_dtype).to(rows.dtype)
 
 
+def validate_masked_post_quant(input, output, output_scale, quant_group_size, masked_m, scale_ue8m0,
+                               gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk, values=True):
+    """The argument checks of silu_and_mul_masked_post_quant_fwd (its docstring states them); the
+    checks of masked_m's values (a host read) only with ``values``. Returns (E, m_max, N, packed,
+    gemm1_alpha, gemm1_clamp_limit) with None activation constants made 0.0."""
+    E, m_max, n = _validate_masked_act(input, output, masked_m, (FP8_DTYPE,), values=values)
+    check_int("quant_group_size", quant_group_size, lo=1)
+    if n % quant_group_size:
+        raise ValueError(f"quant_group_size: expected a divisor of the output width {n}, got {quant_group_size}")
+    groups = n // quant_group_size
+    check_bool("scale_ue8m0", scale_ue8m0)
+    gemm1_alpha = check_float("gemm1_alpha", 0.0 if gemm1_alpha is None else gemm1_alpha)
+    gemm1_clamp_limit = check_float("gemm1_clamp_limit", 0.0 if gemm1_clamp_limit is None else gemm1_clamp_limit)
+    check_tensor("output_scale", output_scale, dtypes=SCALE_DTYPES, ndim=3, device=input.device, contiguous=False)
+    packed = output_scale.dtype == torch.int32
+    if packed:
+        if not scale_ue8m0:
+            raise ValueError("scale_ue8m0: expected True with int32 (packed UE8M0) output_scale, got False")
+        if groups % 4:
+            raise ValueError(f"quant_group_size: the packed layout needs the group count N / quant_group_size "
+                             f"= {groups} to be a multiple of 4")
+        check_tensor("output_scale", output_scale, shape=(E, groups // 4, m_max), contiguous=False)
+        check_int("num_real_tokens", num_real_tokens, lo=0)
+        check_int("topk", topk, lo=1)
+        total = int(masked_m.sum()) if values else 0
+        if total > num_real_tokens * topk:
+            raise ValueError(f"masked_m: expected sum(masked_m) <= num_real_tokens * topk = {num_real_tokens * topk} "
+                             f"(the packed path processes no more rows), got {total}")
+    else:
+        check_tensor("output_scale", output_scale, shape=(E, m_max, groups), contiguous=False)
+    return E, m_max, n, packed, gemm1_alpha, gemm1_clamp_limit
+
+
 def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_size, masked_m,
                                        scale_ue8m0=False, gemm1_alpha=0.0, gemm1_clamp_limit=0.0,
                                        num_real_tokens=None, topk=None):
@@ -197,41 +240,34 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
       (SGLang's grid covers that many rows and no more).
     Rows t >= masked_m[e] of output and output_scale are left as they were. Returns None.
     """
-    E, m_max, n = _validate_masked_act(input, output, masked_m, (FP8_DTYPE,))
-    check_int("quant_group_size", quant_group_size, lo=1)
-    if n % quant_group_size:
-        raise ValueError(f"quant_group_size: expected a divisor of the output width {n}, got {quant_group_size}")
-    groups = n // quant_group_size
-    check_bool("scale_ue8m0", scale_ue8m0)
-    gemm1_alpha = check_float("gemm1_alpha", 0.0 if gemm1_alpha is None else gemm1_alpha)
-    gemm1_clamp_limit = check_float("gemm1_clamp_limit", 0.0 if gemm1_clamp_limit is None else gemm1_clamp_limit)
-    check_tensor("output_scale", output_scale, dtypes=SCALE_DTYPES, ndim=3, device=input.device, contiguous=False)
-    packed = output_scale.dtype == torch.int32
-    if packed:
-        if not scale_ue8m0:
-            raise ValueError("scale_ue8m0: expected True with int32 (packed UE8M0) output_scale, got False")
-        if groups % 4:
-            raise ValueError(f"quant_group_size: the packed layout needs the group count N / quant_group_size "
-                             f"= {groups} to be a multiple of 4")
-        check_tensor("output_scale", output_scale, shape=(E, groups // 4, m_max), contiguous=False)
-        check_int("num_real_tokens", num_real_tokens, lo=0)
-        check_int("topk", topk, lo=1)
-        total = int(masked_m.sum())
-        if total > num_real_tokens * topk:
-            raise ValueError(f"masked_m: expected sum(masked_m) <= num_real_tokens * topk = {num_real_tokens * topk} "
-                             f"(the packed path processes no more rows), got {total}")
-    else:
-        check_tensor("output_scale", output_scale, shape=(E, m_max, groups), contiguous=False)
+    _, m_max, n, packed, gemm1_alpha, gemm1_clamp_limit = validate_masked_post_quant(
+        input, output, output_scale, quant_group_size, masked_m, scale_ue8m0, gemm1_alpha, gemm1_clamp_limit,
+        num_real_tokens, topk)
 
     live = _rows_below(masked_m, m_max)                                        # [E, m_max]
     rows = input[live].to(acc_dtype(input))                                    # [R, 2N]
     y = _swiglu_rows(rows, input.dtype, gemm1_alpha, gemm1_clamp_limit)        # [R, N]
     q, scale = quantize_groups(y, quant_group_size, scale_ue8m0 or packed)
-    output[live] = q
+    put_rows(output, live, q)
     if packed:
         output_scale.transpose(1, 2)[live] = pack_ue8m0_exponents(ceil_to_ue8m0_exponent(scale))
     else:
         output_scale[live] = scale
+
+
+def silu_and_mul_masked_post_quant_packed_fwd(input, output, output_scale, quant_group_size, masked_m,
+                                              scale_ue8m0=True, gemm1_alpha=0.0, gemm1_clamp_limit=0.0,
+                                              num_real_tokens=None, topk=None):
+    """The packed-UE8M0 form of silu_and_mul_masked_post_quant_fwd, as an op of its own.
+
+    SGLang 0.5.23 has no function of this name: ``silu_and_mul_masked_post_quant_fwd`` takes
+    this path when output_scale is int32 (its own kernel and launch grid, num_real_tokens * topk
+    programs). Same arguments and contract as that function's packed layout; output_scale
+    must be int32 [E, G / 4, m_max]. Returns None.
+    """
+    check_tensor("output_scale", output_scale, dtypes=(torch.int32,), ndim=3, device=input.device, contiguous=False)
+    return silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_size, masked_m, scale_ue8m0,
+                                              gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk)
 
 
 def silu_and_mul_masked_post_per_tensor_quant_fwd(input, output, masked_m, scale):
@@ -256,7 +292,7 @@ def silu_and_mul_masked_post_per_tensor_quant_fwd(input, output, masked_m, scale
     rows = input[live].to(acc)
     y = rows[:, n:] * ref_silu(rows[:, :n]).to(input.dtype).to(acc)
     inv = 1.0 / scale.reshape(-1)[0].to(acc)
-    output[live] = cast_saturating(y * inv, FP8_DTYPE)
+    put_rows(output, live, cast_saturating(y * inv, FP8_DTYPE))
     return output
 
 
@@ -290,7 +326,7 @@ def fp8_per_token_to_per_tensor_quant_triton(x, x_scale, masked_m, output_scale,
     rows = x[live].to(torch.float32).view(-1, k // 128, 128)                   # [R, G, 128]
     dequant = (rows * x_scale[live][:, :, None]).view(-1, k)
     inv = 1.0 / output_scale.reshape(-1)[0]
-    output[live] = cast_saturating(dequant * inv, FP8_DTYPE)
+    put_rows(output, live, cast_saturating(dequant * inv, FP8_DTYPE))
 
 
 # --------------------------------------------------------------------------- per-token-group quant layouts
@@ -400,11 +436,12 @@ def sglang_per_token_group_quant_fp8(x, group_size, eps=1e-10, column_major_scal
     if fuse_silu_and_mul:
         rows = _swiglu_rows(rows, x.dtype, 0.0, 0.0)
     q, scale = quantize_groups(rows, group_size, scale_ue8m0)
-    output_q[live] = q
+    put_rows(output_q, live, q)
     output_s[live] = pack_ue8m0_exponents(ceil_to_ue8m0_exponent(scale)) if packed else scale
     return output_q, output_s
 
 
-__all__ = ["silu_and_mul_masked_fwd", "silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_per_tensor_quant_fwd",
+__all__ = ["silu_and_mul_masked_fwd", "silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_quant_packed_fwd",
+           "silu_and_mul_masked_post_per_tensor_quant_fwd",
            "fp8_per_token_to_per_tensor_quant_triton", "sglang_per_token_group_quant_fp8",
            "create_per_token_group_quant_fp8_output_scale"]

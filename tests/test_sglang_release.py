@@ -147,8 +147,8 @@ def test_kernel_file_imports_are_served_by_the_standins_without_the_package(tmp_
     assert mod.sglang.srt.utils is standins.standin_module("sglang.srt.utils")
     with pytest.raises(ImportError, match="moe_runner from sglang.srt.layers"):
         mod.later()
-    with pytest.raises(ImportError, match=r"get_device_name from sglang.srt.utils: .*its stand-in provides ceil_div, "
-                                          r"dispose_tensor, is_cuda, is_musa"):
+    with pytest.raises(ImportError, match=r"get_device_name from sglang.srt.utils: .*its stand-in provides ceil_align, "
+                                          r"ceil_div, dispose_tensor, is_cuda, is_hip, is_musa, is_xpu"):
         mod.later_name()
     assert {m for m in sys.modules if m == "sglang" or m.startswith("sglang.")} == before
     assert load_kernel_file(path) is mod  # cached by path

@@ -1,7 +1,7 @@
 """The registry of op records (harness.opspec.OpSpec) and their mutants.
 
 Each op family is one module here (preprocess, reorder, activation, gemm, moe, deepgemm, permute, masked,
-cutlass) defining ``RECORDS`` (its ops' records) and ``MUTANTS`` (harness.mutants.Mutant, its catalogue).
+cutlass, quant) defining ``RECORDS`` (its ops' records) and ``MUTANTS`` (harness.mutants.Mutant, its catalogue).
 Modules outside the package add ops the same way: name them (dotted module names or .py
 paths, separated by os.pathsep) in the environment variable MOE_HARNESS_OP_MODULES, or call
 ``add_op_module`` (which also sets the variable, so the harness's child processes load them
@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 from ..opspec import OpSpec
 
 ENV_VAR = "MOE_HARNESS_OP_MODULES"
-FAMILIES = ("preprocess", "reorder", "activation", "gemm", "moe", "deepgemm", "permute", "masked", "cutlass")
+FAMILIES = ("preprocess", "reorder", "activation", "gemm", "moe", "deepgemm", "permute", "masked", "cutlass", "quant")
 
 REGISTRY: Dict[str, OpSpec] = {}
 MUTANT_CATALOGUE: List = []

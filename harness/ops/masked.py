@@ -288,11 +288,13 @@ RECORDS = (
     OpSpec("moe_ep_deepgemm_preprocess", ref.moe_ep_deepgemm_preprocess, build_preprocess,
            (OutputSpec("masked_m", returned(0), "exact", "expert"),
             OutputSpec("src2dst", returned(2), "row_index", "slot"),
-            # fp8 codes and float32 / UE8M0 scales: the quantisation's arithmetic is exact (one
-            # correctly rounded division per element), so bit equality on the defined rows
-            OutputSpec("gateup_input", returned(3), "exact", "expert", index="src2dst",
+            # bf16 rows: copies, exact. fp8: scale = amax / 448 is one rounding, but not the same one
+            # everywhere (torch on a GPU multiplies by a rounded 1/448, SGLang's Triton divides
+            # approximately): float32 scales by the tolerance rule (a few ulps), codes within one e4m3
+            # step (harness.runner); packed UE8M0 exponents are integers, exact (found on an H100)
+            OutputSpec("gateup_input", returned(3), "exact_or_fp8_code", "expert", index="src2dst",
                        defined=_defined_rows_of("gateup_input", "masked_m")),
-            OutputSpec("gateup_input_scale", returned(4), "exact", "expert", index="src2dst",
+            OutputSpec("gateup_input_scale", returned(4), "float", "expert", index="src2dst",
                        defined=_defined_rows_of("gateup_input_scale", "masked_m"))),
            ("bfloat16", "fp8", "fp8_ue8m0"), KERNELS, preprocess_cost, invalid_ids=True, max_tokens=256, max_hidden=512,
            large_shape=_LARGE, bench_anchors=_DS_EP8, bench_dtype="fp8",

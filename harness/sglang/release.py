@@ -9,6 +9,10 @@ XDG_CACHE_HOME is unset), and returns a ``Release`` that names the extracted ker
 machines without an index (carry the wheel; it is registered in the cache under its
 version, so a later ``sglang==V`` on that machine finds it without pip).
 
+Beside it, the neighbour files of ``NEIGHBOUR_PATHS`` (0.5.23's fp8 quantiser module) are extracted
+and loaded the same way (``load_neighbours``); the binding looks in them for names the kernel
+file lacks. A cache folder extracted for other paths is redone from its cached wheel.
+
 The kernel file is found by the paths releases used (``KERNEL_PATHS``, newest first):
 
 ==========================================  ===================
@@ -53,6 +57,14 @@ KERNEL_PATHS: Tuple[str, ...] = (
 )
 # Read by tools/sglang_inventory.py only (how the EP layer launched the kernels); never loaded.
 LAYER_PATHS: Tuple[str, ...] = ("sglang/srt/layers/moe/ep_moe/layer.py",)
+# Neighbour files of the kernel file that define ops the harness checks, loaded the same way
+# (unmodified, sglang.* imports from harness.sglang.standins) when a release has them; the
+# binding looks up an op's names in the kernel file first, then in these, in order.
+NEIGHBOUR_PATHS: Tuple[str, ...] = (
+    "sglang/kernels/ops/quantization/fp8_kernel.py",   # 0.5.16 ..: the per-token-group fp8 quantiser
+)
+# Every path a cache folder is extracted for: a folder extracted for another list is redone from its wheel.
+EXTRACTED_PATHS: Tuple[str, ...] = KERNEL_PATHS + LAYER_PATHS + NEIGHBOUR_PATHS
 
 PACKAGE = "sglang"
 DOWNLOAD_TIMEOUT_S = 600.0
@@ -90,6 +102,11 @@ class Release:
     @property
     def kernel_file(self) -> Path:
         return self.files[self.kernel_path]
+
+    @property
+    def neighbour_files(self) -> Dict[str, Path]:
+        """The NEIGHBOUR_PATHS this release has: path inside the wheel -> extracted file."""
+        return {p: self.files[p] for p in NEIGHBOUR_PATHS if p in self.files}
 
     @property
     def source(self) -> str:
@@ -209,7 +226,7 @@ def _extract(wheel: Path, version: str, staging: Path) -> dict:
             if kernel_path is None:
                 raise ReleaseError(f"sglang=={version} ({wheel.name}): no EP-MoE kernel file at any of the paths "
                                    f"releases used: {', '.join(KERNEL_PATHS)}")
-            wanted = [p for p in KERNEL_PATHS + LAYER_PATHS if p in set(names)]
+            wanted = [p for p in EXTRACTED_PATHS if p in set(names)]
             for p in wanted:
                 target = staging / "files" / p
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +235,7 @@ def _extract(wheel: Path, version: str, staging: Path) -> dict:
         raise ReleaseError(f"sglang=={version}: {wheel} is not a readable wheel ({exc})") from None
     shutil.copy2(wheel, staging / wheel.name)
     return {"version": version, "wheel": wheel.name, "sha256": _sha256(wheel), "files": wanted,
-            "kernel_path": kernel_path}
+            "kernel_path": kernel_path, "extracted_for": list(EXTRACTED_PATHS)}
 
 
 def _install(wheel: Path, version: str, root: Path) -> Release:
@@ -244,6 +261,20 @@ def _install(wheel: Path, version: str, root: Path) -> Release:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _release(folder, _read_record(folder))
+
+
+def _current(record: Optional[dict]) -> bool:
+    """A cache record extracted for today's EXTRACTED_PATHS (an older folder lacks the neighbours)."""
+    return record is not None and record.get("extracted_for") == list(EXTRACTED_PATHS)
+
+
+def _reextract(root: Path, version: str, record: dict) -> Release:
+    """A cached folder extracted for other paths, redone from its own wheel (no download)."""
+    with tempfile.TemporaryDirectory(prefix=f".reextract-{version}-", dir=root) as tmp:
+        wheel = Path(tmp) / record["wheel"]
+        shutil.copy2(root / version / record["wheel"], wheel)
+        shutil.rmtree(root / version, ignore_errors=True)
+        return _install(wheel, version, root)
 
 
 @contextlib.contextmanager
@@ -281,19 +312,21 @@ def resolve(version: Optional[str] = None, wheel: Optional[os.PathLike] = None,
             raise ReleaseError(f"--sglang-wheel {wheel} holds sglang {found}, not the requested {version}")
         with _locked(root, found):
             record = _read_record(root / found)
-            if record is not None and record.get("sha256") == _sha256(path):
+            if _current(record) and record.get("sha256") == _sha256(path):
                 return _release(root / found, record)
             return _install(path, found, root)
     if version is None:
         raise ValueError("resolve: expected a version or a wheel")
     version = check_version(version)
     record = _read_record(root / version)
-    if record is not None:
+    if _current(record):
         return _release(root / version, record)
     with _locked(root, version):
         record = _read_record(root / version)  # another process may have fetched it meanwhile
-        if record is not None:
+        if _current(record):
             return _release(root / version, record)
+        if record is not None and (root / version / record["wheel"]).is_file():
+            return _reextract(root, version, record)
         with tempfile.TemporaryDirectory(prefix=f".download-{version}-", dir=root) as tmp:
             return _install(fetch_wheel(version, tmp), version, root)
 
@@ -322,3 +355,11 @@ def load_kernel_file(path: os.PathLike, label: Optional[str] = None, own_folder:
 def load_release(release: Release) -> types.ModuleType:
     """The release's EP-MoE kernel file, loaded by ``load_kernel_file``."""
     return load_kernel_file(release.kernel_file, label=release.source, own_folder=False)
+
+
+def load_neighbours(release: Release) -> Tuple[Tuple[str, types.ModuleType], ...]:
+    """The release's neighbour files (NEIGHBOUR_PATHS it has), each loaded by ``load_kernel_file``:
+    ((path inside the wheel, module), ...). A file that fails to load (an import the stand-ins do
+    not cover) raises: the caller says which ops that leaves unbound."""
+    return tuple((path, load_kernel_file(local, label=f"{release.source} {os.path.basename(path)}", own_folder=False))
+                 for path, local in release.neighbour_files.items())

@@ -33,12 +33,13 @@ module: name                                       stands for (releases)        
                                                                                         same preconditions (last dim a
                                                                                         multiple of the group,
                                                                                         contiguous); other layouts raise
-``sglang.srt.environ: envs``                       SGLang's settings (0.5.17 ..)        SETTING_DEFAULTS: the release's
-                                                                                        defaults (0.5.23's masked
-                                                                                        preprocess reads
-                                                                                        SGLANG_OPT_DG_MASKED_M_CAP,
-                                                                                        default False); reading any
-                                                                                        other setting raises
+``sglang.srt.environ: envs``                       SGLang's settings (0.5.17 ..)        SETTING_DEFAULTS: the value that
+                                                                                        holds where the harness runs
+                                                                                        (0.5.23's masked preprocess
+                                                                                        reads SGLANG_OPT_DG_MASKED_M_CAP,
+                                                                                        default False; fp8_kernel.py
+                                                                                        SGLANG_USE_AITER, False off
+                                                                                        ROCm); any other setting raises
 ``sglang.kernels.ops.moe.moe_permute_prepare:``    the JIT-compiled CUDA kernel behind  the same arithmetic in torch:
 ``moe_permute_prepare``                            the permute's indices (0.5.23,       torch.sort (unstable, as
                                                    imported inside the function)        SGLang's), lower bounds of 0
@@ -55,6 +56,29 @@ module: name                                       stands for (releases)        
 ``per_token_quant_fp8_ue8m0_scatter``              scatter of the masked preprocess     kernel (not in the kernel file,
                                                    (0.5.2x)                             needs sglang's JIT toolchain);
                                                                                         calling it raises
+================================================  ==================================  ===============================
+
+The neighbour files the binding also looks in (harness.sglang.release.NEIGHBOUR_PATHS; 0.5.23's
+``sglang/kernels/ops/quantization/fp8_kernel.py``) import more at module level:
+
+================================================  ==================================  ===============================
+module: name                                       stands for                          why faithful enough
+================================================  ==================================  ===============================
+``sglang.srt.utils: is_hip``, ``is_xpu``           the ROCm / XPU build tests           the same tests of torch's build
+``sglang.srt.utils: ceil_align``                   round up to a multiple               the same arithmetic
+``sglang.srt.environ: envs.SGLANG_USE_AITER``      ROCm's AITER switch                  False: the harness runs on CUDA
+                                                                                        or CPU, where it is ignored
+``sglang.kernels.jit.utils: is_arch_support_pdl``, used by functions the harness does    called: raises (StandInError)
+``sglang.kernels.ops.quantization.fp8_utils:``     not check (static and MLA quant)
+``fp8_dtype_to_triton``
+``sglang.srt.utils.patch_torch:``                  a MUSA-only decorator                called: raises
+``register_fake_if_exists``
+``sglang.kernels.ops.quantization:``               the CUDA JIT / sgl_kernel            called: raises. The CUDA path
+``sgl_per_token_quant_fp8``, ``...quantization.``  quantisers (CUDA builds only)        of sglang_per_token_group_quant
+``per_tensor_quant_fp8: per_tensor_quant_fp8``,                                         _fp8 is this JIT kernel, which
+``...quantization.per_token_group_quant:``                                              the harness cannot build from
+``per_token_group_quant``                                                               the wheel; it binds the file's
+                                                                                        Triton quantiser instead
 ================================================  ==================================  ===============================
 
 An ``sglang.*`` import that this table cannot serve (a module or a name not listed, such as
@@ -93,6 +117,21 @@ def is_musa() -> bool:
 
 def ceil_div(x: int, y: int) -> int:
     return (x + y - 1) // y
+
+
+def ceil_align(x: int, y: int) -> int:
+    """x rounded up to a multiple of y."""
+    return ceil_div(x, y) * y
+
+
+def is_hip() -> bool:
+    """A ROCm build of torch (SGLang's test: torch.version.hip is set)."""
+    return getattr(torch.version, "hip", None) is not None
+
+
+def is_xpu() -> bool:
+    """An Intel XPU build of torch that sees an XPU."""
+    return hasattr(torch, "xpu") and torch.xpu.is_available()
 
 
 def dispose_tensor(x: torch.Tensor) -> None:
@@ -172,8 +211,9 @@ def moe_permute_prepare(topk_ids: torch.Tensor, num_experts: int, use_int64_offs
     return offsets.to(torch.int64 if use_int64_offset else torch.int32), src2dst
 
 
-# Settings that the checked ops read, at the default of the releases that read them.
-SETTING_DEFAULTS = {"SGLANG_OPT_DG_MASKED_M_CAP": False}
+# Settings the checked files read, with the value that holds where the harness runs: the release's
+# default (the masked preprocess's cap), or off (ROCm's AITER kernels, on CUDA and CPU).
+SETTING_DEFAULTS = {"SGLANG_OPT_DG_MASKED_M_CAP": False, "SGLANG_USE_AITER": False}
 
 
 class _Settings:
@@ -200,9 +240,20 @@ _FP8_KERNEL = {"per_token_group_quant_fp8": per_token_group_quant_fp8,
                "sglang_per_token_group_quant_fp8": per_token_group_quant_fp8}
 
 # module -> {name: object}; the table of the docstring, as data.
+_QUANT = "sglang.kernels.ops.quantization"
 STANDINS: Dict[str, Dict[str, object]] = {
     "sglang.srt.utils": {"is_cuda": is_cuda, "is_musa": is_musa, "ceil_div": ceil_div,
-                         "dispose_tensor": dispose_tensor},
+                         "dispose_tensor": dispose_tensor, "ceil_align": ceil_align, "is_hip": is_hip,
+                         "is_xpu": is_xpu},
+    "sglang.srt.utils.patch_torch": {"register_fake_if_exists":
+                                     _not_callable("sglang.srt.utils.patch_torch.register_fake_if_exists")},
+    "sglang.kernels.jit.utils": {"is_arch_support_pdl": _not_callable("sglang.kernels.jit.utils.is_arch_support_pdl")},
+    f"{_QUANT}.fp8_utils": {"fp8_dtype_to_triton": _not_callable(f"{_QUANT}.fp8_utils.fp8_dtype_to_triton")},
+    _QUANT: {"sgl_per_token_quant_fp8": _not_callable(f"{_QUANT}.sgl_per_token_quant_fp8")},
+    f"{_QUANT}.per_tensor_quant_fp8": {"per_tensor_quant_fp8":
+                                       _not_callable(f"{_QUANT}.per_tensor_quant_fp8.per_tensor_quant_fp8")},
+    f"{_QUANT}.per_token_group_quant": {"per_token_group_quant":
+                                        _not_callable(f"{_QUANT}.per_token_group_quant.per_token_group_quant")},
     "sglang.math_utils": {"ceil_div": ceil_div},
     "sglang.utils": {"is_in_ci": is_in_ci},
     "sglang.srt.distributed": {"get_tensor_model_parallel_rank":

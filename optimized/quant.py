@@ -1,0 +1,214 @@
+"""The masked SiLU-and-mul with fp8 group quantisation that feeds DeepGEMM's masked grouped GEMM:
+``silu_and_mul_masked_post_quant_fwd`` (float32 scales, optionally powers of two) and its packed
+UE8M0 form ``silu_and_mul_masked_post_quant_packed_fwd``; SGLang's signatures, contracts in
+reference/quant.py.
+
+Both kernels work on tiles of [BLOCK_M rows, BLOCK_N columns] (BLOCK_N a whole number of quant
+groups) rather than one row per program, so a program moves whole 16-byte vectors of several rows
+per step. The float-scale kernel walks each expert's first masked_m[e] rows (a grid over experts,
+column blocks and row programs that stride over the rows); the packed kernel uses SGLang's flat
+work grid over the sum(masked_m) <= num_real_tokens * topk live rows, each tile row finding its
+expert from the prefix sum of masked_m held in registers (no host synchronisation).
+
+Arithmetic follows the reference bit for bit where it can: SiLU rounded to the input dtype, the
+product rounded to it; the scale amax / 448 divided with round-to-nearest (tl.math.div_rn, as
+torch divides; Triton's plain fp32 division is approximate); UE8M0 taken from the scale's bits
+(biased exponent + 1 when any mantissa bit is set); quantised values y / scale, also div_rn.
+Only exp (and the sigmoid's reciprocal) may differ from torch's by float32 ulps.
+Offsets are int64 (an [E, m_max, 2N] slab can pass 2**31 elements).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from reference import quant as ref
+
+from . import _config
+from ._tl import FP8_MAX
+
+__all__ = ["silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_quant_packed_fwd"]
+
+NUM_WARPS = 4
+# Row programs per (expert, column block) of the float-scale kernel: enough programs to fill an
+# H100 at decode sizes (E_local = 32, a handful of rows each) without idle ones at prefill.
+MAX_ROW_PROGRAMS = 64
+# Row-tile programs of the packed kernel per word column (SGLang sizes its grid by
+# num_real_tokens * topk, which can far exceed the live rows; ours loop over the live tiles).
+MAX_PACKED_PROGRAMS = 1024
+# Elements per tile: rows x columns of one program's step (8 rows of 512 at group 128).
+TILE_ELEMENTS = 4096
+
+
+@triton.jit
+def _swiglu_tile(gate, up, IN_DTYPE: tl.constexpr, GEMM1_ALPHA: tl.constexpr, CLAMP_LIMIT: tl.constexpr,
+                 UP_LIMIT: tl.constexpr):
+    """y (float32) of a tile from gate (float32) and up (input dtype), as the reference rounds it."""
+    up = up.to(tl.float32)
+    if GEMM1_ALPHA > 0:
+        gate = tl.minimum(gate, CLAMP_LIMIT)
+        up_plus_one = (tl.minimum(tl.maximum(up, -UP_LIMIT), UP_LIMIT) + 1.0).to(IN_DTYPE).to(tl.float32)
+        y = gate * (1.0 / (1.0 + tl.exp(-(gate * GEMM1_ALPHA)))) * up_plus_one
+    else:
+        act = (gate / (1.0 + tl.exp(-gate))).to(IN_DTYPE).to(tl.float32)
+        y = (act * up).to(IN_DTYPE).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _quant_tile(y, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, UE8M0: tl.constexpr):
+    """(fp8-ready float32 values [BLOCK_M, BLOCK_N], float32 scales [BLOCK_M, BLOCK_N // GROUP])."""
+    G: tl.constexpr = BLOCK_N // GROUP
+    y3 = tl.reshape(y, (BLOCK_M, G, GROUP))
+    amax = tl.maximum(tl.max(tl.abs(y3), axis=2), 1e-10)
+    scale = tl.math.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32))
+    if UE8M0:
+        bits = scale.to(tl.int32, bitcast=True)
+        expo = ((bits >> 23) & 0xFF) + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+        scale = (expo << 23).to(tl.float32, bitcast=True)
+    q = tl.math.div_rn(y3, tl.broadcast_to(scale[:, :, None], (BLOCK_M, G, GROUP)))
+    q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
+    return tl.reshape(q, (BLOCK_M, BLOCK_N)), scale
+
+
+@triton.jit
+def _post_quant_kernel(
+        # tensors
+        in_ptr, out_ptr, scale_ptr, masked_m_ptr,
+        # strides
+        in_s0, in_s1, out_s0, out_s1, sc_s0, sc_s1, sc_s2,
+        # sizes
+        N,
+        # meta-parameters
+        IN_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        UE8M0: tl.constexpr, GEMM1_ALPHA: tl.constexpr, CLAMP_LIMIT: tl.constexpr, UP_LIMIT: tl.constexpr):
+    """Program (column block, row program, expert): rows pid_m * BLOCK_M + k * ROW_PROGRAMS * BLOCK_M
+    below masked_m[e], columns of its block; float32 scales at [e, row, group] through strides."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    e = tl.program_id(2).to(tl.int64)
+    row_programs = tl.num_programs(1)
+    G: tl.constexpr = BLOCK_N // GROUP
+    live = tl.load(masked_m_ptr + e).to(tl.int32)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    groups = pid_n * G + tl.arange(0, G)
+    for m0 in range(pid_m * BLOCK_M, live, row_programs * BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        rmask = rows < live
+        r64 = rows.to(tl.int64)
+        in_row = in_ptr + e * in_s0 + r64[:, None] * in_s1 + cols[None, :]
+        gate = tl.load(in_row, mask=rmask[:, None], other=0.0).to(tl.float32)
+        up = tl.load(in_row + N, mask=rmask[:, None], other=0.0)
+        y = _swiglu_tile(gate, up, IN_DTYPE, GEMM1_ALPHA, CLAMP_LIMIT, UP_LIMIT)
+        q, scale = _quant_tile(y, BLOCK_M, BLOCK_N, GROUP, UE8M0)
+        tl.store(out_ptr + e * out_s0 + r64[:, None] * out_s1 + cols[None, :], q.to(out_ptr.dtype.element_ty),
+                 mask=rmask[:, None])
+        tl.store(scale_ptr + e * sc_s0 + r64[:, None] * sc_s1 + groups[None, :] * sc_s2, scale, mask=rmask[:, None])
+
+
+@triton.jit
+def _post_quant_packed_kernel(
+        # tensors
+        in_ptr, out_ptr, scale_ptr, masked_m_ptr,
+        # strides
+        in_s0, in_s1, out_s0, out_s1, sc_s0, sc_s1, sc_s2,
+        # sizes
+        N, E,
+        # meta-parameters
+        IN_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, E_PADDED: tl.constexpr,
+        GEMM1_ALPHA: tl.constexpr, CLAMP_LIMIT: tl.constexpr, UP_LIMIT: tl.constexpr):
+    """Program (p, word column): flat row tiles p, p + P, ... of the sum(masked_m) live rows of the
+    concatenated experts (P programs; the loop ends at the live rows, so programs past them do
+    nothing), four groups (one int32 word of UE8M0 bytes) of columns each."""
+    BLOCK_N: tl.constexpr = 4 * GROUP
+    word = tl.program_id(1)
+    ee = tl.arange(0, E_PADDED)
+    counts = tl.load(masked_m_ptr + ee, mask=ee < E, other=0).to(tl.int32)
+    ends = tl.cumsum(counts, axis=0)                                    # inclusive prefix sum
+    total = tl.sum(counts, axis=0)
+    cols = word * BLOCK_N + tl.arange(0, BLOCK_N)
+    for m0 in range(tl.program_id(0) * BLOCK_M, total, tl.num_programs(0) * BLOCK_M):
+        flat = m0 + tl.arange(0, BLOCK_M)
+        rmask = flat < total
+        # expert of each flat row: how many experts end at or before it; its row inside the expert
+        owner = (ends[None, :] <= flat[:, None]).to(tl.int32)
+        e = tl.sum(owner, axis=1)
+        start = tl.sum(owner * counts[None, :], axis=1)
+        e64 = tl.where(rmask, e, 0).to(tl.int64)
+        r64 = tl.where(rmask, flat - start, 0).to(tl.int64)
+        in_row = in_ptr + e64[:, None] * in_s0 + r64[:, None] * in_s1 + cols[None, :]
+        gate = tl.load(in_row, mask=rmask[:, None], other=0.0).to(tl.float32)
+        up = tl.load(in_row + N, mask=rmask[:, None], other=0.0)
+        y = _swiglu_tile(gate, up, IN_DTYPE, GEMM1_ALPHA, CLAMP_LIMIT, UP_LIMIT)
+        q, scale = _quant_tile(y, BLOCK_M, BLOCK_N, GROUP, True)
+        tl.store(out_ptr + e64[:, None] * out_s0 + r64[:, None] * out_s1 + cols[None, :],
+                 q.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
+        # little-endian: group 4c + b in byte b of word c (int32 shifts wrap past bit 31, as intended)
+        expo = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        packed = tl.sum(expo << (tl.arange(0, 4) * 8)[None, :], axis=1)
+        tl.store(scale_ptr + e64 * sc_s0 + word * sc_s1 + r64 * sc_s2, packed, mask=rmask)
+
+
+# ----------------------------------------------------------------------------- host side
+
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+def _check_kernel_inputs(input, quant_group_size):
+    if input.dtype not in _TL_DTYPES:
+        got = str(input.dtype).replace("torch.", "")
+        raise TypeError(f"input: expected dtype bfloat16, float16 or float32, got {got}")
+    if quant_group_size & (quant_group_size - 1):
+        raise ValueError(f"quant_group_size: expected a power of two (a Triton block of whole groups), "
+                         f"got {quant_group_size}")
+
+
+def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_size, masked_m, scale_ue8m0=False,
+                                       gemm1_alpha=0.0, gemm1_clamp_limit=0.0, num_real_tokens=None, topk=None):
+    """SGLang's signature; output_scale's dtype picks the layout (float32 [E, m_max, G], or int32
+    [E, G / 4, m_max] packed UE8M0). Validates with the reference's checks (which read masked_m on
+    the host, under _config.check_values()), then launches without synchronising. Returns None."""
+    values = _config.check_values()
+    E, m_max, n, packed, alpha, limit = ref.validate_masked_post_quant(
+        input, output, output_scale, quant_group_size, masked_m, scale_ue8m0, gemm1_alpha, gemm1_clamp_limit,
+        num_real_tokens, topk, values=values)
+    _check_kernel_inputs(input, quant_group_size)
+    groups = n // quant_group_size
+    up_limit = float(torch.tensor(limit, dtype=input.dtype))     # the reference clamps up in the input dtype
+    if E == 0 or m_max == 0 or n == 0:
+        return None
+    common = dict(IN_DTYPE=_TL_DTYPES[input.dtype], GROUP=quant_group_size, GEMM1_ALPHA=alpha, CLAMP_LIMIT=limit,
+                  UP_LIMIT=up_limit, num_warps=NUM_WARPS)
+    if packed:
+        rows = num_real_tokens * topk
+        block_m = max(1, min(TILE_ELEMENTS // (4 * quant_group_size), 16))
+        if rows == 0:
+            return None
+        programs = min(triton.cdiv(rows, block_m), MAX_PACKED_PROGRAMS)
+        _post_quant_packed_kernel[(programs, groups // 4)](
+            input, output, output_scale, masked_m,
+            input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
+            n, E, BLOCK_M=block_m, E_PADDED=triton.next_power_of_2(E), **common)
+        return None
+    per_block = 4                       # groups per column block: the largest of 4, 2, 1 dividing G
+    while groups % per_block:
+        per_block //= 2
+    block_n = per_block * quant_group_size
+    block_m = max(1, min(TILE_ELEMENTS // block_n, 16))
+    row_programs = max(1, min(MAX_ROW_PROGRAMS, triton.cdiv(m_max, block_m)))
+    _post_quant_kernel[(groups // per_block, row_programs, E)](
+        input, output, output_scale, masked_m,
+        input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
+        n, BLOCK_M=block_m, BLOCK_N=block_n, UE8M0=bool(scale_ue8m0), **common)
+    return None
+
+
+def silu_and_mul_masked_post_quant_packed_fwd(input, output, output_scale, quant_group_size, masked_m,
+                                              scale_ue8m0=True, gemm1_alpha=0.0, gemm1_clamp_limit=0.0,
+                                              num_real_tokens=None, topk=None):
+    """The packed-UE8M0 layout of silu_and_mul_masked_post_quant_fwd (int32 output_scale only)."""
+    ref.check_tensor("output_scale", output_scale, dtypes=(torch.int32,), ndim=3, device=input.device,
+                     contiguous=False)
+    return silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_size, masked_m, scale_ue8m0,
+                                              gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk)
