@@ -41,10 +41,13 @@ from .preprocess import case_ids
 KERNELS = "optimized.masked"
 REFERENCE = "reference.deepgemm_layout"
 DS_BLOCK_K = 128
-# offsets past 2**31 elements: m_max = 40192 rows of 7168 per expert, 8 local experts
-# (2.3e9 elements); the builder caps E_local at 8 so that three slabs fit on an 80 GB card
-_LARGE = dict(tokens=40000, topk=8, experts=64, hidden=7168, inter=64)
-_LARGE_E_LOCAL = 8
+# offsets past 2**31 elements: m_max = 40192 rows of 7168 per expert, 10 local experts (2.9e9
+# elements): every row of experts 8 and 9 starts past 2**31 (with 8, only rows past 18,249 of the
+# last expert did, which uniform routing never fills: the int32 mutant survived on an H100); the
+# builder caps E_local at 10 so that three slabs fit on an 80 GB card (128 experts: every rank the
+# large preset draws, E or E / 8 of them, holds at least 10)
+_LARGE = dict(tokens=40000, topk=8, experts=128, hidden=7168, inter=64)
+_LARGE_E_LOCAL = 10
 # each local expert is a slab of m_max >= 256 rows: the interpreter's cases keep a few
 _INTERPRETER_E_LOCAL = 6
 _DS_EP8 = tuple(BenchAnchor(t, 8, 256, 31, 7168, 2048, f"DeepSeek-V3 EP8 T={t}") for t in (1, 64, 4096))
