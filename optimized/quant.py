@@ -30,15 +30,21 @@ from ._tl import FP8_MAX
 
 __all__ = ["silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_quant_packed_fwd"]
 
+# Launch settings measured on an H100 at DeepSeek-V3 EP8 (tools/explore_masked_quant.py,
+# results/2026-12-06-s13-h100 call 5): one row of 512 columns per step (4 groups of 128) beat 8 rows
+# (4096 elements) at every size, by 3x at decode; 4 warps at decode, 1 warp once the live rows pass
+# PREFILL_ROWS (T = 4096: 144 us against 185 with 4 warps, SGLang 658).
 NUM_WARPS = 4
+NUM_WARPS_PREFILL = 1
+PREFILL_ROWS = 4096
 # Row programs per (expert, column block) of the float-scale kernel: enough programs to fill an
 # H100 at decode sizes (E_local = 32, a handful of rows each) without idle ones at prefill.
 MAX_ROW_PROGRAMS = 64
 # Row-tile programs of the packed kernel per word column (SGLang sizes its grid by
 # num_real_tokens * topk, which can far exceed the live rows; ours loop over the live tiles).
 MAX_PACKED_PROGRAMS = 1024
-# Elements per tile: rows x columns of one program's step (8 rows of 512 at group 128).
-TILE_ELEMENTS = 4096
+# Elements per tile: rows x columns of one program's step.
+TILE_ELEMENTS = 512
 
 
 @triton.jit
@@ -178,8 +184,11 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     up_limit = float(torch.tensor(limit, dtype=input.dtype))     # the reference clamps up in the input dtype
     if E == 0 or m_max == 0 or n == 0:
         return None
+    # live rows at most (the host cannot read masked_m without a synchronisation): the packed
+    # schedule's num_real_tokens * topk, else the slab's capacity
+    most_rows = num_real_tokens * topk if num_real_tokens is not None and topk is not None else E * m_max
     common = dict(IN_DTYPE=_TL_DTYPES[input.dtype], GROUP=quant_group_size, GEMM1_ALPHA=alpha, CLAMP_LIMIT=limit,
-                  UP_LIMIT=up_limit, num_warps=NUM_WARPS)
+                  UP_LIMIT=up_limit, num_warps=NUM_WARPS if most_rows < PREFILL_ROWS else NUM_WARPS_PREFILL)
     if packed:
         rows = num_real_tokens * topk
         block_m = max(1, min(TILE_ELEMENTS // (4 * quant_group_size), 16))
