@@ -382,6 +382,15 @@ class Candidate:
     graph: bool = False
 
 
+# What torch raises when code asks for a GPU that a CPU-only torch or machine lacks.
+_NO_CUDA = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available")
+
+
+def needs_cuda(exc: BaseException) -> bool:
+    """True for torch's error of a CUDA call without CUDA (never raised on a GPU machine)."""
+    return isinstance(exc, (AssertionError, RuntimeError)) and any(m in str(exc) for m in _NO_CUDA)
+
+
 def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_fresh: bool, what: str = ""):
     """One call of the candidate on guarded, poisoned outputs; its exception is the
     ``exception`` probe's failure (with the candidate's own frames), unless that probe is off,
@@ -391,6 +400,9 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
     except Exception as exc:  # a candidate's exception is a failure of this case
         if type(exc).__name__ == "InterpreterCannotCompute":   # harness/interpreter.py: no verdict here
             raise ProbeFailure("not_computable", f"not computable on the interpreter: {exc}") from None
+        if needs_cuda(exc):   # host code asking torch for a GPU (device properties): no verdict on the CPU
+            raise ProbeFailure("not_computable", f"not computable without a GPU: the candidate's host code "
+                                                 f"needs CUDA ({type(exc).__name__}: {exc})") from None
         if _on("exception"):
             raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}{what}",
                                {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
