@@ -49,6 +49,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from .canonical import OrderFreeViolation, canonicalise
+from .sglang.bind import NotSupported
 from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
 from .status import CASE_FAILED, CASE_NOT_COMPUTABLE, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
@@ -400,6 +401,8 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
     except Exception as exc:  # a candidate's exception is a failure of this case
         if type(exc).__name__ == "InterpreterCannotCompute":   # harness/interpreter.py: no verdict here
             raise ProbeFailure("not_computable", f"not computable on the interpreter: {exc}") from None
+        if isinstance(exc, NotSupported):   # harness/sglang/bind.py, before calling the release
+            raise ProbeFailure("not_supported", f"{type(exc).__name__}: {exc}{what}") from None
         if needs_cuda(exc):   # host code asking torch for a GPU (device properties): no verdict on the CPU
             raise ProbeFailure("not_computable", f"not computable without a GPU: the candidate's host code "
                                                  f"needs CUDA ({type(exc).__name__}: {exc})") from None
@@ -455,6 +458,11 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
     except ProbeFailure as f:
         if f.probe == "not_computable":
             return CaseResult(**base, status=CASE_NOT_COMPUTABLE, message=f.message)
+        if f.probe == "not_supported":
+            # the binding refused before any call: the release has no parameter for an argument
+            # this case gives (an optional feature it predates), which is not a wrong answer
+            return CaseResult(**base, status=CASE_REJECTED, probe=f.probe,
+                              message=f"rejected: the release cannot express this case: {f.message}")
         broken = spec.broken_preconditions(params)
         if f.probe == "exception" and broken:
             # out of contract for some implementations: a clean refusal is not a wrong answer

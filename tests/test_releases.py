@@ -136,12 +136,14 @@ def test_release_options(monkeypatch):
     assert ReleasesOptions(dtypes=["int32", "float32"]).check_options("1.0", ["post_reorder"]).dtypes == ("float32",)
 
 
-def test_host_code_that_needs_cuda_is_not_computable_on_the_cpu():
+def test_cases_a_release_cannot_compute_here_get_no_verdict():
     """0.5.x's post_reorder_deepgemm reads the GPU's properties on the host: on a CPU-only torch
-    that is 'not computable', not a FAILED verdict against the kernel."""
+    that is 'not computable', not a FAILED verdict against the kernel; a case the binding cannot
+    express to a release (NotSupported: 0.5.16 has no lora_delta) is rejected, not failed."""
     import torch
     from harness.cases import CaseParams
     from harness.runner import Candidate, run_case
+    from harness.sglang.bind import NotSupported
     from harness.specs import SPECS
 
     def needs_gpu(*_a, **_k):
@@ -151,6 +153,11 @@ def test_host_code_that_needs_cuda_is_not_computable_on_the_cpu():
                    end_expert=3, hidden=16, seed=2)
     res = run_case(SPECS["post_reorder_deepgemm"], Candidate(needs_gpu), p, "cpu")
     assert res.status == "not computable" and "needs CUDA" in res.message, res.message
+
+    def no_lora(*_a, **_k):  # what a binding raises for an argument the release has no parameter for
+        raise NotSupported("sglang==0.5.16: post_reorder_deepgemm has no parameter for lora_delta")
+    res = run_case(SPECS["post_reorder_deepgemm"], Candidate(no_lora), p, "cpu")
+    assert res.status == "rejected" and "cannot express this case" in res.message, res.message
 
 
 # ----------------------------------------------------------------------------- the cache

@@ -239,11 +239,16 @@ def test_unknown_required_parameter_is_unbindable_before_any_call(tmp_path):
 
 def test_an_argument_the_callable_cannot_honour_raises_not_supported(tmp_path):
     mod = load_kernel_file(_write(tmp_path / "k.py", KERNELS))
-    bound = bind_op("scale", mod.function, OpBinding(args=("x", "n", "new_mode", "block_shape")))
+    bound = bind_op("scale", mod.function, OpBinding(args=("x", "n", "new_mode", "block_shape"),
+                                                     defaults={"block_shape": None}))
     assert bound.unused == ("block_shape",)
     assert torch.equal(bound(torch.ones(3), 2, "on", None), torch.full((2,), 2.0))  # None: nothing to honour
     with pytest.raises(NotSupported, match=r"no parameter for scale's argument block_shape \(given \[128, 128\]\)"):
         bound(torch.ones(3), 2, "on", [128, 128])
+    # a required argument of the op that the callable lacks: unbindable before any call
+    lacking = bind_op("scale", mod.function, OpBinding(args=("x", "n", "new_mode", "valid_counts")))
+    assert isinstance(lacking, Unbindable) and lacking.missing and lacking.parameter == "valid_counts"
+    assert "has no parameter for scale's argument 'valid_counts'" in str(lacking)
 
 
 def test_records_release_knowledge_names_the_ops_real_arguments():
