@@ -36,7 +36,8 @@ from .status import CHECKED, CRASHED, FAILED, NOT_COMPUTABLE, NOT_PROVIDED, PASS
 
 # A representative list from 0.4.x to the newest: the two kernel-file layouts (0.5.16 moved
 # it), the new parameters of 0.4.8 .. 0.4.10, 0.5.x's conventions, and the post_reorder bug
-# of 0.5.4 .. 0.5.12 on both sides (0.5.1 before, 0.5.5 and 0.5.9 inside, 0.5.13 after).
+# of 0.5.3.post1 .. 0.5.12.post1 on both sides (0.5.1 before, 0.5.5 and 0.5.9 inside, 0.5.13
+# after; --bisect found both ends).
 DEFAULT_RELEASES: Tuple[str, ...] = ("0.4.6.post1", "0.4.8", "0.4.10.post2", "0.5.1", "0.5.5", "0.5.9", "0.5.13",
                                      "0.5.16", "0.5.23")
 
@@ -174,8 +175,10 @@ def check_release(options: ReleasesOptions, backend: str, version: str,
 
 def build_matrix(options: ReleasesOptions, backend: str, releases: Sequence[str],
                  progress: Callable[[str], None] = lambda line: None,
-                 check: Callable = check_release) -> Matrix:
-    """Check each release in turn (``check``: check_release, replaceable in tests) and make the matrix."""
+                 check: Callable = check_release,
+                 on_release: Callable[[Matrix], None] = lambda matrix: None) -> Matrix:
+    """Check each release in turn (``check``: check_release, replaceable in tests) and make the
+    matrix; ``on_release`` gets the matrix so far after each release."""
     ops = list(options.selected_ops())
     matrix = Matrix(ops, [], {})
     for i, version in enumerate(releases, 1):
@@ -197,6 +200,7 @@ def build_matrix(options: ReleasesOptions, backend: str, releases: Sequence[str]
                      f"in {column.seconds:.0f} s")
         else:
             progress(f"[{i}/{len(releases)}] sglang=={version}: {UNAVAILABLE}: {column.error.splitlines()[0]}")
+        on_release(matrix)
     return matrix
 
 
@@ -428,16 +432,20 @@ def run_command(options: ReleasesOptions, backend: str) -> int:
         return 0 if result.endpoints_checked else 1
     releases = options.releases or DEFAULT_RELEASES
     t0 = time.perf_counter()
-    matrix = build_matrix(options, backend, releases, progress)
+
+    def record(matrix: Matrix, complete: bool, **extra) -> None:
+        """The JSON record (rewritten after each release: a run cut short keeps the releases done)."""
+        if options.json_path:
+            write_json(options.json_path, {"environment": info, "options": options.to_dict(), "complete": complete,
+                                           "wall_s": round(time.perf_counter() - t0, 1), **extra,
+                                           **matrix.to_dict()})
+    matrix = build_matrix(options, backend, releases, progress, on_release=lambda m: record(m, False))
     print(format_matrix(matrix))
     findings = format_findings(matrix)
     if findings:
         print("\n" + findings)
     code = matrix_exit_code(matrix)
-    if options.json_path:
-        write_json(options.json_path, {"environment": info, "options": options.to_dict(),
-                                       "wall_s": round(time.perf_counter() - t0, 1), "exit_status": code,
-                                       **matrix.to_dict()})
+    record(matrix, True, exit_status=code)
     if options.png_path:
         print(write_png(matrix, options.png_path, f"SGLang EP-MoE kernels per release ({backend})"))
     if code == 1:

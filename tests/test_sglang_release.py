@@ -490,5 +490,5 @@ def test_release_0_5_5_conventions_bind_and_its_post_reorder_drops_local_expert_
     rows = run_check(_args(["sglang==0.5.5"], ["ep_preprocess", "post_reorder"], ["int64", "float32"]), backend)
     by_op = {r.op: r for r in rows}
     assert by_op["ep_preprocess"].status == "passed", by_op["ep_preprocess"].failure
-    # 0.5.4 .. 0.5.12 test `expert_id > 0` on local ids: local expert 0's rows are dropped.
+    # 0.5.3.post1 .. 0.5.12.post1 test `expert_id > 0` on local ids: local expert 0's rows are dropped.
     assert by_op["post_reorder"].status == "FAILED" and by_op["post_reorder"].failure["probe"] == "tolerance"

@@ -198,7 +198,7 @@ def build_ep_gather(p: CaseParams, device) -> Sample:
     return Sample(p, args, ("input_tensor", "output_tensor", "recv_topk_weight"), ids)
 
 
-# SGLang 0.4.8 .. 0.5.1's ep_gather asserts hidden % 1024 == 0 (its BLOCK_D; 0.5.4 on falls back
+# SGLang 0.4.8 .. 0.5.1's ep_gather asserts hidden % 1024 == 0 (its BLOCK_D; 0.5.3 on falls back
 # to 128, which _gather_hidden always meets). Not required of any candidate: those releases
 # reject the other cases cleanly (REJECTED), later ones and ours compute them.
 GATHER_HIDDEN_1024 = Precondition(
