@@ -198,15 +198,6 @@ def build_ep_gather(p: CaseParams, device) -> Sample:
     return Sample(p, args, ("input_tensor", "output_tensor", "recv_topk_weight"), ids)
 
 
-# SGLang 0.4.8 .. 0.5.1's ep_gather asserts hidden % 1024 == 0 (its BLOCK_D; 0.5.3 on falls back
-# to 128, which _gather_hidden always meets). Not required of any candidate: those releases
-# reject the other cases cleanly (REJECTED), later ones and ours compute them.
-GATHER_HIDDEN_1024 = Precondition(
-    "gather_hidden_1024", "hidden a multiple of 1024 (the gather's block in SGLang 0.4.8 .. 0.5.1)",
-    holds=lambda p: _gather_hidden(p) % 1024 == 0,
-    fit=lambda p: dataclasses.replace(p, hidden=-(-max(p.hidden, 1) // 1024) * 1024))
-
-
 def build_post_reorder_deepgemm(p: CaseParams, device) -> Sample:
     gen = make_generator(p, device)
     ids = case_ids(p, gen)
@@ -303,7 +294,7 @@ RECORDS = (
            (OutputSpec("output_tensor", buffer("output_tensor"), "float", "token", reduction_len=lambda p: p.topk),),
            ("float32", "bfloat16"), KERNELS, gather_cost, invalid_ids=True, large_shape=_LARGE,
            bench_anchors=_DS_EP8, bench_routing="dispatched", shape_label=lambda p: f"H={_gather_hidden(p)}",
-           preconditions=(GATHER_HIDDEN_1024,), sglang=SglangBinding(("ep_gather",)),
+           sglang=SglangBinding(("ep_gather",)),
            skips={("interpreter", "bfloat16"): "the interpreter computes bf16 products on raw bit patterns"},
            error_inputs=(
                ErrorInput("float32", set_arg("input_index", lambda a: a["input_index"][:, :1].contiguous()),
