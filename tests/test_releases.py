@@ -160,6 +160,19 @@ def test_cases_a_release_cannot_compute_here_get_no_verdict():
     assert res.status == "rejected" and "cannot express this case" in res.message, res.message
 
 
+def test_sglangs_own_limits_fit_its_cases_and_reject_nothing_of_others():
+    """ep_scatter's hidden >= 128 is a limit of SGLang's kernel (a binding limit), not of the op:
+    SGLang's cases are fitted into it, and no case breaks a precondition of the op's (so an
+    exception of ours on hidden < 128 stays FAILED)."""
+    from harness.cases import CaseParams
+    from harness.specs import SPECS
+    spec = SPECS["ep_scatter"]
+    p = CaseParams(op="ep_scatter", dtype="float32", tokens=5, topk=2, experts=4, start_expert=0, end_expert=3,
+                   hidden=64, seed=2)
+    assert spec.fit(p, spec.sglang.requires).hidden == 128 and spec.fit(p, ()).hidden == 64
+    assert spec.broken_preconditions(p) == ()
+
+
 # ----------------------------------------------------------------------------- the cache
 
 def test_versions_sort_as_pep_440():
