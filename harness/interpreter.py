@@ -64,6 +64,13 @@ it does not concern to the original):
       module's exceptions unwrapped (the interpreter wraps every exception of a kernel in
       InterpreterError(repr(exc))), so a harness sees their type and message.
 
+  ASTTransformer.visit_For (the rewrite of a kernel's source before it runs)
+      ``for i in range(...)`` and ``for i in tl.range(...)`` yield LoopInt, a Python int with
+      a Triton scalar's ``.to()``: compiled Triton makes a loop variable a tensor, and
+      SGLang's kernels widen it with ``.to(tl.int64)``, which a plain int lacks
+      (AttributeError on the interpreter only). The cast is the identity: Python ints do not
+      overflow. Left out, without error, where a Triton has no ASTTransformer.
+
 Checked against the interpreter sources of Triton 3.6.0 (the GPU image), 3.8.0 (what a fresh
 install gets with torch 2.14.1) and 3.9.0 (the CI venv), and tests/test_interpreter.py run
 with each: the replaced methods have the same role in all three; their argument lists differ
@@ -473,6 +480,37 @@ def _init_args_hst(self, args_dev, kwargs):
     return args_hst, kwargs_hst
 
 
+class LoopInt(int):
+    """A kernel's loop variable on the interpreter: an int with the ``.to(dtype)`` of a Triton
+    scalar (the identity: a Python int cannot overflow the dtype it is widened to)."""
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def loop_range(arg1, arg2=None, step=None, **kwargs):
+    """``range`` / ``tl.range`` of a kernel loop, yielding LoopInt (``tl.range``'s tuning
+    keywords, num_stages and the like, mean nothing here)."""
+    start, end = (0, arg1) if arg2 is None else (arg1, arg2)
+    return map(LoopInt, range(start, end, 1 if step is None else step))
+
+
+# The global name a rewritten kernel calls for its loops (copied into the kernel's module
+# globals by the interpreter's FunctionRewriter, as it does with its own helpers).
+_LOOP_RANGE = "_moe_harness_loop_range"
+
+
+def visit_For(self, node):
+    """Route ``for x in range(..)`` / ``tl.range(..)`` through loop_range."""
+    import ast
+    node = self.generic_visit(node)
+    it = node.iter
+    if isinstance(it, ast.Call) and ((isinstance(it.func, ast.Name) and it.func.id == "range")
+                                     or (isinstance(it.func, ast.Attribute) and it.func.attr == "range")):
+        it.func = ast.copy_location(ast.Name(id=_LOOP_RANGE, ctx=ast.Load()), it.func)
+    return node
+
+
 def _own_error(exc: BaseException) -> Optional[BaseException]:
     """This module's exception behind the interpreter's InterpreterError wrapping(s), if any."""
     seen = set()
@@ -554,6 +592,10 @@ def patch_interpreter() -> None:
     for key, cls, name, new in _targets(th):
         _ORIGINALS[key] = getattr(cls, name)
         setattr(cls, name, new)
+    if hasattr(th, "ASTTransformer"):  # optional: only kernels that cast loop variables need it
+        _ORIGINALS[("ast", "visit_For")] = th.ASTTransformer.__dict__.get("visit_For")
+        th.ASTTransformer.visit_For = visit_For
+        setattr(th, _LOOP_RANGE, loop_range)
 
 
 def unpatch_interpreter() -> None:
@@ -562,5 +604,12 @@ def unpatch_interpreter() -> None:
         return
     for key, cls, name, _ in _targets(_TH):
         setattr(cls, name, _ORIGINALS[key])
+    if ("ast", "visit_For") in _ORIGINALS:
+        original = _ORIGINALS[("ast", "visit_For")]
+        if original is None:
+            del _TH.ASTTransformer.visit_For
+        else:
+            _TH.ASTTransformer.visit_For = original
+        delattr(_TH, _LOOP_RANGE)
     _ORIGINALS.clear()
     _LAUNCHES.clear()

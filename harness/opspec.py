@@ -161,7 +161,9 @@ class SglangBinding:
     -> our argument, where a release renamed one (``_ptr`` suffixes need none). ``neutral``:
     parameters that releases added -> the value under which they compute our op (Neutral).
     ``conventions``: changes of meaning between releases, recognised from the callable
-    (Convention)."""
+    (Convention). ``limits``: input limits of SGLang's implementation alone, not of the op's
+    contract (Precondition objects; ``requires`` names them too): the cases drawn for SGLang
+    are fitted into them, and they never make another candidate's exception REJECTED."""
 
     names: Tuple[str, ...]
     grid: Optional[Callable[[Mapping[str, Any]], Tuple[int, ...]]] = None
@@ -169,6 +171,7 @@ class SglangBinding:
     aliases: Mapping[str, str] = field(default_factory=dict)
     neutral: Mapping[str, Neutral] = field(default_factory=dict)
     conventions: Tuple[Convention, ...] = ()
+    limits: Tuple[Precondition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -270,8 +273,9 @@ class OpSpec:
         return tuple(c for c in self.preconditions if not c.holds(p))
 
     def fit(self, p: CaseParams, requires) -> CaseParams:
-        """The case moved into the preconditions ``requires`` (ids) names."""
-        for c in self.preconditions:
+        """The case moved into the preconditions ``requires`` (ids) names (the record's, and
+        its SGLang binding's limits)."""
+        for c in self.preconditions + (self.sglang.limits if self.sglang else ()):
             if c.id in requires:
                 p = c.fit(p)
         return p

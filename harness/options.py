@@ -212,6 +212,82 @@ class CheckOptions(_DictForm):
         return tuple(d for d in (self.dtypes or spec_dtypes) if d in spec_dtypes)
 
 
+# ----------------------------------------------------------------------------- releases
+
+@dataclass(frozen=True)
+class ReleasesOptions(_DictForm):
+    """``moe-harness releases``: check SGLang releases and tabulate op x release.
+
+    ``releases`` empty: harness.releases.DEFAULT_RELEASES (with ``bisect``: its first and last,
+    the endpoints; otherwise exactly two endpoints). ``ops``, ``dtypes``, ``cases``, ``seed``,
+    ``preset``, ``jobs``, ``block_size``, ``timeout_s``, ``isolate`` and ``sglang_wheels`` go to each
+    release's check (``check_options``); ``bisect``: the op whose verdict change is searched
+    for among the index's versions between the endpoints; ``export_cache``: write a slim cache
+    of the releases (their kernel files without the wheels) to this folder instead of checking."""
+
+    releases: Tuple[str, ...] = ()
+    ops: Optional[Tuple[str, ...]] = None
+    dtypes: Optional[Tuple[str, ...]] = None
+    cases: int = 10
+    seed: int = 0
+    preset: Optional[str] = None
+    jobs: Optional[int] = None
+    block_size: Optional[int] = None
+    timeout_s: float = 1800.0
+    sglang_wheels: Tuple[str, ...] = ()
+    shrink: bool = True
+    isolate: bool = True
+    quiet: bool = False
+    json_path: Optional[str] = None
+    png_path: Optional[str] = None
+    bisect: Optional[str] = None
+    export_cache: Optional[str] = None
+
+    def __post_init__(self):
+        for name in ("releases", "ops", "dtypes", "sglang_wheels"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+        from .sglang.release import check_version
+        try:
+            object.__setattr__(self, "releases", tuple(check_version(v) for v in self.releases))
+        except ValueError as exc:
+            raise OptionError("VERSION", str(exc)) from None
+        if len(set(self.releases)) != len(self.releases):
+            raise OptionError("VERSION", f"expected each release once, got {' '.join(self.releases)}")
+        if self.bisect is not None:
+            _known_ops([self.bisect])
+            if self.ops:
+                raise OptionError("--bisect", "bisects one op (its argument); leave --op out")
+            if len(self.releases) not in (0, 2):
+                raise OptionError("--bisect", f"expected two endpoint releases (or none: the default list's first "
+                                              f"and last), got {len(self.releases)}")
+            if self.png_path or self.export_cache:
+                raise OptionError("--bisect", "makes no matrix: leave --png and --export-cache out")
+        if self.png_path:
+            import importlib.util
+            if importlib.util.find_spec("matplotlib") is None:
+                raise OptionError("--png", "needs matplotlib, the optional extra [plot]: "
+                                           "pip install 'moe-kernel-harness[plot]'")
+        # the per-release check validates the rest (ops, dtypes, cases, seed, preset, jobs, wheels)
+        self.check_options("0")
+
+    def selected_ops(self) -> Tuple[str, ...]:
+        """The ops of the matrix (or the bisected op), in order."""
+        return (self.bisect,) if self.bisect else self.check_options("0").selected_ops()
+
+    def check_options(self, version: str, ops: Optional[Sequence[str]] = None) -> "CheckOptions":
+        """The CheckOptions of one release's check (``ops`` replaces the selected ops; ``dtypes``
+        keeps those of the ops checked, as a release that lacks some ops checks fewer dtypes)."""
+        ops = ops or ((self.bisect,) if self.bisect else self.ops)
+        dtypes = self.dtypes
+        if dtypes and ops:
+            from .specs import SPECS
+            dtypes = tuple(d for d in dtypes if any(d in SPECS[op].dtypes for op in ops)) or dtypes
+        return CheckOptions(impls=(f"sglang=={version}",), ops=ops,
+                            dtypes=dtypes, cases=self.cases, seed=self.seed, preset=self.preset, jobs=self.jobs,
+                            block_size=self.block_size, timeout_s=self.timeout_s, sglang_wheels=self.sglang_wheels,
+                            shrink=self.shrink, isolate=self.isolate, quiet=self.quiet)
+
+
 # ----------------------------------------------------------------------------- bench
 
 BENCH_MODES = ("eager", "graph")

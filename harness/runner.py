@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 
 from .canonical import OrderFreeViolation, canonicalise
+from .sglang.bind import NotSupported
 from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
 from .status import CASE_FAILED, CASE_NOT_COMPUTABLE, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
@@ -434,6 +435,15 @@ class Candidate:
     graph: bool = False
 
 
+# What torch raises when code asks for a GPU that a CPU-only torch or machine lacks.
+_NO_CUDA = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available")
+
+
+def needs_cuda(exc: BaseException) -> bool:
+    """True for torch's error of a CUDA call without CUDA (never raised on a GPU machine)."""
+    return isinstance(exc, (AssertionError, RuntimeError)) and any(m in str(exc) for m in _NO_CUDA)
+
+
 def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_fresh: bool, what: str = ""):
     """One call of the candidate on guarded, poisoned outputs; its exception is the
     ``exception`` probe's failure (with the candidate's own frames), unless that probe is off,
@@ -447,6 +457,11 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
             raise ProbeFailure("not_computable", f"not computable on the interpreter: {exc}") from None
         if type(exc).__name__ == "StandInError":
             raise ProbeFailure("not_computable", f"not computable without the sglang package: {exc}") from None
+        if isinstance(exc, NotSupported):   # harness/sglang/bind.py, before calling the release
+            raise ProbeFailure("not_supported", f"{type(exc).__name__}: {exc}{what}") from None
+        if needs_cuda(exc):   # host code asking torch for a GPU (device properties): no verdict on the CPU
+            raise ProbeFailure("not_computable", f"not computable without a GPU: the candidate's host code "
+                                                 f"needs CUDA ({type(exc).__name__}: {exc})") from None
         if _on("exception"):
             raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}{what}",
                                {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
@@ -503,6 +518,11 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
     except ProbeFailure as f:
         if f.probe == "not_computable":
             return CaseResult(**base, status=CASE_NOT_COMPUTABLE, message=f.message)
+        if f.probe == "not_supported":
+            # the binding refused before any call: the release has no parameter for an argument
+            # this case gives (an optional feature it predates), which is not a wrong answer
+            return CaseResult(**base, status=CASE_REJECTED, probe=f.probe,
+                              message=f"rejected: the release cannot express this case: {f.message}")
         broken = spec.broken_preconditions(params)
         if f.probe == "exception" and broken:
             # out of contract for some implementations: a clean refusal is not a wrong answer

@@ -34,7 +34,8 @@ MEANINGS: Dict[str, str] = {
     CRASHED: "the child process died or hung inside a case (device fault, signal, timeout)",
     SKIPPED: "the backend cannot run this dtype, or an earlier crash used up the group's time",
     NOT_PROVIDED: "the implementation does not define this op",
-    REJECTED: "an out-of-contract input, cleanly rejected by the candidate",
+    REJECTED: "an out-of-contract input, cleanly rejected by the candidate (or a case an SGLang release cannot "
+              "be given: an argument it has no parameter for)",
     UNBINDABLE: "an SGLang function with a required parameter the harness cannot bind",
     NOT_COMPUTABLE: "a case the Triton interpreter cannot compute",
 }

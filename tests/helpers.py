@@ -1,6 +1,9 @@
 """Shared builders and slow, obviously-right formulations used by the tests."""
 from __future__ import annotations
 
+import textwrap
+import zipfile
+
 import torch
 
 
@@ -44,3 +47,27 @@ def silu_f64(x):
 def gelu_tanh_f64(x):
     import math
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+# A toy EP-MoE kernel file: a correct run_moe_ep_preproess, importing sglang.* names (stand-ins).
+TOY_KERNELS = """
+    import torch
+    from sglang.srt.utils import ceil_div, is_cuda
+
+    def run_moe_ep_preproess(topk_ids, num_experts):
+        flat = topk_ids.reshape(-1)
+        reorder, order = torch.sort(flat, stable=True)
+        src2dst = torch.empty_like(order, dtype=torch.int32)
+        src2dst[order] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
+        bounds = torch.arange(num_experts + 1, device=flat.device, dtype=reorder.dtype)
+        return reorder, src2dst, torch.searchsorted(reorder, bounds).to(torch.int64)
+    """
+
+
+def toy_wheel(folder, version="9.9.9", path="sglang/srt/layers/moe/ep_moe/kernels.py", text=TOY_KERNELS):
+    """An sglang wheel holding one kernel file (``text``, dedented) at ``path``: a toy release."""
+    wheel = folder / f"sglang-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(path, textwrap.dedent(text))
+        zf.writestr("sglang/__init__.py", "")
+    return wheel

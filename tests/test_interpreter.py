@@ -465,3 +465,21 @@ def test_offsets_are_counted_from_the_view_the_kernel_was_given(K, rng):
                                                      r"argument, \(64,\) torch.float32; its memory holds elements "
                                                      r"-16 to 71 of that type\)"):
         _launch(K.store_one_block_past_kernel, 64, x, storage[16:80], block=64)
+
+
+@pytest.mark.parametrize("tl_range", [False, True])
+def test_loop_variables_have_a_to_method(K, rng, tl_range):
+    """``for i in range(..)`` / ``tl.range(..)`` then ``i.to(tl.int64)`` (SGLang's ep_gather):
+    an AttributeError on the stock interpreter, the identity with the patch."""
+    from triton.runtime.interpreter import InterpretedFunction
+    x = torch.randn(5, generator=rng)
+    out = torch.zeros(5)
+
+    def run():
+        InterpretedFunction.rewritten_fn.pop(K.loop_widen_kernel.fn, None)  # rewrite under the current patch
+        K.loop_widen_kernel[(1,)](x, out, 5, TL_RANGE=tl_range)
+    with unpatched:
+        with pytest.raises(Exception, match="has no attribute 'to'"):
+            run()
+    run()
+    assert torch.equal(out, x * 2)

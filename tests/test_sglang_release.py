@@ -31,7 +31,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import zipfile
 
 import pytest
 import torch
@@ -47,6 +46,7 @@ from harness.sglang.release import (KERNEL_PATHS, ReleaseError, cache_root, load
                                     wheel_version)
 from harness.specs import SPECS
 from harness.status import NOT_PROVIDED, UNBINDABLE
+from tests.helpers import TOY_KERNELS, toy_wheel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SGLANG_INSTALLED = importlib.util.find_spec("sglang") is not None
@@ -240,11 +240,16 @@ def test_unknown_required_parameter_is_unbindable_before_any_call(tmp_path):
 
 def test_an_argument_the_callable_cannot_honour_raises_not_supported(tmp_path):
     mod = load_kernel_file(_write(tmp_path / "k.py", KERNELS))
-    bound = bind_op("scale", mod.function, OpBinding(args=("x", "n", "new_mode", "block_shape")))
+    bound = bind_op("scale", mod.function, OpBinding(args=("x", "n", "new_mode", "block_shape"),
+                                                     defaults={"block_shape": None}))
     assert bound.unused == ("block_shape",)
     assert torch.equal(bound(torch.ones(3), 2, "on", None), torch.full((2,), 2.0))  # None: nothing to honour
     with pytest.raises(NotSupported, match=r"no parameter for scale's argument block_shape \(given \[128, 128\]\)"):
         bound(torch.ones(3), 2, "on", [128, 128])
+    # a required argument of the op that the callable lacks: unbindable before any call
+    lacking = bind_op("scale", mod.function, OpBinding(args=("x", "n", "new_mode", "valid_counts")))
+    assert isinstance(lacking, Unbindable) and lacking.missing and lacking.parameter == "valid_counts"
+    assert "has no parameter for scale's argument 'valid_counts'" in str(lacking)
 
 
 def test_records_release_knowledge_names_the_ops_real_arguments():
@@ -297,28 +302,6 @@ def test_sglang_style_file_binds_by_signature():
 
 # ----------------------------------------------------------------------------- release.py, offline
 
-TOY_KERNELS = """
-    import torch
-    from sglang.srt.utils import ceil_div, is_cuda
-
-    def run_moe_ep_preproess(topk_ids, num_experts):
-        flat = topk_ids.reshape(-1)
-        reorder, order = torch.sort(flat, stable=True)
-        src2dst = torch.empty_like(order, dtype=torch.int32)
-        src2dst[order] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
-        bounds = torch.arange(num_experts + 1, device=flat.device, dtype=reorder.dtype)
-        return reorder, src2dst, torch.searchsorted(reorder, bounds).to(torch.int64)
-    """
-
-
-def _toy_wheel(folder, version="9.9.9", path=KERNEL_PATHS[1], text=TOY_KERNELS):
-    wheel = folder / f"sglang-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(path, textwrap.dedent(text))
-        zf.writestr("sglang/__init__.py", "")
-    return wheel
-
-
 def test_wheel_names_and_versions():
     assert wheel_version("/x/sglang-0.4.10.post2-py3-none-any.whl") == "0.4.10.post2"
     assert wheel_version("sglang-0.5.23-cp311-cp311-manylinux_2_34_x86_64.whl") == "0.5.23"
@@ -340,7 +323,7 @@ def test_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
 
 def test_registered_wheel_is_found_again_by_version_without_pip(tmp_path, monkeypatch, backend):
     import harness.sglang.release as release
-    wheel = _toy_wheel(tmp_path)
+    wheel = toy_wheel(tmp_path)
     root = tmp_path / "cache"
     rel = resolve(wheel=wheel, root=root)
     assert (rel.version, rel.kernel_path) == ("9.9.9", KERNEL_PATHS[1])
@@ -360,7 +343,7 @@ def test_registered_wheel_is_found_again_by_version_without_pip(tmp_path, monkey
 
 def test_check_takes_a_release_from_sglang_wheel(tmp_path, monkeypatch, backend):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    wheel = _toy_wheel(tmp_path, version="9.9.8", path=KERNEL_PATHS[0])
+    wheel = toy_wheel(tmp_path, version="9.9.8", path=KERNEL_PATHS[0])
     rows = run_check(_args(["sglang==9.9.8"], ["ep_preprocess", "pre_reorder"], ["int32", "float32"],
                            sglang_wheels=[str(wheel)]), backend)
     assert [(r.op, r.impl, r.status) for r in rows] == [("ep_preprocess", "sglang==9.9.8", "passed"),
@@ -378,7 +361,7 @@ def test_sglang_wheel_option_names_a_bad_wheel(tmp_path):
 
 
 def test_wheel_without_the_kernel_file_is_a_clear_error(tmp_path):
-    wheel = _toy_wheel(tmp_path, path="sglang/srt/other.py")
+    wheel = toy_wheel(tmp_path, path="sglang/srt/other.py")
     with pytest.raises(ReleaseError, match=r"sglang==9.9.9 .*no EP-MoE kernel file at any of the paths"):
         resolve(wheel=wheel, root=tmp_path / "cache")
     with pytest.raises(ReleaseError, match="no such file"):
@@ -508,7 +491,7 @@ def test_release_0_5_5_conventions_bind_and_its_post_reorder_drops_local_expert_
     rows = run_check(_args(["sglang==0.5.5"], ["ep_preprocess", "post_reorder"], ["int64", "float32"]), backend)
     by_op = {r.op: r for r in rows}
     assert by_op["ep_preprocess"].status == "passed", by_op["ep_preprocess"].failure
-    # 0.5.4 .. 0.5.12 test `expert_id > 0` on local ids: local expert 0's rows are dropped.
+    # 0.5.3.post1 .. 0.5.12.post1 test `expert_id > 0` on local ids: local expert 0's rows are dropped.
     assert by_op["post_reorder"].status == "FAILED" and by_op["post_reorder"].failure["probe"] == "tolerance"
 
 
@@ -517,7 +500,7 @@ def test_bench_takes_a_release_from_sglang_wheel(tmp_path, monkeypatch):
     from harness.bench import _load_impls
     from harness.options import BenchOptions
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    wheel = _toy_wheel(tmp_path, version="9.9.7", path=KERNEL_PATHS[0])
+    wheel = toy_wheel(tmp_path, version="9.9.7", path=KERNEL_PATHS[0])
     with pytest.raises(OptionError, match="--sglang-wheel"):
         BenchOptions(ops=["ep_preprocess"], impls=["sglang==9.9.7"], sglang_wheels=[str(tmp_path / "none.whl")])
     impls, _, _ = _load_impls(BenchOptions(ops=["ep_preprocess"], impls=["sglang==9.9.7"], sglang_wheels=[str(wheel)]))

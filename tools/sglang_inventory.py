@@ -168,7 +168,11 @@ def _wheel_for(version: str, wheels: Optional[str]) -> str:
         if not found:
             raise SystemExit(f"--wheels {wheels}: no sglang-{version}-*.whl")
         return found[0]
-    return os.fspath(resolve(version).wheel)
+    release = resolve(version)
+    if release.wheel is None:  # a slim cache (moe-harness releases --export-cache) keeps no wheels
+        raise SystemExit(f"sglang=={version}: the cache {release.folder} is slim (no wheel); the inventory reads "
+                         f"the wheel: pass --wheels DIR or use a full cache")
+    return os.fspath(release.wheel)
 
 
 def render(entries: List[dict]) -> str:

@@ -4,4 +4,4 @@
 engine module of the same name. Only these modules (and harness.cli) use argparse."""
 
 # Subcommand modules, in the order ``moe-harness --help`` lists them.
-COMMAND_MODULES = ("check", "ep_world", "bench", "mutate")
+COMMAND_MODULES = ("check", "releases", "ep_world", "bench", "mutate")

@@ -106,7 +106,7 @@ ROWS_FROM_ZERO = Neutral(
 
 def _local_topk_ids(a):
     """Global expert ids -> this rank's local ids (id - start), -1 elsewhere, int32: what SGLang's
-    standard dispatcher hands the EP kernels from 0.5.4 on (its local_expert_mapping)."""
+    standard dispatcher hands the EP kernels from 0.5.3.post1 on (its local_expert_mapping)."""
     ids, start, end = a["topk_ids"], a["start_expert_id"], a["end_expert_id"]
     local = (ids >= start) & (ids <= end)
     return torch.where(local, ids - start, torch.full_like(ids, -1)).to(torch.int32)
@@ -116,7 +116,7 @@ LOCAL_EXPERT_IDS = Convention(
     "local expert ids",
     applies=lambda t: "start_expert_id" not in t.param_names and "topk_ids_ptr" in t.param_names,
     args={"topk_ids_ptr": _local_topk_ids}, consumes=("topk_ids", "start_expert_id", "end_expert_id"),
-    releases="0.5.4 .. 0.5.22",
+    releases="0.5.3.post1 .. 0.5.22",
     why="the kernel lost start_expert_id/end_expert_id: it takes this rank's local ids (-1 for other ranks' "
         "experts), as SGLang's dispatcher remaps them")
 

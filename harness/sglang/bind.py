@@ -15,7 +15,9 @@ call, where each parameter's value comes from:
 4. the parameter's own default, when it has one (unknown optional parameters stay there).
 
 A required parameter that none of these supplies gives ``Unbindable(parameter, op,
-reason)``, and no call is made. The result of a successful plan is a ``Binding``: a
+reason)``, and no call is made; so does a required argument of the op (no default) that
+the callable has no parameter for (an earlier contract without it: 0.4.8 .. 0.5.16's
+ep_scatter has no num_valid_tokens_per_expert). The result of a successful plan is a ``Binding``: a
 callable with the op's signature (the harness's argument order: the parameters of the
 record's reference) that launches a Triton kernel on the record's grid
 (``record.sglang.grid``; an empty grid is not launched) or calls a function, and applies
@@ -119,8 +121,11 @@ class Unbindable:
     op: str
     reason: str
     target: str = ""
+    missing: bool = False   # ``parameter`` is a required argument of the op that the callable lacks
 
     def __str__(self) -> str:
+        if self.missing:
+            return f"{self.target or self.op} has no parameter for {self.op}'s argument {self.parameter!r}: {self.reason}"
         return f"{self.target or self.op} has parameter {self.parameter!r}: {self.reason}"
 
 
@@ -219,6 +224,10 @@ def plan(op: str, target: Target, spec: OpBinding
                               target.name)
         steps.append(Step(p.name, kind, source, get))
     unused = tuple(a for a in spec.args if a not in used and a not in spec.tuning)
+    lacking = [a for a in unused if a not in spec.defaults]
+    if lacking:  # a required argument (never neutral): every call would be NotSupported
+        return Unbindable(lacking[0], op, "a required argument of the op; the callable implements a contract "
+                                          "without it", target.name, missing=True)
     return steps, conventions, unused
 
 

@@ -3,8 +3,18 @@
 ``resolve("0.4.10.post2")`` downloads the release wheel with pip (``--no-deps --only-binary
 :all:``; the registry is the only network the harness ever touches, and only for a
 ``sglang==VERSION`` source), keeps the wheel and the extracted kernel file(s) in the cache
-folder ``$XDG_CACHE_HOME/moe-kernel-harness/sglang/VERSION`` (``~/.cache`` when
-XDG_CACHE_HOME is unset), and returns a ``Release`` that names the extracted kernel file.
+folder ``cache_root()/VERSION`` and returns a ``Release`` that names the extracted kernel file.
+``cache_root()`` is ``$MOE_HARNESS_SGLANG_CACHE`` when set (the folder holding the VERSION
+folders), else ``$XDG_CACHE_HOME/moe-kernel-harness/sglang`` (``~/.cache`` when
+XDG_CACHE_HOME is unset).
+
+A cache folder is ``release.json`` (version, wheel name and sha256, the extracted paths,
+the kernel path) and ``files/`` (the extracted files), plus the wheel. Only ``release.json``
+and ``files/`` are read to load a release, so a *slim* cache without the wheels works
+offline: ``export_slim_cache(versions, dest)`` copies them (tens of kB per release, where
+the wheels are up to 40 MB) for a machine without an index (``moe-harness releases
+--export-cache DIR``; there, ``MOE_HARNESS_SGLANG_CACHE=DIR``). A slim release's
+``Release.wheel`` is None.
 ``resolve(wheel="path/to/sglang-V-....whl")`` does the same from a wheel on disk, for
 machines without an index (carry the wheel; it is registered in the cache under its
 version, so a later ``sglang==V`` on that machine finds it without pip).
@@ -89,13 +99,14 @@ class Release:
     """One SGLang release's kernel files, extracted into the cache.
 
     version: the release version (from the wheel's file name); folder: the cache folder;
-    wheel: the cached wheel; files: path inside the wheel -> extracted local file, for the
-    paths of KERNEL_PATHS (and LAYER_PATHS) that the wheel has; kernel_path: the first of
-    KERNEL_PATHS present (the EP-MoE kernel file)."""
+    wheel: the cached wheel (None in a slim cache, which keeps only the extracted files);
+    files: path inside the wheel -> extracted local file, for the paths of KERNEL_PATHS (and
+    LAYER_PATHS) that the wheel has; kernel_path: the first of KERNEL_PATHS present (the
+    EP-MoE kernel file)."""
 
     version: str
     folder: Path
-    wheel: Path
+    wheel: Optional[Path]
     files: Dict[str, Path]
     kernel_path: str
 
@@ -121,8 +132,16 @@ def check_version(version: str) -> str:
     return v
 
 
+CACHE_ENV = "MOE_HARNESS_SGLANG_CACHE"
+
+
 def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/moe-kernel-harness/sglang`` (``~/.cache`` when XDG_CACHE_HOME is unset)."""
+    """``$MOE_HARNESS_SGLANG_CACHE`` when set (a folder of VERSION folders, e.g. a carried slim
+    cache), else ``$XDG_CACHE_HOME/moe-kernel-harness/sglang`` (``~/.cache`` when
+    XDG_CACHE_HOME is unset)."""
+    own = os.environ.get(CACHE_ENV)
+    if own:
+        return Path(os.path.expanduser(own))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "moe-kernel-harness" / "sglang"
 
@@ -198,6 +217,46 @@ def fetch_wheel(version: str, dest: os.PathLike) -> Path:
                        f"--only-binary :all: -d DIR).")
 
 
+def version_key(version: str) -> tuple:
+    """A sort key ordering release versions as PEP 440 does for the forms _VERSION_RE accepts:
+    X.devN < XaN < XbN < XrcN < X < X.postN, release numbers compared without trailing zeros."""
+    m = re.match(r"^([0-9]+(?:\.[0-9]+)*)(?:(a|b|rc)([0-9]+))?(?:\.post([0-9]+))?(?:\.dev([0-9]+))?$",
+                 check_version(version))
+    nums = [int(x) for x in m.group(1).split(".")]
+    while len(nums) > 1 and nums[-1] == 0:
+        nums.pop()
+    pre, post, dev = m.group(2), m.group(4), m.group(5)
+    if pre:
+        pre_key = (0, ("a", "b", "rc").index(pre), int(m.group(3)))
+    elif dev is not None and post is None:
+        pre_key = (-1, 0, 0)  # X.devN comes before any pre-release of X
+    else:
+        pre_key = (1, 0, 0)
+    return (tuple(nums), pre_key, int(post) if post is not None else -1,
+            int(dev) if dev is not None else float("inf"))
+
+
+def sort_versions(versions) -> list:
+    """The versions, deduplicated, oldest first (version_key)."""
+    return sorted(set(versions), key=version_key)
+
+
+def index_versions(timeout_s: float = 120.0) -> list:
+    """The sglang releases the package index serves (``pip index versions sglang``), oldest
+    first. ReleaseError when pip cannot reach the index or prints no version list."""
+    cmd = [sys.executable, "-m", "pip", "index", "versions", PACKAGE, "--disable-pip-version-check", "--no-input"]
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ReleaseError(f"{' '.join(cmd[2:])}: no answer in {timeout_s:.0f} s") from None
+    for line in proc.stdout.splitlines():
+        if line.strip().startswith("Available versions:"):
+            found = [v.strip() for v in line.split(":", 1)[1].split(",")]
+            return sort_versions(v for v in found if _VERSION_RE.match(v))
+    tail = "\n".join(_clip(ln) for ln in proc.stdout.strip().splitlines()[-3:])
+    raise ReleaseError(f"{' '.join(cmd[2:])}: the package index gave no version list:\n{tail}")
+
+
 # ----------------------------------------------------------------------------- cache
 
 def _read_record(folder: Path) -> Optional[dict]:
@@ -214,7 +273,8 @@ def _release(folder: Path, record: dict) -> Release:
     if missing:
         raise ReleaseError(f"sglang=={record['version']}: the cache folder {folder} lacks {missing[0]}; "
                            f"delete the folder to fetch the release again")
-    return Release(record["version"], folder, folder / record["wheel"], files, record["kernel_path"])
+    wheel = folder / record["wheel"]
+    return Release(record["version"], folder, wheel if wheel.is_file() else None, files, record["kernel_path"])
 
 
 def _extract(wheel: Path, version: str, staging: Path) -> dict:
@@ -329,6 +389,38 @@ def resolve(version: Optional[str] = None, wheel: Optional[os.PathLike] = None,
             return _reextract(root, version, record)
         with tempfile.TemporaryDirectory(prefix=f".download-{version}-", dir=root) as tmp:
             return _install(fetch_wheel(version, tmp), version, root)
+
+
+def cached_versions(root: Optional[os.PathLike] = None) -> list:
+    """The versions with a complete folder in the cache (``root`` or cache_root()), oldest first."""
+    root = Path(root) if root is not None else cache_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        record = _read_record(folder) if folder.is_dir() and _VERSION_RE.match(folder.name) else None
+        if record is not None and record.get("version") == folder.name:
+            found.append(folder.name)
+    return sort_versions(found)
+
+
+def export_slim_cache(versions: Sequence[str], dest: os.PathLike,
+                      root: Optional[os.PathLike] = None) -> Dict[str, int]:
+    """Copy each release's ``release.json`` and ``files/`` (no wheel) into ``dest/VERSION``:
+    a cache that loads offline with ``MOE_HARNESS_SGLANG_CACHE=dest``. Each release comes
+    from ``resolve`` (the cache, else pip). Returns version -> bytes copied."""
+    dest = Path(dest)
+    sizes: Dict[str, int] = {}
+    for version in versions:
+        rel = resolve(version, root=root)
+        target = dest / rel.version
+        if target.resolve() == rel.folder.resolve():
+            raise ReleaseError(f"--export-cache {dest}: that is the cache being read; choose another folder")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(rel.folder / "files", target / "files")
+        shutil.copy2(rel.folder / _RECORD, target / _RECORD)
+        sizes[rel.version] = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    return sizes
 
 
 # ----------------------------------------------------------------------------- loading
