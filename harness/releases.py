@@ -35,7 +35,7 @@ from .report import Row
 from .status import CHECKED, CRASHED, FAILED, NOT_COMPUTABLE, NOT_PROVIDED, PASSED, REJECTED, SKIPPED, UNBINDABLE
 
 # A representative list from 0.4.x to the newest: the two kernel-file layouts (0.5.16 moved
-# it), the new parameters of 0.4.8 .. 0.4.10, 0.5.x's conventions, and the post_reorder bug
+# it), the new parameters of 0.4.8 .. 0.4.10, 0.5.x's conventions, and the expert-0 gate bug
 # of 0.5.3.post1 .. 0.5.12.post1 on both sides (0.5.1 before, 0.5.5 and 0.5.9 inside, 0.5.13
 # after; --bisect found both ends).
 DEFAULT_RELEASES: Tuple[str, ...] = ("0.4.6.post1", "0.4.8", "0.4.10.post2", "0.5.1", "0.5.5", "0.5.9", "0.5.13",

@@ -7,7 +7,7 @@ Only the first masked_m[e] rows of an expert's slab are defined: the slab output
 returned from a fresh allocation, so their other rows are not compared (OutputSpec.defined);
 the expanded rows of masked_slab_to_expand outside the experts' segments likewise. Rows that
 the dispatch index places with atomics are compared order-free through ``src2dst``
-(harness.canonical), as ep_scatter's are. Our Triton kernels: optimized/masked.py (the
+(harness.canonical), as the contiguous layout's scatter's are. Our Triton kernels: optimized/masked.py (the
 dispatch index and the masked preprocess with its fused quantisation); ``ours`` for the
 others is the reference (host-side, no graph probe), and their mutants patch it.
 ``get_tma_aligned_size`` returns an int, not a tensor: tests/test_masked_records.py compares

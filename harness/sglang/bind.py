@@ -17,7 +17,7 @@ call, where each parameter's value comes from:
 A required parameter that none of these supplies gives ``Unbindable(parameter, op,
 reason)``, and no call is made; so does a required argument of the op (no default) that
 the callable has no parameter for (an earlier contract without it: 0.4.8 .. 0.5.16's
-ep_scatter has no num_valid_tokens_per_expert). The result of a successful plan is a ``Binding``: a
+contiguous-layout scatter has no num_valid_tokens_per_expert). The result of a successful plan is a ``Binding``: a
 callable with the op's signature (the harness's argument order: the parameters of the
 record's reference) that launches a Triton kernel on the record's grid
 (``record.sglang.grid``; an empty grid is not launched) or calls a function, and applies
