@@ -490,8 +490,8 @@ def _own_error(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
-# Per running launch: the ids of the language modules its own _patch_lang patched (None until
-# the launch's call, the first one after it starts).
+# Per running launch: the ids of the language modules patched since it started (None before
+# the launch's own _patch_lang call).
 _LANG_PATCHED: List[Optional[frozenset]] = []
 
 
@@ -505,10 +505,11 @@ def patch_lang(fn):
     that has already patched the language modules the helper sees (see the module docstring)."""
     if _LANG_PATCHED:
         langs = _lang_modules(fn)
-        if _LANG_PATCHED[-1] is None:       # the launch's own call: patch, and remember what
-            _LANG_PATCHED[-1] = langs
-        elif langs <= _LANG_PATCHED[-1]:    # a nested helper: nothing left to patch
-            return _TH._LangPatchScope()
+        if _LANG_PATCHED[-1] is not None and langs <= _LANG_PATCHED[-1]:
+            return _TH._LangPatchScope()    # a nested helper: nothing left to patch
+        # the launch's own call, or a helper that sees another language module: patch, and
+        # remember it (a helper's patch stays until the launch ends, as it does in the stock code)
+        _LANG_PATCHED[-1] = langs | (_LANG_PATCHED[-1] or frozenset())
     return _ORIGINALS[("module", "_patch_lang")](fn)
 
 

@@ -44,3 +44,16 @@ def silu_f64(x):
 def gelu_tanh_f64(x):
     import math
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def memoised_on_shapes(preprocess):
+    """ep_preprocess(topk_ids, num_experts) with its result cached on the shapes: the bug the
+    decoy call exposes (a result from an earlier call with other values)."""
+    memo = {}
+
+    def cached(topk_ids, num_experts):
+        key = (tuple(topk_ids.shape), topk_ids.dtype, num_experts)
+        if key not in memo:
+            memo[key] = preprocess(topk_ids, num_experts)
+        return memo[key]
+    return cached

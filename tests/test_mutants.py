@@ -23,6 +23,7 @@ from harness.fuzz import PRESETS, narrow_rank_case, sweep
 from harness.mutants import CATALOGUE, MUTANTS, Mutant, StalePatch, implementation, module_path, patched_source
 from harness.runner import Candidate, run_case
 from harness.specs import SPECS
+from tests.helpers import memoised_on_shapes
 
 # Cases per mutant and dtype in CI. Across seeds 0-6 no interpreter mutant needed more than
 # 10 (the explicit empty-batch case included); killed mutants stop at their first failure.
@@ -197,13 +198,7 @@ def test_mutate_json_records_each_verdict_as_it_arrives(backend, tmp_path, capsy
 
 def test_result_cached_from_an_earlier_call_is_caught_on_the_first_case(seed, device):
     """The decoy call (same shapes, another seed) before the real runs exposes memoisation."""
-    memo = {}
-
-    def cached(topk_ids, num_experts):
-        key = (tuple(topk_ids.shape), topk_ids.dtype, num_experts)
-        if key not in memo:
-            memo[key] = reference.ep_preprocess(topk_ids, num_experts)
-        return memo[key]
+    cached = memoised_on_shapes(reference.ep_preprocess)
     p = CaseParams(op="ep_preprocess", dtype="int32", tokens=9, topk=3, experts=8, seed=seed)
     res = run_case(SPECS["ep_preprocess"], Candidate(cached), p, device, "cached")
     assert (res.status, res.probe) == ("failed", "exact"), res.message
