@@ -223,6 +223,8 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
         (impl_src, op, dtypes), c = item
         worker = slots.get()
         try:
+            if options.budget_s:
+                worker.ready()  # a row's share of the budget starts after its child's imports
             row_options = budget.options_for_next_row()
             if len(plan) > 1:
                 row_options = dataclasses.replace(row_options, cases=plan[c][0], seed=plan[c][1])

@@ -125,6 +125,12 @@ class RowWorker:
                                pipe=True, daemon=True)
         return self.child
 
+    def ready(self) -> Waited:
+        """Start the child if needed and wait for its "ready" (imports done): MESSAGE, or how the
+        start failed."""
+        child = self.take()
+        return Waited(MESSAGE) if child.started else child.wait(startup_s=STARTUP_LIMIT_S)
+
     def close(self) -> None:
         if self.child is not None:
             self.child.close()
@@ -186,11 +192,8 @@ def _run_group(options: "CheckOptions", backend: str, impl_src: str, op: str, dt
     budget_reason = f"timeout after {timeout:g} s (the time limit of {op})" if timeout else ""
     while remaining:
         job = dict(impl=impl_src, op=op, dtypes=remaining, options=options.to_dict())
-        child = worker.take()
-        if not child.started:  # its "ready": imports done
-            waited = child.wait(startup_s=STARTUP_LIMIT_S)
-        else:
-            waited = Waited(MESSAGE)
+        waited = worker.ready()
+        child = worker.child
         if waited.kind == MESSAGE:
             child.send(job)
             waited = child.wait(budget_s=budget, budget_reason=budget_reason, stall_s=case_timeout,
