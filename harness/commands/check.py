@@ -68,7 +68,8 @@ def add_parser(sub):
 
 def options_from_args(args) -> CheckOptions:
     """The parsed command line as CheckOptions (OptionError for a value that cannot run)."""
-    return CheckOptions(ops=args.op, impls=args.impl, dtypes=args.dtype, cases=args.cases, profile=args.profile, budget_s=args.budget, seed=args.seed,
+    return CheckOptions(ops=args.op, impls=args.impl, dtypes=args.dtype, cases=args.cases, profile=args.profile,
+                        budget_s=args.budget, seed=args.seed,
                         preset=args.preset, case=args.case, shrink=not args.no_shrink, block_size=args.block_size,
                         isolate=args.isolate, timeout_s=args.timeout, case_timeout_s=args.case_timeout,
                         jobs=args.jobs, chunk=args.chunk, gpus=args.gpus, json_path=args.json, quiet=args.quiet,

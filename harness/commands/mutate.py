@@ -35,8 +35,8 @@ def add_parser(sub):
 
 def options_from_args(args) -> MutateOptions:
     """The parsed command line as MutateOptions (OptionError for a value that cannot run)."""
-    return MutateOptions(ops=args.op, mutants=args.mutant, cases=args.cases, profile=args.profile, seed=args.seed, jobs=args.jobs,
-                         shrink=not args.no_shrink, case_timeout_s=args.case_timeout, json_path=args.json,
+    return MutateOptions(ops=args.op, mutants=args.mutant, cases=args.cases, profile=args.profile, seed=args.seed,
+                         jobs=args.jobs, shrink=not args.no_shrink, case_timeout_s=args.case_timeout, json_path=args.json,
                          list_only=args.list, quiet=args.quiet)
 
 
