@@ -6,13 +6,15 @@ what a CheckOptions selects, in this process or in isolated children (harness.is
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+import threading
 import time
 from dataclasses import asdict
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .backend import describe
-from .isolate import run_group
+from .isolate import RowWorker, run_group
 from .options import CheckOptions, gpu_count
 from .records import write_json
 from .report import Row, format_failures, format_table
@@ -20,35 +22,79 @@ from .row_check import check_one
 from .status import FAILING, NOTHING_CHECKED, exit_code, nothing_checked
 
 
-def _progress(enabled: bool):
-    state = {"n": 0, "t0": time.time()}
-
-    def tick(label: str):
-        state["n"] += 1
-        if enabled:
-            sys.stderr.write(f"\r[{time.time() - state['t0']:6.1f}s] {state['n']:6d} cases  {label:<60.60}")
-            sys.stderr.flush()
-
-    def done():
-        if enabled:
-            sys.stderr.write("\n")
-    return tick, done
+PROGRESS_EVERY_S = 10.0  # the periodic line's period
 
 
-def _row_lines(enabled: bool, on_rows: Optional[Callable[[List[Row]], None]]):
-    """on_rows, plus one line per finished row on stderr (whether or not it is a terminal, so a
-    CI log shows the run going on): op, implementation, dtype, status, cases and seconds."""
-    t0 = time.time()
+class LiveProgress:
+    """What the check is doing, on stderr (nothing with ``enabled`` False):
 
-    def finished(rows: List[Row]) -> None:
-        if enabled:
+    - a line per finished row, whether or not stderr is a terminal (a CI log shows the run as
+      it goes): op, implementation, dtype, status, cases and seconds;
+    - every ``every_s`` seconds a line with the rows in flight and their cases so far, and the
+      rows done of all (a long row, 40 s of GEMM cases on the interpreter, is not silence);
+    - on a terminal, also a line rewritten at each case.
+
+    ``case(op, impl, dtype, n)`` is told of each case (n: that row's cases so far, None: one more)."""
+
+    def __init__(self, enabled: bool, total_rows: int, every_s: float = PROGRESS_EVERY_S,
+                 on_rows: Optional[Callable[[List[Row]], None]] = None):
+        self.enabled, self.total, self.every_s, self.on_rows = enabled, total_rows, every_s, on_rows
+        self.tty = enabled and sys.stderr.isatty()
+        self.t0 = time.time()
+        self.lock = threading.Lock()
+        self.in_flight: Dict[Tuple[str, str, str], int] = {}
+        self.rows_done = self.cases = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _write(self, text: str) -> None:
+        sys.stderr.write(("\n" if self.tty else "") + text + "\n")
+        sys.stderr.flush()
+
+    def case(self, op: str, impl: str, dtype: str, n: Optional[int] = None) -> None:
+        with self.lock:
+            key = (op, impl, dtype)
+            before = self.in_flight.get(key, 0)
+            now = before + 1 if n is None else n
+            self.in_flight[key] = now
+            self.cases += max(0, now - before)
+            if self.tty:
+                sys.stderr.write(f"\r[{time.time() - self.t0:6.1f}s] {self.cases:6d} cases  "
+                                 f"{op} [{impl}, {dtype}] case {now:<20}")
+                sys.stderr.flush()
+
+    def finished(self, rows: List[Row]) -> None:
+        with self.lock:
             for r in rows:
-                sys.stderr.write(f"\n[{time.time() - t0:7.1f}s] {r.op} [{r.impl}, {r.dtype}]: {r.status}, "
-                                 f"{r.run} case(s) in {r.seconds:.1f} s\n")
-            sys.stderr.flush()
-        if on_rows:
-            on_rows(rows)
-    return finished
+                self.in_flight.pop((r.op, r.impl, r.dtype), None)
+                self.rows_done += 1
+                if self.enabled:
+                    self._write(f"[{time.time() - self.t0:7.1f}s] {r.op} [{r.impl}, {r.dtype}]: {r.status}, "
+                                f"{r.run} case(s) in {r.seconds:.1f} s")
+        if self.on_rows:
+            self.on_rows(rows)
+
+    def periodic_line(self) -> str:
+        with self.lock:
+            flight = "; ".join(f"{op} [{impl}, {dtype}] {n} case(s)" for (op, impl, dtype), n in self.in_flight.items())
+            return (f"[{time.time() - self.t0:7.1f}s] {self.rows_done}/{self.total} rows done"
+                    + (f"; running: {flight}" if flight else ""))
+
+    def __enter__(self) -> "LiveProgress":
+        if self.enabled and self.every_s > 0:
+            def beat():
+                while not self._stop.wait(self.every_s):
+                    self._write(self.periodic_line())
+            self._thread = threading.Thread(target=beat, name="check-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.tty:
+            sys.stderr.write("\n")
 
 
 def run_check(options: CheckOptions, backend: str,
@@ -67,21 +113,42 @@ def run_check(options: CheckOptions, backend: str,
     ops = options.selected_ops()
     single = options.single_case()
     rows: List[Row] = []
-    tick, done = _progress(not options.quiet and sys.stderr.isatty())
-    finished = _row_lines(not options.quiet, on_rows)
-    if options.isolate:
-        # Each (implementation, op) in a child process: faults and hangs become CRASHED rows.
-        groups = [(impl_src, op) for impl_src in options.impls for op in ops]
-        rows.extend(_run_groups(options, backend, groups, tick, finished))
-    else:
-        for impl_src in options.impls:
-            impl = load_implementation(impl_src, block_size=options.block_size)
-            for op in ops:
-                for dtype in options.dtypes_of(op):
-                    rows.append(check_one(options, backend, impl, impl_src, op, dtype, single, tick))
-                    finished(rows[-1:])
-    done()
+    total = sum(len(options.dtypes_of(op)) for op in ops) * len(options.impls)
+    with LiveProgress(not options.quiet, total, on_rows=on_rows) as live:
+        if options.isolate:
+            # Each row in a child process (warm, reused): faults and hangs become CRASHED rows.
+            groups = [(impl_src, op) for impl_src in options.impls for op in ops]
+            rows.extend(_run_groups(options, backend, groups, live.case, live.finished))
+        else:
+            budget = _Budget(options, total, 1)
+            for impl_src in options.impls:
+                impl = load_implementation(impl_src, block_size=options.block_size)
+                for op in ops:
+                    for dtype in options.dtypes_of(op):
+                        rows.append(check_one(budget.options_for_next_row(), backend, impl, impl_src, op, dtype,
+                                              single, live.case))
+                        live.finished(rows[-1:])
     return rows
+
+
+class _Budget:
+    """--budget: each row, when it starts, gets a deadline of an equal share of the time left
+    among the rows left, over the parallel slots (rows that finish early leave their time to
+    the rows after them). Without a budget, the options unchanged."""
+
+    def __init__(self, options: CheckOptions, rows: int, slots: int):
+        self.options, self.left, self.slots = options, rows, max(1, slots)
+        self.end = time.time() + options.budget_s if options.budget_s else None
+        self.lock = threading.Lock()
+
+    def options_for_next_row(self) -> CheckOptions:
+        if self.end is None:
+            return self.options
+        with self.lock:
+            now = time.time()
+            share = max(0.0, self.end - now) * min(self.slots, self.left) / max(1, self.left)
+            self.left -= 1
+        return dataclasses.replace(self.options, deadline=now + share)
 
 
 def chunk_plan(cases: int, chunk: int, seed: int) -> List[Tuple[int, int]]:
@@ -131,41 +198,60 @@ def merge_chunks(rows: List[Row]) -> List[Row]:
 
 
 def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> List[Row]:
-    """Run the groups in child processes, one at a time per GPU; rows come back in group order,
-    so the report and exit status do not depend on how many GPUs ran them."""
+    """Run the groups' rows in warm child processes, --jobs at a time spread over the GPUs; rows
+    come back in group order, so the report and exit status do not depend on how many GPUs or
+    jobs ran them."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
     from queue import Queue
 
     n = gpu_count(options.gpus, backend)
-    jobs = options.jobs or n
-    work = [(impl_src, op, list(options.dtypes_of(op))) for impl_src, op in groups]
-    plan = [(options.cases, options.seed)] if options.case is not None else \
-        chunk_plan(options.cases, options.chunk, options.seed)
-    if jobs > len(work) or len(plan) > 1:  # more children than groups: one child per dtype (and chunk)
-        work = [(impl_src, op, [d]) for impl_src, op, dtypes in work for d in dtypes]
-    items = [(w, c) for w in work for c in range(len(plan))]
-    free: "Queue[Optional[int]]" = Queue()
-    for i in range(jobs):
-        free.put(i % n if n > 1 else None)
+    jobs = options.jobs or default_jobs(backend, n, options.preset)
+    cases = options.cases_for(backend)
+    plan = [(cases, options.seed)] if options.case is not None else chunk_plan(cases, options.chunk, options.seed)
+    # one item per row (and chunk): warm children make a row's own item cheap, and rows of one op
+    # then run side by side
+    items = [((impl_src, op, [d]), c) for impl_src, op in groups for d in options.dtypes_of(op)
+             for c in range(len(plan))]
+    budget = _Budget(options, len(items), jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    slots: "Queue[RowWorker]" = Queue()
+    workers = [RowWorker(backend, i % n if n > 1 else None, threads) for i in range(jobs)]
+    for w in workers:
+        slots.put(w)
 
     def run(item):
         (impl_src, op, dtypes), c = item
-        chunk_options = options
-        if len(plan) > 1:
-            cases, seed = plan[c]
-            chunk_options = dataclasses.replace(options, cases=cases, seed=seed)
-        gpu = free.get()
+        worker = slots.get()
         try:
-            return run_group(chunk_options, backend, impl_src, op, dtypes, tick=tick, gpu=gpu)
+            if options.budget_s:
+                worker.ready()  # a row's share of the budget starts after its child's imports
+            row_options = budget.options_for_next_row()
+            if len(plan) > 1:
+                row_options = dataclasses.replace(row_options, cases=plan[c][0], seed=plan[c][1])
+            return run_group(row_options, backend, impl_src, op, dtypes, tick=tick, worker=worker)
         finally:
-            free.put(gpu)
+            slots.put(worker)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run, item) for item in items]
-        if on_rows:  # report each group as it finishes (partial JSON survives a killed run)
-            for fut in as_completed(futures):
-                on_rows(fut.result())
-        return merge_chunks([r for fut in futures for r in fut.result()])
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run, item) for item in items]
+            if on_rows:  # report each row as it finishes (partial JSON survives a killed run)
+                for fut in as_completed(futures):
+                    on_rows(fut.result())
+            return merge_chunks([r for fut in futures for r in fut.result()])
+    finally:
+        for w in workers:
+            w.close()
+
+
+def default_jobs(backend: str, gpus: int, preset: Optional[str]) -> int:
+    """Child processes at once when --jobs is not given: one per core on the interpreter; on
+    GPUs several per card (a cold run is Triton compiling, on the host's cores), up to 8, but
+    one per card for the `large` preset (each case fills most of a card)."""
+    cores = os.cpu_count() or 1
+    if backend != "cuda":
+        return cores
+    return gpus if preset == "large" else max(gpus, min(8, cores))
 
 
 def run_command(options: CheckOptions, backend: str) -> int:

@@ -7,6 +7,7 @@ sizes, the first routing); the tensors come from the case's own seed. Its exampl
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -119,6 +120,11 @@ def narrow_rank_case(spec: OpSpec, dtype: str, backend: str) -> CaseParams:
                       hidden=40, inter=36, routing="uniform", seed=2)
 
 
+class _BudgetSpent(BaseException):
+    """Raised by a sweep's test function once its deadline has passed: a BaseException, so that
+    Hypothesis neither takes it for a failure (no shrinking, nothing saved) nor catches it."""
+
+
 class _CaseFailed(Exception):
     def __init__(self, result: CaseResult):
         super().__init__(result.message)
@@ -136,12 +142,14 @@ class SweepOutcome:
     rejected: int = 0                      # cases outside a precondition that the candidate refused
     tf32: int = 0                          # passed cases whose float32 products passed at TF32 precision only
     not_computable: int = 0                # cases the Triton interpreter cannot compute (no verdict)
+    budget_spent: bool = False             # stopped at its deadline before n_cases fuzzed cases
 
 
 def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
           seed: int, preset: Optional[str] = None, database_dir: Optional[str] = ".hypothesis/examples",
           shrink: bool = True, on_case: Optional[Callable[[CaseResult], None]] = None,
-          fixed_cases: bool = True, require_ieee_fp32: bool = False) -> SweepOutcome:
+          fixed_cases: bool = True, require_ieee_fp32: bool = False, repeat_probe_cases: Optional[int] = None,
+          deadline: Optional[float] = None) -> SweepOutcome:
     """Run up to n_cases Hypothesis-drawn cases; stop at the first failure and shrink it.
 
     Cases are drawn within the record's preconditions that the candidate requires
@@ -149,12 +157,28 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     rank) run first.
     Hypothesis does not shrink a failing explicit case, so when one of the sized ones (40-200
     tokens) fails, the drawn cases are swept again without them and their shrunk failure is
-    reported, if they find one."""
-    state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0, "not_computable": 0}
+    reported, if they find one.
+
+    ``repeat_probe_cases``: only the first that many cases get the probes that call the
+    candidate again (decoy, second run; None: every case; harness.profiles). ``deadline`` (a
+    time.time()): no case starts after it but the fixed ones, and the outcome says so."""
+    state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0, "not_computable": 0,
+             "calls": 0}
     requires = getattr(candidate, "requires", ())
+    n_fixed = 3 if preset is None and fixed_cases else 0
+    repeated = set()
 
     def run_one(params: CaseParams):
-        res = run_case(spec, candidate, params, device, impl_name, require_ieee_fp32=require_ieee_fp32)
+        if deadline is not None and state["calls"] >= n_fixed and not state["failing"] and time.time() > deadline:
+            raise _BudgetSpent()
+        # a case keeps its repeat probes when Hypothesis replays it (a failure found by one repeats)
+        key = params.to_json()
+        if repeat_probe_cases is not None and len(repeated) < repeat_probe_cases:
+            repeated.add(key)
+        repeat = repeat_probe_cases is None or key in repeated
+        state["calls"] += 1
+        res = run_case(spec, candidate, params, device, impl_name, require_ieee_fp32=require_ieee_fp32,
+                       repeat_probes=repeat)
         if res.status in ("rejected", "not computable") and not state["failing"]:
             state["rejected" if res.status == "rejected" else "not_computable"] += 1
         elif res.ok and not state["failing"]:
@@ -188,12 +212,14 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     test = hyp_seed(seed)(test)
     run_one._hypothesis_internal_add_digest = f"{spec.name}|{impl_name}|{dtype}|{backend}|{preset}".encode()
 
-    def outcome(failure: Optional[CaseResult], first: Optional[CaseResult]) -> SweepOutcome:
+    def outcome(failure: Optional[CaseResult], first: Optional[CaseResult], spent: bool = False) -> SweepOutcome:
         return SweepOutcome(state["passed"], failure, first, state["worst"], state["rejected"], state["tf32"],
-                            state["not_computable"])
+                            state["not_computable"], spent)
 
     try:
         test()
+    except _BudgetSpent:
+        return outcome(None, None, spent=True)
     except Flaky:
         # the failing case passed when Hypothesis ran it again: a failure that does not repeat (a
         # race between programs, a read of unwritten memory) is still a failure; report it as found
@@ -205,7 +231,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     except _CaseFailed as exc:
         if shrink and fixed_cases and exc.result.params in {c.to_json() for c in sized}:
             again = sweep(spec, candidate, impl_name, dtype, backend, device, n_cases, seed, preset, database_dir,
-                          shrink, None, fixed_cases=False, require_ieee_fp32=require_ieee_fp32)
+                          shrink, None, fixed_cases=False, require_ieee_fp32=require_ieee_fp32,
+                          repeat_probe_cases=repeat_probe_cases)
             if again.failure is not None:
                 return outcome(again.failure, state["first"])
         return outcome(exc.result, state["first"])

@@ -63,6 +63,12 @@ it does not concern to the original):
       record the tensor arguments of each launch for the bounds check, and re-raise this
       module's exceptions unwrapped (the interpreter wraps every exception of a kernel in
       InterpreterError(repr(exc))), so a harness sees their type and message.
+  _patch_lang (a module function; speed only)
+      the stock interpreter re-patches triton.language (``inspect.getmembers`` over tl,
+      tl.tensor, tl.math) at every call of a @triton.jit helper inside a kernel, for every
+      program of the grid: 45% of the GEMM's interpreted time. The launch has already patched
+      those modules (and restores them when it ends), so a nested call whose language modules
+      the launch patched skips it; what it would have set is what is already there.
 
   ASTTransformer.visit_For (the rewrite of a kernel's source before it runs)
       ``for i in range(...)`` and ``for i in tl.range(...)`` yield LoopInt, a Python int with
@@ -522,8 +528,32 @@ def _own_error(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
+# Per running launch: the ids of the language modules patched since it started (None before
+# the launch's own _patch_lang call).
+_LANG_PATCHED: List[Optional[frozenset]] = []
+
+
+def _lang_modules(fn) -> frozenset:
+    import triton.language as tl
+    return frozenset(id(v) for v in fn.__globals__.values() if v is tl or v is tl.core)
+
+
+def patch_lang(fn):
+    """The interpreter's _patch_lang, skipped for a @triton.jit helper called inside a launch
+    that has already patched the language modules the helper sees (see the module docstring)."""
+    if _LANG_PATCHED:
+        langs = _lang_modules(fn)
+        if _LANG_PATCHED[-1] is not None and langs <= _LANG_PATCHED[-1]:
+            return _TH._LangPatchScope()    # a nested helper: nothing left to patch
+        # the launch's own call, or a helper that sees another language module: patch, and
+        # remember it (a helper's patch stays until the launch ends, as it does in the stock code)
+        _LANG_PATCHED[-1] = langs | (_LANG_PATCHED[-1] or frozenset())
+    return _ORIGINALS[("module", "_patch_lang")](fn)
+
+
 def grid_call(self, *args, **kwargs):
     depth = len(_LAUNCHES)
+    _LANG_PATCHED.append(None)
     try:
         return _ORIGINALS[("grid", "__call__")](self, *args, **kwargs)
     except Exception as exc:
@@ -533,6 +563,7 @@ def grid_call(self, *args, **kwargs):
         raise own from None   # its own traceback still ends in the kernel line that raised it
     finally:
         del _LAUNCHES[depth:]
+        _LANG_PATCHED.pop()
 
 
 # ----------------------------------------------------------------------------- patch / unpatch
@@ -553,6 +584,7 @@ def _targets(th):
     out = [(("builder", n), builder, n, f) for n, f in _BUILDER_METHODS.items()]
     out += [((c, n), getattr(th, c, None), n, _reduction((c, n))) for c, n in sorted(_REDUCTIONS)]
     out += [(("grid", n), grid, n, f) for n, f in _GRID_METHODS.items()]
+    out += [(("module", "_patch_lang"), th, "_patch_lang", patch_lang)]
     return out
 
 
@@ -575,7 +607,7 @@ def patch_interpreter() -> None:
         raise InterpreterPatchUnsupported(f"Triton {triton.__version__} has no triton.runtime.interpreter: {exc}")
     missing = [f"{key[0]}.{name}" for key, cls, name, _ in _targets(th)
                if cls is None or not callable(getattr(cls, name, None))]
-    missing += [name for name in ("TensorHandle", "_get_np_dtype") if not hasattr(th, name)]
+    missing += [name for name in ("TensorHandle", "_get_np_dtype", "_LangPatchScope") if not hasattr(th, name)]
     if not missing:
         try:
             layout_ok = all(th._get_np_dtype(t) == np.dtype(f.storage) for t, f in _formats().items())
@@ -613,3 +645,4 @@ def unpatch_interpreter() -> None:
         delattr(_TH, _LOOP_RANGE)
     _ORIGINALS.clear()
     _LAUNCHES.clear()
+    _LANG_PATCHED.clear()

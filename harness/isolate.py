@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 from .report import Row, replay_command
 from .row_check import check_one
-from .status import CASE_CRASHED, CASE_FAILED, CRASHED, FAILED, SKIPPED
-from .supervise import (BUDGET_TIMEOUT, EXITED, STARTUP_LIMIT_S, STARTUP_TIMEOUT, Child, Death, enter_child,
-                        exit_on_error, exit_with_crash, guard, is_device_fault, recording)
+from .status import CASE_CRASHED, CASE_FAILED, CRASHED, FAILED, FAILING, SKIPPED
+from .supervise import (BUDGET_TIMEOUT, EXITED, MESSAGE, STARTUP_LIMIT_S, STARTUP_TIMEOUT, Child, Death, Waited,
+                        enter_child, exit_on_error, exit_with_crash, guard, is_device_fault, recording)
 
 if TYPE_CHECKING:
     from .options import CheckOptions
@@ -46,9 +46,26 @@ _ROWS = "rows.jsonl"  # one finished row per line, appended as each dtype finish
 
 # ----------------------------------------------------------------------------- child side
 
-def child_main(folder: str, job: dict):
-    """Entry point of the child (spawned): check job["dtypes"] of one (implementation, op)."""
-    child = enter_child(folder, job["backend"], gpu=job.get("gpu"))
+def child_main(folder: str, conn, backend: str, gpu: Optional[int], threads: Optional[int] = None):
+    """Entry point of the child (spawned, kept warm): check the jobs the parent sends over the
+    pipe, each job["dtypes"] of one (implementation, op), answering "done" after each, until
+    the parent sends None. Imports, loaded implementations and compiled kernels stay warm
+    from one job to the next; the parent replaces the child when it dies."""
+    child = enter_child(folder, backend, gpu=gpu, threads=threads)
+    loaded: dict = {}  # (source, block size) -> the implementation, loaded once per child
+    conn.send("ready")
+    while True:
+        job = conn.recv()
+        if job is None:
+            break
+        _run_job(folder, child, job, loaded)
+        child.progress.update(stage="idle", dtype=None, params=None)
+        child.stderr.flush()
+        conn.send("done")
+
+
+def _run_job(folder: str, child, job: dict, loaded: dict) -> None:
+    """Check job["dtypes"] of one (implementation, op); each finished row is appended to rows.jsonl."""
     backend, progress = child.backend, child.progress
     from .impls import load_implementation
     from .options import CheckOptions
@@ -58,9 +75,12 @@ def child_main(folder: str, job: dict):
     single = options.single_case()
     op, impl_src = job["op"], job["impl"]
     rows_path = os.path.join(folder, _ROWS)
-    progress.update(stage="loading")
+    progress.update(stage="loading", dtype=None, params=None, n=0)
     try:
-        impl = load_implementation(impl_src, block_size=options.block_size)
+        key = (impl_src, options.block_size)
+        if key not in loaded:
+            loaded[key] = load_implementation(impl_src, block_size=options.block_size)
+        impl = loaded[key]
     except Exception as exc:  # a broken file is the implementation's failure, not the harness's
         if is_device_fault(exc):
             exit_with_crash(folder, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
@@ -85,11 +105,44 @@ def child_main(folder: str, job: dict):
             exit_on_error(folder, exc)
         with open(rows_path, "a") as fh:
             fh.write(json.dumps(dataclasses.asdict(row)) + "\n")
-    progress.update(stage="done")
-    child.stderr.flush()
 
 
 # ----------------------------------------------------------------------------- parent side
+
+class RowWorker:
+    """A slot for one warm child process (``child_main``) pinned to ``gpu`` (and ``threads`` CPU
+    threads): started on first use, kept across jobs, replaced after it dies or after a failing
+    row. ``close()`` ends it."""
+
+    def __init__(self, backend: str, gpu: Optional[int] = None, threads: Optional[int] = None):
+        self.backend, self.gpu, self.threads = backend, gpu, threads
+        self.child: Optional[Child] = None
+
+    def take(self) -> Child:
+        if self.child is None or not self.child.alive:
+            self.close()
+            self.child = Child(child_main, (self.backend, self.gpu, self.threads), name="moe-check", prefix="moe-isolate-",
+                               pipe=True, daemon=True)
+        return self.child
+
+    def ready(self) -> Waited:
+        """Start the child if needed and wait for its "ready" (imports done): MESSAGE, or how the
+        start failed."""
+        child = self.take()
+        return Waited(MESSAGE) if child.started else child.wait(startup_s=STARTUP_LIMIT_S)
+
+    def close(self) -> None:
+        if self.child is not None:
+            self.child.close()
+            self.child = None
+
+
+def _clear_rows(folder: str) -> None:
+    try:
+        os.remove(os.path.join(folder, _ROWS))
+    except OSError:
+        pass
+
 
 def _read_rows(folder: str) -> List[dict]:
     rows = []
@@ -107,10 +160,23 @@ def _read_rows(folder: str) -> List[dict]:
 
 
 def run_group(options: "CheckOptions", backend: str, impl_src: str, op: str, dtypes: List[str],
-              tick: Optional[Callable] = None, gpu: Optional[int] = None) -> List[Row]:
+              tick: Optional[Callable] = None, gpu: Optional[int] = None,
+              worker: Optional[RowWorker] = None) -> List[Row]:
     """Check ``dtypes`` of one (implementation, op) in child processes; never raises for the
     implementation's faults. options.timeout_s bounds the group, options.case_timeout_s one case
-    (0: no limit). ``gpu`` pins the children to that CUDA device."""
+    (0: no limit). ``worker``: the warm child to use (kept for the next group unless it died);
+    without one, a child of its own pinned to ``gpu``."""
+    own = worker is None
+    worker = worker or RowWorker(backend, gpu)
+    try:
+        return _run_group(options, backend, impl_src, op, dtypes, tick, worker)
+    finally:
+        if own:
+            worker.close()
+
+
+def _run_group(options: "CheckOptions", backend: str, impl_src: str, op: str, dtypes: List[str],
+               tick: Optional[Callable], worker: RowWorker) -> List[Row]:
     from .impls import short_name
     timeout = float(options.timeout_s) or None
     case_timeout = float(options.case_timeout_s) or None
@@ -120,27 +186,33 @@ def run_group(options: "CheckOptions", backend: str, impl_src: str, op: str, dty
     budget = timeout  # what is left of the group's time, over its successive children
 
     def report_progress(record):
-        if tick and record.get("params"):
-            tick(f"{record.get('dtype')} case {record.get('n')} (isolated)")
+        if tick and record.get("params") and record.get("stage") == "running":
+            tick(op, name, record.get("dtype"), int(record.get("n") or 0))
 
     budget_reason = f"timeout after {timeout:g} s (the time limit of {op})" if timeout else ""
     while remaining:
-        job = dict(impl=impl_src, op=op, dtypes=remaining, backend=backend, options=options.to_dict(), gpu=gpu)
-        child = Child(child_main, (job,), name=f"moe-check-{op}", prefix="moe-isolate-")
-        try:
-            waited = child.wait(startup_s=STARTUP_LIMIT_S, budget_s=budget, budget_reason=budget_reason,
-                                stall_s=case_timeout, on_progress=report_progress)
-            if budget is not None:
-                budget = max(0.0, budget - waited.seconds)
-            done = [Row(**d) for d in _read_rows(child.folder)]
-            rows.extend(done)
-            finished = {r.dtype for r in done}
-            remaining = [d for d in remaining if d not in finished]
-            if waited.kind == EXITED and child.exitcode == 0 and not remaining:
-                break
-            death = child.death(waited)
-        finally:
-            child.close()
+        job = dict(impl=impl_src, op=op, dtypes=remaining, options=options.to_dict())
+        waited = worker.ready()
+        child = worker.child
+        if waited.kind == MESSAGE:
+            child.send(job)
+            waited = child.wait(budget_s=budget, budget_reason=budget_reason, stall_s=case_timeout,
+                                on_progress=report_progress)
+        if budget is not None:
+            budget = max(0.0, budget - waited.seconds)
+        done = [Row(**d) for d in _read_rows(child.folder)]
+        _clear_rows(child.folder)
+        rows.extend(done)
+        finished = {r.dtype for r in done}
+        remaining = [d for d in remaining if d not in finished]
+        if waited.kind == MESSAGE and not remaining:
+            if any(r.status in FAILING for r in done):
+                worker.close()  # whatever a failing kernel left behind (a stray write) stays out of the next job
+            break
+        if waited.kind == MESSAGE:  # "done" without a row for some dtype: a harness error, say so
+            waited = Waited(EXITED)
+        death = child.death(waited)
+        worker.close()
         stage = death.progress.get("stage")
         in_flight = death.progress.get("dtype") if stage == "running" else None
         if in_flight not in remaining:

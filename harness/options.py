@@ -88,6 +88,11 @@ def _sglang_wheels(option: str, wheels: Sequence[str]) -> None:
             raise OptionError(option, str(exc).partition(": ")[2]) from None
 
 
+def _profile(name) -> None:
+    from .profiles import PROFILES
+    _one_of("--profile", [name], PROFILES)
+
+
 def gpu_count(requested: str, backend: str) -> int:
     """--gpus N|all -> how many GPUs a run spreads over (1 on the interpreter).
 
@@ -127,14 +132,17 @@ class CheckOptions(_DictForm):
 
     ``ops`` None: every op (the large preset's ops with ``preset="large"``); ``dtypes`` None:
     every dtype of each op; ``case``: the JSON of one CaseParams to run instead of a sweep.
-    ``timeout_s`` bounds one (implementation, op) group's child processes, ``case_timeout_s``
+    ``timeout_s`` bounds one row's (implementation, op, dtype) time in a child, ``case_timeout_s``
     one case without progress (0: no limit). ``chunk`` > 0 splits each sweep into children of
     that many cases (needs ``isolate``)."""
 
     ops: Optional[Tuple[str, ...]] = None
     impls: Tuple[str, ...] = ("ours",)
     dtypes: Optional[Tuple[str, ...]] = None
-    cases: int = 50
+    cases: Optional[int] = None          # fuzzed cases per row; None: the profile's for the backend
+    profile: str = "default"             # harness.profiles.PROFILES
+    budget_s: Optional[float] = None     # spend about this many seconds in all (harness.check)
+    deadline: Optional[float] = None     # (set by the budget) no row's fuzzed case starts after this time.time()
     seed: int = 0
     preset: Optional[str] = None
     case: Optional[str] = None
@@ -157,7 +165,12 @@ class CheckOptions(_DictForm):
         _known_ops(self.ops)
         _implementation_sources("--impl", self.impls)
         _sglang_wheels("--sglang-wheel", self.sglang_wheels)
-        _int_at_least("--cases", self.cases, 1, "a number of cases")
+        if self.cases is not None:
+            _int_at_least("--cases", self.cases, 1, "a number of cases")
+        _profile(self.profile)
+        if self.budget_s is not None and (isinstance(self.budget_s, bool) or
+                                          not isinstance(self.budget_s, (int, float)) or not self.budget_s > 0):
+            raise OptionError("--budget", f"expected a number of seconds > 0, got {self.budget_s!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise OptionError("--seed", f"expected an integer, got {self.seed!r}")
         if self.preset is not None:
@@ -185,6 +198,18 @@ class CheckOptions(_DictForm):
                                          "not --no-isolate")
         if self.gpus != "all" and not (isinstance(self.gpus, str) and self.gpus.isdigit() and int(self.gpus) >= 1):
             raise OptionError("--gpus", f"expected 'all' or a count >= 1, got {self.gpus!r}")
+
+    def cases_for(self, backend: str) -> int:
+        """Fuzzed cases per row on ``backend``: --cases, else the profile's; with a budget, the
+        profile's thorough count bounds a row that its deadline does not stop first."""
+        from .profiles import PROFILES, fuzzed_cases
+        if self.cases is None and self.budget_s is not None:
+            return PROFILES["thorough"].cases_for(backend)
+        return fuzzed_cases(self.profile, backend, self.cases)
+
+    def repeat_probe_cases(self, backend: str) -> Optional[int]:
+        from .profiles import PROFILES
+        return PROFILES[self.profile].repeat_probes_for(backend)
 
     def single_case(self):
         """The CaseParams of ``case``, or None for a sweep."""
@@ -343,7 +368,8 @@ class MutateOptions(_DictForm):
 
     ops: Optional[Tuple[str, ...]] = None
     mutants: Optional[Tuple[str, ...]] = None
-    cases: int = 30
+    cases: Optional[int] = None          # None: the profile's fuzzed cases for the backend
+    profile: str = "default"
     seed: int = 0
     jobs: Optional[int] = None
     shrink: bool = True
@@ -361,10 +387,18 @@ class MutateOptions(_DictForm):
             for name in self.mutants:
                 if name not in MUTANTS:
                     raise OptionError("--mutant", f"no mutant {name!r}; see moe-harness mutate --list")
-        _int_at_least("--cases", self.cases, 1, "a number of cases")
+        if self.cases is not None:
+            _int_at_least("--cases", self.cases, 1, "a number of cases")
+        _profile(self.profile)
         if self.jobs is not None:
             _int_at_least("--jobs", self.jobs, 1, "a number of child processes")
         _seconds("--case-timeout", self.case_timeout_s)
+
+    def cases_for(self, backend: str) -> int:
+        """Fuzzed cases per mutant and dtype: --cases, else the profile's for the backend (so that
+        ``mutate`` measures what ``check`` with that profile detects)."""
+        from .profiles import fuzzed_cases
+        return fuzzed_cases(self.profile, backend, self.cases)
 
 
 # ----------------------------------------------------------------------------- ep-world

@@ -5,7 +5,9 @@ Options:
                       ``moe-harness check --impl``: ours, reference, sglang:PATH.py,
                       sglang:dotted.module, OP=PATH.py:function, comma-joined combinations.
                       Loading a file runs its code.
-  --cases N           fuzzed cases per (implementation, op, dtype) (default 5)
+  --moe-profile NAME  default | thorough (harness.profiles): fuzzed cases per (implementation, op,
+                      dtype) after the three fixed cases, per backend (default: default)
+  --cases N           fuzzed cases per (implementation, op, dtype) (default: the profile's)
   --seed N            seed of the case generator (default 0)
   --backend B         cuda | interpreter (default: cuda when a GPU is visible)
   --moe-block-size N  BLOCK_SIZE of sglang: raw-kernel launches (default 512)
@@ -41,7 +43,14 @@ def pytest_addoption(parser):
                     help="implementation to check (repeatable; default ours): ours, reference, sglang:PATH.py, "
                          "sglang:dotted.module, OP=PATH.py:function or OP=module:function, joined by ',' to "
                          "combine. Loading a file or module runs its code; nothing is loaded from the network.")
-    group.addoption("--cases", type=int, default=5, help="fuzzed cases per (implementation, op, dtype) (default 5)")
+    from harness.profiles import DEFAULT_PROFILE, PROFILES
+    group.addoption("--moe-profile", dest="moe_profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                    help="how much each conformance test sweeps (harness.profiles): "
+                         + "; ".join(f"{n}: {p.cases['interpreter']} fuzzed cases on the interpreter, {p.cases['cuda']} "
+                                     f"on a GPU" for n, p in PROFILES.items()) + " (default: default)")
+    group.addoption("--cases", type=int, default=None,
+                    help="fuzzed cases per (implementation, op, dtype), after the three fixed ones (default: the "
+                         "profile's)")
     group.addoption("--seed", type=int, default=0, help="seed of the case generator (default 0)")
     group.addoption("--backend", choices=("cuda", "interpreter"), default=None,
                     help="cuda (default when a GPU is visible) or interpreter (TRITON_INTERPRET=1)")
@@ -111,6 +120,7 @@ def _options(config):
     from harness.options import CheckOptions
     timeout = config.getoption("moe_timeout")
     return CheckOptions(impls=config.getoption("moe_impl") or ["ours"], cases=config.getoption("cases"),
+                        profile=config.getoption("moe_profile"),
                         seed=config.getoption("seed"), block_size=config.getoption("moe_block_size"),
                         isolate=config.getoption("moe_isolate"), timeout_s=timeout, case_timeout_s=timeout,
                         quiet=True)

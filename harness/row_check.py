@@ -16,8 +16,10 @@ from .status import FAILED, NOT_COMPUTABLE, NOT_PROVIDED, REJECTED, SKIPPED, UNB
 
 def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str, dtype: str,
               single: Optional[CaseParams] = None, tick=None, spec=None) -> Row:
-    """Check one (implementation, op, dtype) in this process: a sweep of options.cases cases, or
-    the single case. ``spec`` replaces SPECS[op] (the isolation child records each case it builds)."""
+    """Check one (implementation, op, dtype) in this process: a sweep of the fixed cases and
+    options.cases_for(backend) fuzzed ones (the profile's, or --cases), or the single case.
+    With options.deadline, no fuzzed case starts after it (the budget), and the row's reason says
+    how many cases it got. ``spec`` replaces SPECS[op] (the isolation child records each case it builds)."""
     from .fuzz import sweep
     from .runner import run_case, save_failure
     from .specs import SPECS
@@ -45,13 +47,17 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         counts = dict(rejected=int(res.status == "rejected"), not_computable=int(res.status == "not computable"),
                       tf32=int(res.ok and any(v.get("precision") == "tf32" for v in res.details.values())))
     else:
-        out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases, options.seed,
+        out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases_for(backend), options.seed,
                     preset=options.preset, shrink=options.shrink, require_ieee_fp32=options.require_ieee_fp32,
-                    on_case=(lambda r: tick(f"{r.op} {r.impl} {r.dtype}")) if tick else None)
+                    repeat_probe_cases=options.repeat_probe_cases(backend), deadline=options.deadline,
+                    on_case=(lambda r: tick(r.op, r.impl, r.dtype, None)) if tick else None)
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst
         counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32)
         row.run = out.passed + sum(counts[k] for k in ("rejected", "not_computable")) + (1 if failure else 0)
+        if options.deadline is not None:
+            notes.append(f"budget: {row.run} case(s)" + (", stopped at its share of the budget" if out.budget_spent
+                                                          else ""))
     row.seconds = round(time.perf_counter() - t0, 2)
     if counts["tf32"]:
         notes.append(f"{counts['tf32']} case(s) pass at TF32 precision only; --require-ieee-fp32 fails them")

@@ -470,19 +470,22 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
 
 
 def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, impl_name: str = "?",
-             poison_fresh: bool = True, require_ieee_fp32: bool = False) -> CaseResult:
+             poison_fresh: bool = True, require_ieee_fp32: bool = False, repeat_probes: bool = True) -> CaseResult:
     """Run every probe on one case; never raises for a candidate's fault. ``require_ieee_fp32``:
     a float32 matrix product within TF32's error but not float32's fails (default: passes,
-    marked as TF32 precision)."""
+    marked as TF32 precision). ``repeat_probes`` False: no decoy call and no second run (the
+    probes that call the candidate again; a profile keeps them to a row's first cases on the
+    interpreter, harness.profiles)."""
     base = dict(op=spec.name, impl=impl_name, dtype=params.dtype, params=params.to_json())
     sample = spec.build(params, torch.device(device))
     expected = reference_outputs(spec, sample)
     snapshot = {k: v.clone() for k, v in sample.args.items()
                 if isinstance(v, torch.Tensor) and k not in spec.output_buffers + spec.in_place_args}
     try:
-        previous = _decoy_outputs(spec, candidate, sample, device, poison_fresh) if _on("decoy") else None
+        previous = _decoy_outputs(spec, candidate, sample, device, poison_fresh) \
+            if _on("decoy") and repeat_probes else None
         runs = []
-        for attempt in range(2):
+        for attempt in range(2 if repeat_probes else 1):
             outputs, storages = _call_candidate(candidate, sample, spec, poison_fresh)
             for name, snap in snapshot.items():
                 if _on("input_modified") and not torch.equal(as_bits(sample.args[name]), as_bits(snap)):
@@ -498,7 +501,7 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                 f.message += (" [every output is bit-identical to the previous call's, the right answer for other "
                               "inputs of the same shapes: a result cached from an earlier call?]")
             raise
-        if candidate.deterministic and _on("nondeterministic"):
+        if candidate.deterministic and _on("nondeterministic") and len(runs) == 2:
             for out in spec.outputs:
                 a, b = runs[0][out.name], runs[1][out.name]
                 if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):

@@ -71,3 +71,16 @@ def toy_wheel(folder, version="9.9.9", path="sglang/srt/layers/moe/ep_moe/kernel
         zf.writestr(path, textwrap.dedent(text))
         zf.writestr("sglang/__init__.py", "")
     return wheel
+
+
+def memoised_on_shapes(preprocess):
+    """ep_preprocess(topk_ids, num_experts) with its result cached on the shapes: the bug the
+    decoy call exposes (a result from an earlier call with other values)."""
+    memo = {}
+
+    def cached(topk_ids, num_experts):
+        key = (tuple(topk_ids.shape), topk_ids.dtype, num_experts)
+        if key not in memo:
+            memo[key] = preprocess(topk_ids, num_experts)
+        return memo[key]
+    return cached

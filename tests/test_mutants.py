@@ -21,12 +21,14 @@ from harness.backend import BACKENDS
 from harness.cases import CaseParams
 from harness.fuzz import PRESETS, narrow_rank_case, sweep
 from harness.mutants import CATALOGUE, MUTANTS, Mutant, StalePatch, implementation, module_path, patched_source
+from harness.options import CheckOptions
 from harness.runner import Candidate, run_case
 from harness.specs import SPECS
+from tests.helpers import memoised_on_shapes
 
-# Cases per mutant and dtype in CI. Across seeds 0-6 no interpreter mutant needed more than
-# 10 (the explicit empty-batch case included); killed mutants stop at their first failure.
-CI_CASES = 20
+# Cases per mutant and dtype in CI: the default profile's (harness.profiles), so that this table
+# is the README's claim that the default check kills every mutant, at another seed than the
+# command's 0; killed mutants stop at their first failure.
 COMPUTABLE = [m.name for m in CATALOGUE if m.min_preset is None]
 
 
@@ -102,7 +104,9 @@ def test_computable_mutants_are_killed_and_the_originals_pass_their_cases(backen
     test, so that pytest-xdist does not run the catalogue once per worker."""
     from harness.impls import load_implementation
     names = [n for n in COMPUTABLE if backend in MUTANTS[n].backends]
-    table = mutate.run_mutants(names, backend, CI_CASES, base_seed, shrink=False, jobs=2)
+    default = CheckOptions()
+    table = mutate.run_mutants(names, backend, default.cases_for(backend), base_seed, shrink=False, jobs=2,
+                               repeat_probe_cases=default.repeat_probe_cases(backend))
     # A kill by exception could be a mutant that no longer compiles, not the harness at work;
     # an out-of-bounds access reported by the patched interpreter (harness/interpreter.py) is.
     not_killed = [(r.name, r.verdict, r.probe, r.reason or r.message[:200], r.cases_run) for r in table
@@ -197,13 +201,7 @@ def test_mutate_json_records_each_verdict_as_it_arrives(backend, tmp_path, capsy
 
 def test_result_cached_from_an_earlier_call_is_caught_on_the_first_case(seed, device):
     """The decoy call (same shapes, another seed) before the real runs exposes memoisation."""
-    memo = {}
-
-    def cached(topk_ids, num_experts):
-        key = (tuple(topk_ids.shape), topk_ids.dtype, num_experts)
-        if key not in memo:
-            memo[key] = reference.ep_preprocess(topk_ids, num_experts)
-        return memo[key]
+    cached = memoised_on_shapes(reference.ep_preprocess)
     p = CaseParams(op="ep_preprocess", dtype="int32", tokens=9, topk=3, experts=8, seed=seed)
     res = run_case(SPECS["ep_preprocess"], Candidate(cached), p, device, "cached")
     assert (res.status, res.probe) == ("failed", "exact"), res.message

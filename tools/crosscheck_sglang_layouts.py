@@ -138,10 +138,12 @@ def patch_interpreter() -> list:
         data = np.ascontiguousarray(np.broadcast_to(np.asarray(mask.data).astype(bool), np.shape(ptrs.data)))
         return interp.TensorHandle(data, tl.int1)
 
-    builder.create_masked_store = lambda self, ptrs, value, mask, cache: store(self, ptrs, value, bool_mask(ptrs, mask),
-                                                                              cache)
-    builder.create_masked_load = lambda self, ptrs, mask, other, cache, volatile: load(
-        self, ptrs, bool_mask(ptrs, mask), other, cache, volatile)
+    # the cache / eviction / volatile arguments pass through: their number differs between Triton
+    # releases (3.8 passes an eviction policy that 3.9 does not)
+    builder.create_masked_store = lambda self, ptrs, value, mask, *rest: store(self, ptrs, value,
+                                                                               bool_mask(ptrs, mask), *rest)
+    builder.create_masked_load = lambda self, ptrs, mask, other, *rest: load(self, ptrs, bool_mask(ptrs, mask),
+                                                                             other, *rest)
     return ["fp32->fp8/bf16 round-to-nearest-even", "scalar masks", "range loop .to()"]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import mutate
 from ..options import MutateOptions
+from ..profiles import PROFILES
 
 
 def add_parser(sub):
@@ -13,7 +14,9 @@ def add_parser(sub):
     p.add_argument("--op", nargs="+", help="only the mutants of these ops")
     p.add_argument("--mutant", nargs="+", metavar="NAME", help="only these mutants")
     p.add_argument("--cases", type=int, default=MutateOptions.cases,
-                   help="fuzzed cases per mutant and dtype (default 30)")
+                   help="fuzzed cases per mutant and dtype (default: the profile's, as check sweeps)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=MutateOptions.profile,
+                   help="the check profile whose case count the mutants are swept with (default: default)")
     p.add_argument("--seed", type=int, default=MutateOptions.seed, help="seed of the case generator (default 0)")
     p.add_argument("--jobs", type=int, default=None,
                    help="mutants run at a time, each in its own child process (default: the CPU count, at "
@@ -32,8 +35,8 @@ def add_parser(sub):
 
 def options_from_args(args) -> MutateOptions:
     """The parsed command line as MutateOptions (OptionError for a value that cannot run)."""
-    return MutateOptions(ops=args.op, mutants=args.mutant, cases=args.cases, seed=args.seed, jobs=args.jobs,
-                         shrink=not args.no_shrink, case_timeout_s=args.case_timeout, json_path=args.json,
+    return MutateOptions(ops=args.op, mutants=args.mutant, cases=args.cases, profile=args.profile, seed=args.seed,
+                         jobs=args.jobs, shrink=not args.no_shrink, case_timeout_s=args.case_timeout, json_path=args.json,
                          list_only=args.list, quiet=args.quiet)
 
 

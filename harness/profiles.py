@@ -1,0 +1,71 @@
+"""Check profiles, in the sense of Hypothesis's settings profiles: how much a check sweeps.
+
+``default`` is what a kernel author runs before a merge (``moe-harness check``, and pytest's
+conformance tests unless ``--moe-profile`` says otherwise); ``thorough`` is the 2,000-case
+sweep for nights and releases. ``--cases N`` overrides a profile's count. Every profile keeps
+the three fixed cases of each sweep (empty batch, aligned long groups, narrow rank,
+harness.fuzz) before its fuzzed ones.
+
+A profile's numbers are per backend, because a case costs ~1000x more on Triton's
+interpreter than on a GPU:
+
+  cases               fuzzed cases per (implementation, op, dtype) row, after the fixed ones.
+                      The default's interpreter count is the smallest that kills every mutant
+                      of the catalogue that the interpreter can run, with margin (measured with
+                      ``moe-harness mutate --profile default``; README, "Profiles").
+  repeat_probe_cases  how many of a row's cases (the first ones: the fixed cases come first) get
+                      the two probes that call the candidate again: the decoy call before the
+                      case (a result cached from an earlier call) and the second run (two runs
+                      that differ). None: every case. On the interpreter the programs of a
+                      launch run one after another and fresh allocations are poisoned with a
+                      fixed payload, so a second run repeats the first bit for bit unless the
+                      candidate keeps state between calls, which the first cases already show;
+                      each probe costs a full interpreted call.
+
+The pytest suite's conformance tests take their per-row count from the profile too, so an op
+added to the registry costs the suite what the profile says and no more.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+BACKEND_NAMES = ("cuda", "interpreter")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much one row of a check sweeps, per backend (see the module docstring)."""
+
+    name: str
+    purpose: str
+    cases: Mapping[str, int]
+    repeat_probe_cases: Mapping[str, Optional[int]]
+
+    def cases_for(self, backend: str) -> int:
+        return self.cases[backend]
+
+    def repeat_probes_for(self, backend: str) -> Optional[int]:
+        return self.repeat_probe_cases[backend]
+
+
+PROFILES = {
+    "default": Profile(
+        "default", "before a merge: the fixed cases and enough fuzzed ones to kill every mutant of the catalogue",
+        cases={"interpreter": 6, "cuda": 50},
+        repeat_probe_cases={"interpreter": 4, "cuda": None}),
+    "thorough": Profile(
+        "thorough", "nights and releases: the 2,000-case sweep (hours on the interpreter)",
+        cases={"interpreter": 2000, "cuda": 2000},
+        repeat_probe_cases={"interpreter": None, "cuda": None}),
+}
+DEFAULT_PROFILE = "default"
+
+
+def profile_named(name: str) -> Profile:
+    return PROFILES[name]
+
+
+def fuzzed_cases(profile: str, backend: str, override: Optional[int] = None) -> int:
+    """Fuzzed cases per row: ``override`` (--cases) when given, else the profile's for the backend."""
+    return override if override is not None else PROFILES[profile].cases_for(backend)

@@ -1,0 +1,122 @@
+"""Profiles (harness.profiles), --budget, the repeat probes' limit, the periodic progress line
+and the warm child processes of ``moe-harness check`` (issue 24)."""
+import re
+import time
+
+import pytest
+
+from harness import cli
+from harness.check import LiveProgress, run_check
+from harness.fuzz import sweep
+from harness.options import CheckOptions, MutateOptions, OptionError
+from harness.profiles import PROFILES
+from harness.report import Row
+from harness.runner import Candidate
+from harness.specs import SPECS
+from reference import preprocess as reference
+from tests.helpers import memoised_on_shapes
+
+
+@pytest.fixture
+def backend(request):
+    return getattr(request.config, "moe_backend", None) or "interpreter"
+
+
+def test_cases_come_from_the_profile_per_backend_and_cases_overrides():
+    for name, prof in PROFILES.items():
+        for backend in ("cuda", "interpreter"):
+            assert CheckOptions(profile=name).cases_for(backend) == prof.cases[backend]
+            assert MutateOptions(profile=name).cases_for(backend) == prof.cases[backend]
+            assert CheckOptions(profile=name, cases=7).cases_for(backend) == 7
+    assert PROFILES["thorough"].cases["cuda"] == 2000
+    assert CheckOptions().repeat_probe_cases("cuda") is None  # every case on a GPU
+
+
+@pytest.mark.parametrize("kw, option", [(dict(profile="quick"), "--profile"), (dict(budget_s=0), "--budget"),
+                                        (dict(budget_s=-5.0), "--budget")])
+def test_bad_profile_or_budget_is_an_option_error(kw, option):
+    with pytest.raises(OptionError, match=f"^{option}: "):
+        CheckOptions(**kw)
+
+
+def test_pytest_and_command_line_take_the_profile(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["check", "--profile", "quick"])
+    assert exc.value.code == 2 and "--profile" in capsys.readouterr().err
+
+
+def _counting(fn):
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return fn(*args)
+    return Candidate(counted), calls
+
+
+def test_repeat_probes_only_on_the_first_cases(device):
+    """With repeat_probe_cases=2 the first two cases call the candidate three times (decoy, two
+    runs), every later case once."""
+    cand, calls = _counting(reference.ep_preprocess)
+    out = sweep(SPECS["ep_preprocess"], cand, "counted", "int32", "interpreter", device, 4, seed=0,
+                database_dir=None, repeat_probe_cases=2)
+    assert out.failure is None and out.passed == 7  # 3 fixed + 4 fuzzed
+    assert len(calls) == 2 * 3 + 5 * 1
+
+
+def test_a_cached_result_is_still_caught_with_the_default_profile(device):
+    """The decoy call runs on the first cases, so memoisation on shapes fails on a fixed case."""
+    out = sweep(SPECS["ep_preprocess"], Candidate(memoised_on_shapes(reference.ep_preprocess)), "cached", "int32", "interpreter", device, 6, seed=0,
+                database_dir=None, shrink=False,
+                repeat_probe_cases=CheckOptions().repeat_probe_cases("interpreter"))
+    assert out.failure is not None and "cached from an earlier call?" in out.failure.message
+
+
+def test_a_spent_budget_still_runs_the_fixed_cases_and_says_so(device):
+    out = sweep(SPECS["ep_preprocess"], Candidate(reference.ep_preprocess), "ref", "int32", "interpreter", device,
+                50, seed=0, database_dir=None, deadline=time.time() - 1)
+    assert out.budget_spent and out.failure is None and out.passed == 3
+
+
+def test_budget_rows_say_how_many_cases_they_got(backend):
+    options = CheckOptions(impls=["reference"], ops=["ep_preprocess", "deepep_preprocess"], budget_s=6.0,
+                           isolate=False, quiet=True)
+    t0 = time.time()
+    rows = run_check(options, backend)
+    assert time.time() - t0 < 60
+    assert len(rows) == 4
+    for row in rows:
+        assert row.status == "passed" and row.run >= 3, row
+        assert re.search(rf"budget: {row.run} case\(s\)", row.reason), row.reason
+
+
+def test_periodic_line_names_the_rows_in_flight_and_their_cases(capsys):
+    with LiveProgress(True, total_rows=3, every_s=0.05) as live:
+        live.case("grouped_gemm", "ours", "bfloat16", 4)
+        time.sleep(0.3)
+        live.finished([Row("grouped_gemm", "ours", "bfloat16", status="passed", run=9, seconds=1.0)])
+    err = capsys.readouterr().err
+    assert "0/3 rows done; running: grouped_gemm [ours, bfloat16] 4 case(s)" in err
+    assert "grouped_gemm [ours, bfloat16]: passed, 9 case(s) in 1.0 s" in err
+
+
+def test_isolated_rows_share_warm_children_and_keep_their_order(backend):
+    """Four rows in one warm child (--jobs 1): the child starts once and rows come back in order."""
+    from harness import isolate
+    started = []
+    real = isolate.RowWorker.take
+
+    def take(self):
+        if self.child is None or not self.child.alive:
+            started.append(1)
+        return real(self)
+    options = CheckOptions(impls=["reference"], ops=["ep_preprocess", "deepep_preprocess"], cases=1, jobs=1,
+                           quiet=True)
+    try:
+        isolate.RowWorker.take = take
+        rows = run_check(options, backend)
+    finally:
+        isolate.RowWorker.take = real
+    assert [(r.op, r.dtype) for r in rows] == [("ep_preprocess", "int32"), ("ep_preprocess", "int64"),
+                                               ("deepep_preprocess", "int32"), ("deepep_preprocess", "int64")]
+    assert all(r.status == "passed" for r in rows) and len(started) == 1
