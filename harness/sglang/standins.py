@@ -41,8 +41,8 @@ module: name                                       stands for (releases)        
                                                                                         SGLANG_USE_AITER, False off
                                                                                         ROCm); any other setting raises
 ``sglang.kernels.ops.moe.moe_permute_prepare:``    the JIT-compiled CUDA kernel behind  the same arithmetic in torch:
-``moe_permute_prepare``                            the permute's indices (0.5.23,       torch.sort (unstable, as
-                                                   imported inside the function)        SGLang's), lower bounds of 0
+``moe_permute_prepare`` (0.5.23; 0.5.16's          the permute's indices (imported      torch.sort (unstable, as
+``sglang.jit_kernel.moe_permute_prepare``)         inside the function)                 SGLang's), lower bounds of 0
                                                                                         and each expert, the scatter of
                                                                                         sorted positions; the same
                                                                                         TypeError for non-int32 ids. Not
@@ -262,6 +262,7 @@ STANDINS: Dict[str, Dict[str, object]] = {
     "sglang.kernels.ops.quantization.fp8_kernel": dict(_FP8_KERNEL),
     "sglang.srt.environ": {"envs": _Settings()},
     "sglang.kernels.ops.moe.moe_permute_prepare": {"moe_permute_prepare": moe_permute_prepare},
+    "sglang.jit_kernel.moe_permute_prepare": {"moe_permute_prepare": moe_permute_prepare},   # 0.5.16 .. 0.5.2x
     "sglang.srt.layers.deep_gemm_wrapper": {"DEEPGEMM_SCALE_UE8M0": False},
     "sglang.kernels.ops.moe.minimax_quant_ue8m0": {"per_token_quant_fp8_ue8m0_scatter":
                                                    per_token_quant_fp8_ue8m0_scatter},
