@@ -13,8 +13,10 @@ Options:
   --moe-block-size N  BLOCK_SIZE of sglang: raw-kernel launches (default 512)
   --moe-sglang-wheel PATH  an sglang release wheel for --moe-impl sglang==VERSION without a
                       package index (repeatable)
-  --moe-isolate       run each conformance test in a child process (crash isolation)
-  --moe-timeout S     with --moe-isolate: seconds per test before it is CRASHED (default 900)
+  --moe-isolate       run the conformance tests in a warm child process (the default; crash
+                      isolation: a fault or hang is that test's CRASHED, the next gets a new child)
+  --no-moe-isolate    run them in the pytest process
+  --moe-timeout S     with isolation: seconds per test before it is CRASHED (default 900)
 
 Check your own kernels, from any directory:
   pytest --pyargs tests.test_conformance --moe-impl sglang:path/to/kernels.py
@@ -59,11 +61,14 @@ def pytest_addoption(parser):
     group.addoption("--moe-sglang-wheel", action="append", dest="moe_sglang_wheel", default=None, metavar="PATH",
                     help="an sglang release wheel (.whl) for --moe-impl sglang==VERSION without a package index "
                          "(repeatable; cached under its version)")
-    group.addoption("--moe-isolate", action="store_true", default=False,
-                    help="run each conformance test in a child process: a GPU fault, segfault or hang fails "
-                         "that test as CRASHED instead of ending the session")
+    group.addoption("--moe-isolate", action="store_true", dest="moe_isolate", default=True,
+                    help="run the conformance tests in a warm child process (the default): a GPU fault, "
+                         "segfault or hang fails that test as CRASHED and the next test gets a fresh child, "
+                         "instead of ending the session")
+    group.addoption("--no-moe-isolate", action="store_false", dest="moe_isolate",
+                    help="run the conformance tests in the pytest process (a crash ends the session)")
     group.addoption("--moe-timeout", type=float, default=900.0,
-                    help="with --moe-isolate: seconds one conformance test may run (default 900)")
+                    help="with isolation: seconds one conformance test may run (default 900)")
 
 
 def _select(config) -> str:
@@ -190,8 +195,13 @@ class MoeRunner:
         from harness.row_check import check_one
         options = self.options()
         if options.isolate:
-            from harness.isolate import run_group
-            return run_group(options, self.backend, target.impl, target.op, [target.dtype])[0]
+            from harness.isolate import RowWorker, run_group
+            # one warm child for the session (imports and compiled kernels kept), replaced after a
+            # crash or a failing row; closed at the end of the session (pytest_unconfigure)
+            worker = getattr(self.config, "moe_row_worker", None)
+            if worker is None:
+                worker = self.config.moe_row_worker = RowWorker(self.backend)
+            return run_group(options, self.backend, target.impl, target.op, [target.dtype], worker=worker)[0]
         return check_one(options, self.backend, self.implementation(target.impl), target.impl, target.op,
                          target.dtype)
 
@@ -257,3 +267,9 @@ def gen(seed, device):
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def pytest_unconfigure(config):
+    worker = getattr(config, "moe_row_worker", None)
+    if worker is not None:
+        worker.close()

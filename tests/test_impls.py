@@ -244,3 +244,13 @@ def test_pytest_plugin_fails_a_session_that_checked_nothing(tmp_path, backend):
     proc = _pytest_outside(tmp_path, backend, "--moe-impl", f"sglang:{empty}")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "nothing was checked" in proc.stdout and " passed" not in proc.stdout
+
+
+def test_pytest_plugin_isolates_by_default_a_crash_fails_one_test(tmp_path, backend):
+    """A native crash of the candidate (SIGSEGV) is that test's CRASHED failure, and the session
+    goes on to the next test in a fresh child (isolation is the default; --no-moe-isolate opts out)."""
+    proc = _pytest_outside(tmp_path, backend, "--moe-impl", f"ep_preprocess={MISBEHAVING}:segfaults",
+                           "--moe-impl", "ours", "-k", "ep_preprocess and int32 and not deepep")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "CRASHED" in proc.stdout and "killed by signal SIGSEGV" in proc.stdout, proc.stdout[-3000:]
+    assert "1 failed, 1 passed" in proc.stdout, proc.stdout[-3000:]     # ours ran after the crash
