@@ -221,3 +221,11 @@ def silu_and_mul_masked_post_quant_packed_fwd(input, output, output_scale, quant
                      contiguous=False)
     return silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_size, masked_m, scale_ue8m0,
                                               gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk)
+
+
+def pinned_launch(num_warps=None, row_programs=None, tile_elements=None):
+    """Context manager (optimized/config.py's switches): both kernels launched with ``num_warps``
+    (decode and prefill alike), the float-scale kernel with at most ``row_programs`` row programs
+    per (expert, column block), tiles of ``tile_elements``; None leaves a knob as it is."""
+    return _config.pinned_globals(globals(), NUM_WARPS=num_warps, NUM_WARPS_PREFILL=num_warps,
+                                  MAX_ROW_PROGRAMS=row_programs, TILE_ELEMENTS=tile_elements)

@@ -202,7 +202,7 @@ def test_fp8_gemm_flops_count_at_twice_the_bf16_ceiling(dtype, rate):
 def test_cost_of_every_op_on_a_built_case():
     from harness.specs import SPECS
     for op, spec in SPECS.items():
-        dtype = "int32" if "preprocess" in op else "bfloat16"
+        dtype = "bfloat16" if "bfloat16" in spec.dtypes else spec.dtypes[0]
         p = CaseParams(op=op, dtype=dtype, tokens=6, topk=2, experts=8, start_expert=2, end_expert=5, hidden=16,
                        inter=8, invalid_frac=0.3 if op == "deepep_preprocess" else 0.0)
         cost = cost_of(p, spec.build(p, torch.device("cpu")).args)

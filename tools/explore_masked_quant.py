@@ -3,8 +3,7 @@ SGLang's kernel, at the bench's DeepSeek-V3 EP8 anchors (T = 1, 64, 4096 tokens 
 
 For each anchor it builds the record's case (harness.bench.anchor_cases, the same shapes the bench
 times), times SGLang's function (a release's file, bound as check binds it) and ours under each
-combination of the module's launch constants (NUM_WARPS and NUM_WARPS_PREFILL together,
-MAX_ROW_PROGRAMS, TILE_ELEMENTS), checks
+combination of the launch settings (``optimized.quant.pinned_launch``: warps, row programs, tile), checks
 every variant's output against the reference once (decode cases), and prints one JSON line per (case, variant)
 with the median microseconds (triton.testing.do_bench, CUDA graph replay).
 
@@ -56,12 +55,11 @@ def main(argv=None) -> int:
         line = dict(case=case.params.short(), impl=args.sglang, us=round(time_us(upstream, sample), 2))
         print(json.dumps(line), flush=True)
         for warps, programs, tile in itertools.product(args.warps, args.row_programs, args.tile):
-            ours_module.NUM_WARPS = ours_module.NUM_WARPS_PREFILL = warps
-            ours_module.MAX_ROW_PROGRAMS, ours_module.TILE_ELEMENTS = programs, tile
-            ok = run_case(spec, Candidate(ours), case.params, "cuda", "ours").status == "passed" \
-                if case.params.tokens <= 64 else None   # the prefill case: timed only (check covers it)
-            line = dict(case=case.params.short(), impl="ours", warps=warps, row_programs=programs, tile=tile,
-                        us=round(time_us(ours, sample), 2), correct=ok)
+            with ours_module.pinned_launch(warps, programs, tile):
+                ok = run_case(spec, Candidate(ours), case.params, "cuda", "ours").status == "passed" \
+                    if case.params.tokens <= 64 else None   # the prefill case: timed only (check covers it)
+                line = dict(case=case.params.short(), impl="ours", warps=warps, row_programs=programs, tile=tile,
+                            us=round(time_us(ours, sample), 2), correct=ok)
             print(json.dumps(line), flush=True)
     return 0
 

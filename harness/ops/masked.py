@@ -381,9 +381,12 @@ MUTANTS = (
        "the UE8M0 scale rounded down instead of up: codes past 448 saturate",
        dtypes=("fp8_ue8m0",)),
     # --- ops whose `ours` is the reference: patches of the reference ----------------------
+    # the rows copied from the unaligned start, the counts (and the max_m check) from the aligned one:
+    # a wrong slab, not the reference's own max_m refusal (a kill by exception proves nothing)
     _M("expand_to_masked_slab_start_unaligned", "expand_to_masked_slab", REFERENCE,
-       "        start = -(-prev // alignment) * alignment\n        out.append((start, min(end - start, max_m)))",
-       "        start = prev\n        out.append((start, min(end - start, max_m)))",
+       "    for e, (start, count) in enumerate(segments):\n        slab[e, :count] = recv_x[start:start + count]",
+       "    for e, ((start, _), (_, count)) in enumerate(zip(_expanded_segments(psum, 1, 2 ** 62), segments)):\n"
+       "        slab[e, :count] = recv_x[start:start + count]",
        "an expert's rows read from the previous segment's end, not from it rounded up to expert_alignment"),
     _M("masked_slab_to_expand_weights_dropped", "masked_slab_to_expand", REFERENCE,
        "            rows = (rows.to(acc) * weights[start:start + count, None].to(acc)).to(input_tensor.dtype)",
