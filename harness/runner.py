@@ -436,7 +436,9 @@ class Candidate:
 
 
 # What torch raises when code asks for a GPU that a CPU-only torch or machine lacks.
-_NO_CUDA = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available")
+_NO_CUDA = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available",
+            # a CUDA binding of a CPU-only torch (torch.cuda.is_current_stream_capturing & co.)
+            "Tried to instantiate dummy base class _cuda")
 
 
 def needs_cuda(exc: BaseException) -> bool:
