@@ -437,8 +437,10 @@ class Candidate:
 
 # What torch raises when code asks for a GPU that a CPU-only torch or machine lacks.
 _NO_CUDA = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available",
-            # a CUDA binding of a CPU-only torch (torch.cuda.is_current_stream_capturing & co.)
-            "Tried to instantiate dummy base class _cuda")
+            # a CUDA binding of a CPU-only torch (torch.cuda.is_current_stream_capturing & co.), and a
+            # CUDA build of torch on a machine without a driver (the index's torch on a CPU machine)
+            "Tried to instantiate dummy base class _cuda", "CUDA driver version is insufficient",
+            "no CUDA-capable device is detected")
 
 
 def needs_cuda(exc: BaseException) -> bool:
