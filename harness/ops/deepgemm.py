@@ -296,7 +296,6 @@ RECORDS = (
            ("float32", "bfloat16"), KERNELS, gather_cost, invalid_ids=True, large_shape=_LARGE,
            bench_anchors=_DS_EP8, bench_routing="dispatched", shape_label=lambda p: f"H={_gather_hidden(p)}",
            sglang=SglangBinding(("ep_gather",)),
-           skips={("interpreter", "bfloat16"): "the interpreter computes bf16 products on raw bit patterns"},
            error_inputs=(
                ErrorInput("float32", set_arg("input_index", lambda a: a["input_index"][:, :1].contiguous()),
                           ValueError, "input_index"),
