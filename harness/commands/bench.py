@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import bench
 from ..cases import MODEL_SHAPES, ROUTINGS
+from . import add_sglang_wheel
 from ..options import BENCH_MODES, BenchOptions
 from ..specs import SPECS
 
@@ -16,9 +17,7 @@ def add_parser(sub):
     p.add_argument("--op", nargs="+", help=f"ops to time (default: all): {', '.join(SPECS)}")
     p.add_argument("--impl", nargs="+", default=list(BenchOptions.impls),
                    help="implementation sources to time (default: ours); see moe-harness check --help")
-    p.add_argument("--sglang-wheel", action="append", default=[], metavar="PATH",
-                   help="an sglang release wheel (.whl) to use for --impl sglang==VERSION without a package index; "
-                        "repeatable (it is cached under its version)")
+    add_sglang_wheel(p)
     p.add_argument("--preset", choices=("anchors",) + tuple(sorted(MODEL_SHAPES)),
                    help="anchors (default): the shapes of ANCHORS.md; a model name: its shapes at decode (1, 64) and "
                         "prefill (1024, 4096) tokens, uniform and skewed routing (DeepSeek-V3 on one rank of EP8)")

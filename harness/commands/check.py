@@ -6,6 +6,7 @@ import argparse
 from .. import check
 from ..fuzz import PRESETS
 from ..impls import SOURCE_HELP
+from . import add_sglang_wheel
 from ..options import CheckOptions
 from ..profiles import PROFILES
 
@@ -18,9 +19,7 @@ def add_parser(sub):
     p.add_argument("--impl", nargs="+", default=list(CheckOptions.impls), help=SOURCE_HELP)
     p.add_argument("--block-size", type=int, help="BLOCK_SIZE that sglang: raw kernels are launched with "
                                                   "(default: 512, as SGLang's EP layer)")
-    p.add_argument("--sglang-wheel", action="append", default=[], metavar="PATH",
-                   help="an sglang release wheel (.whl) to use for --impl sglang==VERSION without a package index; "
-                        "repeatable (it is cached under its version)")
+    add_sglang_wheel(p)
     p.add_argument("--dtype", nargs="+", help="dtypes to check (default: every dtype of each op)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=CheckOptions.profile,
                    help="how much to sweep: " + "; ".join(f"{name}: {prof.purpose} ({prof.cases['interpreter']} "

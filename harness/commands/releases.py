@@ -5,6 +5,7 @@ import argparse
 
 from .. import releases
 from ..fuzz import PRESETS
+from . import add_sglang_wheel
 from ..options import ReleasesOptions
 
 
@@ -35,8 +36,7 @@ def add_parser(sub):
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=ReleasesOptions.isolate,
                    help="run each (release, op) in a child process, as check does (default: on)")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing case without shrinking it")
-    p.add_argument("--sglang-wheel", action="append", default=[], metavar="PATH",
-                   help="an sglang release wheel to register in the cache first (no package index); repeatable")
+    add_sglang_wheel(p, "an sglang release wheel to register in the cache first (no package index); repeatable")
     p.add_argument("--json", help="write the matrix (or the bisection) to this JSON file")
     p.add_argument("--png", help="write a heatmap of the matrix to this PNG file (needs the extra [plot]: "
                                  "matplotlib)")
