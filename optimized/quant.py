@@ -37,6 +37,8 @@ __all__ = ["silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_quant
 NUM_WARPS = 4
 NUM_WARPS_PREFILL = 1
 PREFILL_ROWS = 4096
+# Software-pipelining stages of the row loops (Triton's default, stated so the explorer can vary it).
+NUM_STAGES = 3
 # Row programs per (expert, column block) of the float-scale kernel: enough programs to fill an
 # H100 at decode sizes (E_local = 32, a handful of rows each) without idle ones at prefill.
 MAX_ROW_PROGRAMS = 64
@@ -188,7 +190,8 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     # schedule's num_real_tokens * topk, else the slab's capacity
     most_rows = num_real_tokens * topk if num_real_tokens is not None and topk is not None else E * m_max
     common = dict(IN_DTYPE=_TL_DTYPES[input.dtype], GROUP=quant_group_size, GEMM1_ALPHA=alpha, CLAMP_LIMIT=limit,
-                  UP_LIMIT=up_limit, num_warps=NUM_WARPS if most_rows < PREFILL_ROWS else NUM_WARPS_PREFILL)
+                  UP_LIMIT=up_limit, num_warps=NUM_WARPS if most_rows < PREFILL_ROWS else NUM_WARPS_PREFILL,
+                  num_stages=NUM_STAGES)
     if packed:
         rows = num_real_tokens * topk
         block_m = max(1, min(TILE_ELEMENTS // (4 * quant_group_size), 16))
@@ -223,9 +226,10 @@ def silu_and_mul_masked_post_quant_packed_fwd(input, output, output_scale, quant
                                               gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk)
 
 
-def pinned_launch(num_warps=None, row_programs=None, tile_elements=None):
+def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_stages=None):
     """Context manager (optimized/config.py's switches): both kernels launched with ``num_warps``
-    (decode and prefill alike), the float-scale kernel with at most ``row_programs`` row programs
-    per (expert, column block), tiles of ``tile_elements``; None leaves a knob as it is."""
+    (decode and prefill alike) and ``num_stages``, the float-scale kernel with at most
+    ``row_programs`` row programs per (expert, column block), tiles of ``tile_elements``; None
+    leaves a knob as it is."""
     return _config.pinned_globals(globals(), NUM_WARPS=num_warps, NUM_WARPS_PREFILL=num_warps,
-                                  MAX_ROW_PROGRAMS=row_programs, TILE_ELEMENTS=tile_elements)
+                                  MAX_ROW_PROGRAMS=row_programs, TILE_ELEMENTS=tile_elements, NUM_STAGES=num_stages)

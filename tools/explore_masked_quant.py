@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warps", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--row-programs", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--tile", type=int, nargs="+", default=[512, 1024, 4096])
+    ap.add_argument("--stages", type=int, nargs="+", default=[3])
+    ap.add_argument("--tokens", type=int, nargs="+", default=None, help="only these anchors (default: all)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a GPU", file=sys.stderr)
@@ -51,14 +53,16 @@ def main(argv=None) -> int:
         return triton.testing.do_bench_cudagraph(lambda: fn(*call.values()), rep=50) * 1e3
 
     for case in cases:
+        if args.tokens and case.params.tokens not in args.tokens:
+            continue
         sample = spec.build(case.params, torch.device("cuda"))
         line = dict(case=case.params.short(), impl=args.sglang, us=round(time_us(upstream, sample), 2))
         print(json.dumps(line), flush=True)
-        for warps, programs, tile in itertools.product(args.warps, args.row_programs, args.tile):
-            with ours_module.pinned_launch(warps, programs, tile):
+        for warps, programs, tile, stages in itertools.product(args.warps, args.row_programs, args.tile, args.stages):
+            with ours_module.pinned_launch(warps, programs, tile, stages):
                 ok = run_case(spec, Candidate(ours), case.params, "cuda", "ours").status == "passed" \
                     if case.params.tokens <= 64 else None   # the prefill case: timed only (check covers it)
-                line = dict(case=case.params.short(), impl="ours", warps=warps, row_programs=programs, tile=tile,
+                line = dict(case=case.params.short(), impl="ours", warps=warps, row_programs=programs, tile=tile, stages=stages,
                             us=round(time_us(ours, sample), 2), correct=ok)
             print(json.dumps(line), flush=True)
     return 0
