@@ -18,6 +18,7 @@ from hypothesis.errors import Flaky
 from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
 from .runner import CaseResult, run_case
 from .specs import OpSpec
+from .supervise import is_device_fault
 
 # Size limits per backend: the interpreter runs each Triton program in Python.
 SIZE_LIMITS = {
@@ -125,6 +126,11 @@ class _BudgetSpent(BaseException):
     Hypothesis neither takes it for a failure (no shrinking, nothing saved) nor catches it."""
 
 
+class _DeviceFault(BaseException):
+    """Carries a GPU fault out of a sweep's test function at once (a BaseException, as
+    _BudgetSpent): the case in progress is the one that faulted."""
+
+
 class _CaseFailed(Exception):
     def __init__(self, result: CaseResult):
         super().__init__(result.message)
@@ -177,8 +183,15 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
             repeated.add(key)
         repeat = repeat_probe_cases is None or key in repeated
         state["calls"] += 1
-        res = run_case(spec, candidate, params, device, impl_name, require_ieee_fp32=require_ieee_fp32,
-                       repeat_probes=repeat)
+        try:
+            res = run_case(spec, candidate, params, device, impl_name, require_ieee_fp32=require_ieee_fp32,
+                           repeat_probes=repeat)
+        except Exception as exc:
+            # a GPU fault leaves the context unusable: no replay or shrink can tell anything (each
+            # would fail in its own way, and Hypothesis would call the disagreement Flaky)
+            if is_device_fault(exc):
+                raise _DeviceFault(exc) from exc
+            raise
         if res.status in ("rejected", "not computable") and not state["failing"]:
             state["rejected" if res.status == "rejected" else "not_computable"] += 1
         elif res.ok and not state["failing"]:
@@ -218,6 +231,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     try:
         test()
+    except _DeviceFault as fault:
+        raise fault.args[0]        # as the case in progress raised it: the isolated child reports CRASHED
     except _BudgetSpent:
         return outcome(None, None, spent=True)
     except Flaky:

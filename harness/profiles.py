@@ -14,13 +14,20 @@ interpreter than on a GPU:
                       of the catalogue that the interpreter can run, with margin (measured with
                       ``moe-harness mutate --profile default``; README, "Profiles").
   repeat_probe_cases  how many of a row's cases (the first ones: the fixed cases come first) get
-                      the two probes that call the candidate again: the decoy call before the
-                      case (a result cached from an earlier call) and the second run (two runs
-                      that differ). None: every case. On the interpreter the programs of a
-                      launch run one after another and fresh allocations are poisoned with a
-                      fixed payload, so a second run repeats the first bit for bit unless the
-                      candidate keeps state between calls, which the first cases already show;
-                      each probe costs a full interpreted call.
+                      the probes that call the candidate again: the decoy call before the case
+                      (a result cached from an earlier call), the second run (two runs that
+                      differ) and, on a GPU, the CUDA-graph capture and replay. None: every
+                      case. On the interpreter the programs of a launch run one after another
+                      and fresh allocations are poisoned with a fixed payload, so a second run
+                      repeats the first bit for bit unless the candidate keeps state between
+                      calls, which the first cases already show; each probe costs a full
+                      interpreted call. On a GPU the three cost more than the case itself (two
+                      more case builds, a capture, up to GRAPH_SEED_TRIES builds for a replay
+                      that fits it, a second reference); what they catch does not depend on
+                      the routing (a cache keyed on shapes, a host synchronisation, a value
+                      baked into the capture) or, for a race, shows in the comparison of any
+                      case as well, so the default gives them to the first 10 cases of a row and
+                      the thorough profile to every case.
 
 The pytest suite's conformance tests take their per-row count from the profile too, so an op
 added to the registry costs the suite what the profile says and no more.
@@ -53,7 +60,7 @@ PROFILES = {
     "default": Profile(
         "default", "before a merge: the fixed cases and enough fuzzed ones to kill every mutant of the catalogue",
         cases={"interpreter": 6, "cuda": 50},
-        repeat_probe_cases={"interpreter": 4, "cuda": None}),
+        repeat_probe_cases={"interpreter": 4, "cuda": 10}),
     "thorough": Profile(
         "thorough", "nights and releases: the 2,000-case sweep (hours on the interpreter)",
         cases={"interpreter": 2000, "cuda": 2000},

@@ -56,6 +56,7 @@ from .sglang.bind import NotSupported
 from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
 from .status import CASE_FAILED, CASE_NOT_COMPUTABLE, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
+from .supervise import is_device_fault
 from .tolerance import UNIT_ROUNDOFF, compare_float
 
 GUARD_ROWS = 3
@@ -455,6 +456,8 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
     try:
         return _call(candidate.fn, sample, spec, sample.args, poison_fresh)
     except Exception as exc:  # a candidate's exception is a failure of this case
+        if is_device_fault(exc):
+            raise   # the context is unusable: the case ends here, CRASHED (harness/fuzz.py, isolate.py)
         # no verdict here: the interpreter cannot model the arithmetic (harness/interpreter.py), or the
         # candidate reached an SGLang stand-in that cannot be faithful (harness/sglang/standins.py)
         if type(exc).__name__ == "InterpreterCannotCompute":
@@ -477,9 +480,9 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
              poison_fresh: bool = True, require_ieee_fp32: bool = False, repeat_probes: bool = True) -> CaseResult:
     """Run every probe on one case; never raises for a candidate's fault. ``require_ieee_fp32``:
     a float32 matrix product within TF32's error but not float32's fails (default: passes,
-    marked as TF32 precision). ``repeat_probes`` False: no decoy call and no second run (the
-    probes that call the candidate again; a profile keeps them to a row's first cases on the
-    interpreter, harness.profiles)."""
+    marked as TF32 precision). ``repeat_probes`` False: no decoy call, no second run and no
+    CUDA-graph capture (the probes that call the candidate again; a profile keeps them to a row's
+    first cases, harness.profiles)."""
     base = dict(op=spec.name, impl=impl_name, dtype=params.dtype, params=params.to_json())
     sample = spec.build(params, torch.device(device))
     expected = reference_outputs(spec, sample)
@@ -519,7 +522,8 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                 if not bool(same.all()):
                     raise ProbeFailure("nondeterministic", f"{out.name}: two runs on the same inputs gave "
                                                            f"different bits")
-        if candidate.graph and spec.capturable and torch.device(device).type == "cuda" and _on("graph"):
+        if candidate.graph and spec.capturable and torch.device(device).type == "cuda" and _on("graph") and \
+                repeat_probes:
             _graph_probe(spec, candidate, params, device, require_ieee_fp32)
         return CaseResult(**base, status=CASE_PASSED, details=details)
     except ProbeFailure as f:

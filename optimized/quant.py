@@ -30,18 +30,22 @@ from ._tl import FP8_MAX
 
 __all__ = ["silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_quant_packed_fwd"]
 
-# Launch settings measured on an H100 at DeepSeek-V3 EP8 (tools/explore_masked_quant.py,
-# results/2026-12-06-s13-h100 call 5): one row of 512 columns per step (4 groups of 128) beat 8 rows
-# (4096 elements) at every size, by 3x at decode; 4 warps at decode, 1 warp once the live rows pass
-# PREFILL_ROWS (T = 4096: 144 us against 185 with 4 warps, SGLang 658).
+# Launch settings measured on an H100 at DeepSeek-V3 EP8 (tools/explore_masked_quant.py): one row of
+# 512 columns per step (4 groups of 128) beat 8 rows (4096 elements) at every size, by 3x at decode;
+# 4 warps at decode; once the live rows pass PREFILL_ROWS, the packed kernel takes 1 warp (T = 4096:
+# 144 us against 185 with 4 warps, SGLang 658; results/2026-12-06-s13-h100 call 5) and the
+# float-scale kernel 2 warps and up to 512 row programs per (expert, column block) (T = 4096:
+# 116-120 us against 141 with 1 warp and 64, SGLang 123; results/2026-12-06-s14-h100 call 1).
 NUM_WARPS = 4
 NUM_WARPS_PREFILL = 1
+NUM_WARPS_PREFILL_FLOAT_SCALE = 2
 PREFILL_ROWS = 4096
 # Software-pipelining stages of the row loops (Triton's default, stated so the explorer can vary it).
 NUM_STAGES = 3
 # Row programs per (expert, column block) of the float-scale kernel: enough programs to fill an
-# H100 at decode sizes (E_local = 32, a handful of rows each) without idle ones at prefill.
+# H100 at decode sizes (E_local = 32, a handful of rows each); at prefill, about two rows each.
 MAX_ROW_PROGRAMS = 64
+MAX_ROW_PROGRAMS_PREFILL = 512
 # Row-tile programs of the packed kernel per word column (SGLang sizes its grid by
 # num_real_tokens * topk, which can far exceed the live rows; ours loop over the live tiles).
 MAX_PACKED_PROGRAMS = 1024
@@ -189,9 +193,9 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     # live rows at most (the host cannot read masked_m without a synchronisation): the packed
     # schedule's num_real_tokens * topk, else the slab's capacity
     most_rows = num_real_tokens * topk if num_real_tokens is not None and topk is not None else E * m_max
+    prefill = most_rows >= PREFILL_ROWS
     common = dict(IN_DTYPE=_TL_DTYPES[input.dtype], GROUP=quant_group_size, GEMM1_ALPHA=alpha, CLAMP_LIMIT=limit,
-                  UP_LIMIT=up_limit, num_warps=NUM_WARPS if most_rows < PREFILL_ROWS else NUM_WARPS_PREFILL,
-                  num_stages=NUM_STAGES)
+                  UP_LIMIT=up_limit, num_stages=NUM_STAGES)
     if packed:
         rows = num_real_tokens * topk
         block_m = max(1, min(TILE_ELEMENTS // (4 * quant_group_size), 16))
@@ -201,18 +205,20 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
         _post_quant_packed_kernel[(programs, groups // 4)](
             input, output, output_scale, masked_m,
             input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
-            n, E, BLOCK_M=block_m, E_PADDED=triton.next_power_of_2(E), **common)
+            n, E, BLOCK_M=block_m, E_PADDED=triton.next_power_of_2(E),
+            num_warps=NUM_WARPS_PREFILL if prefill else NUM_WARPS, **common)
         return None
     per_block = 4                       # groups per column block: the largest of 4, 2, 1 dividing G
     while groups % per_block:
         per_block //= 2
     block_n = per_block * quant_group_size
     block_m = max(1, min(TILE_ELEMENTS // block_n, 16))
-    row_programs = max(1, min(MAX_ROW_PROGRAMS, triton.cdiv(m_max, block_m)))
+    row_programs = max(1, min(MAX_ROW_PROGRAMS_PREFILL if prefill else MAX_ROW_PROGRAMS, triton.cdiv(m_max, block_m)))
     _post_quant_kernel[(groups // per_block, row_programs, E)](
         input, output, output_scale, masked_m,
         input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
-        n, BLOCK_M=block_m, BLOCK_N=block_n, UE8M0=bool(scale_ue8m0), **common)
+        n, BLOCK_M=block_m, BLOCK_N=block_n, UE8M0=bool(scale_ue8m0),
+        num_warps=NUM_WARPS_PREFILL_FLOAT_SCALE if prefill else NUM_WARPS, **common)
     return None
 
 
@@ -232,4 +238,6 @@ def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_sta
     ``row_programs`` row programs per (expert, column block), tiles of ``tile_elements``; None
     leaves a knob as it is."""
     return _config.pinned_globals(globals(), NUM_WARPS=num_warps, NUM_WARPS_PREFILL=num_warps,
-                                  MAX_ROW_PROGRAMS=row_programs, TILE_ELEMENTS=tile_elements, NUM_STAGES=num_stages)
+                                  NUM_WARPS_PREFILL_FLOAT_SCALE=num_warps, MAX_ROW_PROGRAMS=row_programs,
+                                  MAX_ROW_PROGRAMS_PREFILL=row_programs, TILE_ELEMENTS=tile_elements,
+                                  NUM_STAGES=num_stages)

@@ -273,6 +273,28 @@ def test_failure_that_does_not_repeat_is_reported_as_found(tmp_path, device, mon
     assert "nondeterministic" in out.failure.message
 
 
+def test_a_gpu_fault_ends_the_sweep_at_the_case_that_faulted(device, tmp_path, monkeypatch):
+    """A GPU fault leaves the context unusable (every later CUDA call fails in its own way): the
+    sweep raises it at once, for the isolated child to report CRASHED with the case in progress,
+    rather than replaying it (Hypothesis called the disagreeing replays Flaky: a harness error,
+    found on an H100 with the packed_scale_token_major mutant)."""
+    calls = []
+
+    def faults(gateup_output, down_input, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if len(calls) > 2:   # the sticky context
+            raise RuntimeError("CUDA error: unspecified launch failure")
+        reference.silu_and_mul(gateup_output, down_input, *args)
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        sweep(SPECS["silu_and_mul"], Candidate(faults), "planted", "float32", "interpreter", device, n_cases=5,
+              seed=0, database_dir=None, fixed_cases=False)
+    assert len(calls) == 2
+
+
 def test_large_case_float64_reference_on_the_host_still_catches_errors(seed, device, monkeypatch):
     """Past F64_ON_HOST_ELEMENTS the float64 reference is evaluated on the host (a `large`
     case's float64 copies do not fit on the GPU): the comparison still passes a right answer

@@ -29,7 +29,8 @@ def test_cases_come_from_the_profile_per_backend_and_cases_overrides():
             assert MutateOptions(profile=name).cases_for(backend) == prof.cases[backend]
             assert CheckOptions(profile=name, cases=7).cases_for(backend) == 7
     assert PROFILES["thorough"].cases["cuda"] == 2000
-    assert CheckOptions().repeat_probe_cases("cuda") is None  # every case on a GPU
+    assert CheckOptions().repeat_probe_cases("cuda") == 10  # a row's first cases on a GPU too
+    assert CheckOptions(profile="thorough").repeat_probe_cases("cuda") is None  # every case
 
 
 @pytest.mark.parametrize("kw, option", [(dict(profile="quick"), "--profile"), (dict(budget_s=0), "--budget"),

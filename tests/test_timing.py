@@ -19,6 +19,7 @@ from harness.bench import BenchCase, BaselineError, load_revision, resolve_basel
 from harness.cases import CaseParams
 from harness.costs import Cost, cost_of, perf_of
 from harness.options import BenchOptions
+from harness.specs import SPECS
 from harness.impls import load_implementation
 from harness.timing import (FASTER, SLOWER, TOO_FEW, WITHIN_NOISE, Ceilings, Stats, TimingConfig, Workload,
                             bootstrap_ratio_ci, compare, quantile, round_order, run_interleaved, verdict)
@@ -503,3 +504,26 @@ def test_production_layout_keeps_the_answer_with_weights_in_group_order(device, 
         outs.append(reference.grouped_gemm(*args.values()))
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(sample.args["weight_indices"].cpu(), torch.arange(p.e_local))  # the fuzz permuted them
+
+
+def test_a_case_whose_shapes_follow_the_seed_is_verified_on_its_rebuild_and_skipped_work_still_shows():
+    """ep_scatter's padded rows follow the routing: no other seed fits the timed buffers, so the last
+    round runs on the timed case rebuilt (said in the row); outputs poisoned before it still catch
+    a candidate that does the work once."""
+    ref = load_implementation("reference")
+    op = "ep_scatter"
+    fn = ref.ops[op]
+    calls = {"n": 0}
+
+    def works_once(*args):
+        calls["n"] += 1
+        return fn(*args) if calls["n"] == 1 else None
+
+    case = _case(op, dtype="bfloat16", tokens=24, topk=4, experts=16, start_expert=0, end_expert=7, hidden=64)
+    assert bench._fresh_case_of_the_same_shapes(SPECS[op], case.params, SPECS[op].build(case.params, torch.device("cpu")),
+                                                torch.device("cpu"), 3) is None
+    rows = {r.impl: r for r in time_case(case, [ref, _renamed(ref, "once", op, works_once)], "cpu", CPU_CONFIG,
+                                         FAKE_CEILINGS, modes=("eager",))}
+    assert rows["reference"].status == "ok" and rows["reference"].verified_on == bench.VERIFIED_ON_REBUILD
+    assert "(verified on the timed case rebuilt)" in bench.format_row(rows["reference"])
+    assert rows["once"].status == "WRONG" and "on the timed case rebuilt" in rows["once"].message, rows["once"].message

@@ -52,7 +52,7 @@ def add_parser(sub):
                    help="seconds one case may run before the child is taken for hung (default 600; 0: no limit)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="child processes at once, each kept warm from row to row (default: one per core on the "
-                        "interpreter; on GPUs up to 8, spread round-robin over them; one per GPU for "
+                        "interpreter; on GPUs up to 16, spread round-robin over them; one per GPU for "
                         "--preset large)")
     p.add_argument("--chunk", type=int, default=CheckOptions.chunk, metavar="N",
                    help="split each (implementation, op, dtype) sweep into child processes of N cases each, with "
