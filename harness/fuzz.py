@@ -145,10 +145,11 @@ class SweepOutcome:
     failure: Optional[CaseResult]          # the shrunk failing case, if any
     first_failure: Optional[CaseResult]    # as first found, before shrinking
     worst: dict                            # largest max_abs_err seen, per output
-    rejected: int = 0                      # cases outside a precondition that the candidate refused
+    rejected: int = 0                      # cases the candidate refused cleanly (both kinds below)
     tf32: int = 0                          # passed cases whose float32 products passed at TF32 precision only
     not_computable: int = 0                # cases the Triton interpreter cannot compute (no verdict)
     budget_spent: bool = False             # stopped at its deadline before n_cases fuzzed cases
+    unexpressible: int = 0                 # of the rejected: an argument the release has no parameter for
 
 
 def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
@@ -169,7 +170,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     candidate again (decoy, second run; None: every case; harness.profiles). ``deadline`` (a
     time.time()): no case starts after it but the fixed ones, and the outcome says so."""
     state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0, "not_computable": 0,
-             "calls": 0}
+             "calls": 0, "unexpressible": 0}
     requires = getattr(candidate, "requires", ())
     n_fixed = 3 if preset is None and fixed_cases else 0
     repeated = set()
@@ -194,6 +195,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
             raise
         if res.status in ("rejected", "not computable") and not state["failing"]:
             state["rejected" if res.status == "rejected" else "not_computable"] += 1
+            state["unexpressible"] += res.probe == "not_supported"
         elif res.ok and not state["failing"]:
             state["passed"] += 1
             state["tf32"] += any(rep.get("precision") == "tf32" for rep in res.details.values())
@@ -227,7 +229,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     def outcome(failure: Optional[CaseResult], first: Optional[CaseResult], spent: bool = False) -> SweepOutcome:
         return SweepOutcome(state["passed"], failure, first, state["worst"], state["rejected"], state["tf32"],
-                            state["not_computable"], spent)
+                            state["not_computable"], spent, state["unexpressible"])
 
     try:
         test()

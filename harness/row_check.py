@@ -45,6 +45,7 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         # a failure's details are the probe's (an error's, a mismatch's), not per-output errors
         row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()} if res.ok else {}
         counts = dict(rejected=int(res.status == "rejected"), not_computable=int(res.status == "not computable"),
+                      unexpressible=int(res.probe == "not_supported"),
                       tf32=int(res.ok and any(v.get("precision") == "tf32" for v in res.details.values())))
     else:
         out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases_for(backend), options.seed,
@@ -53,7 +54,8 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
                     on_case=(lambda r: tick(r.op, r.impl, r.dtype, None)) if tick else None)
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst
-        counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32)
+        counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32,
+                      unexpressible=out.unexpressible)
         row.run = out.passed + sum(counts[k] for k in ("rejected", "not_computable")) + (1 if failure else 0)
         if options.deadline is not None:
             notes.append(f"budget: {row.run} case(s)" + (", stopped at its share of the budget" if out.budget_spent
@@ -61,8 +63,11 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
     row.seconds = round(time.perf_counter() - t0, 2)
     if counts["tf32"]:
         notes.append(f"{counts['tf32']} case(s) pass at TF32 precision only; --require-ieee-fp32 fails them")
-    if counts["rejected"]:
-        notes.append(f"{counts['rejected']} case(s) outside a precondition cleanly rejected")
+    outside = counts["rejected"] - counts["unexpressible"]
+    if outside:
+        notes.append(f"{outside} case(s) outside a precondition cleanly rejected")
+    if counts["unexpressible"]:
+        notes.append(f"{counts['unexpressible']} case(s) rejected: an argument this release has no parameter for")
     if counts["not_computable"]:
         notes.append(f"{counts['not_computable']} case(s) not computable here (the interpreter, or an SGLang "
                      f"stand-in that cannot be faithful)")

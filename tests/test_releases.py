@@ -166,6 +166,11 @@ def test_cases_a_release_cannot_compute_here_get_no_verdict():
         raise NotSupported("sglang==0.5.16: post_reorder_deepgemm has no parameter for lora_delta")
     res = run_case(SPECS["post_reorder_deepgemm"], Candidate(no_lora), p, "cpu")
     assert res.status == "rejected" and "cannot express this case" in res.message, res.message
+    # the row says which kind of rejection it was, not "outside a precondition"
+    from harness.fuzz import sweep
+    out = sweep(SPECS["post_reorder_deepgemm"], Candidate(no_lora), "release", "float32", "interpreter", "cpu",
+                n_cases=2, seed=0, database_dir=None, fixed_cases=False)
+    assert out.failure is None and out.rejected == out.unexpressible > 0, out
 
 
 def test_sglangs_own_limits_fit_its_cases_and_reject_nothing_of_others():
