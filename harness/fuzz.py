@@ -16,7 +16,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky
 
 from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
-from .runner import CaseResult, run_case
+from .runner import GRAPH_REPLAYED, CaseResult, run_case
 from .specs import OpSpec
 from .supervise import is_device_fault
 
@@ -150,6 +150,9 @@ class SweepOutcome:
     not_computable: int = 0                # cases the Triton interpreter cannot compute (no verdict)
     budget_spent: bool = False             # stopped at its deadline before n_cases fuzzed cases
     unexpressible: int = 0                 # of the rejected: an argument the release has no parameter for
+    graph_replayed: int = 0                # passed cases whose CUDA graph was replayed and compared
+    graph_skipped: int = 0                 # passed cases whose capture was checked but no replay fitted it
+    graph_skip_reason: str = ""            # the first such case's reason
 
 
 def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
@@ -168,16 +171,22 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     ``repeat_probe_cases``: only the first that many cases get the probes that call the
     candidate again (decoy, second run; None: every case; harness.profiles). ``deadline`` (a
-    time.time()): no case starts after it but the fixed ones, and the outcome says so."""
+    time.time()): past the fixed cases, a case starts only if it should end by then at the mean
+    pace of the cases so far, and the outcome says when the deadline stopped the sweep."""
     state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0, "not_computable": 0,
-             "calls": 0, "unexpressible": 0}
+             "calls": 0, "seconds": 0.0, "unexpressible": 0, "graph_replayed": 0, "graph_skipped": 0, "graph_skip_reason": ""}
     requires = getattr(candidate, "requires", ())
     n_fixed = 3 if preset is None and fixed_cases else 0
     repeated = set()
 
     def run_one(params: CaseParams):
-        if deadline is not None and state["calls"] >= n_fixed and not state["failing"] and time.time() > deadline:
+        # a case starts only if it should end by the deadline at the mean pace of the cases so far
+        # (starting any case before it overran the budget by about one case)
+        pace = state["seconds"] / state["calls"] if state["calls"] else 0.0
+        if deadline is not None and state["calls"] >= n_fixed and not state["failing"] and \
+                time.time() + pace > deadline:
             raise _BudgetSpent()
+        started = time.time()
         # a case keeps its repeat probes when Hypothesis replays it (a failure found by one repeats)
         key = params.to_json()
         if repeat_probe_cases is not None and len(repeated) < repeat_probe_cases:
@@ -193,12 +202,19 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
             if is_device_fault(exc):
                 raise _DeviceFault(exc) from exc
             raise
+        finally:
+            state["seconds"] += time.time() - started
         if res.status in ("rejected", "not computable") and not state["failing"]:
             state["rejected" if res.status == "rejected" else "not_computable"] += 1
             state["unexpressible"] += res.probe == "not_supported"
         elif res.ok and not state["failing"]:
             state["passed"] += 1
             state["tf32"] += any(rep.get("precision") == "tf32" for rep in res.details.values())
+            if res.graph == GRAPH_REPLAYED:
+                state["graph_replayed"] += 1
+            elif res.graph:
+                state["graph_skipped"] += 1
+                state["graph_skip_reason"] = state["graph_skip_reason"] or res.graph
             for name, rep in res.details.items():
                 prev = state["worst"].get(name)
                 if prev is None or rep["max_abs_err"] > prev["max_abs_err"]:
@@ -229,7 +245,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     def outcome(failure: Optional[CaseResult], first: Optional[CaseResult], spent: bool = False) -> SweepOutcome:
         return SweepOutcome(state["passed"], failure, first, state["worst"], state["rejected"], state["tf32"],
-                            state["not_computable"], spent, state["unexpressible"])
+                            state["not_computable"], spent, state["unexpressible"], state["graph_replayed"],
+                            state["graph_skipped"], state["graph_skip_reason"])
 
     try:
         test()

@@ -56,6 +56,8 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         row.passed, row.worst = out.passed, out.worst
         counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32,
                       unexpressible=out.unexpressible)
+        if out.graph_skipped:   # GPU rows of capturable ops: a graph probe that did not always replay says so
+            notes.append(graph_note(out.graph_replayed, out.graph_skipped, out.graph_skip_reason))
         row.run = out.passed + sum(counts[k] for k in ("rejected", "not_computable")) + (1 if failure else 0)
         if options.deadline is not None:
             notes.append(f"budget: {row.run} case(s)" + (", stopped at its share of the budget" if out.budget_spent
@@ -88,3 +90,12 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         except Exception as exc:  # saving is a convenience; never hide the failure
             row.saved_inputs = f"(not saved: {exc})"
     return row
+
+
+def graph_note(replayed: int, skipped: int, reason: str) -> str:
+    """The row's note on the graph probe: how many cases' graphs were replayed on new inputs, and
+    how many were only captured (with the first one's reason), so a probe that never replays shows."""
+    text = f"CUDA graph replayed on new inputs in {replayed} case(s)"
+    if skipped:
+        text += f", only captured in {skipped} ({reason.removeprefix('skipped: ')})"
+    return text

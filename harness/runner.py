@@ -79,6 +79,7 @@ class CaseResult:
     probe: Optional[str] = None
     message: str = ""
     details: Dict[str, Any] = field(default_factory=dict)
+    graph: str = ""          # the graph probe: "" not run, GRAPH_REPLAYED, or "skipped: why"
 
     @property
     def ok(self) -> bool:
@@ -522,10 +523,11 @@ def run_case(spec: OpSpec, candidate: Candidate, params: CaseParams, device, imp
                 if not bool(same.all()):
                     raise ProbeFailure("nondeterministic", f"{out.name}: two runs on the same inputs gave "
                                                            f"different bits")
+        graph = ""
         if candidate.graph and spec.capturable and torch.device(device).type == "cuda" and _on("graph") and \
                 repeat_probes:
-            _graph_probe(spec, candidate, params, device, require_ieee_fp32)
-        return CaseResult(**base, status=CASE_PASSED, details=details)
+            graph = _graph_probe(spec, candidate, params, device, require_ieee_fp32)
+        return CaseResult(**base, status=CASE_PASSED, details=details, graph=graph)
     except ProbeFailure as f:
         if f.probe == "not_computable":
             return CaseResult(**base, status=CASE_NOT_COMPUTABLE, message=f.message)
@@ -621,10 +623,15 @@ def _replay_sample(spec: OpSpec, sample: Sample, device) -> Optional[Sample]:
     return tensors_fit
 
 
-def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device, require_ieee_fp32: bool) -> None:
+GRAPH_REPLAYED = "replayed"
+
+
+def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device, require_ieee_fp32: bool) -> str:
     """Capture one call in a CUDA graph, replay it on new inputs written into the captured
     buffers (outputs poisoned again), and compare; SGLang captures its decode steps, so an op
-    that synchronises with the host, or bakes its inputs into the capture, breaks there."""
+    that synchronises with the host, or bakes its inputs into the capture, breaks there.
+    Returns GRAPH_REPLAYED when at least one replay was compared, else "skipped: why" (the
+    capture alone was checked); raises ProbeFailure."""
     sample = spec.build(params, torch.device(device))
     call_args, storages = _guard_args(spec, {k: v.clone() if isinstance(v, torch.Tensor) else v
                                              for k, v in sample.args.items()})
@@ -649,13 +656,14 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                            {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
     fresh = _replay_sample(spec, sample, device)
-    if fresh is None:
-        return  # tensor shapes or dtypes that follow the seed: no new case fits the captured call
+    if fresh is None:   # tensor shapes or dtypes that follow the seed
+        return f"skipped: no case of {GRAPH_SEED_TRIES} other seeds fits the captured call's shapes"
     replays = [(fresh, f"on new inputs (seed {fresh.params.seed})")]
     for overrides in (spec.graph_variants(fresh) if spec.graph_variants is not None else ()):
         what = ", ".join(f"{k} = {v.tolist() if isinstance(v, torch.Tensor) and v.numel() <= 4 else v}"
                          for k, v in overrides.items())
         replays.append((dataclasses.replace(fresh, args={**fresh.args, **overrides}), f"with {what}"))
+    compared, skipped = 0, ""
     for case, what in replays:
         for name, value in case.args.items():
             if name in spec.output_buffers:
@@ -672,17 +680,22 @@ def _graph_probe(spec: OpSpec, candidate: Candidate, params: CaseParams, device,
         try:
             expected = reference_outputs(spec, case)
         except ValueError:
-            return  # the captured scalars do not fit this case's values (outside the reference's contract)
+            skipped = skipped or "skipped: the captured scalars are outside the reference's contract for the new values"
+            continue
         if any(o.where.kind == "return" and isinstance(outputs[o.name], torch.Tensor)
                and isinstance(expected.lp[o.name], torch.Tensor) and outputs[o.name].shape != expected.lp[o.name].shape
                for o in spec.outputs):
-            return  # a returned tensor sized by the values (a slab sized by the counts): the captured
+            # a returned tensor sized by the values (a slab sized by the counts): the captured
             # allocation cannot hold the new answer; the plain call's probes check its shape
+            skipped = skipped or "skipped: a returned tensor's shape follows the values"
+            continue
         try:
             compare_outputs(spec, candidate, case, outputs, expected, require_ieee_fp32)
         except ProbeFailure as f:
             raise ProbeFailure("graph", f"the CUDA graph replayed {what} gave a wrong answer ({f.probe}): "
                                         f"{f.message}", f.details) from None
+        compared += 1
+    return GRAPH_REPLAYED if compared else skipped
 
 
 def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out: Dict[str, torch.Tensor],

@@ -295,6 +295,29 @@ def test_a_gpu_fault_ends_the_sweep_at_the_case_that_faulted(device, tmp_path, m
     assert len(calls) == 2
 
 
+def test_the_row_counts_the_cases_whose_graph_was_replayed_and_says_why_others_were_not(device, monkeypatch):
+    """The graph probe runs on a GPU only; its outcome per case (replayed, or captured only and why)
+    is counted by the sweep and named in the row's note, so a probe that never replays shows."""
+    import harness.fuzz as fuzz
+    from harness.row_check import graph_note
+    from harness.runner import GRAPH_REPLAYED, CaseResult
+    seen = {"n": 0}
+
+    def fake_run_case(spec, candidate, params, *a, **k):
+        seen["n"] += 1
+        graph = GRAPH_REPLAYED if seen["n"] % 3 else "skipped: a returned tensor's shape follows the values"
+        return CaseResult(spec.name, "x", params.dtype, params.to_json(), "passed", graph=graph)
+
+    monkeypatch.setattr(fuzz, "run_case", fake_run_case)
+    out = sweep(SPECS["silu_and_mul"], Candidate(reference.silu_and_mul), "x", "float32", "interpreter", device,
+                n_cases=9, seed=0, database_dir=None, fixed_cases=False)
+    assert out.graph_replayed + out.graph_skipped == out.passed == seen["n"] and out.graph_skipped == seen["n"] // 3
+    assert out.graph_skip_reason == "skipped: a returned tensor's shape follows the values"
+    note = graph_note(out.graph_replayed, out.graph_skipped, out.graph_skip_reason)
+    assert note == (f"CUDA graph replayed on new inputs in {out.graph_replayed} case(s), only captured in "
+                    f"{out.graph_skipped} (a returned tensor's shape follows the values)")
+
+
 def test_large_case_float64_reference_on_the_host_still_catches_errors(seed, device, monkeypatch):
     """Past F64_ON_HOST_ELEMENTS the float64 reference is evaluated on the host (a `large`
     case's float64 copies do not fit on the GPU): the comparison still passes a right answer

@@ -79,6 +79,25 @@ def test_a_spent_budget_still_runs_the_fixed_cases_and_says_so(device):
     assert out.budget_spent and out.failure is None and out.passed == 3
 
 
+def test_a_budget_starts_no_case_that_would_end_past_it(device, monkeypatch):
+    """A case starts only if it should end by the deadline at the pace of the cases so far (on a
+    fake clock that each candidate call moves by 10 s): with the fixed cases ending at 30 and the
+    deadline at 55, cases start at 30 and 40 and none at 50 (before, one did and ended at 60)."""
+    import types
+    import harness.fuzz as fuzz
+    clock = {"now": 0.0}
+    monkeypatch.setattr(fuzz, "time", types.SimpleNamespace(time=lambda: clock["now"]))
+
+    def ten_seconds(*args):
+        clock["now"] += 10.0
+        return reference.ep_preprocess(*args)
+
+    out = sweep(SPECS["ep_preprocess"], Candidate(ten_seconds), "slow", "int32", "interpreter", device, 50, seed=0,
+                database_dir=None, repeat_probe_cases=0, deadline=55.0)
+    assert out.budget_spent and out.failure is None
+    assert (out.passed, clock["now"]) == (5, 50.0)
+
+
 def test_budget_rows_say_how_many_cases_they_got(backend):
     options = CheckOptions(impls=["reference"], ops=["ep_preprocess", "deepep_preprocess"], budget_s=6.0,
                            isolate=False, quiet=True)
