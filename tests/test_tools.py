@@ -7,6 +7,7 @@ set through a switch, which restores it), and every name it takes from optimized
 Python tool imports, every shell tool parses, and none runs a script from results/.
 """
 import ast
+import json
 import importlib
 import importlib.util
 import os
@@ -139,3 +140,26 @@ def test_shell_tool_parses_and_runs_nothing_from_results(name):
     assert not re.findall(r"results/\w+\.(?:py|sh)", source)
     proc = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sweep_remaining_merges_chunks_across_calls_and_lists_what_is_short(tmp_path):
+    """Rows of two calls add up per (implementation, op, dtype); an op is left while any of its
+    dtypes has fewer cases than asked (or no row)."""
+    sys.path.insert(0, TOOLS)
+    try:
+        import sweep_remaining as tool
+    finally:
+        sys.path.remove(TOOLS)
+    from harness.ops import REGISTRY
+
+    def row(impl, op, dtype, run):
+        return dict(impl=impl, op=op, dtype=dtype, run=run, failed=0)
+    ints = REGISTRY["ep_preprocess"].dtypes
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [row("ours", "ep_preprocess", d, 1012) for d in ints]}))
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [row("ours", "ep_preprocess", ints[0], 1012)]}))
+    counts = tool.merged_counts([tmp_path / "a.json", tmp_path / "b.json"])
+    assert counts[("ours", "ep_preprocess", ints[0])] == (2024, 0)
+    left = tool.remaining_ops(counts, "ours", 2000)
+    assert "ep_preprocess" in left and left == [op for op in REGISTRY if op in left]   # registry order
+    assert "ep_preprocess" not in tool.remaining_ops(counts, "ours", 1000)
+    assert tool.remaining_ops(counts, "reference", 1) == list(REGISTRY)

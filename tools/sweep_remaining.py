@@ -1,0 +1,60 @@
+"""What the 2,000-case false-alarm sweep (issues 23, 26, 27) still lacks, from the sweep JSONs of
+earlier device calls (``moe-harness check --cases 2000 --chunk 250 --json``, any number of files,
+rows merged by (implementation, op, dtype), chunk counts added).
+
+Prints the ops of ``--impl`` that still have a dtype row under ``--cases`` cases (or none), one
+line, in registry order: the ``--op`` list (``SWEEP_OPS``) of the next call. ``--table`` prints
+per (op, dtype) what each implementation has so far instead. CPU; reads JSON only.
+
+    PYTHONPATH=. python tools/sweep_remaining.py --impl ours results/*/*_sweep.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+
+def merged_counts(paths):
+    """{(impl, op, dtype): (cases run, failures)} over the files' rows."""
+    counts = defaultdict(lambda: [0, 0])
+    for path in paths:
+        with open(path) as f:
+            for row in json.load(f)["rows"]:
+                key = (row["impl"], row["op"], row["dtype"])
+                counts[key][0] += row["run"] or 0
+                counts[key][1] += row["failed"] or 0
+    return {k: tuple(v) for k, v in counts.items()}
+
+
+def remaining_ops(counts, impl: str, cases: int):
+    """Ops of the registry with a dtype row of ``impl`` under ``cases`` cases."""
+    from harness.ops import REGISTRY
+    return [op for op, rec in REGISTRY.items()
+            if any(counts.get((impl, op, d), (0, 0))[0] < cases for d in rec.dtypes)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", nargs="*", help="sweep JSON files of earlier calls")
+    ap.add_argument("--impl", default="ours")
+    ap.add_argument("--cases", type=int, default=2000, help="cases a row needs (default 2000)")
+    ap.add_argument("--table", action="store_true", help="per (op, dtype): cases / failures of each implementation")
+    args = ap.parse_args(argv)
+    counts = merged_counts(args.json)
+    if args.table:
+        from harness.ops import REGISTRY
+        impls = sorted({k[0] for k in counts})
+        for op, rec in REGISTRY.items():
+            for d in rec.dtypes:
+                cells = [f"{i} {counts[(i, op, d)][0]}/{counts[(i, op, d)][1]}" if (i, op, d) in counts else f"{i} -"
+                         for i in impls]
+                print(f"{op:<50} {d:<14} " + "  ".join(cells))
+        return 0
+    print(*remaining_ops(counts, args.impl, args.cases))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
