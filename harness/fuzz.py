@@ -16,9 +16,8 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky
 
 from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
-from .runner import GRAPH_REPLAYED, CaseResult, run_case
+from .runner import GRAPH_REPLAYED, CaseResult, context_lost, run_case
 from .specs import OpSpec
-from .supervise import is_device_fault
 
 # Size limits per backend: the interpreter runs each Triton program in Python.
 SIZE_LIMITS = {
@@ -199,7 +198,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
         except Exception as exc:
             # a GPU fault leaves the context unusable: no replay or shrink can tell anything (each
             # would fail in its own way, and Hypothesis would call the disagreement Flaky)
-            if is_device_fault(exc):
+            if context_lost(exc):
                 raise _DeviceFault(exc) from exc
             raise
         finally:

@@ -450,6 +450,13 @@ def needs_cuda(exc: BaseException) -> bool:
     return isinstance(exc, (AssertionError, RuntimeError)) and any(m in str(exc) for m in _NO_CUDA)
 
 
+def context_lost(exc: BaseException) -> bool:
+    """True for a GPU fault after which the device context is unusable (an illegal address): the
+    case ends there, CRASHED. A CUDA call without a usable driver reads like one ("CUDA error:
+    CUDA driver version is insufficient") but is needs_cuda: no verdict, and the run goes on."""
+    return is_device_fault(exc) and not needs_cuda(exc)
+
+
 def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_fresh: bool, what: str = ""):
     """One call of the candidate on guarded, poisoned outputs; its exception is the
     ``exception`` probe's failure (with the candidate's own frames), unless that probe is off,
@@ -457,8 +464,8 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
     try:
         return _call(candidate.fn, sample, spec, sample.args, poison_fresh)
     except Exception as exc:  # a candidate's exception is a failure of this case
-        if is_device_fault(exc):
-            raise   # the context is unusable: the case ends here, CRASHED (harness/fuzz.py, isolate.py)
+        if context_lost(exc):
+            raise   # the case ends here, CRASHED (harness/fuzz.py, isolate.py)
         # no verdict here: the interpreter cannot model the arithmetic (harness/interpreter.py), or the
         # candidate reached an SGLang stand-in that cannot be faithful (harness/sglang/standins.py)
         if type(exc).__name__ == "InterpreterCannotCompute":

@@ -294,6 +294,12 @@ def test_a_gpu_fault_ends_the_sweep_at_the_case_that_faulted(device, tmp_path, m
               seed=0, database_dir=None, fixed_cases=False)
     assert len(calls) == 2
 
+    def no_driver(*args):   # a CUDA build of torch on a machine without a driver: no verdict, not a fault
+        raise RuntimeError("CUDA error: CUDA driver version is insufficient for CUDA runtime version")
+    p = CaseParams(op="silu_and_mul", dtype="float32", tokens=4, topk=2, experts=4, start_expert=0, end_expert=3,
+                   hidden=8, inter=8, seed=1)
+    assert run_case(SPECS["silu_and_mul"], Candidate(no_driver), p, device).status == "not computable"
+
 
 def test_the_row_counts_the_cases_whose_graph_was_replayed_and_says_why_others_were_not(device, monkeypatch):
     """The graph probe runs on a GPU only; its outcome per case (replayed, or captured only and why)
