@@ -345,8 +345,10 @@ def create_dot(self, a, b, d, *rest):
     fa, fb, fd = _fmt(a), _fmt(b), _fmt(d)
     if fa is None and fb is None and fd is None:
         return _ORIGINALS[("builder", "create_dot")](self, a, b, d, *rest)
-    acc = np.matmul(_values32(a).astype(np.float32), _values32(b).astype(np.float32))
-    out = acc + _values32(d).astype(np.float32)
+    # an overflow is inf, silently, as on a GPU (a kernel may multiply rows it masks out later)
+    with np.errstate(over="ignore", invalid="ignore"):
+        acc = np.matmul(_values32(a).astype(np.float32), _values32(b).astype(np.float32))
+        out = acc + _values32(d).astype(np.float32)
     if fd is not None:
         return _handle(fd.encode(out), d.dtype.scalar)
     return _handle(out.astype(d.data.dtype), d.dtype.scalar)
