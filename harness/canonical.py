@@ -79,14 +79,27 @@ def placed_rows(name: str, cand: torch.Tensor, ref: torch.Tensor, groups: torch.
 def _unplaced_in_reference_order(canon: torch.Tensor, ref: torch.Tensor, groups: torch.Tensor) -> None:
     """Per group, the slots the reference leaves negative take the reference's values when the
     candidate's are the same multiset (SGLang 0.5.23's permute numbers unrouted slots -n_neg .. -1 in sort
-    order, which an unstable sort leaves free); any other value stays, for the exact comparison."""
-    unplaced = ref < 0
-    if not bool(unplaced.any()):
+    order, which an unstable sort leaves free); any other value stays, for the exact comparison.
+    All groups at once (a loop over them cost a GPU synchronisation per non-local expert)."""
+    at = torch.nonzero(ref < 0).flatten()
+    if not at.numel():
         return
-    for g in torch.unique(groups[unplaced]).tolist():
-        at = torch.nonzero(unplaced & (groups == g)).flatten()
-        if torch.equal(torch.sort(canon[at].to(torch.int64)).values, torch.sort(ref[at].to(torch.int64)).values):
-            canon[at] = ref[at].to(canon.dtype)
+    g, c, r = groups[at], canon[at].to(torch.int64), ref[at].to(torch.int64)
+    # each side sorted by (group, value): then position i holds the same group on both sides, and a
+    # group's values are the same multiset exactly when they agree at each of its positions
+    by_group = [_sorted_by(g, v) for v in (c, r)]
+    differs = c[by_group[0]] != r[by_group[1]]
+    g_sorted = g[by_group[0]]
+    bad = torch.zeros(int(g.max()) - int(g.min()) + 1, dtype=torch.int64, device=g.device)
+    bad.index_add_(0, g_sorted - int(g.min()), differs.to(torch.int64))
+    same = bad[g - int(g.min())] == 0
+    canon[at[same]] = ref[at[same]].to(canon.dtype)
+
+
+def _sorted_by(group: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Indices ordering (group, value) pairs lexicographically (two stable sorts)."""
+    by_value = torch.sort(value, stable=True).indices
+    return by_value[torch.sort(group[by_value], stable=True).indices]
 
 
 def canonicalise(spec, sample, cand_out: Dict[str, torch.Tensor], ref_out: Dict[str, torch.Tensor]):

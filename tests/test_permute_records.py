@@ -98,3 +98,34 @@ def test_raw_kernels_bind_with_sglangs_block_size(op):
     bound = bind_op(op, kernel, op_binding(SPECS[op]))
     assert isinstance(bound, Binding), bound
     assert "BLOCK_SIZE<-neutral" in bound.describe()
+
+
+def test_unplaced_slots_take_the_references_order_per_group_exactly_when_their_multisets_agree():
+    """The vectorised rule against the per-group loop it replaced, on random groups and values
+    (duplicates, permutations within a group, one changed value, groups with no unplaced slot)."""
+    from harness.canonical import _unplaced_in_reference_order
+    gen = torch.Generator().manual_seed(7)
+
+    def one_group_at_a_time(canon, ref, groups):
+        unplaced = ref < 0
+        for g in torch.unique(groups[unplaced]).tolist():
+            at = torch.nonzero(unplaced & (groups == g)).flatten()
+            if torch.equal(torch.sort(canon[at].to(torch.int64)).values, torch.sort(ref[at].to(torch.int64)).values):
+                canon[at] = ref[at].to(canon.dtype)
+
+    for trial in range(300):
+        n = int(torch.randint(0, 60, (1,), generator=gen))
+        groups = torch.randint(0, 1 + trial % 9, (n,), generator=gen) + (trial % 3) * 5
+        ref = torch.where(torch.rand(n, generator=gen) < 0.6, -torch.randint(1, 6, (n,), generator=gen),
+                          torch.randint(0, 40, (n,), generator=gen))
+        cand = ref.clone()
+        for g in torch.unique(groups).tolist():        # shuffle each group's unplaced values
+            at = torch.nonzero((ref < 0) & (groups == g)).flatten()
+            cand[at] = cand[at[torch.randperm(at.numel(), generator=gen)]]
+        if n and trial % 4 == 0:                       # and now and then change one value
+            cand[int(torch.randint(0, n, (1,), generator=gen))] = -int(torch.randint(1, 7, (1,), generator=gen))
+        dtype = (torch.int32, torch.int64)[trial % 2]
+        a, b = cand.to(dtype), cand.to(dtype)
+        one_group_at_a_time(a, ref, groups)
+        _unplaced_in_reference_order(b, ref, groups)
+        assert torch.equal(a, b), (trial, groups, ref, cand, a, b)
