@@ -84,3 +84,22 @@ def memoised_on_shapes(preprocess):
             memo[key] = preprocess(topk_ids, num_experts)
         return memo[key]
     return cached
+
+
+def check_record_registered_and_buildable(op, records, case):
+    """The family's record for ``op`` is the registered one, bound to SGLang 0.5.23's function of
+    the same name (our signature), its index outputs name outputs of its own, and every dtype's
+    case (CaseParams ``case``) builds inputs its reference accepts, giving exactly the record's
+    outputs (reference_outputs raises on arguments the reference rejects)."""
+    from harness.cases import CaseParams
+    from harness.runner import reference_outputs
+    from harness.specs import SPECS
+    record = SPECS[op]
+    assert record is next(r for r in records if r.name == op)
+    assert record.sglang is not None and record.sglang.names == (op,)
+    names = {o.name for o in record.outputs}
+    for o in record.outputs:
+        assert o.index is None or o.index in names
+    for dtype in record.dtypes:
+        sample = record.build(CaseParams(op=op, dtype=dtype, **case), torch.device("cpu"))
+        assert set(reference_outputs(record, sample).lp) == names

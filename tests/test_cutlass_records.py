@@ -14,6 +14,7 @@ from harness.ops import MUTANT_CATALOGUE
 from harness.ops.cutlass import RECORDS
 from harness.runner import Candidate, as_bits, reference_outputs, run_case
 from harness.specs import SPECS
+from tests.helpers import check_record_registered_and_buildable
 from reference import cutlass as ref
 from reference.zero_experts import zero_experts_compute_triton
 
@@ -25,13 +26,7 @@ CASE = dict(tokens=9, topk=3, experts=6, start_expert=1, end_expert=4, hidden=40
 
 @pytest.mark.parametrize("op", OPS)
 def test_record_is_registered_and_builds_cases_its_reference_accepts(op):
-    record = SPECS[op]
-    assert record is next(r for r in RECORDS if r.name == op)
-    assert record.sglang is not None and record.sglang.names == (op,)   # 0.5.23's functions: our signatures
-    names = {o.name for o in record.outputs}
-    for dtype in record.dtypes:
-        sample = record.build(CaseParams(op=op, dtype=dtype, **CASE), torch.device("cpu"))
-        assert set(reference_outputs(record, sample).lp) == names
+    check_record_registered_and_buildable(op, RECORDS, CASE)
 
 
 def test_cases_carry_both_dropped_slot_markers_and_a_partial_token_count():

@@ -13,6 +13,7 @@ from harness.ops.deepgemm import RECORDS
 from harness.runner import (Candidate, ProbeFailure, compare_outputs, probes_switched_off, reference_outputs,
                             run_case)
 from harness.specs import SPECS
+from tests.helpers import check_record_registered_and_buildable
 
 OPS = [r.name for r in RECORDS]
 # a case with several experts holding several rows each, -1 ids and an inner rank
@@ -22,17 +23,7 @@ CASE = dict(tokens=12, topk=3, experts=6, start_expert=1, end_expert=4, hidden=1
 
 @pytest.mark.parametrize("op", OPS)
 def test_record_is_registered_and_builds_cases_its_reference_accepts(op):
-    record = SPECS[op]
-    assert record is next(r for r in RECORDS if r.name == op)
-    assert record.sglang is not None and record.sglang.names == (op,)   # 0.5.23's wrapper: our signature
-    names = {o.name for o in record.outputs}
-    for o in record.outputs:
-        assert o.index is None or o.index in names
-    for dtype in record.dtypes:
-        p = CaseParams(op=op, dtype=dtype, **CASE)
-        sample = record.build(p, torch.device("cpu"))
-        expected = reference_outputs(record, sample)          # raises on arguments it rejects
-        assert set(expected.lp) == names
+    check_record_registered_and_buildable(op, RECORDS, CASE)
 
 
 def test_row_index_outputs_name_their_data():

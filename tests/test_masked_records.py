@@ -13,6 +13,7 @@ from harness.ops import MUTANT_CATALOGUE
 from harness.ops.masked import RECORDS
 from harness.runner import Candidate, ProbeFailure, compare_outputs, reference_outputs, run_case
 from harness.specs import SPECS
+from tests.helpers import check_record_registered_and_buildable
 from reference import deepgemm_layout as ref
 
 OPS = [r.name for r in RECORDS]
@@ -28,12 +29,7 @@ def _case(op, dtype):
 
 @pytest.mark.parametrize("op", OPS)
 def test_record_is_registered_and_builds_cases_its_reference_accepts(op):
-    record = SPECS[op]
-    assert record is next(r for r in RECORDS if r.name == op)
-    assert record.sglang is not None and record.sglang.names == (op,)   # 0.5.23's wrapper: our signature
-    for dtype in record.dtypes:
-        _, _, expected = _case(op, dtype)
-        assert set(expected.lp) == {o.name for o in record.outputs}
+    check_record_registered_and_buildable(op, RECORDS, CASE)
 
 
 def test_rows_past_masked_m_are_not_compared_but_defined_rows_are():
