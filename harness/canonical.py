@@ -89,10 +89,10 @@ def _unplaced_in_reference_order(canon: torch.Tensor, ref: torch.Tensor, groups:
     # group's values are the same multiset exactly when they agree at each of its positions
     by_group = [_sorted_by(g, v) for v in (c, r)]
     differs = c[by_group[0]] != r[by_group[1]]
-    g_sorted = g[by_group[0]]
-    bad = torch.zeros(int(g.max()) - int(g.min()) + 1, dtype=torch.int64, device=g.device)
-    bad.index_add_(0, g_sorted - int(g.min()), differs.to(torch.int64))
-    same = bad[g - int(g.min())] == 0
+    g = g - int(g.min())                   # group numbers from 0: one counter each
+    bad = torch.zeros(int(g.max()) + 1, dtype=torch.int64, device=g.device)
+    bad.index_add_(0, g[by_group[0]], differs.to(torch.int64))
+    same = bad[g] == 0
     canon[at[same]] = ref[at[same]].to(canon.dtype)
 
 
