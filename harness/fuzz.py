@@ -243,9 +243,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     run_one._hypothesis_internal_add_digest = f"{spec.name}|{impl_name}|{dtype}|{backend}|{preset}".encode()
 
     def outcome(failure: Optional[CaseResult], first: Optional[CaseResult], spent: bool = False) -> SweepOutcome:
-        return SweepOutcome(state["passed"], failure, first, state["worst"], state["rejected"], state["tf32"],
-                            state["not_computable"], spent, state["unexpressible"], state["graph_replayed"],
-                            state["graph_skipped"], state["graph_skip_reason"])
+        counted = {f.name: state[f.name] for f in dataclasses.fields(SweepOutcome) if f.name in state}
+        return SweepOutcome(failure=failure, first_failure=first, budget_spent=spent, **counted)
 
     try:
         test()
