@@ -24,6 +24,7 @@ knobs:
 - ``reorder.pinned_tiles(...)``, ``reorder.pinned_slot_group(size)``,
   ``activation.pinned_tiles(...)``: tiles, warps and the combine's slot groups.
 - ``quant.pinned_launch(...)``: warps, row programs and tile of the masked post-quant kernels.
+- ``deepgemm_layout.pinned_launch(...)``: warps and column tiles of ep_scatter and ep_gather.
 - ``optimized.describe_last_launch(op)``: how the last launch of ``op`` chose its tiles.
 """
 from __future__ import annotations

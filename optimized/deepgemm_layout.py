@@ -24,9 +24,13 @@ from reference.deepgemm_layout import _check_counts, _validate_scatter_common, v
 from . import _config
 from ._tl import cast_out
 
-__all__ = ["ep_scatter", "ep_gather"]
+__all__ = ["ep_scatter", "ep_gather", "pinned_launch"]
 
-NUM_WARPS = 4
+NUM_WARPS_SEGMENTS = 4
+NUM_WARPS_SCATTER = 4
+SCATTER_BLOCK_H = 1024
+NUM_WARPS_GATHER = 4
+GATHER_BLOCK_H = 1024
 # m_indices rows labelled per step: two of SGLang's 128-row alignment blocks, so a segment of an
 # odd number of blocks ends mid-step and the store's mask is what keeps it inside the segment.
 SEGMENT_BLOCK = 256
@@ -110,7 +114,7 @@ def ep_scatter(recv_x, recv_x_scale, recv_topk, num_recv_tokens_per_expert, num_
     if E:
         _scatter_segments_kernel[(E,)](num_recv_tokens_per_expert, num_valid_tokens_per_expert, expert_start_loc,
                                        m_indices, E, EP=_config.next_pow2(E), BLOCK_M=SEGMENT_BLOCK,
-                                       num_warps=NUM_WARPS)
+                                       num_warps=NUM_WARPS_SEGMENTS)
     n_tok, H = recv_x.shape
     topk = recv_topk.shape[1]
     if E == 0 or n_tok == 0 or topk == 0:
@@ -121,34 +125,28 @@ def ep_scatter(recv_x, recv_x_scale, recv_topk, num_recv_tokens_per_expert, num_
     _scatter_rows_kernel[(n_tok,)](
         recv_x, xs, recv_topk, expert_start_loc, output_tensor, outs, output_index,
         H, W, xs.stride(0), xs.stride(1) if is_fp8 else 0, outs.stride(0), outs.stride(1) if is_fp8 else 0,
-        expert_start, E, TOPK=topk, KP=_config.next_pow2(topk), BLOCK_H=min(_config.next_pow2(H), 1024),
-        BLOCK_W=_config.next_pow2(W), IS_FP8=is_fp8, num_warps=NUM_WARPS)
+        expert_start, E, TOPK=topk, KP=_config.next_pow2(topk), BLOCK_H=min(_config.next_pow2(H), SCATTER_BLOCK_H),
+        BLOCK_W=_config.next_pow2(W), IS_FP8=is_fp8, num_warps=NUM_WARPS_SCATTER)
     return None
 
 
 @triton.jit
 def _gather_kernel(x_ptr, ids_ptr, w_ptr, index_ptr, out_ptr, H,
-                   TOPK: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
+                   TOPK: tl.constexpr, BLOCK_H: tl.constexpr):
     """Program (t, column block): out[t, cols] = sum over counted k of x[index[t, k], cols] * w[t, k]."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < H
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-    # the K slots' ids, rows and weights as [KP] vectors, one load each; slot k picked out in registers
-    kk = tl.arange(0, KP)
-    km = kk < TOPK
-    eids = tl.load(ids_ptr + t * TOPK + kk, mask=km, other=-1)
-    counted2 = km & (eids >= 0)
-    src2 = tl.load(index_ptr + t * TOPK + kk, mask=counted2, other=0).to(tl.int64)
-    w2 = tl.load(w_ptr + t * TOPK + kk, mask=counted2, other=0.0).to(tl.float32)
-    for k in tl.static_range(TOPK):
-        pick = kk == k
-        src = tl.sum(tl.where(pick, src2, 0), axis=0)
-        w = tl.sum(tl.where(pick, w2, 0.0), axis=0)
-        # slot k counted, as a [BLOCK_H] mask (a scalar & vector mask trips the interpreter)
-        counted = cmask & ((cols * 0 + tl.sum(tl.where(pick & counted2, 1, 0), axis=0)) > 0)
-        rows = tl.load(x_ptr + src * H + cols, mask=counted, other=0.0)
-        acc += rows.to(tl.float32) * w
+    for k in tl.range(0, TOPK):
+        # scalar loads and a uniform branch: a slot of another rank (-1) costs one 4-byte load
+        # (slot vectors picked apart by reductions cost a shared-memory round trip per slot)
+        eid = tl.load(ids_ptr + t * TOPK + k)
+        if eid >= 0:
+            src = tl.load(index_ptr + t * TOPK + k).to(tl.int64)
+            w = tl.load(w_ptr + t * TOPK + k).to(tl.float32)
+            rows = tl.load(x_ptr + src * H + cols, mask=cmask, other=0.0)
+            acc += rows.to(tl.float32) * w
     tl.store(out_ptr + t * H + cols, cast_out(acc, out_ptr.dtype.element_ty), mask=cmask)
 
 
@@ -165,8 +163,19 @@ def ep_gather(input_tensor, recv_topk_ids, recv_topk_weight, input_index, output
             check_id_range("input_index", input_index[counted], 0, rows - 1)
     if T == 0 or H == 0:
         return None
-    block_h = 1024 if H % 1024 == 0 else 128
-    _gather_kernel[(T, H // block_h)](input_tensor, recv_topk_ids, recv_topk_weight, input_index, output_tensor, H,
-                                      TOPK=K, KP=_config.next_pow2(K), BLOCK_H=block_h,
-                                      num_warps=NUM_WARPS)
+    block_h = min(GATHER_BLOCK_H, _config.next_pow2(H))
+    _gather_kernel[(T, triton.cdiv(H, block_h))](input_tensor, recv_topk_ids, recv_topk_weight, input_index,
+                                                 output_tensor, H, TOPK=K, BLOCK_H=block_h,
+                                                 num_warps=NUM_WARPS_GATHER)
     return None
+
+
+def pinned_launch(scatter_warps=None, scatter_block_h=None, segment_warps=None, gather_warps=None,
+                  gather_block_h=None):
+    """Context manager (optimized/config.py's switches): ep_scatter's row copy with
+    ``scatter_warps`` and column tiles of ``scatter_block_h``, its segment labelling with
+    ``segment_warps``; ep_gather with ``gather_warps`` and column tiles of ``gather_block_h``
+    (powers of two). None leaves a knob as it is."""
+    return _config.pinned_globals(globals(), NUM_WARPS_SCATTER=scatter_warps, SCATTER_BLOCK_H=scatter_block_h,
+                                  NUM_WARPS_SEGMENTS=segment_warps, NUM_WARPS_GATHER=gather_warps,
+                                  GATHER_BLOCK_H=gather_block_h)

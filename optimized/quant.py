@@ -30,7 +30,7 @@ from ._tl import FP8_MAX
 
 __all__ = ["silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_quant_packed_fwd"]
 
-# Launch settings measured on an H100 at DeepSeek-V3 EP8 (tools/explore_masked_quant.py): one row of
+# Launch settings measured on an H100 at DeepSeek-V3 EP8 (tools/explore_launch.py): one row of
 # 512 columns per step (4 groups of 128) beat 8 rows (4096 elements) at every size, by 3x at decode;
 # 4 warps at decode; once the live rows pass PREFILL_ROWS, the packed kernel takes 1 warp (T = 4096:
 # 144 us against 185 with 4 warps, SGLang 658; results/2026-12-06-s13-h100 call 5) and the
