@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .backend import describe
 from .isolate import RowWorker, run_group
+from .specs import SPECS
 from .options import CheckOptions, gpu_count
 from .records import write_json
 from .report import Row, format_failures, format_table
@@ -234,7 +235,10 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
 
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run, item) for item in items]
+            # costliest rows start first (record order among equals); results still in group order
+            futures = [None] * len(items)
+            for i in sorted(range(len(items)), key=lambda i: -SPECS[items[i][0][1]].case_cost):
+                futures[i] = pool.submit(run, items[i])
             if on_rows:  # report each row as it finishes (partial JSON survives a killed run)
                 for fut in as_completed(futures):
                     on_rows(fut.result())

@@ -229,6 +229,9 @@ class OpSpec:
     graph_variants: more replays of the graph probe's one captured graph: sample -> argument
     overrides (tensors of the captured shapes), each replayed and checked in turn (a token count
     read on the device: one capture must serve every count).
+    case_cost: what one case of the op costs a check relative to a one-kernel op (1), measured
+    (GPU seconds per case of the default check); scheduling only: a check with parallel children
+    starts the rows of costlier ops first, so that a long row does not start last and finish last.
     """
 
     name: str
@@ -260,6 +263,7 @@ class OpSpec:
     baselines: Mapping[str, Callable] = field(default_factory=dict)
     selftest: bool = False
     graph_variants: Optional[Callable[[Sample], Sequence[Dict[str, Any]]]] = None
+    case_cost: float = 1.0
 
     def __post_init__(self):
         if self.bench_routing not in ("rank", "all", "dispatched"):

@@ -71,14 +71,14 @@ def main(argv=None) -> int:
         if args.tokens and case.params.tokens not in args.tokens:
             continue
         sample = spec.build(case.params, torch.device("cuda"))
-        line = dict(case=case.params.short(), impl=args.sglang, us=round(time_us(upstream, sample), 2))
+        line = dict(op=args.op, case=case.params.short(), impl=args.sglang, us=round(time_us(upstream, sample), 2))
         print(json.dumps(line), flush=True)
         for values in grid:
             setting = dict(zip(names, values))
             with module.pinned_launch(**setting):
                 ok = run_case(spec, Candidate(ours), case.params, "cuda", "ours").status == "passed" \
                     if case.params.tokens <= 64 else None   # the prefill case: timed only (check covers it)
-                line = dict(case=case.params.short(), impl="ours", **setting, us=round(time_us(ours, sample), 2),
+                line = dict(op=args.op, case=case.params.short(), impl="ours", **setting, us=round(time_us(ours, sample), 2),
                             correct=ok)
             print(json.dumps(line), flush=True)
     return 0

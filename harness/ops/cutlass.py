@@ -322,7 +322,7 @@ RECORDS = (
                ErrorInput("float32", set_arg("hidden_size", lambda a: a["hidden_size"] + 1), ValueError,
                           "hidden_size"),
                ErrorInput("float32", set_arg("routed_scaling_factor", "2"), TypeError, "routed_scaling_factor"),
-           )),
+           ), case_cost=2.0),
     OpSpec("silu_mul_static_tensorwise_quant_for_cutlass_moe", ref.silu_mul_static_tensorwise_quant_for_cutlass_moe,
            build_silu_mul,
            # one silu-mul and one scaling in float32, then one rounding: no reduction

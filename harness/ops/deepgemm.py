@@ -272,7 +272,7 @@ RECORDS = (
                           "output_index"),
                ErrorInput("fp8", set_arg("output_tensor_scale", lambda a: a["output_tensor_scale"].double()),
                           TypeError, "output_tensor_scale"),
-           )),
+           ), case_cost=1.9),
     OpSpec("ep_scatter_from_psum", ref.ep_scatter_from_psum, build_ep_scatter_from_psum, _scatter_outputs(),
            SCATTER_DTYPES, REFERENCE, scatter_cost, invalid_ids=True, bench_anchors=_DS_EP8, bench_dtype="fp8",
            bench_routing="dispatched",

@@ -180,7 +180,7 @@ RECORDS = (
                ErrorInput("bfloat16", set_arg(_ids, lambda a: a[_ids][:-1]), ValueError, _ids),
                ErrorInput("bfloat16", set_arg(_ids, lambda a: a[_ids] + a["num_experts"]), ValueError, _ids),
                ErrorInput("bfloat16", set_arg("use_int64_offset", 1), TypeError, "use_int64_offset"),
-           )),
+           ), case_cost=1.8),
     OpSpec("moe_permute_with_scale", ref.moe_permute_with_scale, build_moe_permute_with_scale, _permuted(0, 1),
            ("fp8",), KERNELS, permute_cost, invalid_ids=True,
            bench_anchors=_DS_EP8[:2], bench_dtype="fp8", bench_routing="dispatched",

@@ -142,7 +142,7 @@ RECORDS = (
                ErrorInput("int32", set_arg("num_experts", 6.0), TypeError, "num_experts"),
                ErrorInput("int32", non_contiguous(_ids), ValueError, _ids),
            ),
-           baselines={"torch": torch_ep_preprocess}),
+           baselines={"torch": torch_ep_preprocess}, case_cost=2.4),
     OpSpec("deepep_preprocess", reference.deepep_preprocess, lambda p, d: _build(p, d, allow_invalid=True),
            _OUTPUTS, tuple(ID_DTYPES), KERNELS, _cost(deepep=True), max_tokens=4096, invalid_ids=True,
            bench_anchors=(BenchAnchor(4096, 8, 256, None, 64, 32, "DeepSeek-V3 EP8"),), bench_dtype="int32",
@@ -151,7 +151,7 @@ RECORDS = (
            # its output length is the number of valid ids, read on the host
            capturable=False,
            error_inputs=(ErrorInput("int64", set_arg(_ids, lambda a: a[_ids] * 0 - 2), ValueError, _ids),),
-           baselines={"torch": torch_deepep_preprocess}),
+           baselines={"torch": torch_deepep_preprocess}, case_cost=1.8),
 )
 
 

@@ -147,7 +147,7 @@ RECORDS = (
                ErrorInput("fp8", set_arg("a1_scales", lambda a: a["a1_scales"].double()), TypeError, "a1_scales"),
                ErrorInput("bfloat16", non_contiguous("input"), ValueError, "input"),
            ),
-           baselines={"torch": torch_pre_reorder}),
+           baselines={"torch": torch_pre_reorder}, case_cost=1.6),
     OpSpec("post_reorder", reference.post_reorder, build_post_reorder,
            (OutputSpec("output", buffer("output"), "float", "token", reduction_len=lambda p: p.topk),),
            ("bfloat16", "float16", "float32"), KERNELS, post_reorder_cost, invalid_ids=True,
@@ -163,7 +163,7 @@ RECORDS = (
                           "down_output"),
                ErrorInput("float16", set_arg("src2dst", lambda a: a["src2dst"] - 1000), ValueError, "src2dst"),
                ErrorInput("float16", set_arg("output", lambda a: a["output"].to("meta")), ValueError, "output"),
-           )),
+           ), case_cost=1.9),
 )
 
 
