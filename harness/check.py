@@ -235,9 +235,8 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
 
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            # costliest rows start first (record order among equals); results still in group order
             futures = [None] * len(items)
-            for i in sorted(range(len(items)), key=lambda i: -SPECS[items[i][0][1]].case_cost):
+            for i in start_order([op for (_, op, _), _ in items]):
                 futures[i] = pool.submit(run, items[i])
             if on_rows:  # report each row as it finishes (partial JSON survives a killed run)
                 for fut in as_completed(futures):
@@ -246,6 +245,12 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
     finally:
         for w in workers:
             w.close()
+
+
+def start_order(ops: List[str]) -> List[int]:
+    """The order in which rows of these ops start (indices into ``ops``): costliest first by the
+    records' case_cost, record order among equals; results still come back in record order."""
+    return sorted(range(len(ops)), key=lambda i: -SPECS[ops[i]].case_cost)
 
 
 def default_jobs(backend: str, gpus: int, preset: Optional[str]) -> int:

@@ -94,3 +94,16 @@ def test_chunk_option_rejects_what_it_cannot_do(chunk, isolate, needle):
     from harness.options import CheckOptions, OptionError
     with pytest.raises(OptionError, match="--chunk: .*" + needle):
         CheckOptions(ops=["ep_preprocess"], impls=["reference"], cases=10, chunk=chunk, isolate=isolate)
+
+
+def test_costliest_rows_start_first_and_equals_keep_record_order():
+    """A check's parallel children take the rows of costly ops first (OpSpec.case_cost), so that a
+    long row does not start last; rows of equal cost keep the registry's order."""
+    from harness.check import start_order
+    from harness.specs import SPECS
+    ops = ["silu_and_mul", "ep_moe_forward", "gelu_and_mul", "grouped_gemm", "ep_gather"]
+    assert SPECS["ep_moe_forward"].case_cost > SPECS["grouped_gemm"].case_cost > SPECS["silu_and_mul"].case_cost
+    assert SPECS["silu_and_mul"].case_cost == SPECS["gelu_and_mul"].case_cost
+    order = [ops[i] for i in start_order(ops)]
+    assert order[:2] == ["ep_moe_forward", "grouped_gemm"]
+    assert order.index("silu_and_mul") < order.index("gelu_and_mul")
