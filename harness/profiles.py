@@ -10,9 +10,12 @@ A profile's numbers are per backend, because a case costs ~1000x more on Triton'
 interpreter than on a GPU:
 
   cases               fuzzed cases per (implementation, op, dtype) row, after the fixed ones.
-                      The default's interpreter count is the smallest that kills every mutant
-                      of the catalogue that the interpreter can run, with margin (measured with
-                      ``moe-harness mutate --profile default``; README, "Profiles").
+                      The default's counts kill every mutant of the catalogue with margin
+                      (measured with ``moe-harness mutate --profile default``; README,
+                      "Profiles"): on the interpreter the last mutant dies at its 4th fuzzed
+                      case of 6; on an H100 (results/2026-12-06-s15-h100) every mutant died
+                      within the first 10 cases of a row (the 3 fixed ones included), so 25
+                      fuzzed cases keep more than twice that.
   repeat_probe_cases  how many of a row's cases (the first ones: the fixed cases come first) get
                       the probes that call the candidate again: the decoy call before the case
                       (a result cached from an earlier call), the second run (two runs that
@@ -59,7 +62,7 @@ class Profile:
 PROFILES = {
     "default": Profile(
         "default", "before a merge: the fixed cases and enough fuzzed ones to kill every mutant of the catalogue",
-        cases={"interpreter": 6, "cuda": 50},
+        cases={"interpreter": 6, "cuda": 25},
         repeat_probe_cases={"interpreter": 4, "cuda": 10}),
     "thorough": Profile(
         "thorough", "nights and releases: the 2,000-case sweep (hours on the interpreter)",
