@@ -24,7 +24,7 @@ timeout 200 python -m harness mutate --profile default --quiet --json $OUT/${P}_
 echo "mutate rc=$? $(since)"
 unset TRITON_CACHE_DIR
 MOE_CHECK_VALUES=0 timeout 80 python tools/explore_launch.py --op ep_scatter --set scatter_warps=4,8,16 \
-  --set scatter_block_h=1024,2048,4096 --set segment_warps=4,8 >> $OUT/${P}_explore.log 2>&1
+  --set scatter_block_h=1024,2048,4096,8192 >> $OUT/${P}_explore.log 2>&1
 echo "explore scatter rc=$? $(since)"
 [ $(left) -gt 70 ] && timeout 60 python -m harness check --op ep_gather --preset large --impl ours > $OUT/${P}_large.log 2>&1
 echo "large rc=$? $(since)"
