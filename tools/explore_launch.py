@@ -75,11 +75,14 @@ def main(argv=None) -> int:
         print(json.dumps(line), flush=True)
         for values in grid:
             setting = dict(zip(names, values))
-            with module.pinned_launch(**setting):
-                ok = run_case(spec, Candidate(ours), case.params, "cuda", "ours").status == "passed" \
-                    if case.params.tokens <= 64 else None   # the prefill case: timed only (check covers it)
-                line = dict(op=args.op, case=case.params.short(), impl="ours", **setting, us=round(time_us(ours, sample), 2),
-                            correct=ok)
+            line = dict(op=args.op, case=case.params.short(), impl="ours", **setting)
+            try:
+                with module.pinned_launch(**setting):
+                    ok = run_case(spec, Candidate(ours), case.params, "cuda", "ours").status == "passed" \
+                        if case.params.tokens <= 64 else None   # the prefill case: timed only (check covers it)
+                    line.update(us=round(time_us(ours, sample), 2), correct=ok)
+            except Exception as exc:   # a setting that does not compile (registers, shared memory) ends only itself
+                line.update(error=f"{type(exc).__name__}: {str(exc)[:200]}")
             print(json.dumps(line), flush=True)
     return 0
 

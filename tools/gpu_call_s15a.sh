@@ -41,10 +41,11 @@ for line in open(sys.argv[1]):
         best[(d.get("op", ""), d["case"])].append(d)
 for case, lines in best.items():
     up = [d for d in lines if d["impl"] != "ours"]
-    ours = sorted((d for d in lines if d["impl"] == "ours"), key=lambda d: d["us"])
+    ours = sorted((d for d in lines if d["impl"] == "ours" and "us" in d), key=lambda d: d["us"])
     print(case[1][:50], "upstream", up[0]["us"] if up else None, "| best ours:",
           [(d["us"], {k: v for k, v in d.items() if k not in ("case", "impl", "us", "op")}) for d in ours[:3]])
-print("incorrect variants:", sum(1 for ls in best.values() for l in ls if l.get("correct") is False))
+print("incorrect variants:", sum(1 for ls in best.values() for l in ls if l.get("correct") is False),
+      "errors:", [l for ls in best.values() for l in ls if "error" in l][:3])
 PY
 grep -E "cases in" $OUT/${P}_check.log; grep -E "FAILED|CRASHED" $OUT/${P}_check.log | head -5 | cut -c1-200
 grep -E "ep_gather" $OUT/${P}_large.log | cut -c1-200
