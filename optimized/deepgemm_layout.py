@@ -28,7 +28,7 @@ __all__ = ["ep_scatter", "ep_gather", "pinned_launch"]
 
 NUM_WARPS_SEGMENTS = 4
 NUM_WARPS_SCATTER = 4
-SCATTER_BLOCK_H = 1024
+SCATTER_BLOCK_H = 8192
 NUM_WARPS_GATHER = 4
 GATHER_BLOCK_H = 1024
 # m_indices rows labelled per step: two of SGLang's 128-row alignment blocks, so a segment of an
