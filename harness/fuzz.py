@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from hypothesis import HealthCheck, Phase, example, given, seed as hyp_seed, settings, strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -37,10 +37,50 @@ def large_shape_ops():
 
 
 @st.composite
-def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[str] = None) -> CaseParams:
+def case_shape(draw, spec: OpSpec, backend: str) -> Tuple[int, int, int, int, int]:
+    """A fuzzed case's sizes (experts, topk, tokens, hidden, inter) within the backend's and the
+    record's limits (no preset)."""
     lim = SIZE_LIMITS[backend]
     max_t = min(lim["tokens"], spec.max_tokens)
     max_h = min(lim["hidden"], spec.max_hidden)
+    E = draw(st.one_of(st.integers(1, 16), st.sampled_from([32, 64, 128, 256, 512])).filter(
+        lambda e: e <= lim["experts"]))
+    K = draw(st.one_of(st.integers(1, 8), st.integers(1, lim["topk"])))
+    T = draw(st.one_of(st.integers(1, 8), st.sampled_from([0] + [p for p in PRIMES if p <= max_t]),
+                       st.integers(1, max(1, max_t))))
+    # a fourth of the draws a multiple of 16, as real hidden sizes are: kernels take other
+    # paths for aligned rows (the GEMM's TMA loads need Kd * itemsize % 16 == 0)
+    H = draw(st.one_of(st.integers(1, 64), st.sampled_from([h for h in ODD_HIDDEN if h <= max_h]),
+                       st.integers(1, max_h), st.integers(1, max(1, max_h // 16)).map(lambda h: 16 * h)))
+    I = draw(st.one_of(st.integers(1, 48), st.integers(1, min(lim["inter"], max_h))))
+    return E, K, T, H, I
+
+
+def shape_palette(spec: OpSpec, backend: str, n: int, seed: int) -> List[Tuple[int, int, int, int, int]]:
+    """``n`` sizes drawn with case_shape under ``seed`` (the same ones for the same arguments):
+    a profile's palette, from which its fuzzed cases take their sizes while everything else
+    (routing, the rank's experts, invalid slots, index dtype, values) is drawn per case. On a GPU
+    a check's time is Triton compiling each new specialisation, which the sizes decide."""
+    shapes: List[Tuple[int, int, int, int, int]] = []
+
+    @hyp_seed(seed)
+    @settings(max_examples=n, phases=[Phase.generate], database=None, deadline=None,
+              suppress_health_check=list(HealthCheck), derandomize=False)
+    @given(case_shape(spec, backend))
+    def collect(shape):
+        shapes.append(shape)
+
+    collect._hypothesis_internal_add_digest = f"palette|{spec.name}|{backend}".encode()
+    collect()
+    return shapes[:n]
+
+
+@st.composite
+def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[str] = None,
+                palette: Optional[Sequence[Tuple[int, int, int, int, int]]] = None) -> CaseParams:
+    """One fuzzed case: the preset's shape, a size from ``palette`` (shape_palette), or sizes drawn
+    freely (case_shape); then the routing, the rank's experts, invalid slots and index dtype."""
+    max_t = min(SIZE_LIMITS[backend]["tokens"], spec.max_tokens)
     if preset == "large":
         if spec.large_shape is None or backend != "cuda":
             raise ValueError(f"--preset large: only for {sorted(large_shape_ops())} on the cuda backend")
@@ -56,16 +96,7 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
         start = draw(st.integers(0, E // per - 1)) * per if ep > 1 else 0
         end = min(E - 1, start + per - 1)
     else:
-        E = draw(st.one_of(st.integers(1, 16), st.sampled_from([32, 64, 128, 256, 512])).filter(
-            lambda e: e <= lim["experts"]))
-        K = draw(st.one_of(st.integers(1, 8), st.integers(1, lim["topk"])))
-        T = draw(st.one_of(st.integers(1, 8), st.sampled_from([0] + [p for p in PRIMES if p <= max_t]),
-                           st.integers(1, max(1, max_t))))
-        # a fourth of the draws a multiple of 16, as real hidden sizes are: kernels take other
-        # paths for aligned rows (the GEMM's TMA loads need Kd * itemsize % 16 == 0)
-        H = draw(st.one_of(st.integers(1, 64), st.sampled_from([h for h in ODD_HIDDEN if h <= max_h]),
-                           st.integers(1, max_h), st.integers(1, max(1, max_h // 16)).map(lambda h: 16 * h)))
-        I = draw(st.one_of(st.integers(1, 48), st.integers(1, min(lim["inter"], max_h))))
+        E, K, T, H, I = draw(st.sampled_from(palette) if palette else case_shape(spec, backend))
         mode = draw(st.sampled_from(["all", "range", "first", "last", "single"]))
         if mode == "all":
             start, end = 0, E - 1
@@ -158,7 +189,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
           seed: int, preset: Optional[str] = None, database_dir: Optional[str] = ".hypothesis/examples",
           shrink: bool = True, on_case: Optional[Callable[[CaseResult], None]] = None,
           fixed_cases: bool = True, require_ieee_fp32: bool = False, repeat_probe_cases: Optional[int] = None,
-          deadline: Optional[float] = None) -> SweepOutcome:
+          deadline: Optional[float] = None, shapes: Optional[int] = None) -> SweepOutcome:
     """Run up to n_cases Hypothesis-drawn cases; stop at the first failure and shrink it.
 
     Cases are drawn within the record's preconditions that the candidate requires
@@ -171,7 +202,9 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     ``repeat_probe_cases``: only the first that many cases get the probes that call the
     candidate again (decoy, second run; None: every case; harness.profiles). ``deadline`` (a
     time.time()): past the fixed cases, a case starts only if it should end by then at the mean
-    pace of the cases so far, and the outcome says when the deadline stopped the sweep."""
+    pace of the cases so far, and the outcome says when the deadline stopped the sweep.
+    ``shapes``: the fuzzed cases take their sizes from a palette of that many (shape_palette,
+    drawn under ``seed``; harness.profiles); None: sizes drawn per case."""
     state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0, "not_computable": 0,
              "calls": 0, "seconds": 0.0, "unexpressible": 0, "graph_replayed": 0, "graph_skipped": 0, "graph_skip_reason": ""}
     requires = getattr(candidate, "requires", ())
@@ -229,7 +262,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
 
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     db = DirectoryBasedExampleDatabase(database_dir) if database_dir else None
-    test = given(case_params(spec, dtype, backend, preset).map(lambda p: spec.fit(p, requires)))(run_one)
+    palette = shape_palette(spec, backend, shapes, seed) if shapes and preset is None else None
+    test = given(case_params(spec, dtype, backend, preset, palette).map(lambda p: spec.fit(p, requires)))(run_one)
     sized = tuple(spec.fit(c, requires) for c in (aligned_long_groups_case(spec, dtype, backend),
                                                    narrow_rank_case(spec, dtype, backend)))
     if preset is None and fixed_cases:
@@ -264,7 +298,7 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
         if shrink and fixed_cases and exc.result.params in {c.to_json() for c in sized}:
             again = sweep(spec, candidate, impl_name, dtype, backend, device, n_cases, seed, preset, database_dir,
                           shrink, None, fixed_cases=False, require_ieee_fp32=require_ieee_fp32,
-                          repeat_probe_cases=repeat_probe_cases)
+                          repeat_probe_cases=repeat_probe_cases, shapes=shapes)
             if again.failure is not None:
                 return outcome(again.failure, state["first"])
         return outcome(exc.result, state["first"])

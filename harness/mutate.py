@@ -75,12 +75,13 @@ def _large(m) -> bool:
 
 def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
                wrap_candidate: Optional[Callable] = None, progress=None,
-               repeat_probe_cases: Optional[int] = None) -> MutantResult:
+               repeat_probe_cases: Optional[int] = None, shapes: Optional[int] = None) -> MutantResult:
     """Sweep one mutant (a catalogue name, or a harness.mutants.Mutant) in this process (a
     fault of the mutant may end the process: the command runs this in a child).
     ``wrap_candidate`` wraps the called functions (device fault guard); ``progress``
-    (harness.supervise.Progress) records the case in flight; ``repeat_probe_cases`` as in
-    harness.fuzz.sweep (a profile's, so that a mutant faces what that profile's check runs)."""
+    (harness.supervise.Progress) records the case in flight; ``repeat_probe_cases`` and
+    ``shapes`` as in harness.fuzz.sweep (a profile's, so that a mutant faces what that profile's
+    check runs)."""
     from .cases import CaseParams
     from .fuzz import sweep
     from .impls import load_implementation
@@ -117,6 +118,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
             progress.update(dtype=dtype, params=None, n=0)
         out = sweep(spec, cand, f"mutant:{m.name}", dtype, backend, device, n, seed, preset=m.min_preset,
                     database_dir=None, shrink=shrink and not _large(m), repeat_probe_cases=repeat_probe_cases,
+                    shapes=shapes,
                     on_case=lambda r: res.passed_cases.append(r.params) if r.ok else None)
         res.swept[dtype] = out.passed + (1 if out.failure else 0)
         res.cases_run += res.swept[dtype]
@@ -161,7 +163,7 @@ def _child_main(folder: str, conn, backend: str, threads: int, gpu: Optional[int
         try:
             res = run_mutant(job["mutant"], backend, job["cases"], job["seed"], job["shrink"],
                              wrap_candidate=lambda f: guard(f, folder, cuda), progress=progress,
-                             repeat_probe_cases=job.get("repeat_probe_cases"))
+                             repeat_probe_cases=job.get("repeat_probe_cases"), shapes=job.get("shapes"))
         except Exception as exc:  # a device fault outside the candidate, or a harness error
             exit_on_error(folder, exc)
         progress.update(stage="idle", mutant=None, params=None)
@@ -222,7 +224,8 @@ class _Worker:
 
 def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, seed: int, shrink: bool = True,
                 jobs: int = 1, case_timeout: Optional[float] = 600.0, on_result: Optional[Callable[[MutantResult], None]] = None,
-                gpu: Optional[int] = None, repeat_probe_cases: Optional[int] = None) -> List[MutantResult]:
+                gpu: Optional[int] = None, repeat_probe_cases: Optional[int] = None,
+                shapes: Optional[int] = None) -> List[MutantResult]:
     """Run the mutants (catalogue names or Mutant records) in ``jobs`` child processes at a
     time (each child runs mutants one after the other and is replaced after a crash).
     Results come back in the given order. Mutants that need --preset large run one at a
@@ -245,7 +248,8 @@ def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, s
                     m = pending.popleft()
                 if child is None:
                     child = _Worker(backend, threads, gpu)
-                job = dict(mutant=m, cases=cases, seed=seed, shrink=shrink, repeat_probe_cases=repeat_probe_cases)
+                job = dict(mutant=m, cases=cases, seed=seed, shrink=shrink, repeat_probe_cases=repeat_probe_cases,
+                           shapes=shapes)
                 if _large(m):
                     with large_lock:
                         res = child.run(job, case_timeout)
@@ -381,9 +385,10 @@ def run_command(options: MutateOptions, backend: str) -> int:
 
     if options.json_path:  # an empty record first: a run killed before any verdict still says what was pending
         _write_json(options.json_path, info, options, [], list(names), backend)
-    from .profiles import PROFILES
+    from .profiles import PROFILES, palette_size
     results = run_mutants(names, backend, options.cases_for(backend), options.seed, shrink=options.shrink, jobs=jobs,
                           repeat_probe_cases=PROFILES[options.profile].repeat_probes_for(backend),
+                          shapes=palette_size(options.profile, backend, options.cases),
                           case_timeout=options.case_timeout_s or None, on_result=tick)
     if tty and not options.quiet:
         sys.stderr.write("\n")

@@ -211,6 +211,12 @@ class CheckOptions(_DictForm):
         from .profiles import PROFILES
         return PROFILES[self.profile].repeat_probes_for(backend)
 
+    def shapes(self, backend: str) -> Optional[int]:
+        """The profile's palette of sizes (harness.profiles), or None: --cases or --budget set
+        the count, and sizes are drawn per case."""
+        from .profiles import palette_size
+        return None if self.budget_s is not None else palette_size(self.profile, backend, self.cases)
+
     def single_case(self):
         """The CaseParams of ``case``, or None for a sweep."""
         if self.case is None:

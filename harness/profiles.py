@@ -32,6 +32,17 @@ interpreter than on a GPU:
                       case as well, so the default gives them to the first 10 cases of a row and
                       the thorough profile to every case.
 
+  shapes              how many sizes (experts, topk, tokens, hidden, inter) a row's fuzzed
+                      cases take theirs from (harness.fuzz.shape_palette, drawn under the row's
+                      seed: another seed, other sizes); the routing, the rank's experts, invalid
+                      slots, index dtype and values are drawn per case. None: sizes drawn per
+                      case. On a GPU a check's time is Triton compiling each new specialisation
+                      of each kernel, which the sizes decide: the default check on an H100 took
+                      as long with 25 fuzzed cases per row as with 50 (642 against 663
+                      row-seconds, results/2026-12-06-s15-h100), and ep_preprocess's row spent
+                      11 of its 13 s compiling 21 specialisations. A palette applies only to the
+                      profile's own case count: ``--cases N`` or ``--budget`` draw sizes per case.
+
 The pytest suite's conformance tests take their per-row count from the profile too, so an op
 added to the registry costs the suite what the profile says and no more.
 """
@@ -51,6 +62,7 @@ class Profile:
     purpose: str
     cases: Mapping[str, int]
     repeat_probe_cases: Mapping[str, Optional[int]]
+    shapes: Mapping[str, Optional[int]]
 
     def cases_for(self, backend: str) -> int:
         return self.cases[backend]
@@ -58,22 +70,32 @@ class Profile:
     def repeat_probes_for(self, backend: str) -> Optional[int]:
         return self.repeat_probe_cases[backend]
 
+    def shapes_for(self, backend: str) -> Optional[int]:
+        return self.shapes[backend]
+
 
 PROFILES = {
     "default": Profile(
         "default", "before a merge: the fixed cases and enough fuzzed ones to kill every mutant of the catalogue",
         cases={"interpreter": 6, "cuda": 25},
-        repeat_probe_cases={"interpreter": 4, "cuda": 10}),
+        repeat_probe_cases={"interpreter": 4, "cuda": 10},
+        shapes={"interpreter": None, "cuda": 6}),
     "thorough": Profile(
         "thorough", "nights and releases: the 2,000-case sweep (hours on the interpreter)",
         cases={"interpreter": 2000, "cuda": 2000},
-        repeat_probe_cases={"interpreter": None, "cuda": None}),
+        repeat_probe_cases={"interpreter": None, "cuda": None},
+        shapes={"interpreter": None, "cuda": None}),
 }
 DEFAULT_PROFILE = "default"
 
 
 def profile_named(name: str) -> Profile:
     return PROFILES[name]
+
+
+def palette_size(profile: str, backend: str, cases_override: Optional[int] = None) -> Optional[int]:
+    """The profile's palette of sizes on ``backend``, or None when --cases overrides its count."""
+    return None if cases_override is not None else PROFILES[profile].shapes_for(backend)
 
 
 def fuzzed_cases(profile: str, backend: str, override: Optional[int] = None) -> int:

@@ -51,6 +51,7 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases_for(backend), options.seed,
                     preset=options.preset, shrink=options.shrink, require_ieee_fp32=options.require_ieee_fp32,
                     repeat_probe_cases=options.repeat_probe_cases(backend), deadline=options.deadline,
+                    shapes=options.shapes(backend),
                     on_case=(lambda r: tick(r.op, r.impl, r.dtype, None)) if tick else None)
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst

@@ -140,3 +140,37 @@ def test_isolated_rows_share_warm_children_and_keep_their_order(backend):
     assert [(r.op, r.dtype) for r in rows] == [("ep_preprocess", "int32"), ("ep_preprocess", "int64"),
                                                ("deepep_preprocess", "int32"), ("deepep_preprocess", "int64")]
     assert all(r.status == "passed" for r in rows) and len(started) == 1
+
+
+def test_palette_applies_to_the_profiles_own_count_only():
+    """The default's palette of sizes on a GPU; --cases, --budget and the thorough profile draw
+    sizes per case (a 2,000-case sweep must not run on a handful of sizes)."""
+    assert CheckOptions().shapes("cuda") == PROFILES["default"].shapes["cuda"] is not None
+    assert CheckOptions().shapes("interpreter") is None
+    assert CheckOptions(cases=2000).shapes("cuda") is None
+    assert CheckOptions(budget_s=30).shapes("cuda") is None
+    assert CheckOptions(profile="thorough").shapes("cuda") is None
+
+
+def test_palette_is_seeded_and_a_sweep_takes_its_sizes_from_it(backend):
+    """A palette is the same for the same seed and differs for another; every fuzzed case of a
+    sweep with one has its sizes from it (the fixed cases run as ever), and its other draws
+    (routing, the rank's experts, values' seed) still vary."""
+    from harness.fuzz import shape_palette
+    spec = SPECS["ep_preprocess"]
+    palette = shape_palette(spec, backend, 2, seed=5)
+    assert palette == shape_palette(spec, backend, 2, seed=5) != shape_palette(spec, backend, 2, seed=6)
+    assert len(palette) == 2
+    seen = []
+
+    def recording(topk_ids, num_experts):
+        seen.append((num_experts, *topk_ids.shape))
+        return reference.ep_preprocess(topk_ids, num_experts)
+
+    out = sweep(spec, Candidate(recording), "recording", "int32", backend, "cpu", 12, seed=5, database_dir=None,
+                shapes=2, repeat_probe_cases=0)
+    assert out.failure is None and out.passed == 15
+    assert len(seen) == 15           # one call a case: no repeat probes
+    fuzzed = set(seen[3:])           # after the three fixed cases
+    allowed = {(E, T, K) for E, K, T, _, _ in palette}
+    assert fuzzed and fuzzed <= allowed

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The first device call after session 15 (its device time ran out): the changes made after its
+# last call, measured and verified on a GPU, then the 2,000-case sweep until the deadline.
+#   1. the README's check from a cold Triton cache with the default profile's palette of 6 sizes
+#      per row (issue 24: under 45 s on one H100?), and mutate --profile default with it (every
+#      mutant still killed?);
+#   2. ep_gather (session 15's kernel) at the large preset: int64 row offsets past 2**31 elements,
+#      and its int32 mutant;
+#   3. the packed masked post-quant launch at T=4096 (issue 26: 85% of the copy rate);
+#   4. where a row's seconds still go (tools/row_profile.py, cold cache, ep_moe_forward);
+#   5. the sweep of what tools/sweep_remaining.py says is left, until the deadline.
+# Logs under $OUT (8 files at most).
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
+P=${1:-1}
+START=$(date +%s)
+since() { echo "$(( $(date +%s) - START ))s"; }
+left() { echo $(( ${DEADLINE:-570} - $(date +%s) + START )); }
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
+export TRITON_CACHE_DIR=$(mktemp -d)    # cold: nothing compiled yet
+t0=$(date +%s.%N)
+timeout 100 python -m harness check --json $OUT/${P}_check.json > $OUT/${P}_check.log 2>&1
+echo "check cold rc=$? $(python -c "print(round($(date +%s.%N) - $t0, 1))")s $(since)"
+timeout 170 python -m harness mutate --profile default --quiet --json $OUT/${P}_mutate.json > /dev/null 2>&1
+echo "mutate rc=$? $(since)"
+unset TRITON_CACHE_DIR
+timeout 120 python -m harness check --op ep_gather --preset large --impl ours --cases 2 > $OUT/${P}_large.log 2>&1
+echo "large rc=$? $(since)"
+MOE_CHECK_VALUES=0 timeout 60 python tools/explore_launch.py --op silu_and_mul_masked_post_quant_packed_fwd \
+  --tokens 4096 --set num_warps=1,2,4 --set row_programs=64,256,512 > $OUT/${P}_explore.log 2>&1
+echo "explore packed rc=$? $(since)"
+[ $(left) -gt 100 ] && timeout 80 python tools/row_profile.py --op ep_moe_forward --dtype bfloat16 --top 25 \
+  > $OUT/${P}_rows.log 2>&1; echo "rows rc=$? $(since)"
+if [ -n "${SWEEP:-}" ] && [ $(left) -gt 60 ]; then
+  OPS=$(python tools/sweep_remaining.py --impl ${SWEEP_IMPL:-ours} results/*/*_sweep.json)
+  timeout -s INT -k 15 $(( $(left) - 15 )) python -m harness check --impl ${SWEEP_IMPL:-ours} --op $OPS \
+    --cases 2000 --chunk 250 --no-shrink --jobs 16 --json $OUT/${P}_sweep.json > /dev/null 2>&1
+  echo "sweep rc=$? $(since)"
+fi
+grep -E "cases in" $OUT/${P}_check.log; grep -E "FAILED|CRASHED" $OUT/${P}_check.log | head -5 | cut -c1-200
+python - $OUT/${P}_mutate.json <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d["summary"], "pending", d.get("pending"))
+for m in d["mutants"]:
+    if m["verdict"] != "KILLED":
+        print(m["name"], m["verdict"], m["reason"][:200])
+PY
+grep -E "^ep_gather|cases in" $OUT/${P}_large.log | cut -c1-200
+grep -E '"us"' $OUT/${P}_explore.log | cut -c1-200
+grep -E "^==" $OUT/${P}_rows.log | cut -c1-300
+exit 0
