@@ -12,13 +12,8 @@
 # Logs under $OUT (8 files at most).
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
 P=${1:-1}
-START=$(date +%s)
-since() { echo "$(( $(date +%s) - START ))s"; }
-left() { echo $(( ${DEADLINE:-570} - $(date +%s) + START )); }
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
+source tools/gpu_call_lib.sh
 export TRITON_CACHE_DIR=$(mktemp -d)    # cold: nothing compiled yet
 t0=$(date +%s.%N)
 timeout 100 python -m harness check --json $OUT/${P}_check.json > $OUT/${P}_check.log 2>&1
@@ -40,14 +35,7 @@ if [ -n "${SWEEP:-}" ] && [ $(left) -gt 60 ]; then
   echo "sweep rc=$? $(since)"
 fi
 grep -E "cases in" $OUT/${P}_check.log; grep -E "FAILED|CRASHED" $OUT/${P}_check.log | head -5 | cut -c1-200
-python - $OUT/${P}_mutate.json <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(d["summary"], "pending", d.get("pending"))
-for m in d["mutants"]:
-    if m["verdict"] != "KILLED":
-        print(m["name"], m["verdict"], m["reason"][:200])
-PY
+mutate_summary $OUT/${P}_mutate.json
 grep -E "^ep_gather|cases in" $OUT/${P}_large.log | cut -c1-200
 grep -E '"us"' $OUT/${P}_explore.log | cut -c1-200
 grep -E "^==" $OUT/${P}_rows.log | cut -c1-300

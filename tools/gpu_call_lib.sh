@@ -1,0 +1,20 @@
+# Sourced by the device-call scripts (tools/gpu_call_*.sh): the environment every harness command
+# there needs, the clock (since: seconds since the start; left: seconds to ${DEADLINE:-570}), the
+# versions line, and the summary of a mutate JSON. Run from the repository root.
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
+START=$(date +%s)
+since() { echo "$(( $(date +%s) - START ))s"; }
+left() { echo $(( ${DEADLINE:-570} - $(date +%s) + START )); }
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
+
+mutate_summary() {   # the verdict line, what was pending, and every mutant not KILLED
+  python - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d["summary"], "pending", d.get("pending"))
+for m in d["mutants"]:
+    if m["verdict"] != "KILLED":
+        print(m["name"], m["verdict"], m["reason"][:200])
+PY
+}
