@@ -79,7 +79,7 @@ PROFILES = {
         "default", "before a merge: the fixed cases and enough fuzzed ones to kill every mutant of the catalogue",
         cases={"interpreter": 6, "cuda": 25},
         repeat_probe_cases={"interpreter": 4, "cuda": 10},
-        shapes={"interpreter": None, "cuda": 6}),
+        shapes={"interpreter": None, "cuda": 8}),
     "thorough": Profile(
         "thorough", "nights and releases: the 2,000-case sweep (hours on the interpreter)",
         cases={"interpreter": 2000, "cuda": 2000},

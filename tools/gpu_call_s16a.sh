@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first device call after session 15 (its device time ran out): the changes made after its
 # last call, measured and verified on a GPU, then the 2,000-case sweep until the deadline.
-#   1. the README's check from a cold Triton cache with the default profile's palette of 6 sizes
+#   1. the README's check from a cold Triton cache with the default profile's palette of 8 sizes
 #      per row (issue 24: under 45 s on one H100?), and mutate --profile default with it (every
 #      mutant still killed?);
 #   2. ep_gather (session 15's kernel) at the large preset: int64 row offsets past 2**31 elements,
