@@ -39,7 +39,7 @@ interpreter than on a GPU:
                       case. On a GPU a check's time is Triton compiling each new specialisation
                       of each kernel, which the sizes decide: the default check on an H100 took
                       as long with 25 fuzzed cases per row as with 50 (642 against 663
-                      row-seconds, results/2026-12-06-s15-h100), and ep_preprocess's row spent
+                      row-seconds, results/2026-12-06-s15-h100), and the EP preprocess row spent
                       11 of its 13 s compiling 21 specialisations. A palette applies only to the
                       profile's own case count: ``--cases N`` or ``--budget`` draw sizes per case.
 
