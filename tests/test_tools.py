@@ -163,3 +163,21 @@ def test_sweep_remaining_merges_chunks_across_calls_and_lists_what_is_short(tmp_
     assert "ep_preprocess" in left and left == [op for op in REGISTRY if op in left]   # registry order
     assert "ep_preprocess" not in tool.remaining_ops(counts, "ours", 1000)
     assert tool.remaining_ops(counts, "reference", 1) == list(REGISTRY)
+
+
+def test_sweep_remaining_groups_sweep_only_the_missing_dtypes(tmp_path):
+    """--groups: an op with some dtypes swept is listed with the others only; ops missing every
+    dtype go together with no dtype filter."""
+    sys.path.insert(0, TOOLS)
+    try:
+        import sweep_remaining as tool
+    finally:
+        sys.path.remove(TOOLS)
+    from harness.ops import REGISTRY
+    first, *rest = REGISTRY["ep_scatter"].dtypes
+    counts = {("ours", "ep_scatter", first): (2024, 0)}
+    groups = tool.remaining_groups(counts, "ours", 2000)
+    whole, all_dtypes = groups[0]
+    assert all_dtypes == () and "ep_scatter" not in whole and "ep_gather" in whole
+    assert (["ep_scatter"], tuple(rest)) in groups
+    assert all(op in REGISTRY for ops, _ in groups for op in ops)

@@ -3,10 +3,15 @@ earlier device calls (``moe-harness check --cases 2000 --chunk 250 --json``, any
 rows merged by (implementation, op, dtype), chunk counts added).
 
 Prints the ops of ``--impl`` that still have a dtype row under ``--cases`` cases (or none), one
-line, in registry order: the ``--op`` list (``SWEEP_OPS``) of the next call. ``--table`` prints
-per (op, dtype) what each implementation has so far instead. CPU; reads JSON only.
+line, in registry order: the ``--op`` list (``SWEEP_OPS``) of the next call. ``--groups`` prints
+instead one line per check command that sweeps only the missing rows, ``OPS|DTYPES``: the ops
+whose every dtype is missing with DTYPES empty (all of them), then each set of ops missing the
+same dtypes (an op's swept dtypes are not swept again). ``--table`` prints per (op, dtype) what
+each implementation has so far. CPU; reads JSON only.
 
     PYTHONPATH=. python tools/sweep_remaining.py --impl ours results/*/*_sweep.json
+    PYTHONPATH=. python tools/sweep_remaining.py --groups --impl ours results/*/*_sweep.json |
+      while IFS='|' read -r ops dtypes; do moe-harness check --op $ops ${dtypes:+--dtype $dtypes} ...; done
 """
 from __future__ import annotations
 
@@ -35,14 +40,31 @@ def remaining_ops(counts, impl: str, cases: int):
             if any(counts.get((impl, op, d), (0, 0))[0] < cases for d in rec.dtypes)]
 
 
+def remaining_groups(counts, impl: str, cases: int):
+    """[(ops, dtypes)]: check commands that sweep exactly the rows of ``impl`` under ``cases``
+    cases; dtypes () for ops missing all theirs (first), else the ops missing those dtypes."""
+    from harness.ops import REGISTRY
+    whole, partial = [], {}
+    for op in remaining_ops(counts, impl, cases):
+        missing = tuple(d for d in REGISTRY[op].dtypes if counts.get((impl, op, d), (0, 0))[0] < cases)
+        if missing == tuple(REGISTRY[op].dtypes):
+            whole.append(op)
+        else:
+            partial.setdefault(missing, []).append(op)
+    return ([(whole, ())] if whole else []) + [(ops, dtypes) for dtypes, ops in partial.items()]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", nargs="*", help="sweep JSON files of earlier calls")
     ap.add_argument("--impl", default="ours")
     ap.add_argument("--cases", type=int, default=2000, help="cases a row needs (default 2000)")
     ap.add_argument("--table", action="store_true", help="per (op, dtype): cases / failures of each implementation")
+    ap.add_argument("--groups", action="store_true", help="one 'OPS|DTYPES' line per check command of the missing rows")
+    ap.add_argument("--stale", action="append", default=[], metavar="OP",
+                    help="an op whose kernel changed after its rows were swept: its rows count as missing (repeatable)")
     args = ap.parse_args(argv)
-    counts = merged_counts(args.json)
+    counts = {k: v for k, v in merged_counts(args.json).items() if k[1] not in args.stale}
     if args.table:
         from harness.ops import REGISTRY
         impls = sorted({k[0] for k in counts})
@@ -51,6 +73,10 @@ def main(argv=None) -> int:
                 cells = [f"{i} {counts[(i, op, d)][0]}/{counts[(i, op, d)][1]}" if (i, op, d) in counts else f"{i} -"
                          for i in impls]
                 print(f"{op:<50} {d:<14} " + "  ".join(cells))
+        return 0
+    if args.groups:
+        for ops, dtypes in remaining_groups(counts, args.impl, args.cases):
+            print(" ".join(ops) + "|" + " ".join(dtypes))
         return 0
     print(*remaining_ops(counts, args.impl, args.cases))
     return 0
