@@ -232,12 +232,13 @@ def silu_and_mul_masked_post_quant_packed_fwd(input, output, output_scale, quant
                                               gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk)
 
 
-def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_stages=None):
+def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_stages=None, packed_programs=None):
     """Context manager (optimized/config.py's switches): both kernels launched with ``num_warps``
     (decode and prefill alike) and ``num_stages``, the float-scale kernel with at most
-    ``row_programs`` row programs per (expert, column block), tiles of ``tile_elements``; None
-    leaves a knob as it is."""
+    ``row_programs`` row programs per (expert, column block), the packed kernel with at most
+    ``packed_programs`` row-tile programs per word column, tiles of ``tile_elements``; None leaves a
+    knob as it is."""
     return _config.pinned_globals(globals(), NUM_WARPS=num_warps, NUM_WARPS_PREFILL=num_warps,
                                   NUM_WARPS_PREFILL_FLOAT_SCALE=num_warps, MAX_ROW_PROGRAMS=row_programs,
                                   MAX_ROW_PROGRAMS_PREFILL=row_programs, TILE_ELEMENTS=tile_elements,
-                                  NUM_STAGES=num_stages)
+                                  NUM_STAGES=num_stages, MAX_PACKED_PROGRAMS=packed_programs)

@@ -24,7 +24,7 @@ unset TRITON_CACHE_DIR
 timeout 120 python -m harness check --op ep_gather --preset large --impl ours --cases 2 > $OUT/${P}_large.log 2>&1
 echo "large rc=$? $(since)"
 MOE_CHECK_VALUES=0 timeout 60 python tools/explore_launch.py --op silu_and_mul_masked_post_quant_packed_fwd \
-  --tokens 4096 --set num_warps=1,2,4 --set row_programs=64,256,512 > $OUT/${P}_explore.log 2>&1
+  --tokens 4096 --set num_warps=1,2,4 --set packed_programs=1024,4096,16384 --set tile_elements=512,1024 > $OUT/${P}_explore.log 2>&1
 echo "explore packed rc=$? $(since)"
 [ $(left) -gt 100 ] && timeout 80 python tools/row_profile.py --op ep_moe_forward --dtype bfloat16 --top 25 \
   > $OUT/${P}_rows.log 2>&1; echo "rows rc=$? $(since)"
