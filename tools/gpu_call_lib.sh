@@ -1,12 +1,22 @@
-# Sourced by the device-call scripts (tools/gpu_call_*.sh): the environment every harness command
-# there needs, the clock (since: seconds since the start; left: seconds to ${DEADLINE:-570}), the
-# versions line, and the summary of a mutate JSON. Run from the repository root.
+# Sourced by the device-call scripts (tools/gpu_call_*.sh) after setting P (the call's number, the
+# prefix of its files under $OUT): the environment every harness command there needs, the clock
+# (since: seconds since the start; left: seconds to ${DEADLINE:-570}), the versions line, the
+# README's check from a cold Triton cache, and the summary of a mutate JSON. Run from the
+# repository root.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
 START=$(date +%s)
 since() { echo "$(( $(date +%s) - START ))s"; }
 left() { echo $(( ${DEADLINE:-570} - $(date +%s) + START )); }
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
+
+cold_check() {   # the README's check, timed, from a fresh Triton cache (kept exported: the steps after
+                 # it, e.g. mutate, reuse what it compiled); $1: its time limit in seconds
+  export TRITON_CACHE_DIR=$(mktemp -d)
+  local t0=$(date +%s.%N)
+  timeout "$1" python -m harness check --json $OUT/${P}_check.json > $OUT/${P}_check.log 2>&1
+  echo "check cold rc=$? $(python -c "print(round($(date +%s.%N) - $t0, 1))")s $(since)"
+}
 
 mutate_summary() {   # the verdict line, what was pending, and every mutant not KILLED
   python - "$1" <<'PY'

@@ -11,20 +11,13 @@
 #   5. the 2,000-case sweep of what tools/sweep_remaining.py says is left, until the deadline.
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
 P=${1:-1}
-START=$(date +%s)
-since() { echo "$(( $(date +%s) - START ))s"; }
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
+source tools/gpu_call_lib.sh
 MOE_CHECK_VALUES=0 timeout 120 python -m harness bench --op silu_and_mul_masked_post_quant_fwd \
   silu_and_mul_masked_post_quant_packed_fwd ep_scatter ep_gather --tokens 1 64 4096 --impl ours sglang==0.5.23 \
   --json $OUT/${P}_bench.json > $OUT/${P}_bench.log 2>&1
 echo "bench rc=$? $(since)"
-export TRITON_CACHE_DIR=$(mktemp -d)    # cold: nothing compiled yet
-t0=$(date +%s.%N)
-timeout 110 python -m harness check --json $OUT/${P}_check.json > $OUT/${P}_check.log 2>&1
-echo "check cold rc=$? $(python -c "print(round($(date +%s.%N) - $t0, 1))")s"
+cold_check 110
 timeout ${MUTATE_LIMIT:-200} python -m harness mutate --profile default --quiet --json $OUT/${P}_mutate.json \
   > $OUT/${P}_mutate.log 2>&1
 echo "mutate rc=$? $(since)"
@@ -42,14 +35,7 @@ if [ -n "${SWEEP:-}" ]; then
   echo "sweep rc=$? $(since) (limit ${left}s)"
 fi
 grep -E "FAILED|CRASHED|cases in" $OUT/${P}_check.log | cut -c1-160
-python - $OUT/${P}_mutate.json <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(d["summary"], "pending", d.get("pending"))
-for m in d["mutants"]:
-    if m["verdict"] != "KILLED":
-        print(m["name"], m["verdict"], m["reason"][:200])
-PY
+mutate_summary $OUT/${P}_mutate.json
 grep -E "^(ep_|silu)|copy kernel" $OUT/${P}_bench.log | cut -c1-230
 grep -E "harness/|fuzz|runner" $OUT/${P}_profile.log | head -25 | cut -c1-160
 exit 0

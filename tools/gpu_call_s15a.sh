@@ -6,20 +6,12 @@
 # seconds go on a GPU (tools/row_profile.py) with the time left. Logs under $OUT (8 files at most).
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
 P=${1:-1}
-START=$(date +%s)
-since() { echo "$(( $(date +%s) - START ))s"; }
-left() { echo $(( ${DEADLINE:-570} - $(date +%s) + START )); }
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
+source tools/gpu_call_lib.sh
 MOE_CHECK_VALUES=0 timeout 60 python tools/explore_launch.py --op ep_gather --set gather_warps=1,2,4,8 \
   --set gather_block_h=512,1024,2048 > $OUT/${P}_explore.log 2>&1
 echo "explore gather rc=$? $(since)"
-export TRITON_CACHE_DIR=$(mktemp -d)    # cold: nothing compiled yet
-t0=$(date +%s.%N)
-timeout 90 python -m harness check --json $OUT/${P}_check.json > $OUT/${P}_check.log 2>&1
-echo "check cold rc=$? $(python -c "print(round($(date +%s.%N) - $t0, 1))")s $(since)"
+cold_check 90
 timeout 150 python -m harness mutate --profile default --quiet --json $OUT/${P}_mutate.json > /dev/null 2>&1
 echo "mutate rc=$? $(since)"
 unset TRITON_CACHE_DIR
@@ -45,12 +37,5 @@ print("incorrect variants:", sum(1 for ls in best.values() for l in ls if l.get(
 PY
 grep -E "cases in" $OUT/${P}_check.log; grep -E "FAILED|CRASHED" $OUT/${P}_check.log | head -5 | cut -c1-200
 grep -E "ep_gather" $OUT/${P}_large.log | cut -c1-200
-python - $OUT/${P}_mutate.json <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(d["summary"], "pending", d.get("pending"))
-for m in d["mutants"]:
-    if m["verdict"] != "KILLED":
-        print(m["name"], m["verdict"], m["reason"][:200])
-PY
+mutate_summary $OUT/${P}_mutate.json
 exit 0

@@ -14,10 +14,7 @@ set -u
 cd "$(dirname "$0")/.."
 P=${1:-1}
 source tools/gpu_call_lib.sh
-export TRITON_CACHE_DIR=$(mktemp -d)    # cold: nothing compiled yet
-t0=$(date +%s.%N)
-timeout 100 python -m harness check --json $OUT/${P}_check.json > $OUT/${P}_check.log 2>&1
-echo "check cold rc=$? $(python -c "print(round($(date +%s.%N) - $t0, 1))")s $(since)"
+cold_check 100
 timeout 170 python -m harness mutate --profile default --quiet --json $OUT/${P}_mutate.json > /dev/null 2>&1
 echo "mutate rc=$? $(since)"
 unset TRITON_CACHE_DIR
