@@ -49,6 +49,9 @@ MAX_ROW_PROGRAMS_PREFILL = 512
 # Row-tile programs of the packed kernel per word column (SGLang sizes its grid by
 # num_real_tokens * topk, which can far exceed the live rows; ours loop over the live tiles).
 MAX_PACKED_PROGRAMS = 1024
+# The packed layout's grid: False, the flat grid above; True, the float-scale kernel's grid over
+# (word column, row program, expert), each program storing one int32 word per row.
+PACKED_EXPERT_GRID = False
 # Elements per tile: rows x columns of one program's step.
 TILE_ELEMENTS = 512
 
@@ -85,6 +88,15 @@ def _quant_tile(y, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.const
 
 
 @triton.jit
+def _pack_exponents(scale):
+    """[rows, 4] power-of-two float32 scales -> [rows] int32: group 4c + b's biased exponent in byte
+    b of word c (little-endian; int32 shifts wrap past bit 31, as intended)."""
+    expo = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    packed = tl.sum(expo << (tl.arange(0, 4) * 8)[None, :], axis=1)
+    return packed
+
+
+@triton.jit
 def _post_quant_kernel(
         # tensors
         in_ptr, out_ptr, scale_ptr, masked_m_ptr,
@@ -94,9 +106,11 @@ def _post_quant_kernel(
         N,
         # meta-parameters
         IN_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        UE8M0: tl.constexpr, GEMM1_ALPHA: tl.constexpr, CLAMP_LIMIT: tl.constexpr, UP_LIMIT: tl.constexpr):
+        UE8M0: tl.constexpr, PACKED: tl.constexpr, GEMM1_ALPHA: tl.constexpr, CLAMP_LIMIT: tl.constexpr,
+        UP_LIMIT: tl.constexpr):
     """Program (column block, row program, expert): rows pid_m * BLOCK_M + k * ROW_PROGRAMS * BLOCK_M
-    below masked_m[e], columns of its block; float32 scales at [e, row, group] through strides."""
+    below masked_m[e], columns of its block; float32 scales at [e, row, group] through strides, or
+    (PACKED: a column block of 4 groups, UE8M0) one int32 of four exponents at [e, block, row]."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     e = tl.program_id(2).to(tl.int64)
@@ -116,7 +130,11 @@ def _post_quant_kernel(
         q, scale = _quant_tile(y, BLOCK_M, BLOCK_N, GROUP, UE8M0)
         tl.store(out_ptr + e * out_s0 + r64[:, None] * out_s1 + cols[None, :], q.to(out_ptr.dtype.element_ty),
                  mask=rmask[:, None])
-        tl.store(scale_ptr + e * sc_s0 + r64[:, None] * sc_s1 + groups[None, :] * sc_s2, scale, mask=rmask[:, None])
+        if PACKED:
+            tl.store(scale_ptr + e * sc_s0 + pid_n * sc_s1 + r64 * sc_s2, _pack_exponents(scale), mask=rmask)
+        else:
+            tl.store(scale_ptr + e * sc_s0 + r64[:, None] * sc_s1 + groups[None, :] * sc_s2, scale,
+                     mask=rmask[:, None])
 
 
 @triton.jit
@@ -156,9 +174,7 @@ def _post_quant_packed_kernel(
         q, scale = _quant_tile(y, BLOCK_M, BLOCK_N, GROUP, True)
         tl.store(out_ptr + e64[:, None] * out_s0 + r64[:, None] * out_s1 + cols[None, :],
                  q.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
-        # little-endian: group 4c + b in byte b of word c (int32 shifts wrap past bit 31, as intended)
-        expo = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF
-        packed = tl.sum(expo << (tl.arange(0, 4) * 8)[None, :], axis=1)
+        packed = _pack_exponents(scale)
         tl.store(scale_ptr + e64 * sc_s0 + word * sc_s1 + r64 * sc_s2, packed, mask=rmask)
 
 
@@ -196,7 +212,7 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     prefill = most_rows >= PREFILL_ROWS
     common = dict(IN_DTYPE=_TL_DTYPES[input.dtype], GROUP=quant_group_size, GEMM1_ALPHA=alpha, CLAMP_LIMIT=limit,
                   UP_LIMIT=up_limit, num_stages=NUM_STAGES)
-    if packed:
+    if packed and not PACKED_EXPERT_GRID:
         rows = num_real_tokens * topk
         block_m = max(1, min(TILE_ELEMENTS // (4 * quant_group_size), 16))
         if rows == 0:
@@ -209,7 +225,7 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
             num_warps=NUM_WARPS_PREFILL if prefill else NUM_WARPS, **common)
         return None
     per_block = 4                       # groups per column block: the largest of 4, 2, 1 dividing G
-    while groups % per_block:
+    while groups % per_block:           # (packed: G is a multiple of 4)
         per_block //= 2
     block_n = per_block * quant_group_size
     block_m = max(1, min(TILE_ELEMENTS // block_n, 16))
@@ -217,7 +233,7 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     _post_quant_kernel[(groups // per_block, row_programs, E)](
         input, output, output_scale, masked_m,
         input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
-        n, BLOCK_M=block_m, BLOCK_N=block_n, UE8M0=bool(scale_ue8m0),
+        n, BLOCK_M=block_m, BLOCK_N=block_n, UE8M0=bool(scale_ue8m0) or packed, PACKED=packed,
         num_warps=NUM_WARPS_PREFILL_FLOAT_SCALE if prefill else NUM_WARPS, **common)
     return None
 
@@ -232,13 +248,15 @@ def silu_and_mul_masked_post_quant_packed_fwd(input, output, output_scale, quant
                                               gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk)
 
 
-def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_stages=None, packed_programs=None):
+def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_stages=None, packed_programs=None,
+                  packed_expert_grid=None):
     """Context manager (optimized/config.py's switches): both kernels launched with ``num_warps``
     (decode and prefill alike) and ``num_stages``, the float-scale kernel with at most
     ``row_programs`` row programs per (expert, column block), the packed kernel with at most
-    ``packed_programs`` row-tile programs per word column, tiles of ``tile_elements``; None leaves a
-    knob as it is."""
+    ``packed_programs`` row-tile programs per word column (or, ``packed_expert_grid=1``, on the
+    float-scale kernel's grid), tiles of ``tile_elements``; None leaves a knob as it is."""
     return _config.pinned_globals(globals(), NUM_WARPS=num_warps, NUM_WARPS_PREFILL=num_warps,
                                   NUM_WARPS_PREFILL_FLOAT_SCALE=num_warps, MAX_ROW_PROGRAMS=row_programs,
                                   MAX_ROW_PROGRAMS_PREFILL=row_programs, TILE_ELEMENTS=tile_elements,
-                                  NUM_STAGES=num_stages, MAX_PACKED_PROGRAMS=packed_programs)
+                                  NUM_STAGES=num_stages, MAX_PACKED_PROGRAMS=packed_programs,
+                                  PACKED_EXPERT_GRID=None if packed_expert_grid is None else bool(packed_expert_grid))

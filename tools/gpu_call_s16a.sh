@@ -6,7 +6,8 @@
 #      mutant still killed?);
 #   2. ep_gather (session 15's kernel) at the large preset: int64 row offsets past 2**31 elements,
 #      and its int32 mutant;
-#   3. the packed masked post-quant launch at T=4096 (issue 26: 85% of the copy rate);
+#   3. the packed masked post-quant launch at T=64 and 4096 (issue 26: 85% of the copy rate), on its
+#      flat grid and on the float-scale kernel's grid over experts (packed_expert_grid=1);
 #   4. where a row's seconds still go (tools/row_profile.py, cold cache, ep_moe_forward);
 #   5. the sweep of what tools/sweep_remaining.py says is left, until the deadline.
 # Logs under $OUT (8 files at most).
@@ -20,8 +21,9 @@ echo "mutate rc=$? $(since)"
 unset TRITON_CACHE_DIR
 timeout 120 python -m harness check --op ep_gather --preset large --impl ours --cases 2 > $OUT/${P}_large.log 2>&1
 echo "large rc=$? $(since)"
-MOE_CHECK_VALUES=0 timeout 60 python tools/explore_launch.py --op silu_and_mul_masked_post_quant_packed_fwd \
-  --tokens 4096 --set num_warps=1,2,4 --set packed_programs=1024,4096,16384 --set tile_elements=512,1024 > $OUT/${P}_explore.log 2>&1
+MOE_CHECK_VALUES=0 timeout 100 python tools/explore_launch.py --op silu_and_mul_masked_post_quant_packed_fwd \
+  --tokens 64 4096 --set packed_expert_grid=0,1 --set num_warps=1,2,4 --set packed_programs=1024,4096 \
+  --set tile_elements=512,1024 > $OUT/${P}_explore.log 2>&1
 echo "explore packed rc=$? $(since)"
 [ $(left) -gt 100 ] && timeout 80 python tools/row_profile.py --op ep_moe_forward --dtype bfloat16 --top 25 \
   > $OUT/${P}_rows.log 2>&1; echo "rows rc=$? $(since)"
