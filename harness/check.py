@@ -18,7 +18,7 @@ from .isolate import RowWorker, run_group
 from .specs import SPECS
 from .options import CheckOptions, gpu_count
 from .records import write_json
-from .report import Row, format_failures, format_table
+from .report import Row, format_failures, format_table, merge_worst
 from .row_check import check_one
 from .status import FAILING, NOTHING_CHECKED, exit_code, nothing_checked
 
@@ -45,6 +45,9 @@ class LiveProgress:
         self.lock = threading.Lock()
         self.in_flight: Dict[Tuple[str, str, str], int] = {}
         self.rows_done = self.cases = 0
+        # (op, impl, dtype) -> how many pieces (chunks, parts) of the row run apart, and how many are in
+        self.pieces: Dict[Tuple[str, str, str], int] = {}
+        self.pieces_in: Dict[Tuple[str, str, str], int] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -64,14 +67,23 @@ class LiveProgress:
                                  f"{op} [{impl}, {dtype}] case {now:<20}")
                 sys.stderr.flush()
 
+    def expect_pieces(self, op: str, impl: str, dtype: str, n: int) -> None:
+        """The row (op, impl, dtype) comes back in ``n`` pieces (chunks or parts run apart): it
+        counts as done when all are in, and each piece's line says which it is."""
+        self.pieces[(op, impl, dtype)] = n
+
     def finished(self, rows: List[Row]) -> None:
         with self.lock:
             for r in rows:
-                self.in_flight.pop((r.op, r.impl, r.dtype), None)
-                self.rows_done += 1
+                key = (r.op, r.impl, r.dtype)
+                self.in_flight.pop(key, None)
+                n = self.pieces.get(key, 1)
+                k = self.pieces_in[key] = self.pieces_in.get(key, 0) + 1
+                self.rows_done += k == n
                 if self.enabled:
-                    self._write(f"[{time.time() - self.t0:7.1f}s] {r.op} [{r.impl}, {r.dtype}]: {r.status}, "
-                                f"{r.run} case(s) in {r.seconds:.1f} s")
+                    self._write(f"[{time.time() - self.t0:7.1f}s] {r.op} [{r.impl}, {r.dtype}]"
+                                + (f" part {k}/{n}" if n > 1 else "")
+                                + f": {r.status}, {r.run} case(s) in {r.seconds:.1f} s")
         if self.on_rows:
             self.on_rows(rows)
 
@@ -119,7 +131,7 @@ def run_check(options: CheckOptions, backend: str,
         if options.isolate:
             # Each row in a child process (warm, reused): faults and hangs become CRASHED rows.
             groups = [(impl_src, op) for impl_src in options.impls for op in ops]
-            rows.extend(_run_groups(options, backend, groups, live.case, live.finished))
+            rows.extend(_run_groups(options, backend, groups, live))
         else:
             budget = _Budget(options, total, 1)
             for impl_src in options.impls:
@@ -180,9 +192,7 @@ def merge_rows(parts: List[Row]) -> Row:
         row.failed += part.failed
         row.skipped += part.skipped
         row.seconds = round(row.seconds + part.seconds, 2)
-        for name, w in part.worst.items():
-            if name not in row.worst or w["max_abs_err"] > row.worst[name]["max_abs_err"]:
-                row.worst[name] = w
+        merge_worst(row.worst, part.worst)
     bad = [p for p in parts if p.status in FAILING]
     pick = bad[0] if bad else first
     row.status, row.reason = pick.status, pick.reason
@@ -198,21 +208,35 @@ def merge_chunks(rows: List[Row]) -> List[Row]:
     return [merge_rows(parts) for parts in by_key.values()]
 
 
-def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> List[Row]:
+def _run_groups(options: CheckOptions, backend: str, groups, live: LiveProgress) -> List[Row]:
     """Run the groups' rows in warm child processes, --jobs at a time spread over the GPUs; rows
     come back in group order, so the report and exit status do not depend on how many GPUs or
     jobs ran them."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
     from queue import Queue
 
+    from .fuzz import sweep_parts
+    from .impls import short_name
+
     n = gpu_count(options.gpus, backend)
     jobs = options.jobs or default_jobs(backend, n, options.preset)
     cases = options.cases_for(backend)
     plan = [(cases, options.seed)] if options.case is not None else chunk_plan(cases, options.chunk, options.seed)
-    # one item per row (and chunk): warm children make a row's own item cheap, and rows of one op
-    # then run side by side
-    items = [((impl_src, op, [d]), c) for impl_src, op in groups for d in options.dtypes_of(op)
-             for c in range(len(plan))]
+
+    def parts(op: str) -> List[Optional[int]]:
+        """The row's parts run apart (harness.fuzz.sweep_parts; [None]: the row whole)."""
+        if options.case is not None or len(plan) > 1:
+            return [None]
+        count = len(sweep_parts(SPECS[op], cases, options.seed, options.shapes(backend)))
+        return list(range(count)) if count > 1 else [None]
+
+    # one item per row (and chunk or part): warm children make a row's own item cheap, and rows
+    # of one op then run side by side
+    items = [((impl_src, op, [d]), c, p) for impl_src, op in groups for d in options.dtypes_of(op)
+             for c in range(len(plan)) for p in parts(op)]
+    for impl_src, op in groups:
+        for d in options.dtypes_of(op):
+            live.expect_pieces(op, short_name(impl_src), d, len(plan) * len(parts(op)))
     budget = _Budget(options, len(items), jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     slots: "Queue[RowWorker]" = Queue()
@@ -221,7 +245,7 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
         slots.put(w)
 
     def run(item):
-        (impl_src, op, dtypes), c = item
+        (impl_src, op, dtypes), c, part = item
         worker = slots.get()
         try:
             if options.budget_s:
@@ -229,20 +253,23 @@ def _run_groups(options: CheckOptions, backend: str, groups, tick, on_rows) -> L
             row_options = budget.options_for_next_row()
             if len(plan) > 1:
                 row_options = dataclasses.replace(row_options, cases=plan[c][0], seed=plan[c][1])
-            return run_group(row_options, backend, impl_src, op, dtypes, tick=tick, worker=worker)
+            if part is not None:
+                row_options = dataclasses.replace(row_options, part=part)
+            return run_group(row_options, backend, impl_src, op, dtypes, tick=live.case, worker=worker)
         finally:
             slots.put(worker)
 
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [None] * len(items)
-            for i in start_order([op for (_, op, _), _ in items]):
+            for i in start_order([op for (_, op, _), _, _ in items]):
                 futures[i] = pool.submit(run, items[i])
-            if on_rows:  # report each row as it finishes (partial JSON survives a killed run)
-                for fut in as_completed(futures):
-                    on_rows(fut.result())
+            for fut in as_completed(futures):   # each row as it finishes (partial JSON survives a killed run)
+                live.finished(fut.result())
             return merge_chunks([r for fut in futures for r in fut.result()])
     finally:
+        for w in workers:   # all asked first: 16 CUDA children ending one after the other took 9 s
+            w.request_exit()
         for w in workers:
             w.close()
 

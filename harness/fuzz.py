@@ -16,6 +16,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky
 
 from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
+from .report import merge_worst
 from .runner import GRAPH_REPLAYED, CaseResult, context_lost, run_case
 from .specs import OpSpec
 
@@ -247,10 +248,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
             elif res.graph:
                 state["graph_skipped"] += 1
                 state["graph_skip_reason"] = state["graph_skip_reason"] or res.graph
-            for name, rep in res.details.items():
-                prev = state["worst"].get(name)
-                if prev is None or rep["max_abs_err"] > prev["max_abs_err"]:
-                    state["worst"][name] = {"max_abs_err": rep["max_abs_err"], "params": res.params}
+            merge_worst(state["worst"], {name: {"max_abs_err": rep["max_abs_err"], "params": res.params}
+                                         for name, rep in res.details.items()})
             if on_case:
                 on_case(res)
         if not res.ok:
@@ -303,3 +302,67 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
                 return outcome(again.failure, state["first"])
         return outcome(exc.result, state["first"])
     return outcome(None, None)
+
+
+# ----------------------------------------------------------------------------- a row in parts
+
+@dataclass(frozen=True)
+class SweepPart:
+    """One part of a row's sweep: its fuzzed cases, Hypothesis seed, palette of sizes (None:
+    sizes drawn per case) and whether the three fixed cases run in it."""
+
+    cases: int
+    seed: int
+    shapes: Optional[int]
+    fixed_cases: bool
+
+
+# On a GPU a palette row's time is Triton compiling its sizes, so a costly row swept in parts by
+# separate children finishes in a fraction of its time: a record whose case_cost passes PART_COST
+# is swept in ceil(case_cost / PART_COST) parts. On the H100 the default check's critical path
+# was ep_moe_forward's two rows (case_cost 8.3: 36 s each, every other row done by 35 s;
+# results/2026-12-06-s16-h100); grouped_gemm's (3.7) took 17 s, the mean row 4.6 s.
+PART_COST = 3.0
+PART_SEED_STRIDE = 1_000_033
+
+
+def sweep_parts(spec: OpSpec, cases: int, seed: int, shapes: Optional[int]) -> List[SweepPart]:
+    """The parts a row's sweep runs as, the same for any number of children or GPUs: one (the
+    whole sweep) unless its sizes come from a palette (``shapes``, the default profile on a GPU)
+    and the record's case_cost passes PART_COST. Then each part has its share of the cases and of
+    the palette's sizes (a palette of its own, under seed * PART_SEED_STRIDE + i), and only the
+    first runs the fixed cases: a row of n parts still sweeps ``cases`` cases over ``shapes`` sizes."""
+    n = min(-(-spec.case_cost // PART_COST), cases, shapes or 1) if shapes else 1
+    n = max(1, int(n))
+    if n == 1:
+        return [SweepPart(cases, seed, shapes, True)]
+    # the first part, which also runs the three fixed cases, gets the smaller shares
+    return [SweepPart(cases // n + (i >= n - cases % n), seed * PART_SEED_STRIDE + i,
+                      shapes // n + (i >= n - shapes % n), i == 0) for i in range(n)]
+
+
+def sweep_row(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
+              seed: int, shapes: Optional[int] = None, part: Optional[int] = None, **kwargs) -> SweepOutcome:
+    """sweep() over the row's parts (sweep_parts): part ``part`` alone, or (None) each in turn
+    until one finds a failure, their outcomes merged; other keywords as sweep()'s."""
+    parts = sweep_parts(spec, n_cases, seed, shapes)
+    fixed = kwargs.pop("fixed_cases", True)
+    merged: Optional[SweepOutcome] = None
+    for p in parts if part is None else [parts[part]]:
+        out = sweep(spec, candidate, impl_name, dtype, backend, device, p.cases, p.seed, shapes=p.shapes,
+                    fixed_cases=p.fixed_cases and fixed, **kwargs)
+        merged = out if merged is None else _merge_outcomes(merged, out)
+        if out.failure is not None or out.budget_spent:
+            break
+    return merged
+
+
+def _merge_outcomes(a: SweepOutcome, b: SweepOutcome) -> SweepOutcome:
+    """Two parts' outcomes as one (b ran after a passed): counts add, the worst error is the
+    larger, b's failure is the row's."""
+    counts = {f.name: getattr(a, f.name) + getattr(b, f.name) for f in dataclasses.fields(SweepOutcome)
+              if f.type in (int, "int")}
+    worst = dict(a.worst)
+    merge_worst(worst, b.worst)
+    return SweepOutcome(failure=b.failure, first_failure=b.first_failure, worst=worst, budget_spent=b.budget_spent,
+                        graph_skip_reason=a.graph_skip_reason or b.graph_skip_reason, **counts)

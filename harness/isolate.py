@@ -57,7 +57,12 @@ def child_main(folder: str, conn, backend: str, gpu: Optional[int], threads: Opt
     while True:
         job = conn.recv()
         if job is None:
-            break
+            # everything this child reports is on disk or sent: leave without the interpreter's
+            # teardown (a second or more per child with torch and a CUDA context), atexit kept
+            import atexit
+            atexit._run_exitfuncs()
+            child.stderr.flush()
+            os._exit(0)
         _run_job(folder, child, job, loaded)
         child.progress.update(stage="idle", dtype=None, params=None)
         child.stderr.flush()
@@ -112,7 +117,7 @@ def _run_job(folder: str, child, job: dict, loaded: dict) -> None:
 class RowWorker:
     """A slot for one warm child process (``child_main``) pinned to ``gpu`` (and ``threads`` CPU
     threads): started on first use, kept across jobs, replaced after it dies or after a failing
-    row. ``close()`` ends it."""
+    row. ``close()`` ends it (after ``request_exit()``, without a second request)."""
 
     def __init__(self, backend: str, gpu: Optional[int] = None, threads: Optional[int] = None):
         self.backend, self.gpu, self.threads = backend, gpu, threads
@@ -130,6 +135,11 @@ class RowWorker:
         start failed."""
         child = self.take()
         return Waited(MESSAGE) if child.started else child.wait(startup_s=STARTUP_LIMIT_S)
+
+    def request_exit(self) -> None:
+        """Ask the child to end without waiting for it (Child.request_exit); close() then waits."""
+        if self.child is not None:
+            self.child.request_exit()
 
     def close(self) -> None:
         if self.child is not None:

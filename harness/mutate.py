@@ -83,7 +83,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     ``shapes`` as in harness.fuzz.sweep (a profile's, so that a mutant faces what that profile's
     check runs)."""
     from .cases import CaseParams
-    from .fuzz import sweep
+    from .fuzz import sweep_row
     from .impls import load_implementation
     from .mutants import MUTANTS, StalePatch, implementation
     from .runner import run_case
@@ -116,10 +116,11 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     for dtype in dtypes:
         if progress is not None:
             progress.update(dtype=dtype, params=None, n=0)
-        out = sweep(spec, cand, f"mutant:{m.name}", dtype, backend, device, n, seed, preset=m.min_preset,
-                    database_dir=None, shrink=shrink and not _large(m), repeat_probe_cases=repeat_probe_cases,
-                    shapes=shapes,
-                    on_case=lambda r: res.passed_cases.append(r.params) if r.ok else None)
+        # the row's parts in turn, as check sweeps the row (harness.fuzz.sweep_parts)
+        out = sweep_row(spec, cand, f"mutant:{m.name}", dtype, backend, device, n, seed, shapes=shapes,
+                        preset=m.min_preset, database_dir=None, shrink=shrink and not _large(m),
+                        repeat_probe_cases=repeat_probe_cases,
+                        on_case=lambda r: res.passed_cases.append(r.params) if r.ok else None)
         res.swept[dtype] = out.passed + (1 if out.failure else 0)
         res.cases_run += res.swept[dtype]
         if out.failure:

@@ -158,6 +158,8 @@ class CheckOptions(_DictForm):
     quiet: bool = False
     require_ieee_fp32: bool = False
     sglang_wheels: Tuple[str, ...] = ()  # wheels registered for sglang==VERSION sources (no package index)
+    part: Optional[int] = None           # (set by the check's scheduler) run only this part of each row
+                                         # (harness.fuzz.sweep_parts); None: every part in turn
 
     def __post_init__(self):
         for name in ("ops", "impls", "dtypes", "sglang_wheels"):

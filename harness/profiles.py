@@ -42,6 +42,8 @@ interpreter than on a GPU:
                       row-seconds, results/2026-12-06-s15-h100), and the EP preprocess row spent
                       11 of its 13 s compiling 21 specialisations. A palette applies only to the
                       profile's own case count: ``--cases N`` or ``--budget`` draw sizes per case.
+                      A palette row of a costly record runs in parts, each with its share of the
+                      cases and sizes, in separate children (harness.fuzz.sweep_parts).
 
 The pytest suite's conformance tests take their per-row count from the profile too, so an op
 added to the registry costs the suite what the profile says and no more.

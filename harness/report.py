@@ -31,6 +31,13 @@ class Row:
     seconds: float = 0.0        # wall time of the sweep (cases per minute = 60 * run / seconds)
 
 
+def merge_worst(into: Dict[str, dict], other: Dict[str, dict]) -> None:
+    """Keep in ``into`` the larger max_abs_err of each output ({output: {"max_abs_err": ...}})."""
+    for name, w in other.items():
+        if name not in into or w["max_abs_err"] > into[name]["max_abs_err"]:
+            into[name] = w
+
+
 def replay_command(impl: str, backend: str, params_json: str) -> str:
     """The command line that runs exactly this case (``params_json``) of ``impl`` again."""
     return f"moe-harness check --backend {backend} --impl {shlex.quote(impl)} --case {shlex.quote(params_json)}"

@@ -20,7 +20,7 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
     options.cases_for(backend) fuzzed ones (the profile's, or --cases), or the single case.
     With options.deadline, no fuzzed case starts after it (the budget), and the row's reason says
     how many cases it got. ``spec`` replaces SPECS[op] (the isolation child records each case it builds)."""
-    from .fuzz import sweep
+    from .fuzz import sweep_row
     from .runner import run_case, save_failure
     from .specs import SPECS
 
@@ -48,11 +48,11 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
                       unexpressible=int(res.probe == "not_supported"),
                       tf32=int(res.ok and any(v.get("precision") == "tf32" for v in res.details.values())))
     else:
-        out = sweep(spec, cand, impl.name, dtype, backend, device, options.cases_for(backend), options.seed,
-                    preset=options.preset, shrink=options.shrink, require_ieee_fp32=options.require_ieee_fp32,
-                    repeat_probe_cases=options.repeat_probe_cases(backend), deadline=options.deadline,
-                    shapes=options.shapes(backend),
-                    on_case=(lambda r: tick(r.op, r.impl, r.dtype, None)) if tick else None)
+        out = sweep_row(spec, cand, impl.name, dtype, backend, device, options.cases_for(backend), options.seed,
+                        shapes=options.shapes(backend), part=options.part,
+                        preset=options.preset, shrink=options.shrink, require_ieee_fp32=options.require_ieee_fp32,
+                        repeat_probe_cases=options.repeat_probe_cases(backend), deadline=options.deadline,
+                        on_case=(lambda r: tick(r.op, r.impl, r.dtype, None)) if tick else None)
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst
         counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32,

@@ -239,6 +239,7 @@ class Child:
         if child_conn is not None:
             child_conn.close()
         self.started = False    # it left stage "starting", or sent a message
+        self._exit_requested = False
         self._t_start: Optional[float] = None
 
     @property
@@ -330,13 +331,19 @@ class Child:
             stderr = ""
         return Death(reason, read_json(os.path.join(self.folder, _PROGRESS)) or {}, crash, stderr)
 
+    def request_exit(self) -> None:
+        """Ask a piped child to end (None over the pipe) without waiting: a pool asks all its
+        children first, then closes each, so their exits (a CUDA context's teardown each) overlap."""
+        if self.conn is not None and not self._exit_requested and self.proc.is_alive():
+            self._exit_requested = True
+            try:
+                self.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+
     def close(self) -> None:
         if self.proc.is_alive():
-            if self.conn is not None:
-                try:
-                    self.conn.send(None)
-                except (OSError, BrokenPipeError):
-                    pass
+            self.request_exit()
             self.proc.join(10)
             if self.proc.is_alive():
                 self.proc.kill()

@@ -3,12 +3,13 @@
 UE8M0 form ``silu_and_mul_masked_post_quant_packed_fwd``; SGLang's signatures, contracts in
 reference/quant.py.
 
-Both kernels work on tiles of [BLOCK_M rows, BLOCK_N columns] (BLOCK_N a whole number of quant
-groups) rather than one row per program, so a program moves whole 16-byte vectors of several rows
-per step. The float-scale kernel walks each expert's first masked_m[e] rows (a grid over experts,
-column blocks and row programs that stride over the rows); the packed kernel uses SGLang's flat
-work grid over the sum(masked_m) <= num_real_tokens * topk live rows, each tile row finding its
-expert from the prefix sum of masked_m held in registers (no host synchronisation).
+One kernel serves both layouts. It works on tiles of [BLOCK_M rows, BLOCK_N columns] (BLOCK_N a
+whole number of quant groups; four, one int32 word of exponents, in the packed layout) and walks
+each expert's first masked_m[e] rows: a grid over column blocks, row programs that stride over the
+rows, and experts, reading masked_m on the device (no host synchronisation). SGLang's packed kernel
+instead takes a flat grid over num_real_tokens * topk rows, each finding its expert from a prefix
+sum of masked_m; ours did the same until the grid over experts proved faster on the H100 (T = 64:
+4.9 against 6.1 us; T = 4096: 117 against 134-190 us; results/2026-12-06-s16-h100).
 
 Arithmetic follows the reference bit for bit where it can: SiLU rounded to the input dtype, the
 product rounded to it; the scale amax / 448 divided with round-to-nearest (tl.math.div_rn, as
@@ -32,26 +33,19 @@ __all__ = ["silu_and_mul_masked_post_quant_fwd", "silu_and_mul_masked_post_quant
 
 # Launch settings measured on an H100 at DeepSeek-V3 EP8 (tools/explore_launch.py): one row of
 # 512 columns per step (4 groups of 128) beat 8 rows (4096 elements) at every size, by 3x at decode;
-# 4 warps at decode; once the live rows pass PREFILL_ROWS, the packed kernel takes 1 warp (T = 4096:
-# 144 us against 185 with 4 warps, SGLang 658; results/2026-12-06-s13-h100 call 5) and the
-# float-scale kernel 2 warps and up to 512 row programs per (expert, column block) (T = 4096:
-# 116-120 us against 141 with 1 warp and 64, SGLang 123; results/2026-12-06-s14-h100 call 1).
+# 4 warps at decode; once the live rows pass PREFILL_ROWS, 2 warps and up to 512 row programs per
+# (expert, column block) (T = 4096: 116-120 us against 141 with 1 warp and 64, SGLang 123;
+# results/2026-12-06-s14-h100 call 1; the packed layout alike, 117 us against 124 with 1 warp and
+# 141 with 4, SGLang 658; results/2026-12-06-s16-h100 call 1).
 NUM_WARPS = 4
-NUM_WARPS_PREFILL = 1
-NUM_WARPS_PREFILL_FLOAT_SCALE = 2
+NUM_WARPS_PREFILL = 2
 PREFILL_ROWS = 4096
 # Software-pipelining stages of the row loops (Triton's default, stated so the explorer can vary it).
 NUM_STAGES = 3
-# Row programs per (expert, column block) of the float-scale kernel: enough programs to fill an
-# H100 at decode sizes (E_local = 32, a handful of rows each); at prefill, about two rows each.
+# Row programs per (expert, column block): enough programs to fill an H100 at decode sizes
+# (E_local = 32, a handful of rows each); at prefill, about two rows each.
 MAX_ROW_PROGRAMS = 64
 MAX_ROW_PROGRAMS_PREFILL = 512
-# Row-tile programs of the packed kernel per word column (SGLang sizes its grid by
-# num_real_tokens * topk, which can far exceed the live rows; ours loop over the live tiles).
-MAX_PACKED_PROGRAMS = 1024
-# The packed layout's grid: False, the flat grid above; True, the float-scale kernel's grid over
-# (word column, row program, expert), each program storing one int32 word per row.
-PACKED_EXPERT_GRID = False
 # Elements per tile: rows x columns of one program's step.
 TILE_ELEMENTS = 512
 
@@ -92,8 +86,7 @@ def _pack_exponents(scale):
     """[rows, 4] power-of-two float32 scales -> [rows] int32: group 4c + b's biased exponent in byte
     b of word c (little-endian; int32 shifts wrap past bit 31, as intended)."""
     expo = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    packed = tl.sum(expo << (tl.arange(0, 4) * 8)[None, :], axis=1)
-    return packed
+    return tl.sum(expo << (tl.arange(0, 4) * 8)[None, :], axis=1)
 
 
 @triton.jit
@@ -137,47 +130,6 @@ def _post_quant_kernel(
                      mask=rmask[:, None])
 
 
-@triton.jit
-def _post_quant_packed_kernel(
-        # tensors
-        in_ptr, out_ptr, scale_ptr, masked_m_ptr,
-        # strides
-        in_s0, in_s1, out_s0, out_s1, sc_s0, sc_s1, sc_s2,
-        # sizes
-        N, E,
-        # meta-parameters
-        IN_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, E_PADDED: tl.constexpr,
-        GEMM1_ALPHA: tl.constexpr, CLAMP_LIMIT: tl.constexpr, UP_LIMIT: tl.constexpr):
-    """Program (p, word column): flat row tiles p, p + P, ... of the sum(masked_m) live rows of the
-    concatenated experts (P programs; the loop ends at the live rows, so programs past them do
-    nothing), four groups (one int32 word of UE8M0 bytes) of columns each."""
-    BLOCK_N: tl.constexpr = 4 * GROUP
-    word = tl.program_id(1)
-    ee = tl.arange(0, E_PADDED)
-    counts = tl.load(masked_m_ptr + ee, mask=ee < E, other=0).to(tl.int32)
-    ends = tl.cumsum(counts, axis=0)                                    # inclusive prefix sum
-    total = tl.sum(counts, axis=0)
-    cols = word * BLOCK_N + tl.arange(0, BLOCK_N)
-    for m0 in range(tl.program_id(0) * BLOCK_M, total, tl.num_programs(0) * BLOCK_M):
-        flat = m0 + tl.arange(0, BLOCK_M)
-        rmask = flat < total
-        # expert of each flat row: how many experts end at or before it; its row inside the expert
-        owner = (ends[None, :] <= flat[:, None]).to(tl.int32)
-        e = tl.sum(owner, axis=1)
-        start = tl.sum(owner * counts[None, :], axis=1)
-        e64 = tl.where(rmask, e, 0).to(tl.int64)
-        r64 = tl.where(rmask, flat - start, 0).to(tl.int64)
-        in_row = in_ptr + e64[:, None] * in_s0 + r64[:, None] * in_s1 + cols[None, :]
-        gate = tl.load(in_row, mask=rmask[:, None], other=0.0).to(tl.float32)
-        up = tl.load(in_row + N, mask=rmask[:, None], other=0.0)
-        y = _swiglu_tile(gate, up, IN_DTYPE, GEMM1_ALPHA, CLAMP_LIMIT, UP_LIMIT)
-        q, scale = _quant_tile(y, BLOCK_M, BLOCK_N, GROUP, True)
-        tl.store(out_ptr + e64[:, None] * out_s0 + r64[:, None] * out_s1 + cols[None, :],
-                 q.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
-        packed = _pack_exponents(scale)
-        tl.store(scale_ptr + e64 * sc_s0 + word * sc_s1 + r64 * sc_s2, packed, mask=rmask)
-
-
 # ----------------------------------------------------------------------------- host side
 
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
@@ -206,24 +158,10 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     up_limit = float(torch.tensor(limit, dtype=input.dtype))     # the reference clamps up in the input dtype
     if E == 0 or m_max == 0 or n == 0:
         return None
-    # live rows at most (the host cannot read masked_m without a synchronisation): the packed
-    # schedule's num_real_tokens * topk, else the slab's capacity
+    # live rows at most (the host cannot read masked_m without a synchronisation): SGLang's packed
+    # schedule's num_real_tokens * topk where given, else the slab's capacity
     most_rows = num_real_tokens * topk if num_real_tokens is not None and topk is not None else E * m_max
     prefill = most_rows >= PREFILL_ROWS
-    common = dict(IN_DTYPE=_TL_DTYPES[input.dtype], GROUP=quant_group_size, GEMM1_ALPHA=alpha, CLAMP_LIMIT=limit,
-                  UP_LIMIT=up_limit, num_stages=NUM_STAGES)
-    if packed and not PACKED_EXPERT_GRID:
-        rows = num_real_tokens * topk
-        block_m = max(1, min(TILE_ELEMENTS // (4 * quant_group_size), 16))
-        if rows == 0:
-            return None
-        programs = min(triton.cdiv(rows, block_m), MAX_PACKED_PROGRAMS)
-        _post_quant_packed_kernel[(programs, groups // 4)](
-            input, output, output_scale, masked_m,
-            input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
-            n, E, BLOCK_M=block_m, E_PADDED=triton.next_power_of_2(E),
-            num_warps=NUM_WARPS_PREFILL if prefill else NUM_WARPS, **common)
-        return None
     per_block = 4                       # groups per column block: the largest of 4, 2, 1 dividing G
     while groups % per_block:           # (packed: G is a multiple of 4)
         per_block //= 2
@@ -233,8 +171,9 @@ def silu_and_mul_masked_post_quant_fwd(input, output, output_scale, quant_group_
     _post_quant_kernel[(groups // per_block, row_programs, E)](
         input, output, output_scale, masked_m,
         input.stride(0), input.stride(1), output.stride(0), output.stride(1), *output_scale.stride(),
-        n, BLOCK_M=block_m, BLOCK_N=block_n, UE8M0=bool(scale_ue8m0) or packed, PACKED=packed,
-        num_warps=NUM_WARPS_PREFILL_FLOAT_SCALE if prefill else NUM_WARPS, **common)
+        n, IN_DTYPE=_TL_DTYPES[input.dtype], GROUP=quant_group_size, BLOCK_M=block_m, BLOCK_N=block_n,
+        UE8M0=bool(scale_ue8m0) or packed, PACKED=packed, GEMM1_ALPHA=alpha, CLAMP_LIMIT=limit, UP_LIMIT=up_limit,
+        num_warps=NUM_WARPS_PREFILL if prefill else NUM_WARPS, num_stages=NUM_STAGES)
     return None
 
 
@@ -248,15 +187,10 @@ def silu_and_mul_masked_post_quant_packed_fwd(input, output, output_scale, quant
                                               gemm1_alpha, gemm1_clamp_limit, num_real_tokens, topk)
 
 
-def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_stages=None, packed_programs=None,
-                  packed_expert_grid=None):
-    """Context manager (optimized/config.py's switches): both kernels launched with ``num_warps``
-    (decode and prefill alike) and ``num_stages``, the float-scale kernel with at most
-    ``row_programs`` row programs per (expert, column block), the packed kernel with at most
-    ``packed_programs`` row-tile programs per word column (or, ``packed_expert_grid=1``, on the
-    float-scale kernel's grid), tiles of ``tile_elements``; None leaves a knob as it is."""
+def pinned_launch(num_warps=None, row_programs=None, tile_elements=None, num_stages=None):
+    """Context manager (optimized/config.py's switches): the kernel launched with ``num_warps``
+    (decode and prefill alike), ``num_stages``, at most ``row_programs`` row programs per (expert,
+    column block) and tiles of ``tile_elements``; None leaves a knob as it is."""
     return _config.pinned_globals(globals(), NUM_WARPS=num_warps, NUM_WARPS_PREFILL=num_warps,
-                                  NUM_WARPS_PREFILL_FLOAT_SCALE=num_warps, MAX_ROW_PROGRAMS=row_programs,
-                                  MAX_ROW_PROGRAMS_PREFILL=row_programs, TILE_ELEMENTS=tile_elements,
-                                  NUM_STAGES=num_stages, MAX_PACKED_PROGRAMS=packed_programs,
-                                  PACKED_EXPERT_GRID=None if packed_expert_grid is None else bool(packed_expert_grid))
+                                  MAX_ROW_PROGRAMS=row_programs, MAX_ROW_PROGRAMS_PREFILL=row_programs,
+                                  TILE_ELEMENTS=tile_elements, NUM_STAGES=num_stages)

@@ -174,3 +174,52 @@ def test_palette_is_seeded_and_a_sweep_takes_its_sizes_from_it(backend):
     fuzzed = set(seen[3:])           # after the three fixed cases
     allowed = {(E, T, K) for E, K, T, _, _ in palette}
     assert fuzzed and fuzzed <= allowed
+
+
+def test_costly_palette_rows_run_in_parts_that_add_up_to_the_row():
+    """A palette row of a record whose case_cost passes PART_COST runs in parts: their cases and
+    sizes add up to the row's, seeds differ, only the first runs the fixed cases; rows without a
+    palette (the interpreter, --cases) or of cheap records stay whole, with the row's seed."""
+    import dataclasses
+    from harness.fuzz import PART_COST, sweep_parts
+    costly = dataclasses.replace(SPECS["ep_preprocess"], case_cost=2.5 * PART_COST)
+    parts = sweep_parts(costly, 25, 4, 8)
+    assert len(parts) == 3
+    assert sum(p.cases for p in parts) == 25 and sum(p.shapes for p in parts) == 8
+    assert [p.fixed_cases for p in parts] == [True, False, False]
+    assert len({p.seed for p in parts}) == 3
+    for whole in (sweep_parts(costly, 25, 4, None), sweep_parts(dataclasses.replace(costly, case_cost=1.0), 25, 4, 8)):
+        assert len(whole) == 1 and whole[0].cases == 25 and whole[0].seed == 4 and whole[0].fixed_cases
+    assert len(sweep_parts(costly, 2, 4, 8)) == 2     # never more parts than cases or sizes
+
+
+def test_a_row_in_parts_sweeps_what_its_parts_sweep_apart(backend):
+    """sweep_row with every part in turn (what mutate and an in-process check run) gives the sum
+    of the parts that a check's children run apart: the same cases, the fixed ones once."""
+    import dataclasses
+    from harness.fuzz import PART_COST, sweep_parts, sweep_row
+    spec = dataclasses.replace(SPECS["ep_preprocess"], case_cost=2 * PART_COST)
+    cand = Candidate(reference.ep_preprocess)
+
+    def run(part):
+        return sweep_row(spec, cand, "reference", "int32", backend, "cpu", 8, 3, shapes=4, part=part,
+                         database_dir=None, repeat_probe_cases=0)
+    whole = run(None)
+    apart = [run(i) for i in range(len(sweep_parts(spec, 8, 3, 4)))]
+    assert len(apart) == 2 and whole.failure is None
+    assert whole.passed == sum(p.passed for p in apart) == 8 + 3
+
+
+def test_progress_counts_a_row_in_pieces_once(capsys):
+    """A row run as chunks or parts counts as done when its last piece is in; each piece's line
+    says which it is (a sweep in chunks printed "120/89 rows done")."""
+    with LiveProgress(True, total_rows=1, every_s=0) as live:
+        live.expect_pieces("ep_moe_forward", "ours", "bfloat16", 2)
+        live.finished([Row("ep_moe_forward", "ours", "bfloat16", status="passed", run=13, seconds=1.0)])
+        assert live.rows_done == 0
+        live.finished([Row("ep_moe_forward", "ours", "bfloat16", status="passed", run=12, seconds=1.0)])
+        assert live.rows_done == 1
+        assert live.periodic_line().endswith("1/1 rows done")
+    err = capsys.readouterr().err
+    assert "ep_moe_forward [ours, bfloat16] part 1/2: passed, 13 case(s)" in err
+    assert "ep_moe_forward [ours, bfloat16] part 2/2: passed, 12 case(s)" in err
