@@ -163,6 +163,10 @@ def test_sweep_remaining_merges_chunks_across_calls_and_lists_what_is_short(tmp_
     assert "ep_preprocess" in left and left == [op for op in REGISTRY if op in left]   # registry order
     assert "ep_preprocess" not in tool.remaining_ops(counts, "ours", 1000)
     assert tool.remaining_ops(counts, "reference", 1) == list(REGISTRY)
+    # --stale OP@PART: the op's rows in files whose path contains PART count as missing
+    stale = tool.merged_counts([tmp_path / "a.json", tmp_path / "b.json"], [("ep_preprocess", "b.json")])
+    assert stale[("ours", "ep_preprocess", ints[0])] == (1012, 0)
+    assert ("ours", "ep_preprocess", ints[0]) not in tool.merged_counts([tmp_path / "a.json"], [("ep_preprocess", "")])
 
 
 def test_sweep_remaining_groups_sweep_only_the_missing_dtypes(tmp_path):

@@ -10,7 +10,8 @@ same dtypes (an op's swept dtypes are not swept again). ``--table`` prints per (
 each implementation has so far. CPU; reads JSON only.
 
     PYTHONPATH=. python tools/sweep_remaining.py --impl ours results/*/*_sweep.json
-    PYTHONPATH=. python tools/sweep_remaining.py --groups --impl ours results/*/*_sweep.json |
+    PYTHONPATH=. python tools/sweep_remaining.py --groups --impl ours --stale ep_scatter@s15-h100 \
+      results/*/*_sweep*.json |
       while IFS='|' read -r ops dtypes; do moe-harness check --op $ops ${dtypes:+--dtype $dtypes} ...; done
 """
 from __future__ import annotations
@@ -21,12 +22,15 @@ import sys
 from collections import defaultdict
 
 
-def merged_counts(paths):
-    """{(impl, op, dtype): (cases run, failures)} over the files' rows."""
+def merged_counts(paths, stale=()):
+    """{(impl, op, dtype): (cases run, failures)} over the files' rows, leaving out the rows of
+    each stale (op, path part): that op's rows in files whose path contains the part ("": all)."""
     counts = defaultdict(lambda: [0, 0])
     for path in paths:
         with open(path) as f:
             for row in json.load(f)["rows"]:
+                if any(row["op"] == op and part in str(path) for op, part in stale):
+                    continue
                 key = (row["impl"], row["op"], row["dtype"])
                 counts[key][0] += row["run"] or 0
                 counts[key][1] += row["failed"] or 0
@@ -61,10 +65,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=2000, help="cases a row needs (default 2000)")
     ap.add_argument("--table", action="store_true", help="per (op, dtype): cases / failures of each implementation")
     ap.add_argument("--groups", action="store_true", help="one 'OPS|DTYPES' line per check command of the missing rows")
-    ap.add_argument("--stale", action="append", default=[], metavar="OP",
-                    help="an op whose kernel changed after its rows were swept: its rows count as missing (repeatable)")
+    ap.add_argument("--stale", action="append", default=[], metavar="OP[@PATH_PART]",
+                    help="an op whose kernel changed after some of its rows were swept: its rows (in the files "
+                         "whose path contains PATH_PART, e.g. a session's results folder) count as missing (repeatable)")
     args = ap.parse_args(argv)
-    counts = {k: v for k, v in merged_counts(args.json).items() if k[1] not in args.stale}
+    stale = [tuple(item.partition("@")[::2]) for item in args.stale]
+    counts = merged_counts(args.json, stale)
     if args.table:
         from harness.ops import REGISTRY
         impls = sorted({k[0] for k in counts})
