@@ -36,7 +36,7 @@ from .report import Row, replay_command
 from .row_check import check_one
 from .status import CASE_CRASHED, CASE_FAILED, CRASHED, FAILED, FAILING, SKIPPED
 from .supervise import (BUDGET_TIMEOUT, EXITED, MESSAGE, STARTUP_LIMIT_S, STARTUP_TIMEOUT, Child, Death, Waited,
-                        enter_child, exit_on_error, exit_with_crash, guard, is_device_fault, recording)
+                        count_case, enter_child, exit_on_error, exit_with_crash, guard, is_device_fault, recording)
 
 if TYPE_CHECKING:
     from .options import CheckOptions
@@ -105,7 +105,8 @@ def _run_job(folder: str, child, job: dict, loaded: dict) -> None:
     for dtype in job["dtypes"]:
         progress.update(stage="running", dtype=dtype, params=None, n=0)
         try:
-            row = check_one(options, backend, impl, impl_src, op, dtype, single, spec=spec)
+            row = check_one(options, backend, impl, impl_src, op, dtype, single, spec=spec,
+                            tick=lambda *_: count_case(progress))
         except Exception as exc:  # a device fault outside the candidate, or a harness error
             exit_on_error(folder, exc)
         with open(rows_path, "a") as fh:
@@ -248,10 +249,10 @@ def _crashed_row(op: str, name: str, impl_src: str, backend: str, dtype: str, de
     progress, reason = death.progress, death.reason
     stage = progress.get("stage")
     params = progress.get("params") if progress.get("dtype") == dtype else None
-    n = int(progress.get("n") or 0) if params else 0
+    n = int(progress.get("n") or 0) if params else 0     # finished cases before the one in flight
     where = {"starting": "while the child process started", "loading": "while loading the implementation"}.get(
         stage or "starting", "")
-    row = Row(op, name, dtype, run=n, passed=max(0, n - 1), failed=1 if params else 0, status=CRASHED,
+    row = Row(op, name, dtype, run=n + 1 if params else 0, passed=n, failed=1 if params else 0, status=CRASHED,
               reason=reason.splitlines()[0][:200])
     row.failure = dict(op=op, impl=name, dtype=dtype, params=params or "", status=CASE_CRASHED,
                        probe="timeout" if reason.startswith("timeout") else "crash", message=death.report(where),

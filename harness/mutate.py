@@ -38,7 +38,7 @@ from .records import write_json
 from .status import (CASE_CRASHED, CASE_FAILED, CASE_PASSED, ERROR, INCONCLUSIVE, KILLED, NO_MUTANT_RAN, SKIPPED,
                      STALE, SURVIVED, VERDICTS, VERDICTS_OK)
 from .supervise import (EXITED, MESSAGE, STARTUP_LIMIT_S, Child, Waited, enter_child, exit_on_error, guard,
-                        recording)
+                        count_case, recording)
 
 if TYPE_CHECKING:
     from .mutants import Mutant
@@ -68,6 +68,15 @@ class MutantResult:
 
 
 # ----------------------------------------------------------------------------- one mutant (in-process)
+
+def _count(res, case, progress) -> None:
+    """A sweep's on_case in a mutant's run: its passed cases kept (the report's), and the
+    progress record's count of finished cases."""
+    if case.ok:
+        res.passed_cases.append(case.params)
+    if progress is not None:
+        count_case(progress)
+
 
 def _large(m) -> bool:
     return m.min_preset == "large"
@@ -120,7 +129,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
         out = sweep_row(spec, cand, f"mutant:{m.name}", dtype, backend, device, n, seed, shapes=shapes,
                         preset=m.min_preset, database_dir=None, shrink=shrink and not _large(m),
                         repeat_probe_cases=repeat_probe_cases,
-                        on_case=lambda r: res.passed_cases.append(r.params) if r.ok else None)
+                        on_case=lambda r: _count(res, r, progress))
         res.swept[dtype] = out.passed + (1 if out.failure else 0)
         res.cases_run += res.swept[dtype]
         if out.failure:
@@ -213,7 +222,7 @@ class _Worker:
             # the mutant crashed (or hung) the process inside a case: the harness caught it
             res.verdict, res.probe = KILLED, ("crash" if waited.kind == EXITED else "timeout")
             res.dtype, res.case, res.first_case = prog.get("dtype"), params, params
-            res.cases_run = int(prog.get("n") or 1)
+            res.cases_run = int(prog.get("n") or 0) + 1   # the dtype's finished cases, and the one in flight
         else:
             res.verdict = ERROR
             res.reason = f"child died outside a case ({prog.get('stage', 'starting')}): {res.reason}"

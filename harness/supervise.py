@@ -144,12 +144,18 @@ def guard(fn: Callable, folder: str, cuda: bool) -> Callable:
 
 
 def recording(build: Callable, progress: Progress) -> Callable:
-    """A case builder that records each case's parameters (and the count) before building it,
-    so that the case in flight is known when the child dies in it."""
+    """A case builder that records each build's parameters before building it, so that the
+    case in flight is known when the child dies in it. The count ``n`` is of finished cases
+    (``count_case``), not of builds: a case's probes build it, or cases near it, again."""
     def build_and_record(params, device):
-        progress.update(params=params.to_json(), n=int(progress.state["n"]) + 1)
+        progress.update(params=params.to_json())
         return build(params, device)
     return build_and_record
+
+
+def count_case(progress: Progress) -> None:
+    """One more finished case in the progress record's ``n`` (a sweep's on_case)."""
+    progress.update(n=int(progress.state["n"]) + 1)
 
 
 # ----------------------------------------------------------------------------- parent side

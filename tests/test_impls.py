@@ -170,6 +170,15 @@ def test_native_crash_is_crashed_with_the_case(backend):
     assert '"op": "ep_preprocess"' in row.failure["params"] and "--case" in row.replay
 
 
+def test_a_crashed_row_counts_the_cases_before_the_one_in_flight(backend):
+    """The CRASHED row's counts are of cases, not of builds (a case's probes build it again):
+    two cases passed, the third crashed."""
+    (row,) = run_check(_args([f"ep_preprocess={MISBEHAVING}:segfaults_in_the_third_case"], ["ep_preprocess"],
+                             ["int32"], isolate=True), backend)
+    assert row.status == "CRASHED", row
+    assert (row.run, row.passed, row.failed) == (3, 2, 1), row
+
+
 def test_hang_is_cut_off_by_the_timeout(backend):
     t0 = time.time()
     rows = run_check(_args([f"ep_preprocess={MISBEHAVING}:sleeps"], ["ep_preprocess"], ["int32", "int64"],

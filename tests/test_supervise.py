@@ -95,3 +95,19 @@ def test_device_fault_classification():
     assert is_device_fault(RuntimeError("CUDA error: device-side assert triggered"))
     assert not is_device_fault(RuntimeError("unsupported operation: more than one element of the written-to "
                                             "tensor refers to a single memory location"))
+
+
+def test_the_progress_count_is_of_cases_not_of_builds(tmp_path):
+    """A case's probes build it (or cases near it) again: the recorded parameters follow every
+    build, the count only finished cases (on a GPU the graph probe's rebuilds made a 2-case row
+    show "9 case(s)" in flight)."""
+    from harness.cases import CaseParams
+    progress = supervise.Progress(str(tmp_path))
+    build = supervise.recording(lambda params, device: params.tokens, progress)
+    first = CaseParams(op="ep_preprocess", dtype="int32", tokens=3, topk=2, experts=4, seed=1)
+    near = CaseParams(op="ep_preprocess", dtype="int32", tokens=3, topk=2, experts=4, seed=2)
+    for params in (first, near, first):
+        build(params, "cpu")
+    assert progress.state["n"] == 0 and progress.state["params"] == first.to_json()
+    supervise.count_case(progress)
+    assert progress.state["n"] == 1
