@@ -336,21 +336,31 @@ def sweep_parts(spec: OpSpec, cases: int, seed: int, shapes: Optional[int]) -> L
     n = max(1, int(n))
     if n == 1:
         return [SweepPart(cases, seed, shapes, True)]
-    # the first part, which also runs the three fixed cases, gets the smaller shares
-    return [SweepPart(cases // n + (i >= n - cases % n), seed * PART_SEED_STRIDE + i,
-                      shapes // n + (i >= n - shapes % n), i == 0) for i in range(n)]
+    return [SweepPart(_share(cases, n, i), seed * PART_SEED_STRIDE + i, _share(shapes, n, i), i == 0)
+            for i in range(n)]
+
+
+def _share(total: int, n: int, i: int) -> int:
+    """Part i's share of ``total`` over n parts; the first part, which also runs the three fixed
+    cases, gets the smaller shares."""
+    return total // n + (i >= n - total % n)
 
 
 def sweep_row(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
               seed: int, shapes: Optional[int] = None, part: Optional[int] = None, **kwargs) -> SweepOutcome:
     """sweep() over the row's parts (sweep_parts): part ``part`` alone, or (None) each in turn
-    until one finds a failure, their outcomes merged; other keywords as sweep()'s."""
+    until one finds a failure, their outcomes merged; other keywords as sweep()'s, the row's
+    ``repeat_probe_cases`` shared out over the parts (with 3 parts, 10 become 3, 3 and 4)."""
     parts = sweep_parts(spec, n_cases, seed, shapes)
     fixed = kwargs.pop("fixed_cases", True)
+    repeat = kwargs.pop("repeat_probe_cases", None)
     merged: Optional[SweepOutcome] = None
-    for p in parts if part is None else [parts[part]]:
+    for i in range(len(parts)) if part is None else [part]:
+        p = parts[i]
+        # the row's repeat-probed cases shared out as its cases are (None: every case of every part)
+        share = None if repeat is None else _share(repeat, len(parts), i)
         out = sweep(spec, candidate, impl_name, dtype, backend, device, p.cases, p.seed, shapes=p.shapes,
-                    fixed_cases=p.fixed_cases and fixed, **kwargs)
+                    fixed_cases=p.fixed_cases and fixed, repeat_probe_cases=share, **kwargs)
         merged = out if merged is None else _merge_outcomes(merged, out)
         if out.failure is not None or out.budget_spent:
             break

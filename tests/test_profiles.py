@@ -223,3 +223,26 @@ def test_progress_counts_a_row_in_pieces_once(capsys):
     err = capsys.readouterr().err
     assert "ep_moe_forward [ours, bfloat16] part 1/2: passed, 13 case(s)" in err
     assert "ep_moe_forward [ours, bfloat16] part 2/2: passed, 12 case(s)" in err
+
+
+def test_a_row_in_parts_shares_out_its_repeat_probed_cases(backend):
+    """The row's repeat-probed cases are shared out over its parts, not given to each: the
+    candidate's extra calls grow with the row's count (twice the count, twice the calls)."""
+    import dataclasses
+    from harness.fuzz import PART_COST, sweep_row
+    spec = dataclasses.replace(SPECS["ep_preprocess"], case_cost=3 * PART_COST)
+    calls = []
+
+    def counting(topk_ids, num_experts):
+        calls.append(1)
+        return reference.ep_preprocess(topk_ids, num_experts)
+
+    def extra_calls(repeat):
+        calls.clear()
+        out = sweep_row(spec, Candidate(counting), "counting", "int32", backend, "cpu", 8, 3, shapes=4,
+                        database_dir=None, repeat_probe_cases=repeat)
+        assert out.failure is None and out.passed == 8 + 3
+        return len(calls) - 11
+    assert extra_calls(0) == 0
+    per = extra_calls(4)
+    assert per > 0 and extra_calls(8) == 2 * per
