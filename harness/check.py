@@ -19,8 +19,8 @@ from .specs import SPECS
 from .options import CheckOptions, gpu_count
 from .records import write_json
 from .report import Row, format_failures, format_table, merge_worst
-from .row_check import check_one
-from .status import FAILING, NOTHING_CHECKED, exit_code, nothing_checked
+from .row_check import check_one, merge_tallies, nothing_compared_status, row_note
+from .status import FAILING, NOTHING_CHECKED, PASSED, exit_code, nothing_checked
 
 
 PROGRESS_EVERY_S = 10.0  # the periodic line's period
@@ -197,6 +197,11 @@ def merge_rows(parts: List[Row]) -> Row:
     pick = bad[0] if bad else first
     row.status, row.reason = pick.status, pick.reason
     row.failure, row.replay, row.saved_inputs = pick.failure, pick.replay, pick.saved_inputs
+    if all(p.tally for p in parts):   # the note of the whole row (a crashed piece keeps its reason)
+        row.tally = merge_tallies(p.tally for p in parts)
+        row.reason = row_note(row.tally, row.run)
+        if not bad:
+            row.status = PASSED if row.passed else nothing_compared_status(row.tally, first.status)
     return row
 
 

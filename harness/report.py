@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .status import PASSED
 
@@ -29,6 +29,7 @@ class Row:
     replay: str = ""
     saved_inputs: str = ""
     seconds: float = 0.0        # wall time of the sweep (cases per minute = 60 * run / seconds)
+    tally: Dict[str, Any] = field(default_factory=dict)   # what the reason is made of (harness.row_check.row_note)
 
 
 def merge_worst(into: Dict[str, dict], other: Dict[str, dict]) -> None:

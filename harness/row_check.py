@@ -37,7 +37,6 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         return row
     cand = impl.candidate(op)
     t0 = time.perf_counter()
-    notes = []
     if single:
         res = run_case(spec, cand, single, device, impl.name, require_ieee_fp32=options.require_ieee_fp32)
         row.run, failure = 1, (None if res.ok else res)
@@ -56,28 +55,14 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst
         counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32,
-                      unexpressible=out.unexpressible)
-        if out.graph_skipped:   # GPU rows of capturable ops: a graph probe that did not always replay says so
-            notes.append(graph_note(out.graph_replayed, out.graph_skipped, out.graph_skip_reason))
-        row.run = out.passed + sum(counts[k] for k in ("rejected", "not_computable")) + (1 if failure else 0)
-        if options.deadline is not None:
-            notes.append(f"budget: {row.run} case(s)" + (", stopped at its share of the budget" if out.budget_spent
-                                                          else ""))
+                      unexpressible=out.unexpressible, graph_replayed=out.graph_replayed,
+                      graph_skipped=out.graph_skipped, graph_skip_reason=out.graph_skip_reason,
+                      budget=options.deadline is not None, budget_spent=out.budget_spent)
+        row.run = out.passed + counts["rejected"] + counts["not_computable"] + (1 if failure else 0)
     row.seconds = round(time.perf_counter() - t0, 2)
-    if counts["tf32"]:
-        notes.append(f"{counts['tf32']} case(s) pass at TF32 precision only; --require-ieee-fp32 fails them")
-    outside = counts["rejected"] - counts["unexpressible"]
-    if outside:
-        notes.append(f"{outside} case(s) outside a precondition cleanly rejected")
-    if counts["unexpressible"]:
-        notes.append(f"{counts['unexpressible']} case(s) rejected: an argument this release has no parameter for")
-    if counts["not_computable"]:
-        notes.append(f"{counts['not_computable']} case(s) not computable here (the interpreter, or an SGLang "
-                     f"stand-in that cannot be faithful)")
-    row.reason = "; ".join(notes)
+    row.tally, row.reason = counts, row_note(counts, row.run)
     if not failure and not row.passed:
-        # nothing was compared: say why instead of passing
-        row.status = REJECTED if counts["rejected"] else NOT_COMPUTABLE if counts["not_computable"] else row.status
+        row.status = nothing_compared_status(counts, row.status)
     if failure and "max_abs_err" in failure.details:
         # the failing case's float error, so that the table's worst-error column shows it
         row.worst[failure.details.get("output", "output")] = {"max_abs_err": failure.details["max_abs_err"],
@@ -91,6 +76,48 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         except Exception as exc:  # saving is a convenience; never hide the failure
             row.saved_inputs = f"(not saved: {exc})"
     return row
+
+
+def row_note(tally: dict, run: int) -> str:
+    """The row's note from its tally (check_one's counts, summed over a row's parts or chunks):
+    the graph probe's replays, the budget's cases, TF32-only passes, clean rejections and cases
+    the backend cannot compute; "" when there is nothing to say."""
+    notes = []
+    if tally.get("graph_skipped"):   # GPU rows of capturable ops: a graph probe that did not always replay says so
+        notes.append(graph_note(tally["graph_replayed"], tally["graph_skipped"], tally.get("graph_skip_reason", "")))
+    if tally.get("budget"):
+        notes.append(f"budget: {run} case(s)" + (", stopped at its share of the budget" if tally.get("budget_spent")
+                                                  else ""))
+    if tally.get("tf32"):
+        notes.append(f"{tally['tf32']} case(s) pass at TF32 precision only; --require-ieee-fp32 fails them")
+    outside = tally.get("rejected", 0) - tally.get("unexpressible", 0)
+    if outside:
+        notes.append(f"{outside} case(s) outside a precondition cleanly rejected")
+    if tally.get("unexpressible"):
+        notes.append(f"{tally['unexpressible']} case(s) rejected: an argument this release has no parameter for")
+    if tally.get("not_computable"):
+        notes.append(f"{tally['not_computable']} case(s) not computable here (the interpreter, or an SGLang "
+                     f"stand-in that cannot be faithful)")
+    return "; ".join(notes)
+
+
+def nothing_compared_status(tally: dict, status: str) -> str:
+    """A row that compared no case says why instead of passing: REJECTED or NOT_COMPUTABLE."""
+    return REJECTED if tally.get("rejected") else NOT_COMPUTABLE if tally.get("not_computable") else status
+
+
+def merge_tallies(tallies) -> dict:
+    """Tallies of a row's pieces as one: counts add, flags or, the first non-empty text."""
+    merged: dict = {}
+    for tally in tallies:
+        for key, value in tally.items():
+            if isinstance(value, bool):
+                merged[key] = merged.get(key, False) or value
+            elif isinstance(value, int):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged[key] = merged.get(key) or value
+    return merged
 
 
 def graph_note(replayed: int, skipped: int, reason: str) -> str:

@@ -107,3 +107,22 @@ def test_costliest_rows_start_first_and_equals_keep_record_order():
     order = [ops[i] for i in start_order(ops)]
     assert order[:2] == ["ep_moe_forward", "grouped_gemm"]
     assert order.index("silu_and_mul") < order.index("gelu_and_mul")
+
+
+def test_a_row_merged_from_pieces_notes_the_whole_row():
+    """The merged row's note is made from all its pieces' tallies (graph replays and TF32-only
+    passes summed), not taken from the first piece; a row none of whose pieces compared a case
+    says why, and one piece that passed makes it passed."""
+    from harness.row_check import row_note
+    a = dict(graph_replayed=4, graph_skipped=6, graph_skip_reason="no case fits", tf32=1, rejected=0)
+    b = dict(graph_replayed=3, graph_skipped=7, graph_skip_reason="", tf32=2, rejected=0)
+    parts = [Row("grouped_gemm", "ours", "float32", run=12, passed=12, tally=a, reason=row_note(a, 12)),
+             Row("grouped_gemm", "ours", "float32", run=13, passed=13, tally=b, reason=row_note(b, 13))]
+    row = merge_rows(parts)
+    assert "replayed on new inputs in 7 case(s), only captured in 13 (no case fits)" in row.reason, row.reason
+    assert "3 case(s) pass at TF32 precision only" in row.reason
+    rejected = dict(rejected=5, not_computable=0)
+    parts = [Row("grouped_gemm", "ours", "fp8_block", run=5, status="REJECTED", tally=rejected),
+             Row("grouped_gemm", "ours", "fp8_block", run=4, passed=4, tally=dict(rejected=0))]
+    assert merge_rows(parts).status == "passed"
+    assert merge_rows(parts[:1] * 2).status == "REJECTED"
