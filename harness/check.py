@@ -288,17 +288,17 @@ def start_order(ops: List[str]) -> List[int]:
 def default_jobs(backend: str, gpus: int, preset: Optional[str]) -> int:
     """Child processes at once when --jobs is not given: one per core on the interpreter; on
     GPUs several per card (a case is mostly host work: building inputs, launching, comparing;
-    a cold run is Triton compiling, on the host's cores), up to MAX_GPU_JOBS, but one per card
-    for the `large` preset (each case fills most of a card)."""
+    a cold run is Triton compiling, on the host's cores): one per core up to MAX_JOBS_PER_GPU
+    per card, but one per card for the `large` preset (each case fills most of a card)."""
     cores = os.cpu_count() or 1
     if backend != "cuda":
         return cores
-    return gpus if preset == "large" else max(gpus, min(MAX_GPU_JOBS, cores))
+    return gpus if preset == "large" else max(gpus, min(MAX_JOBS_PER_GPU * gpus, cores))
 
 
 # One H100 host of 16 cores: 16 children ran the 2,000-case sweep at 79 cases/s where 8 ran the
-# default check at 52 (results/2026-12-06-s14-h100).
-MAX_GPU_JOBS = 16
+# default check at 52 (results/2026-12-06-s14-h100). A host of 8 cards and 128 cores runs 128.
+MAX_JOBS_PER_GPU = 16
 
 
 def run_command(options: CheckOptions, backend: str) -> int:

@@ -1,4 +1,6 @@
 """xdist workers map onto GPUs round-robin, and pinning touches CUDA only when it is there."""
+import os
+
 import pytest
 import torch
 
@@ -126,3 +128,16 @@ def test_a_row_merged_from_pieces_notes_the_whole_row():
              Row("grouped_gemm", "ours", "fp8_block", run=4, passed=4, tally=dict(rejected=0))]
     assert merge_rows(parts).status == "passed"
     assert merge_rows(parts[:1] * 2).status == "REJECTED"
+
+
+def test_default_jobs_scale_with_the_cards_and_cores(monkeypatch):
+    """One child per core up to 16 per card (a host of 8 cards and 128 cores runs 128, not 16);
+    one per card for the large preset; one per core on the interpreter."""
+    from harness.check import MAX_JOBS_PER_GPU, default_jobs
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert default_jobs("cuda", 8, None) == 8 * MAX_JOBS_PER_GPU == 128
+    assert default_jobs("cuda", 1, None) == MAX_JOBS_PER_GPU
+    assert default_jobs("cuda", 8, "large") == 8
+    assert default_jobs("interpreter", 0, None) == 128
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_jobs("cuda", 2, None) == 16

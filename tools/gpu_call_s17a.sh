@@ -4,8 +4,9 @@
 #      palette rows (ep_moe_forward, grouped_gemm) run in parts (issue 24: under 45 s on one H100?),
 #      and mutate --profile default with the parts (every mutant still killed?);
 #   2. ep_gather at the large preset in bfloat16 (float32 passed in session 16);
-#   3. the 2,000-case sweep of what tools/sweep_remaining.py says is left (ours, then the
-#      references with SWEEP_IMPL=reference), until the deadline.
+#   3. the 2,000-case sweep of what tools/sweep_remaining.py says is left (ours, or the
+#      references with SWEEP_IMPL=reference), until the deadline, on every card there is (16
+#      children per card: on a multi-GPU kind, e.g. nvidia-h100-x8, it runs 8 times as many).
 # Logs under $OUT (8 files at most).
 set -u
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ if [ -n "${SWEEP:-}" ]; then
     [ $(left) -gt 60 ] || break
     n=$((n + 1))
     timeout -s INT -k 15 $(( $(left) - 15 )) python -m harness check --impl ${SWEEP_IMPL:-ours} --op $ops \
-      ${dtypes:+--dtype $dtypes} --cases 2000 --chunk 250 --no-shrink --jobs 16 --json $OUT/${P}_sweep$n.json \
+      ${dtypes:+--dtype $dtypes} --cases 2000 --chunk 250 --no-shrink --gpus all --json $OUT/${P}_sweep$n.json \
       > /dev/null 2>&1
     echo "sweep $n rc=$? $(since)"
   done
