@@ -60,8 +60,9 @@ def case_shape(draw, spec: OpSpec, backend: str) -> Tuple[int, int, int, int, in
 def shape_palette(spec: OpSpec, backend: str, n: int, seed: int) -> List[Tuple[int, int, int, int, int]]:
     """``n`` sizes drawn with case_shape under ``seed`` (the same ones for the same arguments):
     a profile's palette, from which its fuzzed cases take their sizes while everything else
-    (routing, the rank's experts, invalid slots, index dtype, values) is drawn per case. On a GPU
-    a check's time is Triton compiling each new specialisation, which the sizes decide."""
+    (routing, the rank's experts, invalid slots, values) is drawn per case; the index dtype goes
+    with the size (case_params). On a GPU a check's time is Triton compiling each new
+    specialisation, which the sizes decide."""
     shapes: List[Tuple[int, int, int, int, int]] = []
 
     @hyp_seed(seed)
@@ -80,7 +81,8 @@ def shape_palette(spec: OpSpec, backend: str, n: int, seed: int) -> List[Tuple[i
 def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[str] = None,
                 palette: Optional[Sequence[Tuple[int, int, int, int, int]]] = None) -> CaseParams:
     """One fuzzed case: the preset's shape, a size from ``palette`` (shape_palette), or sizes drawn
-    freely (case_shape); then the routing, the rank's experts, invalid slots and index dtype."""
+    freely (case_shape); then the routing, the rank's experts, invalid slots and index dtype (with a
+    palette, that of the size's entry: int32 and int64 alternate, one compile per size, not two)."""
     max_t = min(SIZE_LIMITS[backend]["tokens"], spec.max_tokens)
     if preset == "large":
         if spec.large_shape is None or backend != "cuda":
@@ -97,7 +99,8 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
         start = draw(st.integers(0, E // per - 1)) * per if ep > 1 else 0
         end = min(E - 1, start + per - 1)
     else:
-        E, K, T, H, I = draw(st.sampled_from(palette) if palette else case_shape(spec, backend))
+        entry = draw(st.integers(0, len(palette) - 1)) if palette else None
+        E, K, T, H, I = palette[entry] if palette else draw(case_shape(spec, backend))
         mode = draw(st.sampled_from(["all", "range", "first", "last", "single"]))
         if mode == "all":
             start, end = 0, E - 1
@@ -118,7 +121,12 @@ def case_params(draw, spec: OpSpec, dtype: str, backend: str, preset: Optional[s
         invalid = 0.0 if preset == "large" else draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
     # index tensors as their producers emit them: int32 (SGLang's pipeline; its int32 offset
     # arithmetic is what the `large` preset exercises) or int64
-    index_dtype = "int32" if preset == "large" else draw(st.sampled_from(["int32", "int64"]))
+    if preset == "large":
+        index_dtype = "int32"
+    elif preset is None and palette:   # a size of the palette comes with its index dtype: one compile, not two
+        index_dtype = ("int32", "int64")[entry % 2]
+    else:
+        index_dtype = draw(st.sampled_from(["int32", "int64"]))
     return CaseParams(op=spec.name, dtype=dtype, tokens=T, topk=K, experts=E, start_expert=start,
                       end_expert=end, hidden=H, inter=I, routing=routing, invalid_frac=invalid,
                       seed=draw(st.integers(0, 2 ** 31 - 1)), index_dtype=index_dtype)

@@ -35,8 +35,8 @@ interpreter than on a GPU:
   shapes              how many sizes (experts, topk, tokens, hidden, inter) a row's fuzzed
                       cases take theirs from (harness.fuzz.shape_palette, drawn under the row's
                       seed: another seed, other sizes); the routing, the rank's experts, invalid
-                      slots, index dtype and values are drawn per case. None: sizes drawn per
-                      case. On a GPU a check's time is Triton compiling each new specialisation
+                      slots and values are drawn per case, the index dtype per size. None: sizes
+                      drawn per case. On a GPU a check's time is Triton compiling each new specialisation
                       of each kernel, which the sizes decide: the default check on an H100 took
                       as long with 25 fuzzed cases per row as with 50 (642 against 663
                       row-seconds, results/2026-12-06-s15-h100), and the EP preprocess row spent

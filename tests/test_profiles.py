@@ -246,3 +246,24 @@ def test_a_row_in_parts_shares_out_its_repeat_probed_cases(backend):
     assert extra_calls(0) == 0
     per = extra_calls(4)
     assert per > 0 and extra_calls(8) == 2 * per
+
+
+def test_a_palette_size_comes_with_its_index_dtype():
+    """With a palette, each size is drawn with one index dtype (int32 and int64 alternate over
+    the palette's entries), so a size compiles one specialisation of each index-taking kernel
+    on a GPU, not two; both dtypes still appear in the row."""
+    from hypothesis import HealthCheck, Phase, given, seed as hyp_seed, settings
+    from harness.fuzz import case_params, shape_palette
+    spec = SPECS["pre_reorder"]
+    palette = shape_palette(spec, "cuda", 4, seed=3)
+    seen = {}
+
+    @hyp_seed(3)
+    @settings(max_examples=60, phases=[Phase.generate], database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case_params(spec, "bfloat16", "cuda", None, palette))
+    def draw(p):
+        seen.setdefault((p.experts, p.topk, p.tokens, p.hidden), set()).add(p.index_dtype)
+    draw()
+    assert all(len(dtypes) == 1 for dtypes in seen.values()), seen
+    assert set().union(*seen.values()) == {"int32", "int64"}

@@ -185,3 +185,18 @@ def test_sweep_remaining_groups_sweep_only_the_missing_dtypes(tmp_path):
     assert all_dtypes == () and "ep_scatter" not in whole and "ep_gather" in whole
     assert (["ep_scatter"], tuple(rest)) in groups
     assert all(op in REGISTRY for ops, _ in groups for op in ops)
+
+
+def test_specialisations_counts_a_rows_kernel_keys_without_computing():
+    """tools/specialisations.py: the reorders' keys of ep_moe_forward's row, counted with every
+    launch skipped and no case stopped on the host; --ignore takes a parameter out of the keys."""
+    def run(*extra):
+        proc = subprocess.run([sys.executable, os.path.join(TOOLS, "specialisations.py"), "--op", "ep_moe_forward",
+                               "--dtype", "bfloat16", *extra], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": os.path.dirname(TOOLS)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "host error" not in proc.stdout, proc.stdout
+        return int(re.search(r"(\d+) of _pre_reorder_kernel", proc.stdout).group(1))
+    keys = run("--whole")
+    assert keys >= 4
+    assert run("--whole", "--ignore", "BLOCK_H", "ROWS", "KP", "TOPK", "H", "ids_ptr") < keys
