@@ -43,7 +43,8 @@ class LiveProgress:
         self.tty = enabled and sys.stderr.isatty()
         self.t0 = time.time()
         self.lock = threading.Lock()
-        self.in_flight: Dict[Tuple[str, str, str], int] = {}
+        # (op, impl, dtype) -> its pieces' cases so far (piece: a chunk or part run apart; None: the row)
+        self.in_flight: Dict[Tuple[str, str, str], Dict[object, int]] = {}
         self.rows_done = self.cases = 0
         # (op, impl, dtype) -> how many pieces (chunks, parts) of the row run apart, and how many are in
         self.pieces: Dict[Tuple[str, str, str], int] = {}
@@ -55,16 +56,16 @@ class LiveProgress:
         sys.stderr.write(("\n" if self.tty else "") + text + "\n")
         sys.stderr.flush()
 
-    def case(self, op: str, impl: str, dtype: str, n: Optional[int] = None) -> None:
+    def case(self, op: str, impl: str, dtype: str, n: Optional[int] = None, piece: object = None) -> None:
         with self.lock:
-            key = (op, impl, dtype)
-            before = self.in_flight.get(key, 0)
+            pieces = self.in_flight.setdefault((op, impl, dtype), {})
+            before = pieces.get(piece, 0)
             now = before + 1 if n is None else n
-            self.in_flight[key] = now
+            pieces[piece] = now
             self.cases += max(0, now - before)
             if self.tty:
                 sys.stderr.write(f"\r[{time.time() - self.t0:6.1f}s] {self.cases:6d} cases  "
-                                 f"{op} [{impl}, {dtype}] case {now:<20}")
+                                 f"{op} [{impl}, {dtype}] case {sum(pieces.values()):<20}")
                 sys.stderr.flush()
 
     def expect_pieces(self, op: str, impl: str, dtype: str, n: int) -> None:
@@ -76,10 +77,11 @@ class LiveProgress:
         with self.lock:
             for r in rows:
                 key = (r.op, r.impl, r.dtype)
-                self.in_flight.pop(key, None)
                 n = self.pieces.get(key, 1)
                 k = self.pieces_in[key] = self.pieces_in.get(key, 0) + 1
-                self.rows_done += k == n
+                if k == n:   # a finished piece's cases still count for the row until its last piece
+                    self.rows_done += 1
+                    self.in_flight.pop(key, None)
                 if self.enabled:
                     self._write(f"[{time.time() - self.t0:7.1f}s] {r.op} [{r.impl}, {r.dtype}]"
                                 + (f" part {k}/{n}" if n > 1 else "")
@@ -89,7 +91,8 @@ class LiveProgress:
 
     def periodic_line(self) -> str:
         with self.lock:
-            flight = "; ".join(f"{op} [{impl}, {dtype}] {n} case(s)" for (op, impl, dtype), n in self.in_flight.items())
+            flight = "; ".join(f"{op} [{impl}, {dtype}] {sum(pieces.values())} case(s)"
+                               for (op, impl, dtype), pieces in self.in_flight.items())
             return (f"[{time.time() - self.t0:7.1f}s] {self.rows_done}/{self.total} rows done"
                     + (f"; running: {flight}" if flight else ""))
 
@@ -260,7 +263,8 @@ def _run_groups(options: CheckOptions, backend: str, groups, live: LiveProgress)
                 row_options = dataclasses.replace(row_options, cases=plan[c][0], seed=plan[c][1])
             if part is not None:
                 row_options = dataclasses.replace(row_options, part=part)
-            return run_group(row_options, backend, impl_src, op, dtypes, tick=live.case, worker=worker)
+            return run_group(row_options, backend, impl_src, op, dtypes, worker=worker,
+                             tick=lambda *a: live.case(*a, piece=(c, part)))
         finally:
             slots.put(worker)
 

@@ -215,8 +215,14 @@ def test_progress_counts_a_row_in_pieces_once(capsys):
     says which it is (a sweep in chunks printed "120/89 rows done")."""
     with LiveProgress(True, total_rows=1, every_s=0) as live:
         live.expect_pieces("ep_moe_forward", "ours", "bfloat16", 2)
+        # two pieces in flight at once: the row's cases so far are the sum of theirs
+        live.case("ep_moe_forward", "ours", "bfloat16", 5, piece=0)
+        live.case("ep_moe_forward", "ours", "bfloat16", 3, piece=1)
+        live.case("ep_moe_forward", "ours", "bfloat16", 6, piece=0)
+        assert "ep_moe_forward [ours, bfloat16] 9 case(s)" in live.periodic_line() and live.cases == 9
         live.finished([Row("ep_moe_forward", "ours", "bfloat16", status="passed", run=13, seconds=1.0)])
         assert live.rows_done == 0
+        assert "ep_moe_forward [ours, bfloat16] 9 case(s)" in live.periodic_line()
         live.finished([Row("ep_moe_forward", "ours", "bfloat16", status="passed", run=12, seconds=1.0)])
         assert live.rows_done == 1
         assert live.periodic_line().endswith("1/1 rows done")
