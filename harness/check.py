@@ -5,6 +5,7 @@ what a CheckOptions selects, in this process or in isolated children (harness.is
 ``run_command`` prints the table and writes the JSON record."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import sys
@@ -18,8 +19,8 @@ from .isolate import RowWorker, run_group
 from .specs import SPECS
 from .options import CheckOptions, gpu_count
 from .records import write_json
-from .report import Row, format_failures, format_table, merge_worst
-from .row_check import check_one, merge_tallies, nothing_compared_status, row_note
+from .report import Row, format_failures, format_table, merge_tallies, merge_worst
+from .row_check import check_one, nothing_compared_status, row_note
 from .status import FAILING, NOTHING_CHECKED, PASSED, exit_code, nothing_checked
 
 
@@ -240,11 +241,12 @@ def _run_groups(options: CheckOptions, backend: str, groups, live: LiveProgress)
 
     # one item per row (and chunk or part): warm children make a row's own item cheap, and rows
     # of one op then run side by side
+    op_parts = {op: parts(op) for _, op in groups}
     items = [((impl_src, op, [d]), c, p) for impl_src, op in groups for d in options.dtypes_of(op)
-             for c in range(len(plan)) for p in parts(op)]
-    for impl_src, op in groups:
-        for d in options.dtypes_of(op):
-            live.expect_pieces(op, short_name(impl_src), d, len(plan) * len(parts(op)))
+             for c in range(len(plan)) for p in op_parts[op]]
+    pieces = collections.Counter((op, short_name(impl_src), d) for (impl_src, op, (d,)), _, _ in items)
+    for (op, impl, d), count in pieces.items():
+        live.expect_pieces(op, impl, d, count)
     budget = _Budget(options, len(items), jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     slots: "Queue[RowWorker]" = Queue()

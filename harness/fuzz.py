@@ -16,7 +16,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky
 
 from .cases import MODEL_SHAPES, ROUTINGS, CaseParams
-from .report import merge_worst
+from .report import merge_tallies, merge_worst
 from .runner import GRAPH_REPLAYED, CaseResult, context_lost, run_case
 from .specs import OpSpec
 
@@ -376,11 +376,10 @@ def sweep_row(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str,
 
 
 def _merge_outcomes(a: SweepOutcome, b: SweepOutcome) -> SweepOutcome:
-    """Two parts' outcomes as one (b ran after a passed): counts add, the worst error is the
-    larger, b's failure is the row's."""
-    counts = {f.name: getattr(a, f.name) + getattr(b, f.name) for f in dataclasses.fields(SweepOutcome)
-              if f.type in (int, "int")}
+    """Two parts' outcomes as one (b ran after a passed): counts add (flags or, the first reason;
+    merge_tallies), the worst error is the larger, b's failure is the row's."""
+    scalars = [{f.name: getattr(o, f.name) for f in dataclasses.fields(SweepOutcome)
+                if f.name not in ("failure", "first_failure", "worst")} for o in (a, b)]
     worst = dict(a.worst)
     merge_worst(worst, b.worst)
-    return SweepOutcome(failure=b.failure, first_failure=b.first_failure, worst=worst, budget_spent=b.budget_spent,
-                        graph_skip_reason=a.graph_skip_reason or b.graph_skip_reason, **counts)
+    return SweepOutcome(failure=b.failure, first_failure=b.first_failure, worst=worst, **merge_tallies(scalars))

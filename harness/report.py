@@ -39,6 +39,21 @@ def merge_worst(into: Dict[str, dict], other: Dict[str, dict]) -> None:
             into[name] = w
 
 
+def merge_tallies(tallies) -> Dict[str, Any]:
+    """Tallies of a row's pieces (chunks, parts) as one: counts add, flags or, the first
+    non-empty text."""
+    merged: Dict[str, Any] = {}
+    for tally in tallies:
+        for key, value in tally.items():
+            if isinstance(value, bool):
+                merged[key] = merged.get(key, False) or value
+            elif isinstance(value, int):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged[key] = merged.get(key) or value
+    return merged
+
+
 def replay_command(impl: str, backend: str, params_json: str) -> str:
     """The command line that runs exactly this case (``params_json``) of ``impl`` again."""
     return f"moe-harness check --backend {backend} --impl {shlex.quote(impl)} --case {shlex.quote(params_json)}"

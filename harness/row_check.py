@@ -106,20 +106,6 @@ def nothing_compared_status(tally: dict, status: str) -> str:
     return REJECTED if tally.get("rejected") else NOT_COMPUTABLE if tally.get("not_computable") else status
 
 
-def merge_tallies(tallies) -> dict:
-    """Tallies of a row's pieces as one: counts add, flags or, the first non-empty text."""
-    merged: dict = {}
-    for tally in tallies:
-        for key, value in tally.items():
-            if isinstance(value, bool):
-                merged[key] = merged.get(key, False) or value
-            elif isinstance(value, int):
-                merged[key] = merged.get(key, 0) + value
-            else:
-                merged[key] = merged.get(key) or value
-    return merged
-
-
 def graph_note(replayed: int, skipped: int, reason: str) -> str:
     """The row's note on the graph probe: how many cases' graphs were replayed on new inputs, and
     how many were only captured (with the first one's reason), so a probe that never replays shows."""
