@@ -1,8 +1,8 @@
 # Sourced by the device-call scripts (tools/gpu_call_*.sh) after setting P (the call's number, the
 # prefix of its files under $OUT): the environment every harness command there needs, the clock
 # (since: seconds since the start; left: seconds to ${DEADLINE:-570}), the versions line, the
-# README's check from a cold Triton cache, and the summary of a mutate JSON. Run from the
-# repository root.
+# README's check from a cold Triton cache, the summary of a mutate JSON and the 2,000-case sweep
+# of what is left (sweep_left). Run from the repository root.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
 START=$(date +%s)
 since() { echo "$(( $(date +%s) - START ))s"; }
@@ -27,4 +27,19 @@ for m in d["mutants"]:
     if m["verdict"] != "KILLED":
         print(m["name"], m["verdict"], m["reason"][:200])
 PY
+}
+
+sweep_left() {   # the 2,000-case sweep of what tools/sweep_remaining.py lists for ${SWEEP_IMPL:-ours}
+                 # (one check per group of ops and dtypes, on every card) until 60 s before the
+                 # deadline; $@: sweep_remaining's --stale arguments. Partial JSON under $OUT.
+  local n=0
+  python tools/sweep_remaining.py --groups --impl ${SWEEP_IMPL:-ours} "$@" results/*/*_sweep*.json |
+  while IFS='|' read -r ops dtypes; do
+    [ $(left) -gt 60 ] || break
+    n=$((n + 1))
+    timeout -s INT -k 15 $(( $(left) - 15 )) python -m harness check --impl ${SWEEP_IMPL:-ours} --op $ops \
+      ${dtypes:+--dtype $dtypes} --cases 2000 --chunk 250 --no-shrink --gpus all --json $OUT/${P}_sweep$n.json \
+      > /dev/null 2>&1
+    echo "sweep $n rc=$? $(since)"
+  done
 }

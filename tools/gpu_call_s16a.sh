@@ -29,18 +29,7 @@ echo "explore packed rc=$? $(since)"
   > $OUT/${P}_rows.log 2>&1; echo "rows rc=$? $(since)"
 # the rows still missing, one check per group of (ops, dtypes); ep_scatter's earlier rows predate
 # session 15's whole-row tile, so they are swept again
-if [ -n "${SWEEP:-}" ]; then
-  n=0
-  python tools/sweep_remaining.py --groups --impl ${SWEEP_IMPL:-ours} --stale ep_scatter results/*/*_sweep.json |
-  while IFS='|' read -r ops dtypes; do
-    [ $(left) -gt 60 ] || break
-    n=$((n + 1))
-    timeout -s INT -k 15 $(( $(left) - 15 )) python -m harness check --impl ${SWEEP_IMPL:-ours} --op $ops \
-      ${dtypes:+--dtype $dtypes} --cases 2000 --chunk 250 --no-shrink --jobs 16 --json $OUT/${P}_sweep$n.json \
-      > /dev/null 2>&1
-    echo "sweep $n rc=$? $(since)"
-  done
-fi
+[ -n "${SWEEP:-}" ] && sweep_left --stale ep_scatter
 grep -E "cases in" $OUT/${P}_check.log; grep -E "FAILED|CRASHED" $OUT/${P}_check.log | head -5 | cut -c1-200
 mutate_summary $OUT/${P}_mutate.json
 grep -E "^ep_gather|cases in" $OUT/${P}_large.log | cut -c1-200

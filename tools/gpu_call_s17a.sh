@@ -21,18 +21,7 @@ timeout 120 python -m harness check --op ep_gather --preset large --impl ours --
   > $OUT/${P}_large.log 2>&1
 echo "large rc=$? $(since)"
 # ep_scatter's session-15 rows predate its whole-row tile
-if [ -n "${SWEEP:-}" ]; then
-  n=0
-  python tools/sweep_remaining.py --groups --impl ${SWEEP_IMPL:-ours} --stale ep_scatter@s15-h100 results/*/*_sweep*.json |
-  while IFS='|' read -r ops dtypes; do
-    [ $(left) -gt 60 ] || break
-    n=$((n + 1))
-    timeout -s INT -k 15 $(( $(left) - 15 )) python -m harness check --impl ${SWEEP_IMPL:-ours} --op $ops \
-      ${dtypes:+--dtype $dtypes} --cases 2000 --chunk 250 --no-shrink --gpus all --json $OUT/${P}_sweep$n.json \
-      > /dev/null 2>&1
-    echo "sweep $n rc=$? $(since)"
-  done
-fi
+[ -n "${SWEEP:-}" ] && sweep_left --stale ep_scatter@s15-h100
 grep -E "cases in" $OUT/${P}_check.log; grep -E "FAILED|CRASHED" $OUT/${P}_check.log | head -5 | cut -c1-200
 mutate_summary $OUT/${P}_mutate.json
 grep -E "^ep_gather|cases in" $OUT/${P}_large.log | cut -c1-200
