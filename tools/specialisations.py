@@ -136,12 +136,18 @@ def main(argv=None) -> int:
     select_backend("interpreter")
     from harness.specs import SPECS
 
+    unknown = sorted(set(args.op or ()) - set(SPECS))
+    if unknown:
+        ap.error(f"--op: expected ops of the registry, got {unknown}")
     rows = [(op, d) for op in (args.op or SPECS) for d in SPECS[op].dtypes if not args.dtype or d in args.dtype]
-    total = longest = 0
+    if not rows:   # nothing counted is no answer
+        ap.error(f"--dtype: none of {args.dtype} is a dtype of {args.op or 'any op'}")
+    total = longest = pieces = 0
     for op, dtype in rows:
         recorder = Recorder(args.ignore)
         recorder.install()
         per_part, errors = count_row(recorder, op, dtype, args.seed, args.whole, args.part)
+        pieces += len(per_part)
         row_total = sum(len(k) for k in recorder.keys.values())
         total += row_total
         longest = max([longest] + [k for _, _, k in per_part])
@@ -161,6 +167,8 @@ def main(argv=None) -> int:
             for name, values in by_param.items():
                 if len(values) > 1:
                     print(f"  {args.detail}.{name}: {sorted(map(str, values))}")
+    if not pieces:   # nothing counted is no answer
+        ap.error(f"--part: no row here has a part {args.part}")
     if len(rows) > 1:
         print(f"{len(rows)} rows: {total} specialisations in all (each row counted apart); the largest piece "
               f"(row or part) {longest}")
