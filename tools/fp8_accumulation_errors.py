@@ -10,7 +10,8 @@ sum of |terms|) under which every element passes:
     need = max_i ( |c_i - r_i| / FACTOR - |l_i - r_i| - U_OUT * |r_i| ) / mag_i
 
 and the same divided by sqrt(L) * 2**-24 and by L * 2**-24, so that rules of either shape can
-be read off. GPU only (fp8 tensor cores). Prints one JSON line per case and a summary.
+be read off; and the ratio of the error's norm to the precision's own, ||c - r|| / ||l - r||
+(harness.tolerance's statistical test for fp8 products). GPU only (fp8 tensor cores). Prints one JSON line per case and a summary.
 
     PYTHONPATH=. python tools/fp8_accumulation_errors.py --cases 300 --json out.json
 """
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     rows = []
     for dtype in ("fp8_tensor", "fp8_block"):
         for i in range(args.cases):
-            H = rng.choice([7168, 2048, 4096, rng.randint(1, 64) * 128, rng.randint(129, 3000)])
+            H = rng.choice([7168, 2048, 4096, rng.randint(1, 64) * 128, rng.randint(129, 3000), rng.randint(1, 400)])
             if dtype == "fp8_block":
                 H = -(-H // 128) * 128
             T = rng.choice([1, 7, 64, rng.randint(1, 600)])
@@ -85,7 +86,9 @@ def main(argv=None) -> int:
                 excess = (c - r).abs() / FACTOR - (l - r).abs() - u * r.abs()
                 need = (excess / mag.clamp_min(1e-300)).max().item()
                 row[name] = dict(need=need, need_over_sqrtL=need / (math.sqrt(H) * 2 ** -24),
-                                 need_over_L=need / (H * 2 ** -24), max_err=(c - r).abs().max().item())
+                                 need_over_L=need / (H * 2 ** -24), max_err=(c - r).abs().max().item(),
+                                 norm_ratio=((c - r).norm() / (l - r).norm().clamp_min(1e-300)).item(),
+                                 elements=c.numel())
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}
@@ -97,7 +100,10 @@ def main(argv=None) -> int:
                     max_need_over_sqrtL=max(g["need_over_sqrtL"] for g in got),
                     min_need_over_sqrtL=min(g["need_over_sqrtL"] for g in got),
                     max_need_over_L=max(g["need_over_L"] for g in got),
-                    min_need_over_L=min(g["need_over_L"] for g in got), cases=len(got))
+                    min_need_over_L=min(g["need_over_L"] for g in got), cases=len(got),
+                    max_norm_ratio=max(g["norm_ratio"] for g in got),
+                    min_norm_ratio_L_over_256=min([g["norm_ratio"] for r, g in zip(
+                        [r for r in rows if r["dtype"] == dtype and name in r], got) if r["L"] > 256] or [0.0]))
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, "w") as fh:
