@@ -2,9 +2,9 @@
 
 Why: a kernel that faults on the GPU (illegal address, device-side assert) poisons its whole
 CUDA context, and under Triton's interpreter a wild pointer is a segmentation fault of the
-whole Python process. So each group runs in a child started with the "spawn" method (a
-fresh interpreter: CUDA is initialised anew, TRITON_INTERPRET is set before triton is
-imported), and the parent turns whatever happens to it into summary rows:
+whole Python process. So each group runs in a child process of its own (harness.supervise:
+CUDA is initialised anew, TRITON_INTERPRET is set before triton is imported), and the parent
+turns whatever happens to it into summary rows:
 
 - rows the child finished come back as they are (JSON lines, one per dtype, written as
   each dtype finishes, so a later crash loses none of them);
@@ -21,7 +21,7 @@ A Python exception raised by an implementation is not a crash: the runner alread
 it as a FAILED case (probe ``exception``). Only exceptions that say the device faulted are
 turned into crashes, because the CUDA context cannot run anything after them.
 
-The child process itself (spawn, heartbeat, limits, fault detection, stderr) is
+The child process itself (start, heartbeat, limits, fault detection, stderr) is
 harness.supervise's, shared with ``moe-harness mutate``.
 """
 from __future__ import annotations

@@ -25,6 +25,17 @@ as far from the exact value as the precision itself is, and no further.
 For outputs declared "normwise" (the chained MoE forward, whose intermediate roundings a
 candidate may place differently), the test is on the whole tensor instead:
     ||c - r|| <= FACTOR * ||l - r|| + U_OUT * ||r||.
+
+fp8 matrix products with a 16-bit output get a second, statistical test on top of the
+elementwise one, over at least NORM_MIN_ELEMENTS elements:
+    ||c - r|| <= NORM_FACTOR * ||l - r||.
+There the output's own rounding dominates what a kernel accumulating as the contract says
+adds (a float32 summation order, the alignment truncations above), so its error has l's
+size element for element, and over many elements its norm is l's within a few percent. A
+kernel that rounds its running sum to bfloat16 after every K block errs by a fraction of an
+ulp per element: the elementwise bound, which must hold for the worst element, lets it
+through in most cases (SESSION 17 DATA), but its error's norm is 1.9x l's and more once L
+passes three K blocks of 128 (SESSION 17 DATA).
 """
 from __future__ import annotations
 
@@ -38,6 +49,8 @@ FP32_ROUNDOFF = 2.0 ** -24
 FP8_ACC_ROUNDOFF = 2.0 ** -14      # one alignment truncation of an fp8 MMA instruction
 FP8_MMA_K = 32                     # products per fp8 MMA instruction (Hopper wgmma, k = 32)
 FP8_PROMOTE_EVERY = 128            # terms between float32 promotions, at most
+NORM_FACTOR = 1.5                  # the statistical test's ||c - r|| / ||l - r|| (fp8 products)
+NORM_MIN_ELEMENTS = 1024           # below this many elements a norm is not yet a statistic
 
 UNIT_ROUNDOFF = {
     torch.bfloat16: 2.0 ** -8,
@@ -90,6 +103,8 @@ class FloatReport:
     worst_bound: float
     n_over: int
     n_checked: int
+    norm_ratio: float = 0.0     # ||c - r|| / ||l - r|| where the statistical test ran, else 0
+    norm_passed: bool = True    # that test passed (or did not apply)
 
 
 # Elements compared per step: float64 temporaries stay near 0.5 GiB each whatever the output's
@@ -104,9 +119,12 @@ def _chunks(n: int):
 
 def compare_float(cand: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor, mag: Optional[torch.Tensor],
                   reduction_len: int, fp8_dot: bool, normwise: bool, mask: torch.Tensor,
-                  accumulation: Optional[float] = None, operand_roundoff: float = 0.0) -> FloatReport:
+                  accumulation: Optional[float] = None, operand_roundoff: float = 0.0,
+                  statistical: bool = True) -> FloatReport:
     """Compare ``cand`` with the float64 reference on the elements where ``mask`` is True
-    (``accumulation`` / ``operand_roundoff``: see elementwise_bound).
+    (``accumulation`` / ``operand_roundoff``: see elementwise_bound). The statistical test of
+    fp8 products runs unless ``statistical`` is False (the elementwise test alone: asking
+    which precision explains an error).
 
     Works through the flattened tensors COMPARE_CHUNK elements at a time, on ``ref64``'s
     device (the other tensors' chunks are moved there: a large case's float64 reference may
@@ -137,8 +155,11 @@ def compare_float(cand: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor,
             sq["r"] += float((r ** 2).sum())
             sq["err"] += float((err ** 2).sum())
         allowed = FACTOR * sq["lp_r"] ** 0.5 + UNIT_ROUNDOFF[out_dtype] * sq["r"] ** 0.5
+    stat = statistical and not normwise and fp8_dot and reduction_len > 0 and \
+        out_dtype in (torch.bfloat16, torch.float16)
     n = n_over = n_finite = 0
     err_sum, max_err = 0.0, 0.0
+    err_sq = lp_sq = 0.0
     worst = None  # (ratio, flat index, candidate, reference, bound)
     for lo, hi in _chunks(total):
         m, c, r, lp, err = masked(lo, hi)
@@ -151,6 +172,9 @@ def compare_float(cand: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor,
             bound = elementwise_bound(r, lp, out_dtype, mg, reduction_len, fp8_dot, accumulation, operand_roundoff)
         n += err.numel()
         n_over += int((err > bound).sum())
+        if stat:
+            err_sq += float((err ** 2).sum())
+            lp_sq += float(((lp - r) ** 2).sum())
         finite = torch.isfinite(err)
         n_finite += int(finite.sum())
         err_sum += float(err[finite].sum())
@@ -166,6 +190,11 @@ def compare_float(cand: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor,
         passed = sq["err"] ** 0.5 <= allowed if max_err < float("inf") else False
     else:
         passed = n_over == 0
+    norm_ratio, norm_passed = 0.0, True
+    if stat and n >= NORM_MIN_ELEMENTS and lp_sq > 0:   # (l exact everywhere: no scale to compare with)
+        norm_ratio = err_sq ** 0.5 / lp_sq ** 0.5
+        norm_passed = err_sq ** 0.5 <= NORM_FACTOR * lp_sq ** 0.5
+        passed = passed and norm_passed
     return FloatReport(
         passed=passed,
         max_abs_err=max_err,
@@ -176,4 +205,6 @@ def compare_float(cand: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor,
         worst_bound=worst[4],
         n_over=n_over,
         n_checked=n,
+        norm_ratio=norm_ratio,
+        norm_passed=norm_passed,
     )

@@ -223,6 +223,45 @@ def test_compare_float_in_chunks_reports_as_in_one_piece(seed, monkeypatch, norm
     assert not whole.passed and (normwise or whole.n_over > 0)   # the data exercise the bound
 
 
+def _blocked_fp8_product(a, b, block: int, round_partial_sums: bool):
+    """a @ b.T as a K-blocked kernel computes it: float32 per block of ``block`` terms, the
+    running sum in float32 (or rounded to bfloat16 after every block), the output in bfloat16."""
+    acc = torch.zeros(a.shape[0], b.shape[0])
+    for k0 in range(0, a.shape[1], block):
+        acc = acc + a[:, k0:k0 + block] @ b[:, k0:k0 + block].T
+        if round_partial_sums:
+            acc = acc.to(torch.bfloat16).float()
+    return acc.to(torch.bfloat16)
+
+
+def test_fp8_partial_sums_in_bfloat16_fail_the_statistical_test(seed):
+    """An fp8 product whose running sum is rounded to bfloat16 after every K block errs by a
+    fraction of an ulp per element, often within every element's own bound; the statistical
+    test (the error's norm against the precision's own) fails it, and passes the same product
+    summed in float32 in another block order."""
+    from harness.tolerance import NORM_FACTOR
+    gen = torch.Generator().manual_seed(seed)
+    fp8 = torch.float8_e4m3fn
+    a = (torch.randn(64, 1024, generator=gen) * 16).clamp(-448, 448).to(fp8).float()
+    b = (torch.randn(64, 1024, generator=gen) * 16).clamp(-448, 448).to(fp8).float()
+    r = a.double() @ b.double().T
+    mag = a.double().abs() @ b.double().abs().T
+    lp = _blocked_fp8_product(a, b, 1024, False)
+    mask = torch.ones(r.shape, dtype=torch.bool)
+    good = compare_float(_blocked_fp8_product(a, b, 64, False), r, lp, mag, 1024, True, False, mask)
+    assert good.passed and 0 < good.norm_ratio < NORM_FACTOR, good
+    bad = compare_float(_blocked_fp8_product(a, b, 128, True), r, lp, mag, 1024, True, False, mask)
+    assert not bad.passed and not bad.norm_passed and bad.norm_ratio > NORM_FACTOR, bad
+    # below NORM_MIN_ELEMENTS elements, and for the explanation's elementwise-only comparisons,
+    # the test does not run
+    few = compare_float(_blocked_fp8_product(a, b, 128, True)[:8, :8], r[:8, :8], lp[:8, :8], mag[:8, :8], 1024,
+                        True, False, mask[:8, :8])
+    assert few.norm_ratio == 0 and few.norm_passed
+    alone = compare_float(_blocked_fp8_product(a, b, 128, True), r, lp, mag, 1024, True, False, mask,
+                          statistical=False)
+    assert alone.norm_passed and alone.norm_ratio == 0
+
+
 # ----------------------------------------------------------------------------- shrinking and replay
 
 def test_planted_failure_shrinks_and_replays(tmp_path, device, monkeypatch):
