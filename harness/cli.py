@@ -24,8 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run their work in child processes (harness.supervise): their children's server
+# is started before the parser imports the harness, so that the two imports of torch overlap.
+CHILD_COMMANDS = ("check", "mutate")
+
+
+def command_name(argv: List[str]) -> Optional[str]:
+    """The subcommand named in ``argv`` (after any top-level options), or None."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--backend" else 1
+    return argv[i] if i < len(argv) else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if command_name(argv) in CHILD_COMMANDS:
+        from .supervise import start_child_server
+        start_child_server()
     parser = build_parser()
     # --backend may come after the subcommand too; accept it anywhere.
     if "--backend" in argv[1:]:

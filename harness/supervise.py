@@ -236,6 +236,15 @@ def summarise_stderr(stderr: str) -> List[str]:
     return lines[-12:]
 
 
+def start_child_server() -> None:
+    """Start the forkserver now, without waiting for it: its import of torch then overlaps the
+    caller's own imports instead of holding up the first child (a no-op under "spawn")."""
+    if START_METHOD == "forkserver":
+        multiprocessing.get_context(START_METHOD).set_forkserver_preload(PRELOAD)
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+
 def _child_entry(environ: Dict[str, str], module: str, name: str, *args) -> None:
     """First thing in a child: the parent's environment as it was when the child started (a
     forkserver keeps its own from when it started), then ``module.name(*args)``, imported
@@ -256,9 +265,8 @@ class Child:
     def __init__(self, target: Callable, args: tuple, *, name: str, prefix: str, pipe: bool = False,
                  daemon: bool = False):
         self.folder = tempfile.mkdtemp(prefix=prefix)
+        start_child_server()   # (when none runs yet)
         ctx = multiprocessing.get_context(START_METHOD)
-        if START_METHOD == "forkserver":
-            ctx.set_forkserver_preload(PRELOAD)   # read when the server starts (the first child)
         self.conn, child_conn = ctx.Pipe() if pipe else (None, None)
         head = (self.folder, child_conn) if pipe else (self.folder,)
         self.proc = ctx.Process(target=_child_entry, name=name, daemon=daemon,
