@@ -57,7 +57,7 @@ from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
 from .status import CASE_FAILED, CASE_NOT_COMPUTABLE, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
 from .supervise import is_device_fault
-from .tolerance import NORM_FACTOR, UNIT_ROUNDOFF, compare_float
+from .tolerance import UNIT_ROUNDOFF, compare_float, norm_bound
 
 GUARD_ROWS = 3
 PROBES = ("exception", "input_modified", "guard", "untouched", "unwritten", "exact", "order_free", "tolerance",
@@ -760,8 +760,9 @@ def compare_outputs(spec: OpSpec, candidate: Candidate, sample: Sample, cand_out
             where = locate(sample, out, tuple(cand.shape), rep.worst_flat_index) if rep.worst_flat_index >= 0 else {}
             over = (f"{rep.n_over} of {rep.n_checked} element(s) over tolerance" if rep.n_over else
                     f"the error's norm is {rep.norm_ratio:.3g}x the precision's own over {rep.n_checked} "
-                    f"element(s), at most {NORM_FACTOR:g}x for float32 accumulation (every element is within its "
-                    f"own bound: the errors are systematically larger, not one outlier)")
+                    f"element(s), at most {norm_bound(out.reduction_len(p)):.3g}x for float32 accumulation over "
+                    f"{out.reduction_len(p)} terms (every element is within its own bound: the errors are "
+                    f"systematically larger, not one outlier)")
             raise ProbeFailure("tolerance",
                                f"{out.name}: {over}; max |err| "
                                f"{rep.max_abs_err:.3g}, mean {rep.mean_abs_err:.3g}; worst at {where}: candidate "
@@ -785,7 +786,7 @@ def _explain_precision(out: OutputSpec, p: CaseParams, cand, ref64, ref_lp, mag,
     if mag is None or L <= 0:
         return "", False
     if not rep.n_over:   # failed the statistical test only: how far past its bound the norm is
-        times = rep.norm_ratio / NORM_FACTOR
+        times = rep.norm_ratio / norm_bound(L)
     else:
         times = (abs(rep.worst_candidate - rep.worst_reference) / rep.worst_bound) if rep.worst_bound > 0 else float("inf")
     if out.matmul and cand.dtype == torch.float32:

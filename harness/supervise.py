@@ -8,8 +8,9 @@ is forked from a forkserver (a process of the parent's environment that has impo
 and nothing that touches CUDA or triton): CUDA is initialised anew in each child,
 TRITON_INTERPRET is set before triton is imported, and the child takes the parent's
 environment as it is when the child starts. Forking from the server skips the import of
-torch per child: on a 16-core H100 host, 16 children importing torch at once held up the
-check's first rows by about 7 s (SESSION 17 DATA).
+torch per child: on a 16-core H100 host, 16 spawned children importing torch at once started
+the check's first rows 7.3 s into the run; forked from a server started with the command
+(``start_child_server``), 1.3 s (results/2026-12-06-s17-h100, calls 1 and 3).
 
   progress.json  what it is doing (stage, case in flight, case count): the heartbeat, rewritten
                  atomically at each change (``Progress``)

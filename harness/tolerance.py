@@ -28,14 +28,19 @@ candidate may place differently), the test is on the whole tensor instead:
 
 fp8 matrix products with a 16-bit output get a second, statistical test on top of the
 elementwise one, over at least NORM_MIN_ELEMENTS elements:
-    ||c - r|| <= NORM_FACTOR * ||l - r||.
-There the output's own rounding dominates what a kernel accumulating as the contract says
-adds (a float32 summation order, the alignment truncations above), so its error has l's
-size element for element, and over many elements its norm is l's within a few percent. A
-kernel that rounds its running sum to bfloat16 after every K block errs by a fraction of an
-ulp per element: the elementwise bound, which must hold for the worst element, lets it
-through in most cases (SESSION 17 DATA), but its error's norm is 1.9x l's and more once L
-passes three K blocks of 128 (SESSION 17 DATA).
+    ||c - r|| <= NORM_FACTOR * sqrt(1 + L / NORM_TRUNCATION_L) * ||l - r||.
+The output's own rounding dominates what a kernel accumulating as the contract says adds,
+so its error has about l's size element for element and, over many elements, about l's norm;
+the tensor cores' alignment truncations (one per 32 terms) add error variance in proportion
+to their number. A kernel that rounds its running sum to bfloat16 after every K block errs by
+a fraction of an ulp per element, which the elementwise bound (it must hold for the worst
+element) lets through in four cases of five with L > 256 (results/2026-12-06-s13-h100), but
+its error's norm is several times l's. Measured on
+an H100 (results/2026-12-06-s17-h100, tools/fp8_accumulation_errors.py, 56 cases, Kd 128 to
+7552): ours has ||c - r|| / ||l - r|| of 1.0 up to 1.52 (at L = 7168), at most 0.65 of this
+bound at any L; the bfloat16-running-sum kernel 1.6 (L = 206) to 5.4 (L = 7168), from 1.03x
+this bound at L = 206 to 1.7x at L = 7168 (fp8_tensor; block-wise, it stays under the bound
+only at L <= 256, two K blocks). A flat 1.5 would have failed ours at L = 7168.
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ FP32_ROUNDOFF = 2.0 ** -24
 FP8_ACC_ROUNDOFF = 2.0 ** -14      # one alignment truncation of an fp8 MMA instruction
 FP8_MMA_K = 32                     # products per fp8 MMA instruction (Hopper wgmma, k = 32)
 FP8_PROMOTE_EVERY = 128            # terms between float32 promotions, at most
-NORM_FACTOR = 1.5                  # the statistical test's ||c - r|| / ||l - r|| (fp8 products)
+NORM_FACTOR = 1.5                  # the statistical test's ||c - r|| / ||l - r|| (fp8 products) ...
+NORM_TRUNCATION_L = 2048           # ... times sqrt(1 + L / this): the truncations' share grows with L
 NORM_MIN_ELEMENTS = 1024           # below this many elements a norm is not yet a statistic
 
 UNIT_ROUNDOFF = {
@@ -73,6 +79,11 @@ def accumulation_roundoff(reduction_len: int, fp8_dot: bool) -> float:
     if fp8_dot:
         acc += -(-min(reduction_len, FP8_PROMOTE_EVERY) // FP8_MMA_K) * FP8_ACC_ROUNDOFF
     return acc
+
+
+def norm_bound(reduction_len: int) -> float:
+    """The statistical test's largest ||c - r|| / ||l - r|| for an fp8 product over L terms."""
+    return NORM_FACTOR * (1.0 + reduction_len / NORM_TRUNCATION_L) ** 0.5
 
 
 def elementwise_bound(ref64: torch.Tensor, ref_lp: torch.Tensor, out_dtype: torch.dtype,
@@ -193,7 +204,7 @@ def compare_float(cand: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor,
     norm_ratio, norm_passed = 0.0, True
     if stat and n >= NORM_MIN_ELEMENTS and lp_sq > 0:   # (l exact everywhere: no scale to compare with)
         norm_ratio = err_sq ** 0.5 / lp_sq ** 0.5
-        norm_passed = err_sq ** 0.5 <= NORM_FACTOR * lp_sq ** 0.5
+        norm_passed = norm_ratio <= norm_bound(reduction_len)
         passed = passed and norm_passed
     return FloatReport(
         passed=passed,
