@@ -11,11 +11,13 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
 
 cold_check() {   # the README's check, timed, from a fresh Triton cache (kept exported: the steps after
-                 # it, e.g. mutate, reuse what it compiled); $1: its time limit in seconds
+                 # it, e.g. mutate, reuse what it compiled), then its count line and first failures;
+                 # $1: its time limit in seconds
   export TRITON_CACHE_DIR=$(mktemp -d)
   local t0=$(date +%s.%N)
   timeout "$1" python -m harness check --json $OUT/${P}_check.json > $OUT/${P}_check.log 2>&1
   echo "check cold rc=$? $(python -c "print(round($(date +%s.%N) - $t0, 1))")s $(since)"
+  grep -E "cases in" $OUT/${P}_check.log; grep -E "FAILED|CRASHED" $OUT/${P}_check.log | head -5 | cut -c1-300
 }
 
 mutate_summary() {   # the verdict line, what was pending, and every mutant not KILLED
