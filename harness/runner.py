@@ -383,21 +383,38 @@ def _canonical(spec, sample, outputs, ref_outputs):
 
 # ----------------------------------------------------------------------------- the case
 
-# Cases with more tensor elements than this evaluate their float64 references on the host: a
-# `large` case's float64 copies and the reference's float64 temporaries (several times 10**9
-# elements of 8 bytes) do not fit beside the case on an 80 GB GPU; host memory is larger.
+# Cases with more tensor elements than this evaluate their float64 references on the GPU only
+# where the GPU's free memory holds F64_FOOTPRINT float64 copies of their float tensors (the
+# upcast inputs, then the reference's temporaries and outputs), and on the host otherwise: a
+# `large` case's float64 copies (several times 10**9 elements of 8 bytes) may not fit beside the
+# case, and host memory is larger. On the host, the reference and the comparison of a `large`
+# ep_gather case took about 80 s a case (results/2026-12-06-s17-h100).
 F64_ON_HOST_ELEMENTS = 1 << 30
+F64_FOOTPRINT = 3
 
 
 def tensor_elements(sample: Sample) -> int:
     return sum(v.numel() for v in sample.args.values() if isinstance(v, torch.Tensor))
 
 
+def _f64_on_host(sample: Sample) -> bool:
+    """Whether this case's float64 reference is evaluated on the host (see F64_ON_HOST_ELEMENTS)."""
+    if tensor_elements(sample) <= F64_ON_HOST_ELEMENTS:
+        return False
+    dev = next((v.device for v in sample.args.values() if isinstance(v, torch.Tensor)), None)
+    if dev is None or dev.type != "cuda":
+        return True
+    floats = sum(v.numel() for v in sample.args.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    free, _ = torch.cuda.mem_get_info(dev)
+    return F64_FOOTPRINT * 8 * floats > free
+
+
 @dataclass(frozen=True)
 class Expected:
     """The reference's outputs for one sample: in the case's dtypes (``lp``), in float64
     (``f64``, float outputs only) and on |inputs| in float64 (``mag``, outputs with a reduction).
-    ``f64`` and ``mag`` live on the host for cases past F64_ON_HOST_ELEMENTS."""
+    ``f64`` and ``mag`` live on the host for cases past F64_ON_HOST_ELEMENTS whose float64
+    copies the GPU's free memory does not hold (or that ran out of it there)."""
 
     lp: Dict[str, torch.Tensor]
     f64: Dict[str, torch.Tensor]
@@ -412,16 +429,33 @@ def reference_outputs(spec: OpSpec, sample: Sample) -> Expected:
     f64: Dict[str, torch.Tensor] = {}
     mag: Dict[str, torch.Tensor] = {}
     if needs_float:
-        base = sample
-        if tensor_elements(sample) > F64_ON_HOST_ELEMENTS:
-            base = dataclasses.replace(sample, args={k: v.cpu() if isinstance(v, torch.Tensor) else v
-                                                     for k, v in sample.args.items()})
-        s64 = dataclasses.replace(base, args=_float64_args(base))
-        f64, _ = _call(spec.reference, s64, spec, s64.args, poison_fresh=False)
-        if any(o.reduction_len(params) for o in needs_float):
-            sabs = dataclasses.replace(base, args=_float64_args(base, abs_values=True))
-            mag, _ = _call(spec.reference, sabs, spec, sabs.args, poison_fresh=False)
+        on_host = _f64_on_host(sample)
+        try:
+            f64, mag = _float64_references(spec, sample, needs_float, on_host)
+        except torch.cuda.OutOfMemoryError:
+            if on_host:
+                raise
+            f64 = mag = None       # (drop what the attempt holds before the host's)
+            torch.cuda.empty_cache()
+            f64, mag = _float64_references(spec, sample, needs_float, True)
     return Expected(lp, f64, mag)
+
+
+def _float64_references(spec: OpSpec, sample: Sample, needs_float, on_host: bool):
+    """The reference in float64 (``f64``) and on |inputs| (``mag``, outputs with a reduction),
+    on the case's device or on the host; one float64 copy of the inputs alive at a time."""
+    base = sample
+    if on_host:
+        base = dataclasses.replace(sample, args={k: v.cpu() if isinstance(v, torch.Tensor) else v
+                                                 for k, v in sample.args.items()})
+    s64 = dataclasses.replace(base, args=_float64_args(base))
+    f64, _ = _call(spec.reference, s64, spec, s64.args, poison_fresh=False)
+    del s64
+    mag: Dict[str, torch.Tensor] = {}
+    if any(o.reduction_len(sample.params) for o in needs_float):
+        sabs = dataclasses.replace(base, args=_float64_args(base, abs_values=True))
+        mag, _ = _call(spec.reference, sabs, spec, sabs.args, poison_fresh=False)
+    return f64, mag
 
 
 @dataclass(frozen=True)

@@ -363,6 +363,32 @@ def test_the_row_counts_the_cases_whose_graph_was_replayed_and_says_why_others_w
                     f"{out.graph_skipped} (a returned tensor's shape follows the values)")
 
 
+def test_float64_reference_out_of_device_memory_is_evaluated_on_the_host(seed, device, monkeypatch):
+    """A large case whose float64 reference was to run on the GPU and ran out of its memory is
+    evaluated again on the host, with the same result, instead of failing the case."""
+    import harness.runner as runner
+    spec = SPECS["post_reorder"]
+    p = CaseParams(op="post_reorder", dtype="bfloat16", tokens=9, topk=3, experts=6, start_expert=1, end_expert=4,
+                   hidden=40, routing="skewed", seed=seed)
+    sample = spec.build(p, torch.device(device))
+    calls = []
+    real = runner._float64_references
+
+    def short_of_memory(spec_, sample_, needs_float, on_host):
+        calls.append(on_host)
+        if not on_host:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (planted)")
+        return real(spec_, sample_, needs_float, on_host)
+    monkeypatch.setattr(runner, "_float64_references", short_of_memory)
+    monkeypatch.setattr(runner, "_f64_on_host", lambda s: False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    expected = runner.reference_outputs(spec, sample)
+    assert calls == [False, True]
+    assert all(t.device.type == "cpu" for t in expected.f64.values()) and expected.f64
+    direct = real(spec, sample, [o for o in spec.outputs if o.how(p) in ("float", "normwise")], True)[0]
+    assert all(torch.equal(expected.f64[k], direct[k]) for k in direct)
+
+
 def test_large_case_float64_reference_on_the_host_still_catches_errors(seed, device, monkeypatch):
     """Past F64_ON_HOST_ELEMENTS the float64 reference is evaluated on the host (a `large`
     case's float64 copies do not fit on the GPU): the comparison still passes a right answer
