@@ -5,8 +5,9 @@
 #      touches): is gemm_fp8_tensor_partial_sums_bf16 still killed?
 #   2. the README's check from a cold Triton cache again (session 17 call 3: 44.2 s; issue 24's
 #      target is 45 s): one more sample of the same command;
-#   3. ep_gather at the large preset in bfloat16, one case (session 17: about 80 s a case, the
-#      float64 reference on the host);
+#   3. ep_gather at the large preset in bfloat16, one case (session 17: about 80 s a case with the
+#      float64 reference on the host; since then it runs on the GPU when the GPU's free memory holds
+#      it, harness/runner.py F64_FOOTPRINT: how long now?);
 #   4. tools/child_start_times.py: the parent's imports and CUDA start (call 3 spent 6.6 s of its
 #      44.2 s outside the check's own clock), spawned against forked children;
 #   5. the 2,000-case sweep of what tools/sweep_remaining.py lists (ours, then SWEEP_IMPL=reference
