@@ -230,8 +230,10 @@ class OpSpec:
     overrides (tensors of the captured shapes), each replayed and checked in turn (a token count
     read on the device: one capture must serve every count).
     case_cost: what one case of the op costs a check relative to a one-kernel op (1), measured
-    (GPU seconds per case of the default check); scheduling only: a check with parallel children
-    starts the rows of costlier ops first, so that a long row does not start last and finish last.
+    (GPU seconds per case of the default check; about 2.5 row-seconds per unit in
+    results/2026-12-06-s17-h100 call 3, whose figures set the values of issue 26's and 27's
+    ops); scheduling only: a check with parallel children starts the rows of costlier ops first,
+    so that a long row does not start last and finish last.
     """
 
     name: str

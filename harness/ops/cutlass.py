@@ -308,7 +308,7 @@ RECORDS = (
                           "topk_ids"),
                ErrorInput("fp8", set_arg("a1_scales", lambda a: a["a1_scales"].double()), TypeError, "a1_scales"),
                ErrorInput("bfloat16", set_arg("num_local_experts", -1), ValueError, "num_local_experts"),
-           )),
+           ), case_cost=1.9),
     OpSpec("post_reorder_for_cutlass_moe", ref.post_reorder_for_cutlass_moe, build_post_reorder,
            # K weighted terms and one product by the scaling factor
            (OutputSpec("output", buffer("output"), "float", "token", reduction_len=lambda p: p.topk + 1),),

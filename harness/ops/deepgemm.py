@@ -282,7 +282,7 @@ RECORDS = (
                                              lambda a: a["psum_num_recv_tokens_per_expert"].double()), TypeError,
                           "psum_num_recv_tokens_per_expert"),
                ErrorInput("float32", set_arg("m_indices", lambda a: a["m_indices"].double()), TypeError, "m_indices"),
-           )),
+           ), case_cost=1.8),
     OpSpec("fill_m_indices_from_psum", ref.fill_m_indices_from_psum, build_fill_m_indices,
            (OutputSpec("m_indices", returned(0), "exact", "position"),), ("int32",), REFERENCE, fill_cost,
            bench_anchors=_DS_EP8, bench_dtype="int32", bench_routing="dispatched", shape_label=lambda p: "",
@@ -301,7 +301,7 @@ RECORDS = (
                           ValueError, "input_index"),
                ErrorInput("float32", set_arg("recv_topk_weight", lambda a: a["recv_topk_weight"].int()),
                           TypeError, "recv_topk_weight"),
-           )),
+           ), case_cost=2.6),
     OpSpec("post_reorder_deepgemm", ref.post_reorder_deepgemm, build_post_reorder_deepgemm,
            # K terms, each (down + lora) * weight (two roundings), then one product by the scaling factor
            (OutputSpec("output", buffer("output"), "float", "token", reduction_len=lambda p: 2 * p.topk + 1),),

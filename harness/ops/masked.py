@@ -287,7 +287,7 @@ RECORDS = (
            error_inputs=(
                ErrorInput("int32", set_arg("topk_ids", lambda a: a["topk_ids"].double()), TypeError, "topk_ids"),
                ErrorInput("int32", set_arg("m_max", 0), ValueError, "m_max"),
-           )),
+           ), case_cost=1.8),
     OpSpec("moe_ep_deepgemm_preprocess", ref.moe_ep_deepgemm_preprocess, build_preprocess,
            (OutputSpec("masked_m", returned(0), "exact", "expert"),
             OutputSpec("src2dst", returned(2), "row_index", "slot"),
@@ -308,7 +308,7 @@ RECORDS = (
                           "topk_ids"),
                ErrorInput("bfloat16", set_arg("hidden_states", lambda a: a["hidden_states"].int()), TypeError,
                           "hidden_states"),
-           )),
+           ), case_cost=2.2),
     OpSpec("expand_to_masked_slab", ref.expand_to_masked_slab, build_expand_to_masked_slab,
            (OutputSpec("slab", returned(0), "exact", "expert", defined=_defined_rows_of("slab", "masked_m")),
             OutputSpec("slab_scale", returned(1), "exact", "expert", defined=_defined_rows_of("slab_scale", "masked_m")),

@@ -186,7 +186,7 @@ RECORDS = (
            bench_anchors=_DS_EP8[:2], bench_dtype="fp8", bench_routing="dispatched",
            sglang=SglangBinding(("moe_permute_with_scale",)),
            error_inputs=(ErrorInput("fp8", set_arg("input_scale", lambda a: a["input_scale"][:-1]), ValueError,
-                                    "input_scale"),)),
+                                    "input_scale"),), case_cost=2.0),
     OpSpec("moe_unpermute", ref.moe_unpermute, build_moe_unpermute,
            (OutputSpec("outputs", returned(0), "float", "token", **_SUM_OF_K),), UNPERMUTE_DTYPES, KERNELS,
            unpermute_cost, invalid_ids=True, large_shape=_LARGE,
@@ -196,7 +196,7 @@ RECORDS = (
                           "topk_weights"),
                ErrorInput("float32", set_arg("src2dst", lambda a: a["src2dst"][:-1]), ValueError, "src2dst"),
                ErrorInput("float32", set_arg("src2dst", lambda a: a["src2dst"] + 10 ** 6), ValueError, "src2dst"),
-           )),
+           ), case_cost=2.0),
     OpSpec("deepep_permute", ref.deepep_permute_triton_kernel, build_deepep_permute,
            (OutputSpec("gateup_input", buffer("gateup_input"), "exact", "position"),), PERMUTE_DTYPES, KERNELS,
            permute_cost, invalid_ids=True, bench_anchors=_DS_EP8[:2],
@@ -218,7 +218,7 @@ RECORDS = (
                           "down_output"),
                ErrorInput("bfloat16", set_arg("topk_weights", lambda a: a["topk_weights"].int()), TypeError,
                           "topk_weights"),
-           )),
+           ), case_cost=1.8),
 )
 
 
