@@ -56,6 +56,28 @@ def test_messages_come_back_over_the_pipe_and_close_ends_the_child(spawn):
     assert not child.alive
 
 
+def test_a_child_has_the_parents_environment_of_its_start_not_the_servers(spawn, monkeypatch):
+    """Children fork from a server started once (harness.supervise.START_METHOD); a variable the
+    parent sets after the server started (TRITON_INTERPRET when the backend is chosen, a test's
+    monkeypatch) still reaches the next child, and one it removes is gone there."""
+    supervise.start_child_server()
+    monkeypatch.setenv("MOE_TEST_SET_LATE", "after the server started")
+    monkeypatch.delenv("MOE_TEST_REMOVED_LATE", raising=False)
+    child = spawn(kids.reports_environment, "MOE_TEST_SET_LATE", pipe=True)
+    value, torch_preloaded = child.wait(startup_s=120.0).message
+    assert value == "after the server started"
+    assert torch_preloaded == (supervise.START_METHOD == "forkserver")   # forked after the server's import
+    child = spawn(kids.reports_environment, "MOE_TEST_REMOVED_LATE", pipe=True)
+    assert child.wait(startup_s=120.0).message[0] is None
+
+
+def test_the_command_name_is_found_after_top_level_options():
+    from harness.cli import command_name
+    assert command_name(["check", "--op", "x"]) == "check"
+    assert command_name(["--backend", "interpreter", "mutate"]) == "mutate"
+    assert command_name(["--help"]) is None and command_name([]) is None
+
+
 def test_a_crash_record_is_the_reason_and_marks_a_harness_error(spawn):
     child = spawn(kids.crashes_in_the_harness)
     waited = child.wait(startup_s=60.0)
