@@ -13,7 +13,8 @@
 #      float64 reference on the host; harness/runner.py F64_FOOTPRINT: how long now?);
 #   6. with SWEEP=1, the 2,000-case sweep of what tools/sweep_remaining.py lists (ours, or
 #      SWEEP_IMPL=reference), until the deadline.
-# Logs under $OUT (8 files at most).
+# Logs under $OUT (8 files at most: the device returns the first 8 by name, so logs whose lines
+# this script prints stay in /tmp).
 set -u
 cd "$(dirname "$0")/.."
 P=${1:-1}
@@ -25,8 +26,8 @@ echo "mutate rc=$? $(since)"
 mutate_summary $OUT/${P}_mutate.json
 unset TRITON_CACHE_DIR
 timeout 150 python -m harness check --impl reference --op silu_and_mul gelu_and_mul --cases 2000 --chunk 250 \
-  --no-shrink --gpus all --json $OUT/${P}_sweep_ref23.json > $OUT/${P}_sweep_ref23.log 2>&1
-echo "sweep ref23 rc=$? $(since)"; grep -E "cases in|FAILED|CRASHED" $OUT/${P}_sweep_ref23.log | head -5
+  --no-shrink --gpus all --json $OUT/${P}_sweep_ref23.json > /tmp/sweep_ref23.log 2>&1
+echo "sweep ref23 rc=$? $(since)"; grep -E "cases in|FAILED|CRASHED" /tmp/sweep_ref23.log | head -5
 timeout 60 python tools/child_start_times.py --children 16
 timeout $(( $(left) > 230 ? 200 : $(left) - 30 )) python -m harness check --op ep_gather --preset large --impl ours \
   --dtype bfloat16 --cases 1 > $OUT/${P}_large.log 2>&1
