@@ -430,14 +430,15 @@ def reference_outputs(spec: OpSpec, sample: Sample) -> Expected:
     mag: Dict[str, torch.Tensor] = {}
     if needs_float:
         on_host = _f64_on_host(sample)
-        try:
-            f64, mag = _float64_references(spec, sample, needs_float, on_host)
-        except torch.cuda.OutOfMemoryError:
+        if not on_host:
+            try:
+                f64, mag = _float64_references(spec, sample, needs_float, on_host=False)
+            except torch.cuda.OutOfMemoryError:
+                on_host = True      # the attempt's tensors, held by the exception, go with this block
             if on_host:
-                raise
-            f64 = mag = None       # (drop what the attempt holds before the host's)
-            torch.cuda.empty_cache()
-            f64, mag = _float64_references(spec, sample, needs_float, True)
+                torch.cuda.empty_cache()
+        if on_host:
+            f64, mag = _float64_references(spec, sample, needs_float, on_host=True)
     return Expected(lp, f64, mag)
 
 
