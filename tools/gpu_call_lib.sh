@@ -33,14 +33,16 @@ PY
 
 sweep_left() {   # the 2,000-case sweep of what tools/sweep_remaining.py lists for ${SWEEP_IMPL:-ours}
                  # (one check per group of ops and dtypes, on every card) until 60 s before the
-                 # deadline; $@: sweep_remaining's --stale arguments. Partial JSON under $OUT.
+                 # deadline; $@: sweep_remaining's --stale arguments. Partial JSON under $OUT, named after the
+                 # implementation (numbered per call of this function: a second sweep in the same call
+                 # must not overwrite the first's files).
   local n=0
   python tools/sweep_remaining.py --groups --impl ${SWEEP_IMPL:-ours} "$@" results/*/*_sweep*.json |
   while IFS='|' read -r ops dtypes; do
     [ $(left) -gt 60 ] || break
     n=$((n + 1))
     timeout -s INT -k 15 $(( $(left) - 15 )) python -m harness check --impl ${SWEEP_IMPL:-ours} --op $ops \
-      ${dtypes:+--dtype $dtypes} --cases 2000 --chunk 250 --no-shrink --gpus all --json $OUT/${P}_sweep$n.json \
+      ${dtypes:+--dtype $dtypes} --cases 2000 --chunk 250 --no-shrink --gpus all --json $OUT/${P}_sweep_${SWEEP_IMPL:-ours}$n.json \
       > /dev/null 2>&1
     echo "sweep $n rc=$? $(since)"
   done

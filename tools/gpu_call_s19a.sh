@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The first device call after session 18, whose sweeps left no op or dtype unswept:
+#   1. the two large-preset int32 mutants that have never run to a verdict on a GPU
+#      (ep_scatter_int32_row_offset, ep_gather_int32_row_offset: issue 26's int32 overflow class;
+#      every mutate run so far reached its limit before them, since large mutants run last);
+#   2. the README's check from a cold Triton cache (sessions 17-18: 44.2 s, 39.9 s): a third sample;
+#   3. the five other large-preset int32 mutants (killed on a GPU in sessions 3 to 13), within
+#      what is left, for one record of all seven under the current code.
+# Logs under $OUT (8 files at most: the device returns the first 8 by name).
+set -u
+cd "$(dirname "$0")/.."
+P=${1:-1}
+source tools/gpu_call_lib.sh
+timeout 300 python -m harness mutate --mutant ep_scatter_int32_row_offset ep_gather_int32_row_offset --no-shrink \
+  --json $OUT/${P}_mutate_large_ep.json > $OUT/${P}_mutate_large_ep.log 2>&1
+echo "mutate large ep rc=$? $(since)"
+mutate_summary $OUT/${P}_mutate_large_ep.json
+cold_check 100
+timeout $(( $(left) - 10 )) python -m harness mutate --no-shrink --json $OUT/${P}_mutate_large_rest.json \
+  --mutant silu_int32_row_offset moe_permute_int32_row_offset moe_unpermute_int32_row_offset \
+  moe_ep_deepgemm_preprocess_int32_row_offset pre_reorder_cutlass_int32_row_offset > /dev/null 2>&1
+echo "mutate large rest rc=$? $(since)"
+mutate_summary $OUT/${P}_mutate_large_rest.json
+exit 0
