@@ -200,3 +200,29 @@ def test_specialisations_counts_a_rows_kernel_keys_without_computing():
     keys = run("--whole")
     assert keys >= 4
     assert run("--whole", "--ignore", "BLOCK_H", "ROWS", "KP", "TOPK", "H", "ids_ptr") < keys
+
+
+def test_mutant_draws_give_the_large_int32_mutants_a_layout_past_int32():
+    """tools/mutant_draws.py lists a mutant's cases without running them. The ep_scatter and
+    ep_gather int32-offset mutants are killed on the GPU only if one of their 2 large cases per
+    dtype lays out more than 2**31 elements: the first one has every expert local (T*K rows of
+    H). The listing repeats under the same seed and leaves harness.fuzz's case runner in place."""
+    sys.path.insert(0, TOOLS)
+    try:
+        import mutant_draws as tool
+    finally:
+        sys.path.remove(TOOLS)
+    import harness.fuzz as fuzz
+    runner = fuzz.run_case
+    for name in ("ep_scatter_int32_row_offset", "ep_gather_int32_row_offset"):
+        cases = tool.draws(name, "cuda", 0)
+        assert fuzz.run_case is runner
+        assert [p.to_json() for _, p in cases] == [p.to_json() for _, p in tool.draws(name, "cuda", 0)]
+        by_dtype = {}
+        for dtype, p in cases:
+            by_dtype.setdefault(dtype, []).append(p)
+        assert by_dtype and all(len(ps) == 2 for ps in by_dtype.values())
+        for ps in by_dtype.values():
+            p = ps[0]
+            assert p.e_local == p.experts and p.index_dtype == "int32"
+            assert p.tokens * p.topk * p.hidden > 2 ** 31

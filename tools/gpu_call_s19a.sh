@@ -3,8 +3,13 @@
 #   1. the two large-preset int32 mutants that have never run to a verdict on a GPU
 #      (ep_scatter_int32_row_offset, ep_gather_int32_row_offset: issue 26's int32 overflow class;
 #      every mutate run so far reached its limit before them, since large mutants run last);
+#      (each kills at its first large case if at all: tools/mutant_draws.py gives every
+#      dtype's first case all 256 experts local, 320,000 rows of 7,168, past 2**31 elements; the
+#      control then runs our kernel on that case, the first float32 verdict of our ep_scatter at
+#      the large preset since session 16 changed its tile);
 #   2. the README's check from a cold Triton cache (sessions 17-18: 44.2 s, 39.9 s): a third sample;
-#   3. the five other large-preset int32 mutants (killed on a GPU in sessions 3 to 13), within
+#   3. our ep_scatter at the large preset in its other dtypes, one case each;
+#   4. the five other large-preset int32 mutants (killed on a GPU in sessions 3 to 13), within
 #      what is left, for one record of all seven under the current code.
 # Logs under $OUT (8 files at most: the device returns the first 8 by name).
 set -u
@@ -16,6 +21,9 @@ timeout 300 python -m harness mutate --mutant ep_scatter_int32_row_offset ep_gat
 echo "mutate large ep rc=$? $(since)"
 mutate_summary $OUT/${P}_mutate_large_ep.json
 cold_check 100
+timeout 200 python -m harness check --op ep_scatter --preset large --impl ours --dtype bfloat16 fp8 fp8_ue8m0 \
+  --cases 1 > $OUT/${P}_large.log 2>&1
+echo "large rc=$? $(since)"; grep -E "^ep_scatter|cases in" $OUT/${P}_large.log | cut -c1-200
 timeout $(( $(left) - 10 )) python -m harness mutate --no-shrink --json $OUT/${P}_mutate_large_rest.json \
   --mutant silu_int32_row_offset moe_permute_int32_row_offset moe_unpermute_int32_row_offset \
   moe_ep_deepgemm_preprocess_int32_row_offset pre_reorder_cutlass_int32_row_offset > /dev/null 2>&1
