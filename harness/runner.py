@@ -388,7 +388,8 @@ def _canonical(spec, sample, outputs, ref_outputs):
 # upcast inputs, then the reference's temporaries and outputs), and on the host otherwise: a
 # `large` case's float64 copies (several times 10**9 elements of 8 bytes) may not fit beside the
 # case, and host memory is larger. On the host, the reference and the comparison of a `large`
-# case of the contiguous layout's weighted combine took about 80 s (results/2026-12-06-s17-h100).
+# case of the contiguous layout's weighted combine took about 80 s, and the whole case 35 s with its
+# reference on the GPU (H100: results/2026-12-06-s17-h100, -s18-h100).
 F64_ON_HOST_ELEMENTS = 1 << 30
 F64_FOOTPRINT = 3
 
