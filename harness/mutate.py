@@ -17,6 +17,10 @@ Verdicts:
   ERROR         the mutant could not be loaded, or its child died outside any case
   skipped       needs another backend (int32 overflows need the GPU and --preset large)
 
+Progress goes to stderr: a line per finished mutant in a log (one line rewritten on a
+terminal), and every 10 s (harness.check.PROGRESS_EVERY_S) a line naming the mutants in flight
+with their dtype and cases so far; ``--quiet`` silences both.
+
 The exit status is non-zero when any mutant is not KILLED (skipped ones aside), and when every
 mutant was skipped (nothing was checked). The verdicts are defined in harness.status.
 """
@@ -30,7 +34,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from .backend import describe, device_of
 from .options import MutateOptions
@@ -192,8 +196,10 @@ class _Worker:
     def alive(self) -> bool:
         return self.child.alive
 
-    def run(self, job: dict, case_timeout: Optional[float]) -> MutantResult:
-        """Send one mutant; return its result, or a crash / timeout result (the child is then gone)."""
+    def run(self, job: dict, case_timeout: Optional[float],
+            on_progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> MutantResult:
+        """Send one mutant; return its result, or a crash / timeout result (the child is then gone).
+        ``on_progress`` gets each new progress record of the child while the mutant runs."""
         m = job["mutant"]
         t0 = time.time()
         if not self.child.started:  # its "ready"
@@ -201,7 +207,7 @@ class _Worker:
             if waited.kind != MESSAGE:
                 return self._died(m, t0, waited)
         self.child.send(job)
-        waited = self.child.wait(stall_s=case_timeout)
+        waited = self.child.wait(stall_s=case_timeout, on_progress=on_progress)
         if waited.kind == MESSAGE:
             return MutantResult(**waited.message)
         return self._died(m, t0, waited)
@@ -235,11 +241,14 @@ class _Worker:
 def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, seed: int, shrink: bool = True,
                 jobs: int = 1, case_timeout: Optional[float] = 600.0, on_result: Optional[Callable[[MutantResult], None]] = None,
                 gpu: Optional[int] = None, repeat_probe_cases: Optional[int] = None,
-                shapes: Optional[int] = None) -> List[MutantResult]:
+                shapes: Optional[int] = None,
+                on_progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> List[MutantResult]:
     """Run the mutants (catalogue names or Mutant records) in ``jobs`` child processes at a
     time (each child runs mutants one after the other and is replaced after a crash).
     Results come back in the given order. Mutants that need --preset large run one at a
-    time, last (each of their cases holds several GB)."""
+    time, last (each of their cases holds several GB). ``on_result`` gets each result as it
+    arrives, ``on_progress`` each new progress record of a child (harness.supervise.Progress:
+    stage, mutant, dtype, n), both from the worker threads."""
     from .mutants import MUTANTS
     todo = [MUTANTS[m] if isinstance(m, str) else m for m in mutants]
     jobs = max(1, min(jobs, len(todo) or 1))
@@ -262,9 +271,9 @@ def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, s
                            shapes=shapes)
                 if _large(m):
                     with large_lock:
-                        res = child.run(job, case_timeout)
+                        res = child.run(job, case_timeout, on_progress)
                 else:
-                    res = child.run(job, case_timeout)
+                    res = child.run(job, case_timeout, on_progress)
                 if not child.alive:
                     child = None
                 with lock:
@@ -284,6 +293,28 @@ def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, s
 
 
 # ----------------------------------------------------------------------------- command
+
+class _InFlight:
+    """The mutants in flight, for the command's periodic line: each one's last progress record
+    from its child (stage, dtype, finished cases n), kept until its result arrives."""
+
+    def __init__(self):
+        self.records: Dict[str, Dict[str, Any]] = {}
+
+    def update(self, record: Dict[str, Any]) -> None:
+        if record.get("mutant"):
+            self.records[record["mutant"]] = record
+
+    def finished(self, name: str) -> None:
+        self.records.pop(name, None)
+
+    def describe(self) -> str:
+        """'name [dtype] n case(s)' while sweeping, 'name (stage)' before (loading) or after
+        (control: the unpatched kernels on the killing case), joined by '; '."""
+        return "; ".join(f"{name} [{r.get('dtype')}] {int(r.get('n') or 0)} case(s)"
+                         if r.get("stage") == "running" and r.get("dtype") else f"{name} ({r.get('stage')})"
+                         for name, r in self.records.items())
+
 
 def select(options: MutateOptions) -> List[str]:
     """Names of the catalogue's mutants that the options' ops and mutants select, in catalogue order."""
@@ -376,30 +407,53 @@ def run_command(options: MutateOptions, backend: str) -> int:
     tty = sys.stderr.isatty()
     t0, lock = time.time(), threading.Lock()
     done: List[MutantResult] = []
+    in_flight = _InFlight()
+
+    def head() -> str:
+        killed = sum(r.verdict == KILLED for r in done)
+        return f"[{time.time() - t0:6.1f}s] {len(done):3d}/{len(names)} mutants, {killed} killed"
+
+    def on_progress(record: Dict[str, Any]):
+        with lock:  # records arrive from the worker threads
+            in_flight.update(record)
+
+    def beat(stop: threading.Event, every_s: float):
+        # a line every every_s seconds, terminal or log: a mutant of the large preset takes minutes
+        while not stop.wait(every_s):
+            with lock:
+                running = in_flight.describe()
+                sys.stderr.write(("\n" if tty else "") + head() + (f"; running: {running}" if running else "") + "\n")
+                sys.stderr.flush()
 
     def tick(res: MutantResult):
         with lock:  # results arrive from the worker threads
             done.append(res)
-            killed = sum(r.verdict == KILLED for r in done)
+            in_flight.finished(res.name)
             if options.json_path:
                 finished = {r.name for r in done}
                 _write_json(options.json_path, info, options, done, [n for n in names if n not in finished], backend)
             if options.quiet:
                 return
-            head = f"[{time.time() - t0:6.1f}s] {len(done):3d}/{len(names)} mutants, {killed} killed"
             if tty:  # one line, rewritten
-                sys.stderr.write(f"\r{head}  {res.name:<40.40}")
+                sys.stderr.write(f"\r{head()}  {res.name:<40.40}")
             else:    # logs: a line per mutant, so a run cut short still shows how far it got
-                sys.stderr.write(f"{head}: {res.name} {res.verdict}\n")
+                sys.stderr.write(f"{head()}: {res.name} {res.verdict}\n")
             sys.stderr.flush()
 
     if options.json_path:  # an empty record first: a run killed before any verdict still says what was pending
         _write_json(options.json_path, info, options, [], list(names), backend)
+    from . import check
     from .profiles import PROFILES, palette_size
-    results = run_mutants(names, backend, options.cases_for(backend), options.seed, shrink=options.shrink, jobs=jobs,
-                          repeat_probe_cases=PROFILES[options.profile].repeat_probes_for(backend),
-                          shapes=palette_size(options.profile, backend, options.cases),
-                          case_timeout=options.case_timeout_s or None, on_result=tick)
+    stop = threading.Event()
+    if not options.quiet:
+        threading.Thread(target=beat, args=(stop, check.PROGRESS_EVERY_S), name="mutate-progress", daemon=True).start()
+    try:
+        results = run_mutants(names, backend, options.cases_for(backend), options.seed, shrink=options.shrink,
+                              jobs=jobs, repeat_probe_cases=PROFILES[options.profile].repeat_probes_for(backend),
+                              shapes=palette_size(options.profile, backend, options.cases),
+                              case_timeout=options.case_timeout_s or None, on_result=tick, on_progress=on_progress)
+    finally:
+        stop.set()
     if tty and not options.quiet:
         sys.stderr.write("\n")
     print(format_table(results))

@@ -11,6 +11,7 @@ harness gap fixes hold (a result cached from an earlier call is caught on the fi
 every sweep checks the empty batch).
 """
 import json
+import re
 
 import pytest
 import torch
@@ -246,3 +247,22 @@ def test_uninitialised_empty_batch_output_is_caught(device):
                 database_dir=None, shrink=False)
     assert out.failure is not None and out.failure.probe == "exact"
     assert CaseParams.from_json(out.failure.params).tokens == 0
+
+
+def test_mutate_names_the_mutants_in_flight_every_period(backend, capsys, monkeypatch):
+    """Between verdicts (a large-preset mutant takes minutes on the GPU) a line every period names
+    the mutants in flight; the line's description of each comes from its child's progress record."""
+    import harness.check
+    from harness.cli import main
+    flight = mutate._InFlight()
+    flight.update(dict(stage="running", mutant="a", dtype="bfloat16", n=3))
+    flight.update(dict(stage="control", mutant="b", dtype="fp8", n=1))
+    flight.update(dict(stage="idle", mutant=None))
+    assert flight.describe() == "a [bfloat16] 3 case(s); b (control)"
+    flight.finished("a")
+    assert flight.describe() == "b (control)"
+    monkeypatch.setattr(harness.check, "PROGRESS_EVERY_S", 0.1)
+    assert main(["--backend", backend, "mutate", "--mutant", "ep_bucket_off_by_one", "--cases", "3",
+                 "--no-shrink"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"\] +0/1 mutants, 0 killed; running: ep_bucket_off_by_one", err), err[-2000:]
