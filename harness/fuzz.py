@@ -192,6 +192,7 @@ class SweepOutcome:
     graph_replayed: int = 0                # passed cases whose CUDA graph was replayed and compared
     graph_skipped: int = 0                 # passed cases whose capture was checked but no replay fitted it
     graph_skip_reason: str = ""            # the first such case's reason
+    not_computable_reason: str = ""        # the first not-computable case's message
 
 
 def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, device: str, n_cases: int,
@@ -215,7 +216,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
     ``shapes``: the fuzzed cases take their sizes from a palette of that many (shape_palette,
     drawn under ``seed``; harness.profiles); None: sizes drawn per case."""
     state = {"passed": 0, "failing": False, "first": None, "worst": {}, "rejected": 0, "tf32": 0, "not_computable": 0,
-             "calls": 0, "seconds": 0.0, "unexpressible": 0, "graph_replayed": 0, "graph_skipped": 0, "graph_skip_reason": ""}
+             "calls": 0, "seconds": 0.0, "unexpressible": 0, "graph_replayed": 0, "graph_skipped": 0, "graph_skip_reason": "",
+             "not_computable_reason": ""}
     requires = getattr(candidate, "requires", ())
     n_fixed = 3 if preset is None and fixed_cases else 0
     repeated = set()
@@ -247,6 +249,8 @@ def sweep(spec: OpSpec, candidate, impl_name: str, dtype: str, backend: str, dev
             state["seconds"] += time.time() - started
         if res.status in ("rejected", "not computable") and not state["failing"]:
             state["rejected" if res.status == "rejected" else "not_computable"] += 1
+            if res.status == "not computable":
+                state["not_computable_reason"] = state["not_computable_reason"] or res.message
             state["unexpressible"] += res.probe == "not_supported"
         elif res.ok and not state["failing"]:
             state["passed"] += 1

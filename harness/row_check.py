@@ -44,6 +44,7 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
         # a failure's details are the probe's (an error's, a mismatch's), not per-output errors
         row.worst = {k: {"max_abs_err": v["max_abs_err"]} for k, v in res.details.items()} if res.ok else {}
         counts = dict(rejected=int(res.status == "rejected"), not_computable=int(res.status == "not computable"),
+                      not_computable_reason=res.message if res.status == "not computable" else "",
                       unexpressible=int(res.probe == "not_supported"),
                       tf32=int(res.ok and any(v.get("precision") == "tf32" for v in res.details.values())))
     else:
@@ -54,7 +55,8 @@ def check_one(options: CheckOptions, backend: str, impl, impl_src: str, op: str,
                         on_case=(lambda r: tick(r.op, r.impl, r.dtype, None)) if tick else None)
         failure = out.failure
         row.passed, row.worst = out.passed, out.worst
-        counts = dict(rejected=out.rejected, not_computable=out.not_computable, tf32=out.tf32,
+        counts = dict(rejected=out.rejected, not_computable=out.not_computable,
+                      not_computable_reason=out.not_computable_reason, tf32=out.tf32,
                       unexpressible=out.unexpressible, graph_replayed=out.graph_replayed,
                       graph_skipped=out.graph_skipped, graph_skip_reason=out.graph_skip_reason,
                       budget=options.deadline is not None, budget_spent=out.budget_spent)
@@ -96,8 +98,9 @@ def row_note(tally: dict, run: int) -> str:
     if tally.get("unexpressible"):
         notes.append(f"{tally['unexpressible']} case(s) rejected: an argument this release has no parameter for")
     if tally.get("not_computable"):
-        notes.append(f"{tally['not_computable']} case(s) not computable here (the interpreter, or an SGLang "
-                     f"stand-in that cannot be faithful)")
+        why = tally.get("not_computable_reason") or ("not computable here (the interpreter, or an SGLang stand-in "
+                                                      "that cannot be faithful)")
+        notes.append(f"{tally['not_computable']} case(s) {why}")
     return "; ".join(notes)
 
 

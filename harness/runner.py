@@ -57,6 +57,7 @@ from .cases import CaseParams
 from .specs import SPECS, OpSpec, OutputSpec, Sample
 from .status import CASE_FAILED, CASE_NOT_COMPUTABLE, CASE_PASSED, CASE_REJECTED, CASE_SKIPPED
 from .supervise import is_device_fault
+from .machine_limits import machine_limit
 from .tolerance import UNIT_ROUNDOFF, compare_float, norm_bound
 
 GUARD_ROWS = 3
@@ -513,6 +514,10 @@ def _call_candidate(candidate: Candidate, sample: Sample, spec: OpSpec, poison_f
         if needs_cuda(exc):   # host code asking torch for a GPU (device properties): no verdict on the CPU
             raise ProbeFailure("not_computable", f"not computable without a GPU: the candidate's host code "
                                                  f"needs CUDA ({type(exc).__name__}: {exc})") from None
+        lacking = machine_limit(exc)   # the file's own CUDA requirement, or a package not installed
+        if lacking:
+            raise ProbeFailure("not_computable", f"not computable without {lacking} "
+                                                 f"({type(exc).__name__}: {exc})") from None
         if _on("exception"):
             raise ProbeFailure("exception", f"{type(exc).__name__}: {exc}{what}",
                                {"traceback": traceback.format_exc(limit=-8)[-3000:]}) from None
