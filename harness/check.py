@@ -18,13 +18,11 @@ from .backend import describe
 from .isolate import RowWorker, run_group
 from .specs import SPECS
 from .options import CheckOptions, gpu_count
+from .progress import PROGRESS_EVERY_S, periodic_lines, write_line
 from .records import write_json
 from .report import Row, format_failures, format_table, merge_tallies, merge_worst
 from .row_check import check_one, nothing_compared_status, row_note
 from .status import FAILING, NOTHING_CHECKED, PASSED, exit_code, nothing_checked
-
-
-PROGRESS_EVERY_S = 10.0  # the periodic line's period
 
 
 class LiveProgress:
@@ -50,12 +48,9 @@ class LiveProgress:
         # (op, impl, dtype) -> how many pieces (chunks, parts) of the row run apart, and how many are in
         self.pieces: Dict[Tuple[str, str, str], int] = {}
         self.pieces_in: Dict[Tuple[str, str, str], int] = {}
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
 
     def _write(self, text: str) -> None:
-        sys.stderr.write(("\n" if self.tty else "") + text + "\n")
-        sys.stderr.flush()
+        write_line(text, self.tty)
 
     def case(self, op: str, impl: str, dtype: str, n: Optional[int] = None, piece: object = None) -> None:
         with self.lock:
@@ -98,18 +93,12 @@ class LiveProgress:
                     + (f"; running: {flight}" if flight else ""))
 
     def __enter__(self) -> "LiveProgress":
-        if self.enabled and self.every_s > 0:
-            def beat():
-                while not self._stop.wait(self.every_s):
-                    self._write(self.periodic_line())
-            self._thread = threading.Thread(target=beat, name="check-progress", daemon=True)
-            self._thread.start()
+        self._periodic = periodic_lines(self.periodic_line, self.tty, self.every_s if self.enabled else 0)
+        self._periodic.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._periodic.__exit__(*exc)
         if self.tty:
             sys.stderr.write("\n")
 

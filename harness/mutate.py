@@ -18,7 +18,7 @@ Verdicts:
   skipped       needs another backend (int32 overflows need the GPU and --preset large)
 
 Progress goes to stderr: a line per finished mutant in a log (one line rewritten on a
-terminal), and every 10 s (harness.check.PROGRESS_EVERY_S) a line naming the mutants in flight
+terminal), and every 10 s (harness.progress.PROGRESS_EVERY_S) a line naming the mutants in flight
 with their dtype and cases so far; ``--quiet`` silences both.
 
 The exit status is non-zero when any mutant is not KILLED (skipped ones aside), and when every
@@ -34,10 +34,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .backend import describe, device_of
 from .options import MutateOptions
+from .progress import periodic_lines
 from .records import write_json
 from .status import (CASE_CRASHED, CASE_FAILED, CASE_PASSED, ERROR, INCONCLUSIVE, KILLED, NO_MUTANT_RAN, SKIPPED,
                      STALE, SURVIVED, VERDICTS, VERDICTS_OK)
@@ -86,6 +87,13 @@ def _large(m) -> bool:
     return m.min_preset == "large"
 
 
+def sweep_plan(m: "Mutant", spec, backend: str, cases: int) -> Tuple[List[str], int]:
+    """The dtypes mutant ``m`` (of the op ``spec``) is swept in on ``backend``, in order, and its
+    cases per dtype: ``cases``, at most LARGE_CASES for a mutant of the large preset."""
+    dtypes = [d for d in (m.dtypes or spec.dtypes) if d in spec.dtypes and not spec.skip_reason(backend, d)]
+    return dtypes, min(cases, LARGE_CASES) if _large(m) else cases
+
+
 def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
                wrap_candidate: Optional[Callable] = None, progress=None,
                repeat_probe_cases: Optional[int] = None, shapes: Optional[int] = None) -> MutantResult:
@@ -124,8 +132,7 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     wrap = wrap_candidate or (lambda f: f)
     cand = dataclasses.replace(impl.candidate(m.op), fn=wrap(impl.ops[m.op]))
     device = device_of(backend)
-    dtypes = [d for d in (m.dtypes or spec.dtypes) if d in spec.dtypes and not spec.skip_reason(backend, d)]
-    n = min(cases, LARGE_CASES) if _large(m) else cases
+    dtypes, n = sweep_plan(m, spec, backend, cases)
     for dtype in dtypes:
         if progress is not None:
             progress.update(dtype=dtype, params=None, n=0)
@@ -417,13 +424,11 @@ def run_command(options: MutateOptions, backend: str) -> int:
         with lock:  # records arrive from the worker threads
             in_flight.update(record)
 
-    def beat(stop: threading.Event, every_s: float):
-        # a line every every_s seconds, terminal or log: a mutant of the large preset takes minutes
-        while not stop.wait(every_s):
-            with lock:
-                running = in_flight.describe()
-                sys.stderr.write(("\n" if tty else "") + head() + (f"; running: {running}" if running else "") + "\n")
-                sys.stderr.flush()
+    def periodic_line() -> str:
+        # a mutant of the large preset takes minutes on a GPU: the mutants in flight, between verdicts
+        with lock:
+            running = in_flight.describe()
+            return head() + (f"; running: {running}" if running else "")
 
     def tick(res: MutantResult):
         with lock:  # results arrive from the worker threads
@@ -442,18 +447,12 @@ def run_command(options: MutateOptions, backend: str) -> int:
 
     if options.json_path:  # an empty record first: a run killed before any verdict still says what was pending
         _write_json(options.json_path, info, options, [], list(names), backend)
-    from . import check
     from .profiles import PROFILES, palette_size
-    stop = threading.Event()
-    if not options.quiet:
-        threading.Thread(target=beat, args=(stop, check.PROGRESS_EVERY_S), name="mutate-progress", daemon=True).start()
-    try:
+    with periodic_lines(periodic_line, tty, 0 if options.quiet else None):
         results = run_mutants(names, backend, options.cases_for(backend), options.seed, shrink=options.shrink,
                               jobs=jobs, repeat_probe_cases=PROFILES[options.profile].repeat_probes_for(backend),
                               shapes=palette_size(options.profile, backend, options.cases),
                               case_timeout=options.case_timeout_s or None, on_result=tick, on_progress=on_progress)
-    finally:
-        stop.set()
     if tty and not options.quiet:
         sys.stderr.write("\n")
     print(format_table(results))

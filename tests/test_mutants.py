@@ -252,7 +252,7 @@ def test_uninitialised_empty_batch_output_is_caught(device):
 def test_mutate_names_the_mutants_in_flight_every_period(backend, capsys, monkeypatch):
     """Between verdicts (a large-preset mutant takes minutes on the GPU) a line every period names
     the mutants in flight; the line's description of each comes from its child's progress record."""
-    import harness.check
+    import harness.progress
     from harness.cli import main
     flight = mutate._InFlight()
     flight.update(dict(stage="running", mutant="a", dtype="bfloat16", n=3))
@@ -261,7 +261,7 @@ def test_mutate_names_the_mutants_in_flight_every_period(backend, capsys, monkey
     assert flight.describe() == "a [bfloat16] 3 case(s); b (control)"
     flight.finished("a")
     assert flight.describe() == "b (control)"
-    monkeypatch.setattr(harness.check, "PROGRESS_EVERY_S", 0.1)
+    monkeypatch.setattr(harness.progress, "PROGRESS_EVERY_S", 0.1)
     assert main(["--backend", backend, "mutate", "--mutant", "ep_bucket_off_by_one", "--cases", "3",
                  "--no-shrink"]) == 0
     err = capsys.readouterr().err

@@ -17,7 +17,7 @@ import dataclasses
 import sys
 
 import harness.fuzz as fuzz
-from harness.mutate import LARGE_CASES
+from harness.mutate import sweep_plan
 from harness.mutants import MUTANTS
 from harness.profiles import PROFILES, fuzzed_cases, palette_size
 from harness.specs import SPECS
@@ -42,13 +42,12 @@ def draws(name: str, backend: str, seed: int, profile: str = "default"):
     """(dtype, CaseParams) for each case of mutant ``name``'s sweep, in order."""
     m = MUTANTS[name]
     spec = SPECS[m.op]
-    n = fuzzed_cases(profile, backend)
-    n = min(n, LARGE_CASES) if m.min_preset == "large" else n     # as mutate.run_mutant
+    dtypes, n = sweep_plan(m, spec, backend, fuzzed_cases(profile, backend))
     seen = []
     real = fuzz.run_case
     fuzz.run_case = lambda spec_, cand, params, *a, **k: seen.append((dtype, params)) or _Recorded(params.to_json())
     try:
-        for dtype in [d for d in (m.dtypes or spec.dtypes) if d in spec.dtypes and not spec.skip_reason(backend, d)]:
+        for dtype in dtypes:
             fuzz.sweep_row(spec, _AnyCandidate(), f"mutant:{m.name}", dtype, backend, "cpu", n, seed,
                            preset=m.min_preset, database_dir=None, shrink=False,
                            shapes=palette_size(profile, backend))
