@@ -19,14 +19,17 @@ set -u
 cd "$(dirname "$0")/.."
 P=${1:-1}
 source tools/gpu_call_lib.sh
-timeout 300 python -m harness mutate --mutant ep_scatter_int32_row_offset ep_gather_int32_row_offset --no-shrink \
+cap() { local l=$(( $(left) - 5 )); echo $(( l < $1 ? l : $1 )); }   # a step's limit: $1 s, or what is left
+timeout $(cap 300) python -m harness mutate --mutant ep_scatter_int32_row_offset ep_gather_int32_row_offset --no-shrink \
   --json $OUT/${P}_mutate_large_ep.json > $OUT/${P}_mutate_large_ep.log 2>&1
 echo "mutate large ep rc=$? $(since)"
 mutate_summary $OUT/${P}_mutate_large_ep.json
-timeout 200 python -m harness check --op ep_scatter --preset large --impl ours --dtype bfloat16 fp8 fp8_ue8m0 \
+[ $(left) -gt 60 ] || exit 0
+timeout $(cap 200) python -m harness check --op ep_scatter --preset large --impl ours --dtype bfloat16 fp8 fp8_ue8m0 \
   --cases 1 > $OUT/${P}_large.log 2>&1
 echo "large rc=$? $(since)"; grep -E "^ep_scatter|cases in" $OUT/${P}_large.log | cut -c1-200
-timeout 120 python -m harness check --impl sglang==0.5.23 --op sglang_per_token_group_quant_fp8 \
+[ $(left) -gt 60 ] || exit 0
+timeout $(cap 120) python -m harness check --impl sglang==0.5.23 --op sglang_per_token_group_quant_fp8 \
   compute_cutlass_w4a8_moe_input_scale moe_ep_deepgemm_preprocess > $OUT/${P}_sglang_limits.log 2>&1
 echo "sglang limits rc=$? $(since)"; grep -E "^(sglang_per|compute_c|moe_ep)|cases in" $OUT/${P}_sglang_limits.log | cut -c1-250
 [ $(left) -gt 110 ] && cold_check 100
