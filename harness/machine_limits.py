@@ -1,8 +1,10 @@
 """Errors that say what this machine lacks, not what the candidate computes wrongly.
 
-A candidate's exception is normally the ``exception`` probe's failure. Three kinds are a
+A candidate's exception is normally the ``exception`` probe's failure. Four kinds are a
 limit of the environment instead, and give a case no verdict (not computable here):
 
+- torch's own error of a CUDA call without CUDA (the candidate's host code asking for device
+  properties, a stream, ...): ``needs_cuda``, never raised on a GPU machine.
 - on a machine without CUDA, the candidate file's own requirement of it: an ``assert`` on a
   CUDA device (``assert input.is_cuda``: SGLang 0.5.23's compute_cutlass_w4a8_moe_input_scale),
   or a NameError for a name that the file binds only under a CUDA-build test at module level
@@ -11,8 +13,6 @@ limit of the environment instead, and give a case no verdict (not computable her
 - on any machine, a third-party package the candidate imports that is not installed
   (``deep_gemm``: 0.5.23's UE8M0-packed group quantiser). Not ``sglang`` itself: a name of
   sglang that the harness's stand-ins do not serve is the harness's gap, and stays loud.
-
-torch's own errors of a CUDA call without CUDA are harness.runner.needs_cuda.
 """
 from __future__ import annotations
 
@@ -26,10 +26,24 @@ import torch
 
 STANDIN_PACKAGE = "sglang"     # served by harness/sglang/standins.py, never "not installed"
 
+# What torch raises when code asks for a GPU that a CPU-only torch or machine lacks.
+_NO_CUDA = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available",
+            # a CUDA binding of a CPU-only torch (torch.cuda.is_current_stream_capturing & co.), and a
+            # CUDA build of torch on a machine without a driver (the index's torch on a CPU machine)
+            "Tried to instantiate dummy base class _cuda", "CUDA driver version is insufficient",
+            "no CUDA-capable device is detected")
+
+
+def needs_cuda(exc: BaseException) -> bool:
+    """True for torch's error of a CUDA call without CUDA (never raised on a GPU machine)."""
+    return isinstance(exc, (AssertionError, RuntimeError)) and any(m in str(exc) for m in _NO_CUDA)
+
 
 def machine_limit(exc: BaseException) -> Optional[str]:
     """Why ``exc`` is a limit of this machine rather than a fault of the candidate (a phrase to
     follow "not computable without ..."), or None when it is the candidate's own error."""
+    if needs_cuda(exc):
+        return "a GPU: the candidate's host code needs CUDA"
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         top = exc.name.split(".")[0]
         if top != STANDIN_PACKAGE and importlib.util.find_spec(top) is None:

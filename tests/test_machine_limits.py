@@ -78,11 +78,14 @@ def test_what_this_machine_lacks_is_named_and_the_candidates_own_errors_are_not(
     assert "asserts a CUDA tensor" in _limit(kernel_file.asserts_cuda_over_lines)
     assert "binds 'cuda_only_add' only when CUDA is present" in _limit(kernel_file.uses_cuda_only_name)
     assert "'no_such_package_for_the_harness'" in _limit(kernel_file.imports_missing_package)
+    assert machine_limits.machine_limit(RuntimeError("Torch not compiled with CUDA enabled")) == \
+        "a GPU: the candidate's host code needs CUDA"   # torch's own, from the candidate's host code
     # the candidate's own faults: an assertion on anything else, a name it never binds, a module
     # missing from a package that is installed, a name of sglang the stand-ins do not serve
     assert _limit(kernel_file.asserts_shape) is None
     assert _limit(kernel_file.uses_undefined_name) is None
     assert _limit(kernel_file.imports_missing_submodule) is None
+    assert machine_limits.machine_limit(RuntimeError("CUDA error: an illegal memory access was encountered")) is None
     with pytest.raises(ImportError) as err:
         kernel_file.imports_missing_sglang(torch.ones(2))
     assert machine_limits.machine_limit(err.value) is None

@@ -1,12 +1,13 @@
 # Sourced by the device-call scripts (tools/gpu_call_*.sh) after setting P (the call's number, the
 # prefix of its files under $OUT): the environment every harness command there needs, the clock
-# (since: seconds since the start; left: seconds to ${DEADLINE:-570}), the versions line, the
+# (since: seconds since the start; left: seconds to ${DEADLINE:-570}; cap N: N or what is left), the versions line, the
 # README's check from a cold Triton cache, the summary of a mutate JSON and the 2,000-case sweep
 # of what is left (sweep_left). Run from the repository root.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
 START=$(date +%s)
 since() { echo "$(( $(date +%s) - START ))s"; }
 left() { echo $(( ${DEADLINE:-570} - $(date +%s) + START )); }
+cap() { local l=$(( $(left) - 5 )); echo $(( l < $1 ? l : $1 )); }   # a step's limit: $1 s, or what is left
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
 

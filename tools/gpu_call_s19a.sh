@@ -20,7 +20,6 @@ set -u
 cd "$(dirname "$0")/.."
 P=${1:-1}
 source tools/gpu_call_lib.sh
-cap() { local l=$(( $(left) - 5 )); echo $(( l < $1 ? l : $1 )); }   # a step's limit: $1 s, or what is left
 timeout $(cap 300) python -m harness mutate --mutant ep_scatter_int32_row_offset ep_gather_int32_row_offset --no-shrink \
   --json $OUT/${P}_mutate_large_ep.json > $OUT/${P}_mutate_large_ep.log 2>&1
 echo "mutate large ep rc=$? $(since)"
