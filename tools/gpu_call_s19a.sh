@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The first device call after session 18, whose sweeps left no op or dtype unswept (session 19 got no
-# machine in 11 tries to start one; still the next call to make, with DEADLINE lowered if device time is short):
+# The first device call after session 18, whose sweeps left no op or dtype unswept (sessions 19 and 20 got no
+# machine in 11 tries each to start one; still the next call to make, with DEADLINE lowered if device time is short):
 #   1. the two large-preset int32 mutants that have never run to a verdict on a GPU
 #      (ep_scatter_int32_row_offset, ep_gather_int32_row_offset: issue 26's int32 overflow class;
 #      every mutate run so far reached its limit before them, since large mutants run last);
