@@ -7,7 +7,8 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_H
 START=$(date +%s)
 since() { echo "$(( $(date +%s) - START ))s"; }
 left() { echo $(( ${DEADLINE:-570} - $(date +%s) + START )); }
-cap() { local l=$(( $(left) - 5 )); echo $(( l < $1 ? l : $1 )); }   # a step's limit: $1 s, or what is left
+cap() { local l=$(( $(left) - 5 )); l=$(( l < $1 ? l : $1 )); echo $(( l < 1 ? 1 : l )); }   # a step's limit: $1 s, or
+                    # what is left; never below 1 (timeout reads 0 as no limit at all)
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 python -c "import torch, triton, harness.ops, harness.runner, optimized, reference" > /dev/null   # bytecode, as installed
 
