@@ -8,11 +8,11 @@ under the interpreter, an illegal address on the GPU) or hangs only ends that ch
 Verdicts:
 
   KILLED        a case failed (probe, case and message recorded; the case was shrunk unless
-                --no-shrink) and the unpatched kernels pass that same case (the control); or
-                the mutant crashed its child process, or hung, inside a case (probe "crash" /
-                "timeout"; no control then)
+                --no-shrink), or the mutant crashed its child process or hung inside a case
+                (probe "crash" / "timeout"), and the unpatched kernels pass that same case
+                (the control: after a crash or a hang it runs in a fresh child)
   SURVIVED      every case passed: a gap in the harness (or an equivalent mutant)
-  INCONCLUSIVE  the unpatched kernels fail (or crash on) the killing case too: no evidence
+  INCONCLUSIVE  the unpatched kernels fail, crash or hang on the killing case too: no evidence
   STALE         the patch no longer applies to optimized/ (its text does not occur once)
   ERROR         the mutant could not be loaded, or its child died outside any case
   skipped       needs another backend (int32 overflows need the GPU and --preset large)
@@ -26,6 +26,7 @@ mutant was skipped (nothing was checked). The verdicts are defined in harness.st
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -66,7 +67,8 @@ class MutantResult:
     first_case: str = ""         # ... as first found, before shrinking
     message: str = ""
     cases_run: int = 0
-    control: Optional[str] = None  # the unpatched kernels on the killing case: "passed" / "failed (<probe>): ..."
+    # the unpatched kernels on the killing case: "passed" / "failed (<probe>): ..." / "crashed: ..."
+    control: Optional[str] = None
     seconds: float = 0.0
     swept: Dict[str, int] = field(default_factory=dict)  # dtype -> cases run (a prefix of that dtype's sweep)
     passed_cases: List[str] = field(default_factory=list)  # CaseParams JSON of every case the mutant passed
@@ -103,11 +105,8 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     (harness.supervise.Progress) records the case in flight; ``repeat_probe_cases`` and
     ``shapes`` as in harness.fuzz.sweep (a profile's, so that a mutant faces what that profile's
     check runs)."""
-    from .cases import CaseParams
     from .fuzz import sweep_row
-    from .impls import load_implementation
     from .mutants import MUTANTS, StalePatch, implementation
-    from .runner import run_case
     from .specs import SPECS
 
     t0 = time.time()
@@ -147,13 +146,8 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
             f = out.failure
             res.verdict, res.probe, res.dtype, res.case, res.message = KILLED, f.probe, dtype, f.params, f.message
             res.first_case = out.first_failure.params if out.first_failure else f.params
-            if progress is not None:
-                progress.update(stage="control", params=f.params)
-            ours = load_implementation("ours")
-            control = dataclasses.replace(ours.candidate(m.op), fn=wrap(ours.ops[m.op]))
-            ctl = run_case(SPECS[m.op], control, CaseParams.from_json(f.params), device, "ours")
-            res.control = CASE_PASSED if ctl.ok else f"{CASE_FAILED} ({ctl.probe}): {ctl.message[:200]}"
-            if not ctl.ok:
+            res.control = run_control(m, f.params, backend, wrap, progress)
+            if res.control != CASE_PASSED:
                 res.verdict = INCONCLUSIVE
             break
     if not dtypes:
@@ -162,10 +156,28 @@ def run_mutant(mutant, backend: str, cases: int, seed: int, shrink: bool = True,
     return res
 
 
+def run_control(m: "Mutant", params: str, backend: str, wrap: Callable = lambda f: f, progress=None) -> str:
+    """The control of mutant ``m``: the unpatched kernels (ours) on its killing case ``params``
+    (CaseParams JSON), in this process. CASE_PASSED, or 'failed (<probe>): <message>'."""
+    from .cases import CaseParams
+    from .impls import load_implementation
+    from .runner import run_case
+    from .specs import SPECS
+
+    if progress is not None:
+        progress.update(stage="control", mutant=m.name, params=params)
+    ours = load_implementation("ours")
+    control = dataclasses.replace(ours.candidate(m.op), fn=wrap(ours.ops[m.op]))
+    ctl = run_case(SPECS[m.op], control, CaseParams.from_json(params), device_of(backend), "ours")
+    return CASE_PASSED if ctl.ok else f"{CASE_FAILED} ({ctl.probe}): {ctl.message[:200]}"
+
+
 # ----------------------------------------------------------------------------- child process
 
 def _child_main(folder: str, conn, backend: str, threads: int, gpu: Optional[int]):
-    """Child (spawned): run the mutants the parent sends, one at a time, until it sends None."""
+    """Child (spawned): run the jobs the parent sends, one at a time, until it sends None: a
+    mutant's sweep (answered with its MutantResult as a dict), or with "control" set, only the
+    control on that killing case (answered with run_control's string)."""
     child = enter_child(folder, backend, gpu=gpu, threads=threads)
     backend, progress = child.backend, child.progress
     import torch
@@ -181,14 +193,19 @@ def _child_main(folder: str, conn, backend: str, threads: int, gpu: Optional[int
         progress.update(stage="loading", mutant=job["mutant"].name, dtype=None, params=None, n=0)
         if cuda:
             torch.cuda.empty_cache()  # what the previous mutant cached; `large` cases need most of the card
+        wrap = lambda f: guard(f, folder, cuda)  # noqa: E731
         try:
-            res = run_mutant(job["mutant"], backend, job["cases"], job["seed"], job["shrink"],
-                             wrap_candidate=lambda f: guard(f, folder, cuda), progress=progress,
-                             repeat_probe_cases=job.get("repeat_probe_cases"), shapes=job.get("shapes"))
+            if job.get("control"):
+                answer = run_control(job["mutant"], job["control"], backend, wrap, progress)
+            else:
+                answer = asdict(run_mutant(job["mutant"], backend, job["cases"], job["seed"], job["shrink"],
+                                           wrap_candidate=wrap, progress=progress,
+                                           repeat_probe_cases=job.get("repeat_probe_cases"),
+                                           shapes=job.get("shapes")))
         except Exception as exc:  # a device fault outside the candidate, or a harness error
             exit_on_error(folder, exc)
         progress.update(stage="idle", mutant=None, params=None)
-        conn.send(asdict(res))
+        conn.send(answer)
     child.stderr.flush()
 
 
@@ -209,15 +226,31 @@ class _Worker:
         ``on_progress`` gets each new progress record of the child while the mutant runs."""
         m = job["mutant"]
         t0 = time.time()
-        if not self.child.started:  # its "ready"
-            waited = self.child.wait(startup_s=STARTUP_LIMIT_S)
-            if waited.kind != MESSAGE:
-                return self._died(m, t0, waited)
-        self.child.send(job)
-        waited = self.child.wait(stall_s=case_timeout, on_progress=on_progress)
+        waited = self._ask(job, case_timeout, on_progress)
         if waited.kind == MESSAGE:
             return MutantResult(**waited.message)
         return self._died(m, t0, waited)
+
+    def control(self, m: "Mutant", params: str, case_timeout: Optional[float],
+                on_progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> str:
+        """Run mutant ``m``'s control on its killing case ``params`` (run_control) in this child:
+        its answer, or 'crashed: <reason>' when the child died or hung (the child is then gone)."""
+        waited = self._ask(dict(mutant=m, control=params), case_timeout, on_progress)
+        if waited.kind == MESSAGE:
+            return waited.message
+        reason = self.child.death(waited).reason.splitlines()[0][:200]
+        self.close()
+        return f"{CASE_CRASHED}: {reason}"
+
+    def _ask(self, job: dict, case_timeout: Optional[float],
+             on_progress: Optional[Callable[[Dict[str, Any]], None]]) -> Waited:
+        """Send ``job`` once the child has started; wait for its answer, its death or a stall."""
+        if not self.child.started:  # its "ready"
+            waited = self.child.wait(startup_s=STARTUP_LIMIT_S)
+            if waited.kind != MESSAGE:
+                return waited
+        self.child.send(job)
+        return self.child.wait(stall_s=case_timeout, on_progress=on_progress)
 
     def _died(self, m, t0: float, waited: Waited) -> MutantResult:
         death = self.child.death(waited)
@@ -276,11 +309,16 @@ def run_mutants(mutants: List[Union[str, "Mutant"]], backend: str, cases: int, s
                     child = _Worker(backend, threads, gpu)
                 job = dict(mutant=m, cases=cases, seed=seed, shrink=shrink, repeat_probe_cases=repeat_probe_cases,
                            shapes=shapes)
-                if _large(m):
-                    with large_lock:
-                        res = child.run(job, case_timeout, on_progress)
-                else:
+                with large_lock if _large(m) else contextlib.nullcontext():
                     res = child.run(job, case_timeout, on_progress)
+                    if res.verdict == KILLED and res.control is None:
+                        # killed by a crash or a hang: its child is gone, the control runs in a new one
+                        t0 = time.time()
+                        child = _Worker(backend, threads, gpu)
+                        res.control = child.control(m, res.case, case_timeout, on_progress)
+                        res.seconds = round(res.seconds + time.time() - t0, 2)
+                        if res.control != CASE_PASSED:
+                            res.verdict = INCONCLUSIVE
                 if not child.alive:
                     child = None
                 with lock:

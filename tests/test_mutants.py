@@ -6,7 +6,8 @@ a one-line description; the catalogue covers every op and the bug classes the is
 every mutant the backend can compute at fuzz sizes is KILLED within a few cases, by a probe
 rather than by an exception, and the unpatched kernels pass every case the mutants ran (no
 false alarm on the same seeds); a stale patch is an error, an equivalent mutant SURVIVES
-and fails the command, a mutant that crashes the process is KILLED by "crash"; the
+and fails the command, a mutant that crashes the process is KILLED by "crash" once the
+unpatched kernels pass that case in a fresh child (INCONCLUSIVE when they do not); the
 harness gap fixes hold (a result cached from an earlier call is caught on the first case,
 every sweep checks the empty batch).
 """
@@ -114,12 +115,12 @@ def test_computable_mutants_are_killed_and_the_originals_pass_their_cases(backen
                   if r.verdict != "KILLED" or (r.probe == "exception" and
                                                not r.message.startswith("InterpreterOutOfBounds: out-of-bounds"))]
     assert not not_killed, "\n" + mutate.format_table([r for r in table if r.name in {n[0] for n in not_killed}])
-    assert all(r.control == "passed" or r.probe in ("crash", "timeout") for r in table if r.verdict == "KILLED")
+    assert all(r.control == "passed" for r in table if r.verdict == "KILLED")
 
     ours = load_implementation("ours")
     cases = {}
     for r in table:
-        for params in r.passed_cases + ([r.case] if r.case and r.probe not in ("crash", "timeout") else []):
+        for params in r.passed_cases + ([r.case] if r.case else []):
             cases[params] = CaseParams.from_json(params)
     assert len(cases) >= len(SPECS)
     false_alarms = []
@@ -154,6 +155,37 @@ def test_mutant_that_stores_far_away_is_killed(backend):
     assert CaseParams.from_json(res.case).op == "pre_reorder"
     if backend == "interpreter":
         assert "out-of-bounds write in kernel _pre_reorder_kernel" in res.message, res.message[:500]
+
+
+# the process ends on the first non-empty batch: a crash inside a case that no probe reports
+_EXITS = Mutant("test_exits", "pre_reorder", "optimized.reorder",
+                "    validate_pre_reorder(input, gateup_input,",
+                "    __import__('os')._exit(3) if input.shape[0] else None\n"
+                "    validate_pre_reorder(input, gateup_input,",
+                "ends the process")
+
+
+def test_crash_kill_is_confirmed_by_a_control_in_a_fresh_child(backend):
+    """A mutant that kills its child is KILLED by "crash" only once the unpatched kernels,
+    in a new child, pass the case it died on (the control)."""
+    (res,) = mutate.run_mutants([_EXITS], backend, cases=3, seed=0, shrink=False, jobs=1)
+    assert (res.verdict, res.probe, res.control) == ("KILLED", "crash", "passed"), (res.verdict, res.reason)
+    assert CaseParams.from_json(res.case).tokens > 0 and "exited with status 3" in res.reason
+
+
+def test_crash_kill_whose_control_fails_or_dies_is_inconclusive(backend, monkeypatch):
+    """If the unpatched kernels fail the crash case too, the crash is no evidence: INCONCLUSIVE.
+    A control whose child dies answers 'crashed: <reason>' (here: a case that does not parse)."""
+    worker = mutate._Worker(backend, 1, None)
+    try:
+        answer = worker.control(_EXITS, "not a case", 120.0)
+    finally:
+        worker.close()
+    assert answer.startswith("crashed: ") and not worker.alive, answer
+    monkeypatch.setattr(mutate._Worker, "control", lambda self, m, params, *a: answer)
+    (res,) = mutate.run_mutants([_EXITS], backend, cases=3, seed=0, shrink=False, jobs=1)
+    assert (res.verdict, res.probe, res.control) == ("INCONCLUSIVE", "crash", answer)
+    assert mutate.failed([res])
 
 
 def test_mutate_command_table_json_and_exit_status(backend, tmp_path, capsys):
