@@ -1,7 +1,8 @@
 # Sourced by the device-call scripts (tools/gpu_call_*.sh) after setting P (the call's number, the
 # prefix of its files under $OUT): the environment every harness command there needs, the clock
 # (since: seconds since the start; left: seconds to ${DEADLINE:-570}; cap N: N or what is left), the versions line, the
-# README's check from a cold Triton cache, the summary of a mutate JSON and the 2,000-case sweep
+# README's check from a cold Triton cache, the summary of a mutate JSON, the five other large
+# int32 mutants (mutate_large_rest) and the 2,000-case sweep
 # of what is left (sweep_left). Run from the repository root.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=/tmp/pycache MOE_HARNESS_SGLANG_CACHE=.whl/sglang-cache
 START=$(date +%s)
@@ -31,6 +32,15 @@ for m in d["mutants"]:
     if m["verdict"] != "KILLED":
         print(m["name"], m["verdict"], m["reason"][:200])
 PY
+}
+
+mutate_large_rest() {   # the five large-preset int32 mutants other than ep_scatter's and ep_gather's
+                        # (killed on a GPU in sessions 3 to 13), until 10 s before the deadline
+  timeout $(( $(left) - 10 )) python -m harness mutate --no-shrink --json $OUT/${P}_mutate_large_rest.json \
+    --mutant silu_int32_row_offset moe_permute_int32_row_offset moe_unpermute_int32_row_offset \
+    moe_ep_deepgemm_preprocess_int32_row_offset pre_reorder_cutlass_int32_row_offset > /dev/null 2>&1
+  echo "mutate large rest rc=$? $(since)"
+  mutate_summary $OUT/${P}_mutate_large_rest.json
 }
 
 sweep_left() {   # the 2,000-case sweep of what tools/sweep_remaining.py lists for ${SWEEP_IMPL:-ours}

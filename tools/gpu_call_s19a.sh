@@ -34,9 +34,5 @@ timeout $(cap 120) python -m harness check --impl sglang==0.5.23 --op sglang_per
 echo "sglang limits rc=$? $(since)"; grep -E "^(sglang_per|compute_c|moe_ep)|cases in" $OUT/${P}_sglang_limits.log | cut -c1-250
 [ $(left) -gt 110 ] && cold_check 100
 [ $(left) -gt 120 ] || exit 0
-timeout $(( $(left) - 10 )) python -m harness mutate --no-shrink --json $OUT/${P}_mutate_large_rest.json \
-  --mutant silu_int32_row_offset moe_permute_int32_row_offset moe_unpermute_int32_row_offset \
-  moe_ep_deepgemm_preprocess_int32_row_offset pre_reorder_cutlass_int32_row_offset > /dev/null 2>&1
-echo "mutate large rest rc=$? $(since)"
-mutate_summary $OUT/${P}_mutate_large_rest.json
+mutate_large_rest
 exit 0

@@ -23,9 +23,5 @@ timeout $(cap 120) python -m pytest -q -p no:cacheprovider --backend cuda tests/
   -k "crash or stores_far" > $OUT/${P}_pytest_crash.log 2>&1
 echo "pytest crash rc=$? $(since)"; tail -3 $OUT/${P}_pytest_crash.log
 [ $(left) -gt 120 ] || exit 0
-timeout $(( $(left) - 10 )) python -m harness mutate --no-shrink --json $OUT/${P}_mutate_large_rest.json \
-  --mutant silu_int32_row_offset moe_permute_int32_row_offset moe_unpermute_int32_row_offset \
-  moe_ep_deepgemm_preprocess_int32_row_offset pre_reorder_cutlass_int32_row_offset > /dev/null 2>&1
-echo "mutate large rest rc=$? $(since)"
-mutate_summary $OUT/${P}_mutate_large_rest.json
+mutate_large_rest
 exit 0
