@@ -235,12 +235,12 @@ class _Worker:
                 on_progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> str:
         """Run mutant ``m``'s control on its killing case ``params`` (run_control) in this child:
         its answer, or 'crashed: <reason>' when the child died or hung (the child is then gone)."""
+        t0 = time.time()
         waited = self._ask(dict(mutant=m, control=params), case_timeout, on_progress)
         if waited.kind == MESSAGE:
             return waited.message
-        reason = self.child.death(waited).reason.splitlines()[0][:200]
-        self.close()
-        return f"{CASE_CRASHED}: {reason}"
+        died = self._died(m, t0, waited)  # its control branch, or a death before the control began
+        return died.control or f"{CASE_CRASHED}: {died.reason}"
 
     def _ask(self, job: dict, case_timeout: Optional[float],
              on_progress: Optional[Callable[[Dict[str, Any]], None]]) -> Waited:
